@@ -1,0 +1,128 @@
+//! JSON in the shape of p1guard's `parse` contract (architecture.md): one object per
+//! telegram, OBIS codes as keys, numbers in the unit the meter sent, times in RFC 3339 UTC.
+
+use std::fmt::{self, Write as _};
+
+use serde::ser::{Serialize, SerializeMap, Serializer};
+
+use crate::error::{Error, ErrorKind};
+use crate::telegram::{Object, Telegram};
+use crate::value::Value;
+
+/// Bytes shown one char per byte (Latin-1), so that odd header bytes such as `\xAB` survive
+/// instead of being replaced.
+struct Latin1<'a>(&'a [u8]);
+
+impl fmt::Display for Latin1<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|&b| f.write_char(char::from(b)))
+    }
+}
+
+impl Serialize for Latin1<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+struct Hex4(u16);
+
+impl Serialize for Hex4 {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!("{:04X}", self.0))
+    }
+}
+
+struct Crc(u16);
+
+impl Serialize for Crc {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry("expected", &Hex4(self.0))?;
+        map.serialize_entry("valid", &true)?; // a telegram exists only if its CRC verified
+        map.end()
+    }
+}
+
+impl Serialize for Value<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        match *self {
+            Value::Empty => map.serialize_entry("value", &())?,
+            Value::Text(text) => map.serialize_entry("value", &Latin1(text))?,
+            Value::Number(number) => {
+                map.serialize_entry("value", &number.value.to_f64())?;
+                if let Some(unit) = number.unit {
+                    map.serialize_entry("unit", unit)?;
+                }
+            }
+            Value::Time(time) => match time.utc() {
+                Ok(instant) => map.serialize_entry("value", &format_args!("{instant}"))?,
+                Err(flag) => {
+                    map.serialize_entry("value", &format_args!("{time}"))?;
+                    map.serialize_entry("flag", flag.name())?;
+                }
+            },
+        }
+        map.end()
+    }
+}
+
+struct Values<'t>(Object<'t>);
+
+impl Serialize for Values<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.values())
+    }
+}
+
+struct Objects<'t>(Telegram<'t>);
+
+impl Serialize for Objects<'_> {
+    /// A code that occurs twice keeps its first line, as [`Telegram::object`] does.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        let objects = self.0.objects();
+        for (i, object) in objects.clone().enumerate() {
+            if objects
+                .clone()
+                .take(i)
+                .all(|earlier| earlier.obis() != object.obis())
+            {
+                map.serialize_entry(&format_args!("{}", object.obis()), &Values(object))?;
+            }
+        }
+        map.end()
+    }
+}
+
+impl Serialize for Telegram<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("header", &Latin1(self.header()))?;
+        map.serialize_entry("crc", &self.crc().map(Crc))?;
+        let time = self.time().and_then(|t| t.utc().ok());
+        map.serialize_entry("time", &time.map(|t| t.to_string()))?;
+        map.serialize_entry("objects", &Objects(*self))?;
+        if !self.line_errors().is_empty() {
+            map.serialize_entry("errors", self.line_errors())?;
+        }
+        map.end()
+    }
+}
+
+impl Serialize for Error {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("kind", self.kind.name())?;
+        map.serialize_entry("offset", &self.offset)?;
+        if self.line > 0 {
+            map.serialize_entry("line", &self.line)?;
+        }
+        if let ErrorKind::CrcMismatch { expected, computed } = self.kind {
+            map.serialize_entry("expected", &Hex4(expected))?;
+            map.serialize_entry("computed", &Hex4(computed))?;
+        }
+        map.end()
+    }
+}

@@ -1,0 +1,103 @@
+//! M-Bus devices (gas, water, heat meters) as a telegram describes them per channel.
+
+use crate::obis::codes;
+use crate::telegram::Telegram;
+use crate::value::{MeterTime, Number};
+
+/// What an M-Bus device measures, from its device type (`0-n:24.1.0`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MbusKind {
+    /// Device type 3.
+    Gas,
+    /// Device types 6 (warm water) and 7.
+    Water,
+    /// Device types 4 and 12 (heat, cooling).
+    Heat,
+}
+
+impl MbusKind {
+    /// The kind for an M-Bus device type code, if it is one p1guard knows.
+    pub fn from_device_type(code: u32) -> Option<MbusKind> {
+        match code {
+            3 => Some(MbusKind::Gas),
+            6 | 7 => Some(MbusKind::Water),
+            4 | 12 => Some(MbusKind::Heat),
+            _ => None,
+        }
+    }
+}
+
+/// A device's last reading: the counter and when the device captured it, which is not the
+/// telegram's time (gas meters report every 5 minutes on DSMR 5, hourly on DSMR 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MbusReading<'t> {
+    /// The device's capture time. Unflagged on DSMR 2.2 and 3.
+    pub captured: MeterTime,
+    /// The counter, with its unit (`m3`, `GJ`).
+    pub value: Number<'t>,
+}
+
+/// One M-Bus channel's device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MbusDevice<'t> {
+    /// Channel 1 to 4 (the OBIS `B` field).
+    pub channel: u8,
+    /// The device type code (`0-n:24.1.0`), if sent.
+    pub device_type: Option<u32>,
+    /// The device's equipment id as sent (hex-encoded), if not empty.
+    pub id: Option<&'t [u8]>,
+    /// The last reading, if the telegram carries one.
+    pub reading: Option<MbusReading<'t>>,
+}
+
+impl<'t> MbusDevice<'t> {
+    /// What the device measures, if its type is known.
+    pub fn kind(&self) -> Option<MbusKind> {
+        MbusKind::from_device_type(self.device_type?)
+    }
+
+    /// The device on `channel`, if the telegram mentions one there.
+    pub(crate) fn read(telegram: &Telegram<'t>, channel: u8) -> Option<MbusDevice<'t>> {
+        let on = |code: crate::Obis| telegram.object(code.on_channel(channel));
+        let device_type = on(codes::MBUS_DEVICE_TYPE).and_then(|o| o.value(0)?.count());
+        let id = [codes::MBUS_ID, codes::MBUS_ID_EMUCS]
+            .into_iter()
+            .find_map(|code| on(code)?.value(0)?.text().filter(|id| !id.is_empty()));
+        let reading = [codes::MBUS_READING, codes::MBUS_READING_EMUCS]
+            .into_iter()
+            .find_map(|code| {
+                let object = on(code)?;
+                Some(MbusReading {
+                    captured: object.value(0)?.time()?,
+                    value: object.value(1)?.number()?,
+                })
+            })
+            .or_else(|| {
+                // DSMR 2.2/3: (capture time)(..)(..)(..)(obis)(unit) then (value) on the next line.
+                let object = on(codes::MBUS_READING_DSMR3)?;
+                let captured = MeterTime::from_digits(object.value(0)?.text()?)?;
+                let mut value = object.value(6)?.number()?;
+                if value.unit.is_none() {
+                    value.unit = object
+                        .value(5)?
+                        .text()
+                        .and_then(|u| std::str::from_utf8(u).ok());
+                }
+                Some(MbusReading { captured, value })
+            });
+        if device_type.is_none() && id.is_none() && reading.is_none() {
+            let mentioned = telegram
+                .objects()
+                .any(|o| o.obis().a == 0 && o.obis().b == channel);
+            if !mentioned {
+                return None;
+            }
+        }
+        Some(MbusDevice {
+            channel,
+            device_type,
+            id,
+            reading,
+        })
+    }
+}

@@ -1,0 +1,445 @@
+//! The parser and the zero-copy telegram it yields.
+
+use memchr::{memchr, memchr_iter};
+use nom::Offset;
+
+use crate::crc::crc16;
+use crate::error::{Error, ErrorKind};
+use crate::framer::Frame;
+use crate::grammar::{self, Shape};
+use crate::mbus::MbusDevice;
+use crate::obis::{Obis, codes};
+use crate::value::{Decimal, MeterTime, Number, Value};
+
+/// A byte range of the frame, so that the parser's buffers outlive any one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+impl Span {
+    fn of(frame: &[u8], part: &[u8]) -> Span {
+        let start = frame.offset(part) as u32;
+        Span {
+            start,
+            end: start + part.len() as u32,
+        }
+    }
+
+    fn get(self, frame: &[u8]) -> &[u8] {
+        &frame[self.start as usize..self.end as usize]
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RawValue {
+    Empty,
+    Number { value: Decimal, unit: Option<Span> },
+    Time(MeterTime),
+    Text(Span),
+}
+
+impl RawValue {
+    fn resolve(self, frame: &[u8]) -> Value<'_> {
+        match self {
+            RawValue::Empty => Value::Empty,
+            RawValue::Time(time) => Value::Time(time),
+            RawValue::Text(span) => Value::Text(span.get(frame)),
+            RawValue::Number { value, unit } => Value::Number(Number {
+                value,
+                // Units are ASCII alphanumerics by grammar, so this never fails.
+                unit: unit.and_then(|span| std::str::from_utf8(span.get(frame)).ok()),
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RawObject {
+    obis: Obis,
+    line: u32,
+    values_start: u32,
+    values_end: u32,
+}
+
+/// Parses frames into [`Telegram`]s. It keeps its buffers from one telegram to the next, so
+/// that parsing allocates nothing once it has seen the largest telegram of a stream.
+#[derive(Debug, Default)]
+pub struct Parser {
+    objects: Vec<RawObject>,
+    values: Vec<RawValue>,
+    line_errors: Vec<Error>,
+}
+
+impl Parser {
+    /// A parser with empty buffers.
+    pub fn new() -> Parser {
+        Parser::default()
+    }
+
+    /// Checks the frame's CRC (if it has one) and parses every line. A bad line is recorded in
+    /// [`Telegram::line_errors`] and skipped; only a CRC mismatch or a bad header fails the
+    /// whole frame.
+    pub fn parse<'t>(&'t mut self, frame: &Frame<'t>) -> Result<Telegram<'t>, Error> {
+        let bytes = frame.bytes();
+        let base = frame.offset();
+        let end = bytes.len() - 1; // the '!'
+        if let Some(expected) = frame.crc() {
+            let computed = crc16(bytes);
+            if computed != expected {
+                let line = memchr_iter(b'\n', bytes).count() as u32 + 1;
+                let kind = ErrorKind::CrcMismatch { expected, computed };
+                return Err(Error::new(kind, base + end as u64, line));
+            }
+        }
+        self.objects.clear();
+        self.values.clear();
+        self.line_errors.clear();
+
+        let header_end = memchr(b'\n', &bytes[..end]).unwrap_or(end);
+        let header = trim_cr(&bytes[1..header_end]);
+        if header.len() < 3 || !header[..3].iter().all(u8::is_ascii_alphabetic) {
+            return Err(Error::new(ErrorKind::BadHeader, base, 1));
+        }
+        let mut line_number = 1;
+        let mut pos = header_end + 1;
+        while pos < end {
+            let line_end = memchr(b'\n', &bytes[pos..end]).map_or(end, |i| pos + i);
+            line_number += 1;
+            let line = trim_cr(&bytes[pos..line_end]);
+            if !line.is_empty() {
+                if let Err(kind) = self.parse_line(bytes, line, line_number) {
+                    let offset = base + pos as u64;
+                    self.line_errors.push(Error::new(kind, offset, line_number));
+                }
+            }
+            pos = line_end + 1;
+        }
+        Ok(Telegram {
+            bytes,
+            offset: base,
+            crc: frame.crc(),
+            header,
+            objects: &self.objects,
+            values: &self.values,
+            line_errors: &self.line_errors,
+        })
+    }
+
+    /// Adds one object line, or the groups of a continuation line (a DSMR 2.2/3 gas value on
+    /// the line after its `0-n:24.3.0`) to the object before it.
+    fn parse_line(&mut self, frame: &[u8], line: &[u8], line_number: u32) -> Result<(), ErrorKind> {
+        let (obis, mut rest) = if line[0] == b'(' {
+            if self.objects.is_empty() {
+                return Err(ErrorKind::BadValue);
+            }
+            (None, line)
+        } else {
+            match grammar::obis(line) {
+                Ok((rest @ [b'(', ..], obis)) => (Some(obis), rest),
+                _ => return Err(ErrorKind::BadObis),
+            }
+        };
+        let mark = self.values.len();
+        while let Some(group) = grammar::next_group(rest) {
+            let Ok((content, after)) = group else {
+                self.values.truncate(mark);
+                return Err(ErrorKind::BadValue);
+            };
+            self.values.push(match grammar::shape(content) {
+                Shape::Empty => RawValue::Empty,
+                Shape::Time(time) => RawValue::Time(time),
+                Shape::Text => RawValue::Text(Span::of(frame, content)),
+                Shape::Number { value, unit } => RawValue::Number {
+                    value,
+                    unit: unit.map(|u| Span::of(frame, u)),
+                },
+            });
+            rest = after;
+        }
+        let values_end = self.values.len() as u32;
+        match (obis, self.objects.last_mut()) {
+            (Some(obis), _) => self.objects.push(RawObject {
+                obis,
+                line: line_number,
+                values_start: mark as u32,
+                values_end,
+            }),
+            (None, Some(previous)) => previous.values_end = values_end,
+            (None, None) => {} // ruled out above: a continuation follows an object
+        }
+        Ok(())
+    }
+}
+
+fn trim_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// A parsed telegram, borrowing its frame and the parser's buffers.
+#[derive(Debug, Clone, Copy)]
+pub struct Telegram<'t> {
+    bytes: &'t [u8],
+    offset: u64,
+    crc: Option<u16>,
+    header: &'t [u8],
+    objects: &'t [RawObject],
+    values: &'t [RawValue],
+    line_errors: &'t [Error],
+}
+
+/// One COSEM object: an OBIS code and its value groups.
+#[derive(Debug, Clone, Copy)]
+pub struct Object<'t> {
+    obis: Obis,
+    line: u32,
+    values: &'t [RawValue],
+    bytes: &'t [u8],
+}
+
+impl<'t> Object<'t> {
+    /// The object's code.
+    pub fn obis(&self) -> Obis {
+        self.obis
+    }
+
+    /// The 1-based line of the telegram it was read from.
+    pub fn line(&self) -> u32 {
+        self.line
+    }
+
+    /// Its value groups, in order.
+    pub fn values(&self) -> impl ExactSizeIterator<Item = Value<'t>> + 't {
+        let bytes = self.bytes;
+        self.values.iter().map(move |v| v.resolve(bytes))
+    }
+
+    /// Its `index`th value group.
+    pub fn value(&self, index: usize) -> Option<Value<'t>> {
+        self.values.get(index).map(|v| v.resolve(self.bytes))
+    }
+}
+
+/// Import (delivered to the client, `1.8.x`) or export (received from the client, `2.8.x`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    /// `1-0:1.8.x`: energy delivered to the household.
+    Import,
+    /// `1-0:2.8.x`: energy the household delivered back.
+    Export,
+}
+
+/// An electricity energy register: direction and tariff (0 = total).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EnergyRegister {
+    /// Import or export.
+    pub direction: Direction,
+    /// Tariff 1, 2, ...; 0 for the total some meters send.
+    pub tariff: u8,
+}
+
+/// A phase, L1 to L3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// L1.
+    L1,
+    /// L2.
+    L2,
+    /// L3.
+    L3,
+}
+
+impl Phase {
+    /// All three phases.
+    pub const ALL: [Phase; 3] = [Phase::L1, Phase::L2, Phase::L3];
+
+    /// OBIS C offset: L1 quantities are 20 above the total, L2 40, L3 60.
+    fn c_offset(self) -> u8 {
+        match self {
+            Phase::L1 => 20,
+            Phase::L2 => 40,
+            Phase::L3 => 60,
+        }
+    }
+}
+
+impl<'t> Telegram<'t> {
+    /// The frame's bytes, `/` through `!`.
+    pub fn bytes(&self) -> &'t [u8] {
+        self.bytes
+    }
+
+    /// Byte offset of the frame in the stream.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The verified CRC, or `None` for CRC-less versions.
+    pub fn crc(&self) -> Option<u16> {
+        self.crc
+    }
+
+    /// The identification after `/`, such as `ISk5\2MT382-1000`.
+    pub fn header(&self) -> &'t [u8] {
+        self.header
+    }
+
+    /// Every object, in telegram order.
+    pub fn objects(&self) -> impl ExactSizeIterator<Item = Object<'t>> + Clone + 't {
+        let (bytes, values) = (self.bytes, self.values);
+        self.objects.iter().map(move |raw| Object {
+            obis: raw.obis,
+            line: raw.line,
+            values: &values[raw.values_start as usize..raw.values_end as usize],
+            bytes,
+        })
+    }
+
+    /// The first object with code `obis`.
+    pub fn object(&self, obis: Obis) -> Option<Object<'t>> {
+        self.objects().find(|o| o.obis == obis)
+    }
+
+    /// Lines that could not be read, each skipped without losing the rest.
+    pub fn line_errors(&self) -> &'t [Error] {
+        self.line_errors
+    }
+
+    fn first_value(&self, obis: Obis) -> Option<Value<'t>> {
+        self.object(obis)?.value(0)
+    }
+
+    /// The DSMR version (`50` for 5.0) or, for Belgian meters, the e-MUCS version.
+    pub fn version(&self) -> Option<&'t [u8]> {
+        [codes::VERSION, codes::VERSION_EMUCS]
+            .into_iter()
+            .find_map(|c| self.first_value(c)?.text())
+    }
+
+    /// The meter's clock (`0-0:1.0.0`); absent in DSMR 2.2 and 3.
+    pub fn time(&self) -> Option<MeterTime> {
+        self.first_value(codes::TIME)?.time()
+    }
+
+    /// The meter's identifier as sent (hex-encoded on Dutch and Belgian meters): the equipment
+    /// identifier, else the serial number, logical device name or German device id.
+    pub fn equipment_id(&self) -> Option<&'t [u8]> {
+        [
+            codes::EQUIPMENT_ID,
+            codes::SERIAL_NUMBER,
+            codes::LOGICAL_DEVICE_NAME,
+            codes::DEVICE_ID,
+        ]
+        .into_iter()
+        .find_map(|c| self.first_value(c)?.text().filter(|id| !id.is_empty()))
+    }
+
+    /// The register's reading in kWh (converted from Wh where the meter counts in Wh).
+    pub fn energy_kwh(&self, register: EnergyRegister) -> Option<f64> {
+        let c = match register.direction {
+            Direction::Import => 1,
+            Direction::Export => 2,
+        };
+        self.first_value(Obis::new(1, 0, c, 8, register.tariff))?
+            .number()?
+            .kwh()
+    }
+
+    /// Every electricity energy register the telegram carries, in kWh.
+    pub fn energy_registers(&self) -> impl Iterator<Item = (EnergyRegister, f64)> + 't {
+        self.objects().filter_map(|o| {
+            let direction = match o.obis {
+                Obis {
+                    a: 1,
+                    b: 0,
+                    c: 1,
+                    d: 8,
+                    f: 255,
+                    ..
+                } => Direction::Import,
+                Obis {
+                    a: 1,
+                    b: 0,
+                    c: 2,
+                    d: 8,
+                    f: 255,
+                    ..
+                } => Direction::Export,
+                _ => return None,
+            };
+            let kwh = o.value(0)?.number()?.kwh()?;
+            Some((
+                EnergyRegister {
+                    direction,
+                    tariff: o.obis.e,
+                },
+                kwh,
+            ))
+        })
+    }
+
+    fn watts(&self, obis: Obis) -> Option<f64> {
+        self.first_value(obis)?.number()?.watts()
+    }
+
+    /// Power drawn now (`1-0:1.7.0`), in W.
+    pub fn power_import_w(&self) -> Option<f64> {
+        self.watts(codes::POWER_IMPORT)
+    }
+
+    /// Power delivered back now (`1-0:2.7.0`), in W.
+    pub fn power_export_w(&self) -> Option<f64> {
+        self.watts(codes::POWER_EXPORT)
+    }
+
+    /// Power drawn on one phase (`1-0:21.7.0`, `41.7.0`, `61.7.0`), in W.
+    pub fn phase_power_import_w(&self, phase: Phase) -> Option<f64> {
+        self.watts(Obis::new(1, 0, phase.c_offset() + 1, 7, 0))
+    }
+
+    /// Power delivered back on one phase (`1-0:22.7.0`, `42.7.0`, `62.7.0`), in W.
+    pub fn phase_power_export_w(&self, phase: Phase) -> Option<f64> {
+        self.watts(Obis::new(1, 0, phase.c_offset() + 2, 7, 0))
+    }
+
+    /// Voltage of one phase (`1-0:32.7.0`, `52.7.0`, `72.7.0`), in V.
+    pub fn voltage_v(&self, phase: Phase) -> Option<f64> {
+        let obis = Obis::new(1, 0, phase.c_offset() + 12, 7, 0);
+        self.first_value(obis)?.number()?.in_unit("V")
+    }
+
+    /// Current of one phase (`1-0:31.7.0`, `51.7.0`, `71.7.0`), in A.
+    pub fn current_a(&self, phase: Phase) -> Option<f64> {
+        let obis = Obis::new(1, 0, phase.c_offset() + 11, 7, 0);
+        self.first_value(obis)?.number()?.in_unit("A")
+    }
+
+    /// The tariff in force (`0-0:96.14.0`): 1 low, 2 normal in the Netherlands.
+    pub fn tariff(&self) -> Option<u32> {
+        self.first_value(codes::TARIFF)?.count()
+    }
+
+    /// Number of power failures in any phase (`0-0:96.7.21`).
+    pub fn power_failures(&self) -> Option<u32> {
+        self.first_value(codes::POWER_FAILURES)?.count()
+    }
+
+    /// Number of long power failures in any phase (`0-0:96.7.9`).
+    pub fn long_power_failures(&self) -> Option<u32> {
+        self.first_value(codes::LONG_POWER_FAILURES)?.count()
+    }
+
+    /// The text message (`0-0:96.13.0`), still hex-encoded as sent; `None` if empty.
+    pub fn text_message_hex(&self) -> Option<&'t [u8]> {
+        self.first_value(codes::TEXT_MESSAGE)?
+            .text()
+            .filter(|t| !t.is_empty())
+    }
+
+    /// The M-Bus devices (gas, water, heat) on channels 1 to 4, as the telegram describes them.
+    pub fn mbus_devices(&self) -> impl Iterator<Item = MbusDevice<'t>> + 't {
+        let telegram = *self;
+        (1..=4).filter_map(move |channel| MbusDevice::read(&telegram, channel))
+    }
+}
