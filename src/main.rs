@@ -1,1 +1,20 @@
-fn main() {}
+//! p1guard: reads DSMR smart-meter P1 telegrams and passes them on only as finely as the
+//! meter's owner consented to.
+
+mod cli;
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match commands::run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("p1guard: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}

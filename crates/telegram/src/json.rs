@@ -126,3 +126,20 @@ impl Serialize for Error {
         map.end()
     }
 }
+
+/// One line of `p1guard parse` output: the telegram, or `{"error": ...}` for a frame that
+/// failed.
+pub struct Outcome<'t>(pub Result<Telegram<'t>, Error>);
+
+impl Serialize for Outcome<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            Ok(telegram) => telegram.serialize(serializer),
+            Err(error) => {
+                let mut map = serializer.serialize_map(Some(1))?;
+                map.serialize_entry("error", error)?;
+                map.end()
+            }
+        }
+    }
+}

@@ -34,7 +34,7 @@ mod error;
 mod framer;
 mod grammar;
 #[cfg(feature = "serde")]
-mod json;
+pub mod json;
 mod mbus;
 mod obis;
 mod telegram;

@@ -1,0 +1,144 @@
+//! Properties over generated input: no input makes the crate panic, and how a stream is cut
+//! into chunks never changes what comes out of it.
+
+use std::path::{Path, PathBuf};
+
+use p1guard_telegram::json::Outcome;
+use p1guard_telegram::{Framer, FramerConfig, Parser};
+use proptest::prelude::*;
+
+/// Every outcome of a stream pushed in the given chunks, as JSON lines, with every typed
+/// accessor exercised on the way.
+fn outcomes<'a>(config: FramerConfig, chunks: impl IntoIterator<Item = &'a [u8]>) -> Vec<String> {
+    let mut framer = Framer::new(config);
+    let mut parser = Parser::new();
+    let mut out = Vec::new();
+    let mut drain = |framer: &mut Framer, out: &mut Vec<String>| {
+        while let Some(frame) = framer.next_frame() {
+            let outcome = frame.and_then(|frame| parser.parse(&frame));
+            if let Ok(t) = outcome {
+                let _ = (
+                    t.time().map(|time| time.utc()),
+                    t.equipment_id(),
+                    t.tariff(),
+                );
+                let _ = (
+                    t.energy_registers().count(),
+                    t.power_import_w(),
+                    t.text_message_hex(),
+                );
+                for device in t.mbus_devices() {
+                    let _ = (device.kind(), device.reading.map(|r| r.captured.utc()));
+                }
+            }
+            out.push(serde_json::to_string(&Outcome(outcome)).expect("serialisable"));
+        }
+    };
+    for chunk in chunks {
+        framer.push(chunk);
+        drain(&mut framer, &mut out);
+    }
+    framer.finish();
+    drain(&mut framer, &mut out);
+    out
+}
+
+/// Pieces that telegrams are made of, so generated input reaches deep into the grammar.
+fn fragment() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        Just(b"/ISk5\\2MT382-1000\r\n\r\n".to_vec()),
+        Just(b"/".to_vec()),
+        Just(b"!".to_vec()),
+        Just(b"\r\n".to_vec()),
+        Just(b"(".to_vec()),
+        Just(b")".to_vec()),
+        Just(b"1-0:1.8.1".to_vec()),
+        Just(b"0-1:24.2.1".to_vec()),
+        Just(b"0-1:24.3.0(161107190000)(00)(60)(1)(0-1:24.2.1)(m3)\r\n".to_vec()),
+        Just(b"(000101000001W)".to_vec()),
+        Just(b"(632525252525S)".to_vec()),
+        Just(b"(-0001.5*kWh)".to_vec()),
+        Just(b"*255".to_vec()),
+        "[0-9A-Fa-f.:*-]{0,12}".prop_map(String::into_bytes),
+        prop::collection::vec(any::<u8>(), 0..24),
+    ]
+}
+
+fn config() -> impl Strategy<Value = FramerConfig> {
+    (
+        any::<bool>(),
+        any::<bool>(),
+        prop_oneof![Just(8 * 1024), 2usize..64],
+    )
+        .prop_map(|(clear_bit7, lf_to_crlf, max_frame_len)| FramerConfig {
+            max_frame_len,
+            clear_bit7,
+            lf_to_crlf,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048), config in config()) {
+        outcomes(config, [&bytes[..]]);
+    }
+
+    #[test]
+    fn telegram_like_input_never_panics(
+        fragments in prop::collection::vec(fragment(), 0..64),
+        config in config(),
+    ) {
+        outcomes(config, [&fragments.concat()[..]]);
+    }
+}
+
+fn captures_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/captures");
+    assert!(
+        dir.is_dir(),
+        "the shared captures are expected at {}",
+        dir.display()
+    );
+    dir
+}
+
+/// Every capture and fixture back to back: real meters, garbage, truncations, CRC errors.
+fn concatenated_stream() -> Vec<u8> {
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let mut files: Vec<PathBuf> = [captures_dir(), golden]
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(dir).expect("readable directory"))
+        .map(|entry| entry.expect("readable entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "txt" || e == "bin"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|f| std::fs::read(f).expect("readable file"))
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn any_chunking_yields_the_same_frames(
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..200),
+        config in config(),
+    ) {
+        let stream = concatenated_stream();
+        let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(stream.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut chunks = Vec::new();
+        let mut from = 0;
+        for cut in cuts.into_iter().chain([stream.len()]) {
+            chunks.push(&stream[from..cut]);
+            from = cut;
+        }
+        let whole = outcomes(config, [&stream[..]]);
+        prop_assert!(whole.len() > 40, "the stream holds the captures' frames");
+        prop_assert_eq!(outcomes(config, chunks), whole);
+    }
+}

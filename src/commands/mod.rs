@@ -1,0 +1,14 @@
+//! One module per subcommand.
+
+mod parse;
+
+use std::process::ExitCode;
+
+use crate::cli::{Cli, Command};
+
+/// Runs the chosen subcommand and returns its exit status.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Parse(args) => parse::run(&args),
+    }
+}
