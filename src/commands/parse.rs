@@ -200,14 +200,9 @@ impl<W: Write> Report<W> {
             writeln!(out, "frames           {}", self.frames)?;
             writeln!(out, "valid            {}", self.valid)?;
             writeln!(out, "without CRC      {}", self.without_crc)?;
-            writeln!(out, "errors           {errors}  {}", by_kind.join(", "))?;
+            writeln!(out, "errors           {errors}{}", detail(&by_kind))?;
             writeln!(out, "discarded bytes  {discarded}")?;
-            writeln!(
-                out,
-                "meters           {}  {}",
-                meters.len(),
-                meters.join(", ")
-            )?;
+            writeln!(out, "meters           {}{}", meters.len(), detail(&meters))?;
             let rate = |n: u64| n as f64 / seconds.max(1e-9);
             writeln!(
                 out,
@@ -217,6 +212,15 @@ impl<W: Write> Report<W> {
             )?;
         }
         self.out.flush()
+    }
+}
+
+/// `  (a, b)` after a total, or nothing when there is nothing to list.
+fn detail(items: &[String]) -> String {
+    if items.is_empty() {
+        String::new()
+    } else {
+        format!("  ({})", items.join(", "))
     }
 }
 

@@ -71,6 +71,8 @@ pub struct Framer {
     /// The last byte pushed, for `lf_to_crlf` across chunk boundaries.
     last_pushed: u8,
     finished: bool,
+    /// A frame just ended: its line ending (CRLF, LF or NUL) is not garbage.
+    ending_pending: bool,
     discarded: u64,
 }
 
@@ -117,7 +119,8 @@ impl Framer {
         self.finished = true;
     }
 
-    /// Bytes skipped because they were outside any frame (line noise, gateway trailers).
+    /// Bytes skipped because they were outside any frame (line noise, gateway trailers), not
+    /// counting the line ending after each frame.
     pub fn discarded_bytes(&self) -> u64 {
         self.discarded
     }
@@ -125,6 +128,15 @@ impl Framer {
     /// The next complete frame, a framing error, or `None` when more input is needed.
     pub fn next_frame(&mut self) -> Option<Result<Frame<'_>, Error>> {
         let max = self.config.max_frame_len;
+        if self.ending_pending && self.pos < self.buf.len() {
+            let ending = &self.buf[self.pos..];
+            self.pos += ending
+                .iter()
+                .take(2)
+                .take_while(|b| matches!(b, b'\r' | b'\n' | 0))
+                .count();
+            self.ending_pending = false;
+        }
         let Some(skip) = memchr(b'/', &self.buf[self.pos..]) else {
             self.discarded += (self.buf.len() - self.pos) as u64;
             self.pos = self.buf.len();
@@ -175,6 +187,7 @@ impl Framer {
         });
         self.pos = hit + 1 + digits;
         self.scanned = self.pos;
+        self.ending_pending = true;
         Some(Ok(Frame {
             bytes: &self.buf[start..=hit],
             crc,
@@ -288,6 +301,10 @@ mod tests {
         assert_eq!(framer.next_frame().unwrap().unwrap().offset(), 5);
         framer.push(b"more/B\r\n!0000");
         assert_eq!(framer.next_frame().unwrap().unwrap().offset(), 20);
-        assert_eq!(framer.discarded_bytes(), 5 + 2 + 4);
+        assert_eq!(
+            framer.discarded_bytes(),
+            5 + 4,
+            "the CRLF after a frame is not noise"
+        );
     }
 }
