@@ -174,10 +174,10 @@ impl<W: Write> Report<W> {
                 }
                 self.valid += u64::from(telegram.line_errors().is_empty());
                 self.without_crc += u64::from(telegram.crc().is_none());
-                if let Some(id) = telegram.equipment_id() {
-                    if !self.meters.contains(id) {
-                        self.meters.insert(id.to_vec());
-                    }
+                if let Some(id) = telegram.equipment_id()
+                    && !self.meters.contains(id)
+                {
+                    self.meters.insert(id.to_vec());
                 }
             }
             Err(error) => {

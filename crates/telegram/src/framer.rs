@@ -207,10 +207,10 @@ fn hex_value(digit: u8) -> u16 {
 mod tests {
     use super::*;
 
-    fn frames(
-        config: FramerConfig,
-        input: &[u8],
-    ) -> Vec<Result<(Vec<u8>, Option<u16>), ErrorKind>> {
+    /// A frame's bytes and CRC, or the kind of framing error.
+    type Outcome = Result<(Vec<u8>, Option<u16>), ErrorKind>;
+
+    fn frames(config: FramerConfig, input: &[u8]) -> Vec<Outcome> {
         let mut framer = Framer::new(config);
         framer.push(input);
         framer.finish();

@@ -82,10 +82,10 @@ pub(crate) fn shape(content: &[u8]) -> Shape<'_> {
     if content.is_empty() {
         return Shape::Empty;
     }
-    if content.len() == 13 {
-        if let Some(time) = MeterTime::from_digits(content).filter(|t| t.dst().is_some()) {
-            return Shape::Time(time);
-        }
+    if content.len() == 13
+        && let Some(time) = MeterTime::from_digits(content).filter(|t| t.dst().is_some())
+    {
+        return Shape::Time(time);
     }
     match number(content) {
         Ok(([], (sign, int, frac, unit))) if frac.is_some() || unit.is_some() => {
@@ -112,26 +112,40 @@ pub(crate) fn shape(content: &[u8]) -> Shape<'_> {
     }
 }
 
-/// Splits the next `(...)` group off `line`: `Some(Ok((content, rest)))`, or `Some(Err(()))`
-/// if the line does not continue with a well-formed group. A group ends at the `)` that is
-/// followed by `(` or by the end of the line, so a value may itself hold parentheses, as in
-/// the Belgian firmware line `1-0:0.2.0((ER11))`.
-pub(crate) fn next_group(line: &[u8]) -> Option<Result<(&[u8], &[u8]), ()>> {
-    if line.is_empty() {
-        return None;
-    }
-    if line[0] != b'(' {
-        return Some(Err(()));
+/// What comes next on an object line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Group<'a> {
+    /// A `(content)` group, and the rest of the line after it.
+    Next { content: &'a [u8], rest: &'a [u8] },
+    /// The end of the line.
+    End,
+    /// Something that is not a well-formed group.
+    Malformed,
+}
+
+/// Splits the next `(...)` group off `line`. A group ends at the `)` that is followed by `(`
+/// or by the end of the line, so a value may itself hold parentheses, as in the Belgian
+/// firmware line `1-0:0.2.0((ER11))`.
+pub(crate) fn next_group(line: &[u8]) -> Group<'_> {
+    match line.first() {
+        None => return Group::End,
+        Some(b'(') => {}
+        Some(_) => return Group::Malformed,
     }
     let mut from = 1;
     while let Some(i) = memchr(b')', &line[from..]) {
         let close = from + i;
         match line.get(close + 1) {
-            None | Some(b'(') => return Some(Ok((&line[1..close], &line[close + 1..]))),
+            None | Some(b'(') => {
+                return Group::Next {
+                    content: &line[1..close],
+                    rest: &line[close + 1..],
+                };
+            }
             Some(_) => from = close + 1,
         }
     }
-    Some(Err(()))
+    Group::Malformed
 }
 
 #[cfg(test)]
@@ -151,12 +165,16 @@ mod tests {
     fn groups_may_hold_parentheses() {
         let groups = |mut line: &'static [u8]| {
             let mut out = Vec::new();
-            while let Some(group) = next_group(line) {
-                let (content, rest) = group.map_err(|()| out.clone())?;
-                out.push(content);
-                line = rest;
+            loop {
+                match next_group(line) {
+                    Group::Next { content, rest } => {
+                        out.push(content);
+                        line = rest;
+                    }
+                    Group::End => return Ok(out),
+                    Group::Malformed => return Err(out),
+                }
             }
-            Ok::<_, Vec<&[u8]>>(out)
         };
         assert_eq!(groups(b"((ER11))"), Ok(vec![&b"(ER11)"[..]]));
         assert_eq!(groups(b"(a)(b)()"), Ok(vec![&b"a"[..], b"b", b""]));

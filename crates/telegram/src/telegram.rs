@@ -6,7 +6,7 @@ use nom::Offset;
 use crate::crc::crc16;
 use crate::error::{Error, ErrorKind};
 use crate::framer::Frame;
-use crate::grammar::{self, Shape};
+use crate::grammar::{self, Group, Shape};
 use crate::mbus::MbusDevice;
 use crate::obis::{Obis, codes};
 use crate::value::{Decimal, MeterTime, Number, Value};
@@ -108,11 +108,11 @@ impl Parser {
             let line_end = memchr(b'\n', &bytes[pos..end]).map_or(end, |i| pos + i);
             line_number += 1;
             let line = trim_cr(&bytes[pos..line_end]);
-            if !line.is_empty() {
-                if let Err(kind) = self.parse_line(bytes, line, line_number) {
-                    let offset = base + pos as u64;
-                    self.line_errors.push(Error::new(kind, offset, line_number));
-                }
+            if !line.is_empty()
+                && let Err(kind) = self.parse_line(bytes, line, line_number)
+            {
+                let offset = base + pos as u64;
+                self.line_errors.push(Error::new(kind, offset, line_number));
             }
             pos = line_end + 1;
         }
@@ -142,10 +142,14 @@ impl Parser {
             }
         };
         let mark = self.values.len();
-        while let Some(group) = grammar::next_group(rest) {
-            let Ok((content, after)) = group else {
-                self.values.truncate(mark);
-                return Err(ErrorKind::BadValue);
+        loop {
+            let (content, after) = match grammar::next_group(rest) {
+                Group::Next { content, rest } => (content, rest),
+                Group::End => break,
+                Group::Malformed => {
+                    self.values.truncate(mark);
+                    return Err(ErrorKind::BadValue);
+                }
             };
             self.values.push(match grammar::shape(content) {
                 Shape::Empty => RawValue::Empty,
