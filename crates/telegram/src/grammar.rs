@@ -1,41 +1,25 @@
 //! The COSEM line grammar, written with nom. It knows shapes, not codes: any `A-B:C.D.E`
 //! followed by `(...)` groups is an object, and each group is typed by its shape alone.
 
-use memchr::memchr;
-use nom::bytes::complete::{take_while_m_n, take_while1};
-use nom::character::complete::{char, digit1};
-use nom::combinator::{map_opt, opt};
+use nom::bytes::complete::take_while1;
+use nom::character::complete::{char, digit1, u8};
+use nom::combinator::opt;
 use nom::sequence::preceded;
 use nom::{IResult, Parser};
 
 use crate::obis::Obis;
 use crate::value::{Decimal, MeterTime};
 
-/// One OBIS field: 1 to 3 digits, at most 255.
-fn field(input: &[u8]) -> IResult<&[u8], u8> {
-    map_opt(
-        take_while_m_n(1, 3, |b: u8| b.is_ascii_digit()),
-        |digits: &[u8]| {
-            u8::try_from(
-                digits
-                    .iter()
-                    .fold(0u16, |n, &d| n * 10 + u16::from(d - b'0')),
-            )
-            .ok()
-        },
-    )
-    .parse(input)
-}
-
 /// `A-B:C.D.E` with an optional `*F`.
 pub(crate) fn obis(input: &[u8]) -> IResult<&[u8], Obis> {
+    // Each field is a decimal of at most 255: nom's `u8` fails on overflow.
     (
-        field,
-        preceded(char('-'), field),
-        preceded(char(':'), field),
-        preceded(char('.'), field),
-        preceded(char('.'), field),
-        opt(preceded(char('*'), field)),
+        u8,
+        preceded(char('-'), u8),
+        preceded(char(':'), u8),
+        preceded(char('.'), u8),
+        preceded(char('.'), u8),
+        opt(preceded(char('*'), u8)),
     )
         .map(|(a, b, c, d, e, f)| Obis {
             a,
@@ -133,7 +117,8 @@ pub(crate) fn next_group(line: &[u8]) -> Group<'_> {
         Some(_) => return Group::Malformed,
     }
     let mut from = 1;
-    while let Some(i) = memchr(b')', &line[from..]) {
+    // Groups are short: a plain scan beats memchr's set-up here.
+    while let Some(i) = line[from..].iter().position(|&b| b == b')') {
         let close = from + i;
         match line.get(close + 1) {
             None | Some(b'(') => {

@@ -102,10 +102,17 @@ impl Parser {
         if header.len() < 3 || !header[..3].iter().all(u8::is_ascii_alphabetic) {
             return Err(Error::new(ErrorKind::BadHeader, base, 1));
         }
+        // Lines end at each LF of the body (one memchr pass), the last one at the '!'.
         let mut line_number = 1;
         let mut pos = header_end + 1;
-        while pos < end {
-            let line_end = memchr(b'\n', &bytes[pos..end]).map_or(end, |i| pos + i);
+        let body = bytes.get(pos..end).unwrap_or_default();
+        let line_ends = memchr_iter(b'\n', body)
+            .map(|i| header_end + 1 + i)
+            .chain([end]);
+        for line_end in line_ends {
+            if pos >= end {
+                break;
+            }
             line_number += 1;
             let line = trim_cr(&bytes[pos..line_end]);
             if !line.is_empty()
