@@ -1,8 +1,11 @@
 //! The command line.
 
 use std::path::PathBuf;
+use std::str::FromStr;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use jiff::Timestamp;
+use p1guard_conduct::{Granularity, Identity, Level};
 
 /// Reads DSMR smart-meter P1 telegrams and passes them on only as finely as the meter's
 /// owner consented to.
@@ -20,14 +23,16 @@ pub enum Command {
     /// Exit status: 0 if every frame parsed cleanly, 1 if any frame or line failed, 2 if the
     /// input could not be read.
     Parse(ParseArgs),
+    /// Reduce captures to the records the code of conduct allows; print them as JSON lines.
+    ///
+    /// Deterministic: records are dated by the meters' clocks, so the same input gives the same
+    /// output. Exit status: 0, or 2 if an input or the identity key could not be read.
+    Replay(ReplayArgs),
 }
 
+/// How input bytes are read: line repairs and decryption.
 #[derive(Debug, Args)]
-pub struct ParseArgs {
-    /// Capture file to read; `-` or nothing for stdin.
-    #[arg(default_value = "-")]
-    pub input: PathBuf,
-
+pub struct InputArgs {
     /// Insert the CR that captures stored with LF-only line endings have lost. Real meters
     /// send CRLF, so without this such captures fail their CRC.
     #[arg(long)]
@@ -49,10 +54,107 @@ pub struct ParseArgs {
     /// The meter's GCM tag covers no associated data (no authentication key).
     #[arg(long, requires = "key", conflicts_with = "auth_key")]
     pub no_auth_key: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ParseArgs {
+    /// Capture file to read; `-` or nothing for stdin.
+    #[arg(default_value = "-")]
+    pub input: PathBuf,
+
+    #[command(flatten)]
+    pub input_args: InputArgs,
 
     /// Print only totals: frames, valid telegrams, errors by kind, meters seen, speed.
     #[arg(long)]
     pub summary: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Capture files, each a stream of telegrams back to back; `-` for stdin.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+
+    #[command(flatten)]
+    pub input_args: InputArgs,
+
+    /// Consent level of every meter until the first change: none, billing, daily,
+    /// quarter_hour or live. Billing needs no consent, so it is the default.
+    #[arg(long, default_value = "billing", value_name = "LEVEL")]
+    pub consent: Level,
+
+    /// A consent change taking effect at an instant, e.g. `2026-03-29T10:00:00Z=live`.
+    /// Repeatable.
+    #[arg(long = "consent-change", value_name = "RFC3339=LEVEL", value_parser = parse_change)]
+    pub consent_changes: Vec<(Timestamp, Level)>,
+
+    /// The finest granularity printed (the sink's ceiling).
+    #[arg(long, default_value = "live", value_name = "GRANULARITY")]
+    pub max_granularity: Granularity,
+
+    /// How records name meters; `raw` only with `--max-granularity live`.
+    #[arg(long, value_enum, default_value_t = IdentityArg::Pseudonym)]
+    pub identity: IdentityArg,
+
+    /// File holding the pseudonym key (64 hex digits), created with mode 0600 if missing.
+    /// Defaults to `identity.key` in p1guard's state directory.
+    #[arg(long, value_name = "FILE")]
+    pub identity_key: Option<PathBuf>,
+
+    /// `max` (as fast as possible), `realtime`, or a speed-up factor such as `60`.
+    #[arg(long, default_value = "max")]
+    pub speed: Speed,
+}
+
+/// `--identity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IdentityArg {
+    /// The equipment id as sent.
+    Raw,
+    /// The HMAC pseudonym.
+    Pseudonym,
+}
+
+impl From<IdentityArg> for Identity {
+    fn from(arg: IdentityArg) -> Identity {
+        match arg {
+            IdentityArg::Raw => Identity::Raw,
+            IdentityArg::Pseudonym => Identity::Pseudonym,
+        }
+    }
+}
+
+/// How fast a replay runs, relative to the meters' clocks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Speed {
+    /// No waiting.
+    Max,
+    /// Meter seconds per wall-clock second: 1 is real time.
+    Factor(f64),
+}
+
+impl FromStr for Speed {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Speed, String> {
+        match text {
+            "max" => Ok(Speed::Max),
+            "realtime" => Ok(Speed::Factor(1.0)),
+            _ => match text.parse::<f64>() {
+                Ok(factor) if factor.is_finite() && factor > 0.0 => Ok(Speed::Factor(factor)),
+                _ => Err("expected max, realtime or a positive factor".into()),
+            },
+        }
+    }
+}
+
+fn parse_change(text: &str) -> Result<(Timestamp, Level), String> {
+    let (at, level) = text.split_once('=').ok_or("expected RFC3339=LEVEL")?;
+    let at = at
+        .parse::<Timestamp>()
+        .map_err(|e| format!("{at:?} is not an RFC 3339 time: {e}"))?;
+    Ok((at, level.parse::<Level>().map_err(|e| e.to_string())?))
 }
 
 /// 32 hex digits to 16 bytes.
@@ -81,6 +183,20 @@ mod tests {
         );
         assert!(parse_key("0001").is_err());
         assert!(parse_key("zz0102030405060708090a0b0c0d0e0f").is_err());
+    }
+
+    #[test]
+    fn consent_changes_and_speeds() {
+        let (at, level) = parse_change("2026-03-29T10:00:00Z=live").unwrap();
+        assert_eq!(
+            (at.to_string().as_str(), level),
+            ("2026-03-29T10:00:00Z", Level::Live)
+        );
+        assert!(parse_change("2026-03-29T10:00:00Z=hourly").is_err());
+        assert!(parse_change("yesterday=live").is_err());
+        assert_eq!("realtime".parse::<Speed>(), Ok(Speed::Factor(1.0)));
+        assert_eq!("60".parse::<Speed>(), Ok(Speed::Factor(60.0)));
+        assert!("0".parse::<Speed>().is_err());
     }
 
     #[test]

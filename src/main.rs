@@ -3,6 +3,8 @@
 
 mod cli;
 mod commands;
+mod decode;
+mod identity_key;
 
 use std::process::ExitCode;
 

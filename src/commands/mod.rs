@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 mod parse;
+mod replay;
 
 use std::process::ExitCode;
 
@@ -10,5 +11,6 @@ use crate::cli::{Cli, Command};
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Parse(args) => parse::run(&args),
+        Command::Replay(args) => replay::run(&args),
     }
 }

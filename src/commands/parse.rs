@@ -2,36 +2,32 @@
 //! architecture.md, or only totals with `--summary`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
-use std::path::Path;
+use std::io::{self, BufWriter, Write};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use p1guard_telegram::dlms::{CipherFramer, Decryptor, SMARTY_AUTH_KEY};
 use p1guard_telegram::json::Outcome;
-use p1guard_telegram::{Error, Framer, FramerConfig, Parser, Telegram};
+use p1guard_telegram::{Error, Telegram};
 
 use crate::cli::ParseArgs;
+use crate::decode::{self, Decoder};
 
 pub fn run(args: &ParseArgs) -> anyhow::Result<ExitCode> {
-    let input = open(&args.input)?;
-    let decryptor = args.key.map(|key| {
-        let auth_key = if args.no_auth_key {
-            None
-        } else {
-            Some(args.auth_key.unwrap_or(SMARTY_AUTH_KEY))
-        };
-        Decryptor::new(key, auth_key)
-    });
-    let config = FramerConfig {
-        lf_to_crlf: args.lf_to_crlf,
-        clear_bit7: args.clear_bit7,
-        ..FramerConfig::default()
-    };
+    let input = decode::open(&args.input)?;
+    let mut decoder = Decoder::new(&args.input_args);
     let mut report = Report::new(BufWriter::new(io::stdout().lock()), args.summary);
-    match parse_stream(input, Decoder::new(config, decryptor), &mut report) {
+    let started = Instant::now();
+    let result = decoder
+        .decode(input, |outcome| report.record(outcome))
+        .and_then(|bytes| {
+            report.finish(
+                bytes,
+                decoder.discarded_bytes(),
+                started.elapsed().as_secs_f64(),
+            )
+        });
+    match result {
         Err(error) if error.kind() == io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
         result => result.with_context(|| format!("reading {}", args.input.display()))?,
     }
@@ -40,101 +36,6 @@ pub fn run(args: &ParseArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
-}
-
-fn open(path: &Path) -> anyhow::Result<Box<dyn Read>> {
-    if path == Path::new("-") {
-        return Ok(Box::new(io::stdin().lock()));
-    }
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    Ok(Box::new(file))
-}
-
-fn parse_stream(
-    mut input: impl Read,
-    mut decoder: Decoder,
-    report: &mut Report<impl Write>,
-) -> io::Result<()> {
-    let started = Instant::now();
-    let mut chunk = vec![0u8; 64 * 1024];
-    let mut bytes_read = 0u64;
-    loop {
-        let n = match input.read(&mut chunk) {
-            Ok(n) => n,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-            Err(error) => return Err(error),
-        };
-        bytes_read += n as u64;
-        if n == 0 {
-            decoder.finish();
-        } else {
-            decoder.push(&chunk[..n]);
-        }
-        decoder.drain(|outcome| report.record(outcome))?;
-        if n == 0 {
-            break;
-        }
-    }
-    report.finish(
-        bytes_read,
-        decoder.framer.discarded_bytes(),
-        started.elapsed().as_secs_f64(),
-    )
-}
-
-/// Bytes in, parsed telegrams out; decrypts general-global-cipher frames first if a key is set.
-struct Decoder {
-    cipher: Option<(CipherFramer, Decryptor)>,
-    plain: Vec<u8>,
-    framer: Framer,
-    parser: Parser,
-    decrypt_errors: Vec<Error>,
-}
-
-impl Decoder {
-    fn new(config: FramerConfig, decryptor: Option<Decryptor>) -> Decoder {
-        Decoder {
-            cipher: decryptor.map(|d| (CipherFramer::new(), d)),
-            plain: Vec::new(),
-            framer: Framer::new(config),
-            parser: Parser::new(),
-            decrypt_errors: Vec::new(),
-        }
-    }
-
-    fn push(&mut self, chunk: &[u8]) {
-        let Some((cipher_framer, decryptor)) = &mut self.cipher else {
-            self.framer.push(chunk);
-            return;
-        };
-        cipher_framer.push(chunk);
-        while let Some(next) = cipher_framer.next_frame() {
-            self.plain.clear();
-            let decrypted =
-                next.and_then(|(frame, offset)| decryptor.decrypt(frame, offset, &mut self.plain));
-            match decrypted {
-                Ok(()) => self.framer.push(&self.plain),
-                Err(error) => self.decrypt_errors.push(error),
-            }
-        }
-    }
-
-    fn finish(&mut self) {
-        self.framer.finish();
-    }
-
-    fn drain(
-        &mut self,
-        mut sink: impl FnMut(Result<Telegram<'_>, Error>) -> io::Result<()>,
-    ) -> io::Result<()> {
-        for error in self.decrypt_errors.drain(..) {
-            sink(Err(error))?;
-        }
-        while let Some(frame) = self.framer.next_frame() {
-            sink(frame.and_then(|frame| self.parser.parse(&frame)))?;
-        }
-        Ok(())
-    }
 }
 
 /// Prints each outcome (unless only a summary is wanted) and keeps the totals.

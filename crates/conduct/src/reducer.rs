@@ -1,0 +1,575 @@
+//! The reducer: telegrams in, records out, no finer than each meter's consent at the instant
+//! a record is about.
+//!
+//! For each meter and register series (electricity registers at telegram time; each M-Bus
+//! device at its own capture time), a boundary B yields a reading when an observation lies
+//! exactly on B (`measured`), or when consecutive observations t_prev < B < t_cur are at most
+//! the granularity's max gap apart (`interpolated`, linear, rounded to the register's 0.001
+//! resolution). Any other boundary is counted as missing, never guessed from farther data.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use p1guard_telegram::{Direction, MbusKind, MeterTime, Phase, Telegram, TimeFlag};
+
+use crate::calendar::{Calendar, Period};
+use crate::consent::Consent;
+use crate::identity::{IdentityKey, MeterRef};
+use crate::level::{Granularity, Level};
+use crate::record::{
+    Clock, Kind, LiveValues, Milli, PhaseValues, Quality, Record, Registers, Values,
+};
+
+/// The longest gap between two observations across which a boundary is interpolated, in
+/// seconds (privacy.md's defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxGaps {
+    /// Quarter-hour electricity: 15 minutes.
+    pub quarter_hour: i64,
+    /// Hourly M-Bus: 1 hour.
+    pub hourly: i64,
+    /// Daily: 24 hours.
+    pub daily: i64,
+    /// Billing: 24 hours.
+    pub billing: i64,
+}
+
+impl Default for MaxGaps {
+    fn default() -> Self {
+        MaxGaps {
+            quarter_hour: 15 * 60,
+            hourly: 3600,
+            daily: 24 * 3600,
+            billing: 24 * 3600,
+        }
+    }
+}
+
+/// What the reducer produces.
+#[derive(Debug, Clone)]
+pub struct ReducerConfig {
+    /// Local midnights and the billing cadence.
+    pub calendar: Calendar,
+    /// The finest granularity any sink takes: nothing finer is even computed.
+    pub finest: Granularity,
+    /// Interpolation limits.
+    pub max_gaps: MaxGaps,
+}
+
+/// What the reducer has seen and done, for logs and metrics. Arrays are indexed by
+/// [`Granularity`] order: billing, daily, quarter_hour, live.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Telegrams offered.
+    pub telegrams: u64,
+    /// Records produced.
+    pub records: [u64; 4],
+    /// Boundaries consent allowed but no observation could fill.
+    pub missing: [u64; 4],
+    /// Readings that existed but consent at their instant did not allow.
+    pub withheld: [u64; 4],
+    /// Telegrams without an equipment identifier (nobody to attribute them to).
+    pub without_meter_id: u64,
+    /// Telegrams whose meter time is impossible or a placeholder.
+    pub bad_time: u64,
+    /// Telegrams not later than the meter's previous one (repeats, clock steps back).
+    pub out_of_order: u64,
+}
+
+/// Boundary schedule of one granularity.
+#[derive(Debug, Clone, Copy)]
+enum Boundaries {
+    /// Every `n` seconds of UTC.
+    Every(i64),
+    /// Local midnights.
+    Day,
+    /// Billing boundaries.
+    Billing,
+}
+
+/// Electricity registers as kept between telegrams: `[import total, t1, t2, export total, t1,
+/// t2]` with a presence mask, half the size of `Registers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RegisterState {
+    values: [Milli; 6],
+    present: u8,
+}
+
+impl RegisterState {
+    fn from_registers(registers: &Registers) -> RegisterState {
+        let mut state = RegisterState {
+            values: [0; 6],
+            present: 0,
+        };
+        for (slot, value) in registers.import.iter().chain(&registers.export).enumerate() {
+            if let Some(value) = value {
+                state.values[slot] = *value;
+                state.present |= 1 << slot;
+            }
+        }
+        state
+    }
+
+    fn to_registers(self) -> Registers {
+        let get = |slot: usize| (self.present & (1 << slot) != 0).then_some(self.values[slot]);
+        Registers {
+            import: [get(0), get(1), get(2)],
+            export: [get(3), get(4), get(5)],
+        }
+    }
+}
+
+/// A series value that can be interpolated.
+trait Reading: Copy {
+    /// `self + (next - self) * num / den`, rounded to the resolution and kept between the two.
+    fn towards(self, next: Self, num: i64, den: i64) -> Self;
+}
+
+impl Reading for Milli {
+    fn towards(self, next: Milli, num: i64, den: i64) -> Milli {
+        let delta = i128::from(next - self) * i128::from(num);
+        let den = i128::from(den);
+        let (quotient, remainder) = (delta / den, delta % den);
+        let rounded = if 2 * remainder.abs() >= den {
+            quotient + delta.signum()
+        } else {
+            quotient
+        };
+        let value = (i128::from(self) + rounded)
+            .clamp(i128::from(self.min(next)), i128::from(self.max(next)));
+        value as Milli // between two i64 values, so it fits
+    }
+}
+
+impl Reading for RegisterState {
+    fn towards(self, next: RegisterState, num: i64, den: i64) -> RegisterState {
+        let present = self.present & next.present;
+        let mut values = [0; 6];
+        for (slot, value) in values.iter_mut().enumerate() {
+            if present & (1 << slot) != 0 {
+                *value = self.values[slot].towards(next.values[slot], num, den);
+            }
+        }
+        RegisterState { values, present }
+    }
+}
+
+/// An observation of a series: Unix seconds and the reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Observation<V> {
+    t: i64,
+    value: V,
+}
+
+#[derive(Debug, Clone)]
+struct MbusSeries {
+    channel: u8,
+    last: Option<Observation<Milli>>,
+}
+
+/// Everything kept per meter between telegrams.
+#[derive(Debug, Clone)]
+struct MeterState {
+    meter: MeterRef,
+    electricity: Option<Observation<RegisterState>>,
+    mbus: Vec<MbusSeries>,
+}
+
+/// Boundary periods shared by all meters: in a live fleet they are all on the same day.
+#[derive(Debug, Clone, Default)]
+struct PeriodCache {
+    day: Period,
+    billing: Period,
+}
+
+/// Reduces telegrams to records under a consent lookup.
+#[derive(Debug)]
+pub struct Reducer<C> {
+    config: ReducerConfig,
+    consent: C,
+    key: IdentityKey,
+    meters: HashMap<Arc<[u8]>, MeterState>,
+    periods: PeriodCache,
+    counters: Counters,
+}
+
+/// The pieces of a reducer one telegram's work needs besides the meter's state.
+struct Step<'a, C> {
+    config: &'a ReducerConfig,
+    consent: &'a C,
+    periods: &'a mut PeriodCache,
+    counters: &'a mut Counters,
+    out: &'a mut Vec<Record>,
+}
+
+impl<C: Consent> Reducer<C> {
+    /// A reducer naming meters with `key`'s pseudonyms and asking `consent` at every record's
+    /// instant.
+    pub fn new(config: ReducerConfig, consent: C, key: IdentityKey) -> Reducer<C> {
+        Reducer {
+            config,
+            consent,
+            key,
+            meters: HashMap::new(),
+            periods: PeriodCache::default(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// What has been seen so far.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// How many meters have state.
+    pub fn meter_count(&self) -> usize {
+        self.meters.len()
+    }
+
+    /// Approximate bytes of state per meter: the map's slot and the heap behind it.
+    pub fn state_bytes_per_meter(&self) -> usize {
+        let slot = size_of::<(Arc<[u8]>, MeterState)>() + 1;
+        let heap: usize = self
+            .meters
+            .iter()
+            .map(|(id, state)| 16 + id.len() + state.mbus.capacity() * size_of::<MbusSeries>())
+            .sum();
+        let slots = self.meters.capacity() * slot;
+        (slots + heap) / self.meters.len().max(1)
+    }
+
+    /// Appends to `out` the records `telegram` yields. `received` dates telegrams that carry
+    /// no time of their own (DSMR 2.2 and 3).
+    pub fn reduce(&mut self, telegram: &Telegram<'_>, received: Timestamp, out: &mut Vec<Record>) {
+        self.counters.telegrams += 1;
+        let Some(id) = telegram.equipment_id() else {
+            self.counters.without_meter_id += 1;
+            return;
+        };
+        let (time, clock) = match telegram.time().map(|t| t.utc()) {
+            None => (received, Clock::Receiver),
+            Some(Ok(time)) => (time, Clock::Meter),
+            Some(Err(_)) => {
+                self.counters.bad_time += 1;
+                return;
+            }
+        };
+        let state = match self.meters.get_mut(id) {
+            Some(state) => state,
+            None => self
+                .meters
+                .entry(Arc::from(id))
+                .or_insert_with(|| MeterState {
+                    meter: MeterRef::new(id, &self.key),
+                    electricity: None,
+                    mbus: Vec::new(),
+                }),
+        };
+        let t = time.as_second();
+        if state.electricity.is_some_and(|last| t <= last.t) {
+            self.counters.out_of_order += 1;
+            return;
+        }
+        let mut step = Step {
+            config: &self.config,
+            consent: &self.consent,
+            periods: &mut self.periods,
+            counters: &mut self.counters,
+            out,
+        };
+        step.electricity(state, telegram, t, clock);
+        step.mbus(state, telegram);
+    }
+}
+
+impl<C: Consent> Step<'_, C> {
+    fn level(&self, meter: &MeterRef, t: i64) -> Level {
+        let at = Timestamp::from_second(t).unwrap_or(Timestamp::MIN);
+        self.consent.level(meter.raw(), at)
+    }
+
+    /// The first boundary of `schedule` strictly after `t`.
+    fn next_after(&mut self, schedule: Boundaries, t: i64) -> Option<i64> {
+        let calendar = &self.config.calendar;
+        match schedule {
+            Boundaries::Every(step) => Some((t.div_euclid(step) + 1) * step),
+            Boundaries::Day => {
+                if !self.periods.day.contains(t) {
+                    self.periods.day = calendar.day(t)?;
+                }
+                Some(self.periods.day.end)
+            }
+            Boundaries::Billing => {
+                if !self.periods.billing.contains(t) {
+                    self.periods.billing = calendar.billing_period(t)?;
+                }
+                Some(self.periods.billing.end)
+            }
+        }
+    }
+
+    /// Readings at every boundary in `(previous, current]` (only `current` itself for a first
+    /// observation), each handed to `emit` if consent at that boundary allows it.
+    fn boundaries<V: Reading>(
+        &mut self,
+        meter: &MeterRef,
+        schedules: [(Granularity, Boundaries, i64); 3],
+        previous: Option<Observation<V>>,
+        current: Observation<V>,
+        mut emit: impl FnMut(&mut Self, Granularity, i64, Quality, V),
+    ) {
+        for (granularity, schedule, max_gap) in schedules {
+            if granularity > self.config.finest {
+                continue;
+            }
+            let lower = previous.map_or(current.t - 1, |p| p.t);
+            let mut next = self.next_after(schedule, lower);
+            while let Some(boundary) = next.filter(|b| *b <= current.t) {
+                let reading = match previous {
+                    _ if boundary == current.t => Some((Quality::Measured, current.value)),
+                    Some(p) if current.t - p.t <= max_gap => {
+                        let value = p
+                            .value
+                            .towards(current.value, boundary - p.t, current.t - p.t);
+                        Some((Quality::Interpolated, value))
+                    }
+                    _ => None,
+                };
+                let allowed = self.level(meter, boundary).allows(granularity);
+                let g = granularity as usize;
+                match (reading, allowed) {
+                    (Some((quality, value)), true) => {
+                        emit(self, granularity, boundary, quality, value)
+                    }
+                    (Some(_), false) => self.counters.withheld[g] += 1,
+                    (None, true) => self.counters.missing[g] += 1,
+                    (None, false) => {}
+                }
+                next = self.next_after(schedule, boundary);
+            }
+        }
+    }
+
+    fn push(&mut self, record: Record) {
+        self.counters.records[record.granularity as usize] += 1;
+        self.out.push(record);
+    }
+
+    fn electricity(
+        &mut self,
+        state: &mut MeterState,
+        telegram: &Telegram<'_>,
+        t: i64,
+        clock: Clock,
+    ) {
+        let registers = registers(telegram);
+        let gaps = self.config.max_gaps;
+        if !registers.is_empty() {
+            let current = Observation {
+                t,
+                value: RegisterState::from_registers(&registers),
+            };
+            let schedules = [
+                (Granularity::Billing, Boundaries::Billing, gaps.billing),
+                (Granularity::Daily, Boundaries::Day, gaps.daily),
+                (
+                    Granularity::QuarterHour,
+                    Boundaries::Every(15 * 60),
+                    gaps.quarter_hour,
+                ),
+            ];
+            let meter = &state.meter;
+            self.boundaries(
+                meter,
+                schedules,
+                state.electricity,
+                current,
+                |step, granularity, b, quality, value| {
+                    step.push(Record {
+                        meter: meter.clone(),
+                        granularity,
+                        kind: Kind::Electricity,
+                        time: Timestamp::from_second(b).unwrap_or(Timestamp::MIN),
+                        quality,
+                        clock,
+                        values: Values::Electricity {
+                            registers: value.to_registers(),
+                            live: None,
+                        },
+                    });
+                },
+            );
+            state.electricity = Some(current);
+        }
+        if self.config.finest == Granularity::Live {
+            if self.level(&state.meter, t).allows(Granularity::Live) {
+                self.push(Record {
+                    meter: state.meter.clone(),
+                    granularity: Granularity::Live,
+                    kind: Kind::Electricity,
+                    time: Timestamp::from_second(t).unwrap_or(Timestamp::MIN),
+                    quality: Quality::Measured,
+                    clock,
+                    values: Values::Electricity {
+                        registers,
+                        live: Some(Box::new(live_values(telegram))),
+                    },
+                });
+            } else {
+                self.counters.withheld[Granularity::Live as usize] += 1;
+            }
+        }
+    }
+
+    fn mbus(&mut self, state: &mut MeterState, telegram: &Telegram<'_>) {
+        let gaps = self.config.max_gaps;
+        let schedules = [
+            (Granularity::Billing, Boundaries::Billing, gaps.billing),
+            (Granularity::Daily, Boundaries::Day, gaps.daily),
+            (
+                Granularity::QuarterHour,
+                Boundaries::Every(3600),
+                gaps.hourly,
+            ),
+        ];
+        for device in telegram.mbus_devices() {
+            let (Some(kind), Some(reading)) = (device.kind().map(kind_of), device.reading) else {
+                continue;
+            };
+            let unit = if kind == Kind::Heat { "GJ" } else { "m3" };
+            let (Some(t), Some(value)) = (
+                capture_instant(reading.captured, &self.config.calendar),
+                reading.value.in_unit(unit).map(to_milli),
+            ) else {
+                continue;
+            };
+            let index = match state.mbus.iter().position(|s| s.channel == device.channel) {
+                Some(index) => index,
+                None => {
+                    state.mbus.push(MbusSeries {
+                        channel: device.channel,
+                        last: None,
+                    });
+                    state.mbus.len() - 1
+                }
+            };
+            let previous = state.mbus[index].last;
+            if previous.is_some_and(|p| t <= p.t) {
+                continue; // the same capture again (DSMR 5 repeats it for 5 minutes)
+            }
+            let current = Observation { t, value };
+            let meter = &state.meter;
+            let record = |granularity, b: i64, quality, value| Record {
+                meter: meter.clone(),
+                granularity,
+                kind,
+                time: Timestamp::from_second(b).unwrap_or(Timestamp::MIN),
+                quality,
+                clock: Clock::Meter,
+                values: Values::Mbus(value),
+            };
+            self.boundaries(
+                meter,
+                schedules,
+                previous,
+                current,
+                |step, granularity, b, quality, value| {
+                    step.push(record(granularity, b, quality, value));
+                },
+            );
+            if self.config.finest == Granularity::Live {
+                if self.level(meter, t).allows(Granularity::Live) {
+                    self.push(record(Granularity::Live, t, Quality::Measured, value));
+                } else {
+                    self.counters.withheld[Granularity::Live as usize] += 1;
+                }
+            }
+            state.mbus[index].last = Some(current);
+        }
+    }
+}
+
+fn to_milli(value: f64) -> Milli {
+    (value * 1000.0).round() as Milli
+}
+
+fn kind_of(kind: MbusKind) -> Kind {
+    match kind {
+        MbusKind::Gas => Kind::Gas,
+        MbusKind::Water => Kind::Water,
+        MbusKind::Heat => Kind::Heat,
+    }
+}
+
+/// An M-Bus capture time as an instant. DSMR 2.2 and 3 send no S/W flag; their local time is
+/// placed in Europe/Amsterdam, except in the repeated hour of October, which is skipped
+/// rather than guessed.
+fn capture_instant(captured: MeterTime, calendar: &Calendar) -> Option<i64> {
+    match captured.utc() {
+        Ok(instant) => Some(instant.as_second()),
+        Err(TimeFlag::Unflagged) => {
+            let ambiguous = calendar.zone().to_ambiguous_timestamp(captured.civil()?);
+            Some(ambiguous.unambiguous().ok()?.as_second())
+        }
+        Err(_) => None,
+    }
+}
+
+/// The electricity registers in Wh, tariffs 0 (total) to 2; others are not billing registers
+/// in the Netherlands and are left out.
+fn registers(telegram: &Telegram<'_>) -> Registers {
+    let mut registers = Registers::default();
+    for (register, kwh) in telegram.energy_registers() {
+        let slots = match register.direction {
+            Direction::Import => &mut registers.import,
+            Direction::Export => &mut registers.export,
+        };
+        if let Some(slot) = slots.get_mut(usize::from(register.tariff)) {
+            slot.get_or_insert(to_milli(kwh));
+        }
+    }
+    registers
+}
+
+fn live_values(telegram: &Telegram<'_>) -> LiveValues {
+    LiveValues {
+        power_import_w: telegram.power_import_w(),
+        power_export_w: telegram.power_export_w(),
+        phases: Phase::ALL.map(|phase| PhaseValues {
+            voltage_v: telegram.voltage_v(phase),
+            current_a: telegram.current_a(phase),
+            power_import_w: telegram.phase_power_import_w(phase),
+            power_export_w: telegram.phase_power_export_w(phase),
+        }),
+        tariff: telegram.tariff(),
+        power_failures: telegram.power_failures(),
+        long_power_failures: telegram.long_power_failures(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interpolation_rounds_half_away_from_zero_and_stays_between() {
+        assert_eq!(1000.towards(2000, 1, 2), 1500);
+        assert_eq!(1000.towards(1001, 1, 2), 1001);
+        assert_eq!(1000.towards(1001, 1, 3), 1000);
+        assert_eq!(1001.towards(1000, 1, 2), 1000);
+        assert_eq!(5.towards(5, 7, 9), 5);
+    }
+
+    #[test]
+    fn register_state_round_trips() {
+        let registers = Registers {
+            import: [None, Some(1), Some(2)],
+            export: [None, Some(3), None],
+        };
+        assert_eq!(
+            RegisterState::from_registers(&registers).to_registers(),
+            registers
+        );
+    }
+}

@@ -1,0 +1,163 @@
+//! Fan-out: what each destination may receive. A record reaches a sink only at or under the
+//! sink's granularity ceiling, and names its meter the way the sink's identity allows; there
+//! is no other way to get a record out of this crate.
+
+use std::fmt;
+
+use crate::identity::Identity;
+use crate::level::Granularity;
+use crate::record::Record;
+
+/// A sink's ceiling and identity, checked together: raw meter ids only go to `live` sinks,
+/// which are the household's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SinkPolicy {
+    ceiling: Granularity,
+    identity: Identity,
+}
+
+/// A sink configuration the code of conduct does not allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// Raw identity was asked for on a sink that is not the owner's own.
+    #[error(
+        "raw meter identity is only allowed on sinks whose max_granularity is live (the owner's own), not {0}"
+    )]
+    RawIdentityBelowLive(Granularity),
+}
+
+impl SinkPolicy {
+    /// A policy, if the code of conduct allows it.
+    pub fn new(ceiling: Granularity, identity: Identity) -> Result<SinkPolicy, PolicyError> {
+        if identity == Identity::Raw && ceiling != Granularity::Live {
+            return Err(PolicyError::RawIdentityBelowLive(ceiling));
+        }
+        Ok(SinkPolicy { ceiling, identity })
+    }
+
+    /// The finest granularity the sink receives.
+    pub fn ceiling(&self) -> Granularity {
+        self.ceiling
+    }
+
+    /// How the sink names meters.
+    pub fn identity(&self) -> Identity {
+        self.identity
+    }
+
+    /// The record as this sink may see it, or `None` if it is finer than the ceiling.
+    pub fn admit<'a>(&self, record: &'a Record) -> Option<SinkRecord<'a>> {
+        (record.granularity <= self.ceiling).then_some(SinkRecord {
+            record,
+            identity: self.identity,
+        })
+    }
+}
+
+/// A record admitted to one sink. Serialises to architecture.md's record JSON.
+#[derive(Debug, Clone, Copy)]
+pub struct SinkRecord<'a> {
+    record: &'a Record,
+    identity: Identity,
+}
+
+impl<'a> SinkRecord<'a> {
+    /// The record (its meter's raw id stays hidden; use [`SinkRecord::meter`]).
+    pub fn record(&self) -> &'a Record {
+        self.record
+    }
+
+    /// The meter as this sink may name it.
+    pub fn meter(&self) -> MeterName<'a> {
+        match self.identity {
+            Identity::Raw => MeterName::Raw(self.record.meter.raw()),
+            Identity::Pseudonym => MeterName::Pseudonym(self.record.meter.pseudonym()),
+        }
+    }
+}
+
+/// A meter's name on one sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeterName<'a> {
+    /// The equipment id as sent (hex-encoded on Dutch meters).
+    Raw(&'a [u8]),
+    /// The HMAC pseudonym.
+    Pseudonym(crate::identity::Pseudonym),
+}
+
+impl fmt::Display for MeterName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MeterName::Raw(raw) => raw
+                .iter()
+                .try_for_each(|&b| fmt::Write::write_char(f, char::from(b))),
+            MeterName::Pseudonym(p) => p.fmt(f),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use jiff::Timestamp;
+
+    use super::*;
+    use crate::identity::{IdentityKey, MeterRef};
+    use crate::record::{Clock, Kind, Quality, Registers, Values};
+
+    fn record(granularity: Granularity) -> Record {
+        Record {
+            meter: MeterRef::new(
+                b"4B384547303034303436333935353037",
+                &IdentityKey::from_bytes([9; 32]),
+            ),
+            granularity,
+            kind: Kind::Electricity,
+            time: "2026-03-29T01:00:00Z".parse::<Timestamp>().unwrap(),
+            quality: Quality::Measured,
+            clock: Clock::Meter,
+            values: Values::Electricity {
+                registers: Registers {
+                    import: [None, Some(1_234_567), Some(2_345_678)],
+                    export: [None, Some(0), Some(12_500)],
+                },
+                live: None,
+            },
+        }
+    }
+
+    #[test]
+    fn raw_identity_needs_a_live_ceiling() {
+        assert!(SinkPolicy::new(Granularity::Live, Identity::Raw).is_ok());
+        assert_eq!(
+            SinkPolicy::new(Granularity::Daily, Identity::Raw),
+            Err(PolicyError::RawIdentityBelowLive(Granularity::Daily))
+        );
+    }
+
+    #[test]
+    fn records_finer_than_the_ceiling_are_not_admitted() {
+        let policy = SinkPolicy::new(Granularity::Daily, Identity::Pseudonym).unwrap();
+        assert!(policy.admit(&record(Granularity::Billing)).is_some());
+        assert!(policy.admit(&record(Granularity::Daily)).is_some());
+        assert!(policy.admit(&record(Granularity::QuarterHour)).is_none());
+        assert!(policy.admit(&record(Granularity::Live)).is_none());
+    }
+
+    #[test]
+    fn json_follows_the_record_contract() {
+        let policy = SinkPolicy::new(Granularity::QuarterHour, Identity::Pseudonym).unwrap();
+        let record = record(Granularity::QuarterHour);
+        let json = serde_json::to_string(&policy.admit(&record).unwrap()).unwrap();
+        let pseudonym =
+            IdentityKey::from_bytes([9; 32]).pseudonym(b"4B384547303034303436333935353037");
+        assert_eq!(
+            json,
+            format!(
+                r#"{{"meter":"{pseudonym}","granularity":"quarter_hour","kind":"electricity","time":"2026-03-29T01:00:00Z","quality":"measured","values":{{"energy_import_t1_kwh":1234.567,"energy_import_t2_kwh":2345.678,"energy_export_t1_kwh":0.0,"energy_export_t2_kwh":12.5}}}}"#
+            )
+        );
+        let owner = SinkPolicy::new(Granularity::Live, Identity::Raw).unwrap();
+        let json = serde_json::to_string(&owner.admit(&record).unwrap()).unwrap();
+        assert!(json.starts_with(r#"{"meter":"4B384547303034303436333935353037","#));
+    }
+}

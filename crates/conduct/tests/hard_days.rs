@@ -1,0 +1,338 @@
+//! The reducer on the days that break naive implementations: DST changes, gaps across
+//! midnight, consent changing mid-day, a meter's first telegram, hourly versus five-minute
+//! gas, and a meter without consent. Telegrams are written here, by hand, with correct CRCs.
+
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use p1guard_conduct::{
+    BillingCadence, Calendar, Granularity, IdentityKey, Kind, Level, MaxGaps, Quality, Record,
+    Reducer, ReducerConfig, Timeline, Values,
+};
+use p1guard_telegram::{Framer, FramerConfig, Parser, crc16};
+
+const METER_ID: &str = "4530303731303034323130393837363534";
+
+fn at(utc: &str) -> Timestamp {
+    utc.parse().expect("RFC 3339")
+}
+
+/// `YYMMDDhhmmss` plus S or W, as a Dutch meter shows `utc`.
+fn meter_time(utc: Timestamp) -> String {
+    let local = utc.to_zoned_datetime(TimeZone::get("Europe/Amsterdam").unwrap());
+    let flag = if local.offset().seconds() == 7200 {
+        'S'
+    } else {
+        'W'
+    };
+    format!("{}{flag}", local.strftime("%y%m%d%H%M%S"))
+}
+
+fn kwh(wh: i64) -> String {
+    format!("{:06}.{:03}", wh / 1000, wh % 1000)
+}
+
+/// A DSMR 5 telegram at `utc` with import tariff 1 at `wh`, and gas (capture time, litres).
+fn telegram(utc: Timestamp, wh: i64, gas: Option<(Timestamp, i64)>) -> Vec<u8> {
+    let mut text = format!(
+        "/ISk5\\2MT382-1000\r\n\r\n1-3:0.2.8(50)\r\n0-0:1.0.0({})\r\n0-0:96.1.1({METER_ID})\r\n\
+         1-0:1.8.1({}*kWh)\r\n1-0:1.8.2(000100.000*kWh)\r\n1-0:1.7.0(00.500*kW)\r\n\
+         1-0:32.7.0(230.1*V)\r\n",
+        meter_time(utc),
+        kwh(wh)
+    );
+    if let Some((captured, litres)) = gas {
+        text += &format!(
+            "0-1:24.1.0(003)\r\n0-1:96.1.0(4730303339303031393336393930363139)\r\n\
+             0-1:24.2.1({})({:05}.{:03}*m3)\r\n",
+            meter_time(captured),
+            litres / 1000,
+            litres % 1000
+        );
+    }
+    text += "!";
+    let crc = crc16(text.as_bytes());
+    format!("{text}{crc:04X}\r\n").into_bytes()
+}
+
+/// Telegrams every `step` seconds over `[from, to)`, import growing 1 Wh per second.
+fn stream(from: &str, to: &str, step: i64) -> Vec<(Timestamp, i64)> {
+    let (from, to) = (at(from).as_second(), at(to).as_second());
+    (from..to)
+        .step_by(step as usize)
+        .map(|t| (Timestamp::from_second(t).unwrap(), t - from))
+        .collect()
+}
+
+fn reduce_with(
+    config: ReducerConfig,
+    consent: Timeline,
+    telegrams: &[Vec<u8>],
+) -> (Vec<Record>, Reducer<Timeline>) {
+    let mut reducer = Reducer::new(config, consent, IdentityKey::from_bytes([7; 32]));
+    let mut parser = Parser::new();
+    let mut records = Vec::new();
+    for bytes in telegrams {
+        let mut framer = Framer::new(FramerConfig::default());
+        framer.push(bytes);
+        let frame = framer.next_frame().expect("a frame").expect("framed");
+        let telegram = parser.parse(&frame).expect("valid telegram");
+        reducer.reduce(&telegram, Timestamp::UNIX_EPOCH, &mut records);
+    }
+    (records, reducer)
+}
+
+fn config(finest: Granularity) -> ReducerConfig {
+    ReducerConfig {
+        calendar: Calendar::netherlands(BillingCadence::BiMonthly),
+        finest,
+        max_gaps: MaxGaps::default(),
+    }
+}
+
+fn reduce(level: Level, telegrams: &[Vec<u8>]) -> Vec<Record> {
+    reduce_with(
+        config(Granularity::Live),
+        Timeline::constant(level),
+        telegrams,
+    )
+    .0
+}
+
+fn electricity(stream: &[(Timestamp, i64)]) -> Vec<Vec<u8>> {
+    stream
+        .iter()
+        .map(|&(t, wh)| telegram(t, wh, None))
+        .collect()
+}
+
+fn times(records: &[Record], granularity: Granularity) -> Vec<String> {
+    records
+        .iter()
+        .filter(|r| r.granularity == granularity)
+        .map(|r| r.time.to_string())
+        .collect()
+}
+
+fn import_t1(record: &Record) -> i64 {
+    match &record.values {
+        Values::Electricity { registers, .. } => registers.import[1].expect("tariff 1"),
+        Values::Mbus(_) => panic!("not electricity"),
+    }
+}
+
+#[test]
+fn spring_forward_day_has_23_hours_of_quarter_hours() {
+    let records = reduce(
+        Level::QuarterHour,
+        &electricity(&stream("2026-03-28T22:50:00Z", "2026-03-29T22:10:00Z", 60)),
+    );
+    assert_eq!(
+        times(&records, Granularity::Daily),
+        ["2026-03-28T23:00:00Z", "2026-03-29T22:00:00Z"]
+    );
+    let quarter_hours = times(&records, Granularity::QuarterHour);
+    let day: Vec<_> = quarter_hours
+        .iter()
+        .filter(|t| t.as_str() >= "2026-03-28T23:00:00Z" && t.as_str() < "2026-03-29T22:00:00Z")
+        .collect();
+    assert_eq!(day.len(), 23 * 4);
+    assert!(
+        records.iter().all(|r| r.quality == Quality::Measured),
+        "telegrams fall on the boundaries"
+    );
+}
+
+#[test]
+fn fall_back_day_has_25_hours_of_quarter_hours() {
+    let records = reduce(
+        Level::QuarterHour,
+        &electricity(&stream("2026-10-24T21:50:00Z", "2026-10-25T23:10:00Z", 60)),
+    );
+    assert_eq!(
+        times(&records, Granularity::Daily),
+        ["2026-10-24T22:00:00Z", "2026-10-25T23:00:00Z"]
+    );
+    let day = times(&records, Granularity::QuarterHour)
+        .into_iter()
+        .filter(|t| t.as_str() >= "2026-10-24T22:00:00Z" && t.as_str() < "2026-10-25T23:00:00Z")
+        .count();
+    assert_eq!(day, 25 * 4);
+}
+
+#[test]
+fn a_three_hour_gap_across_midnight_interpolates_the_day_but_not_the_quarter_hours() {
+    // Local midnight 2026-06-10 is 22:00Z. Silent from 21:00:10Z to 00:00:10Z.
+    let mut s = stream("2026-06-09T20:00:10Z", "2026-06-09T21:00:20Z", 10);
+    s.extend(
+        stream("2026-06-10T00:00:10Z", "2026-06-10T01:00:00Z", 10)
+            .into_iter()
+            .map(|(t, wh)| (t, wh + 20_000)),
+    );
+    let (records, reducer) = reduce_with(
+        config(Granularity::QuarterHour),
+        Timeline::constant(Level::QuarterHour),
+        &electricity(&s),
+    );
+    let daily: Vec<_> = records
+        .iter()
+        .filter(|r| r.granularity == Granularity::Daily)
+        .collect();
+    assert_eq!(daily.len(), 1);
+    assert_eq!(
+        (daily[0].time.to_string(), daily[0].quality),
+        ("2026-06-09T22:00:00Z".into(), Quality::Interpolated)
+    );
+    let (before, after) = (s[360].1, s[361].1); // the observations either side of the gap
+    assert!((before..=after).contains(&import_t1(daily[0])));
+    let in_gap = times(&records, Granularity::QuarterHour)
+        .into_iter()
+        .filter(|t| t.as_str() > "2026-06-09T21:00:20Z" && t.as_str() < "2026-06-10T00:00:10Z")
+        .count();
+    assert_eq!(
+        in_gap, 0,
+        "quarter hours are never bridged over more than 15 minutes"
+    );
+    assert_eq!(
+        reducer.counters().missing[Granularity::QuarterHour as usize],
+        12
+    );
+}
+
+#[test]
+fn consent_raised_and_withdrawn_mid_day_applies_at_each_records_instant() {
+    let consent = Timeline::new(
+        Level::Daily,
+        vec![
+            (at("2026-05-12T08:00:00Z"), Level::Live),
+            (at("2026-05-12T12:00:00Z"), Level::Billing),
+        ],
+    );
+    let s = stream("2026-05-11T21:30:00Z", "2026-05-12T22:30:00Z", 30);
+    let (records, reducer) = reduce_with(config(Granularity::Live), consent, &electricity(&s));
+    let live = times(&records, Granularity::Live);
+    assert_eq!(
+        live.first().map(String::as_str),
+        Some("2026-05-12T08:00:00Z")
+    );
+    assert_eq!(
+        live.last().map(String::as_str),
+        Some("2026-05-12T11:59:30Z")
+    );
+    let quarter_hours = times(&records, Granularity::QuarterHour);
+    assert_eq!(quarter_hours.len(), 16);
+    assert!(
+        quarter_hours
+            .iter()
+            .all(|t| t.as_str() >= "2026-05-12T08:00:00Z" && t.as_str() < "2026-05-12T12:00:00Z")
+    );
+    // Midnight 2026-05-12 (22:00Z the day before) was under daily consent; the next one is not.
+    assert_eq!(
+        times(&records, Granularity::Daily),
+        ["2026-05-11T22:00:00Z"]
+    );
+    assert_eq!(reducer.counters().withheld[Granularity::Daily as usize], 1);
+}
+
+#[test]
+fn a_meters_first_telegram_yields_a_boundary_only_if_it_lies_on_one() {
+    let on = reduce(
+        Level::QuarterHour,
+        &electricity(&stream("2026-02-01T10:15:00Z", "2026-02-01T10:15:01Z", 1)),
+    );
+    assert_eq!(
+        times(&on, Granularity::QuarterHour),
+        ["2026-02-01T10:15:00Z"]
+    );
+    assert_eq!(on[0].quality, Quality::Measured);
+    let off = reduce(
+        Level::QuarterHour,
+        &electricity(&stream("2026-02-01T10:15:01Z", "2026-02-01T10:15:02Z", 1)),
+    );
+    assert!(off.is_empty());
+}
+
+#[test]
+fn hourly_gas_of_dsmr4_and_five_minute_gas_of_dsmr5_give_the_same_hourly_readings() {
+    let with_gas = |capture_every: i64| -> Vec<Vec<u8>> {
+        stream("2026-01-20T10:00:00Z", "2026-01-20T13:00:10Z", 10)
+            .into_iter()
+            .map(|(t, wh)| {
+                let s = t.as_second();
+                let captured = s - s.rem_euclid(capture_every);
+                let litres = (captured - at("2026-01-20T10:00:00Z").as_second()) / 3; // 1.2 m3/h
+                telegram(
+                    t,
+                    wh,
+                    Some((
+                        Timestamp::from_second(captured).unwrap(),
+                        5_000_000 + litres,
+                    )),
+                )
+            })
+            .collect()
+    };
+    let gas = |records: Vec<Record>| -> Vec<(String, Values)> {
+        records
+            .into_iter()
+            .filter(|r| r.kind == Kind::Gas && r.granularity == Granularity::QuarterHour)
+            .map(|r| (r.time.to_string(), r.values))
+            .collect()
+    };
+    let dsmr4 = gas(reduce(Level::QuarterHour, &with_gas(3600)));
+    let dsmr5 = gas(reduce(Level::QuarterHour, &with_gas(300)));
+    assert_eq!(dsmr4.len(), 4, "10:00, 11:00, 12:00, 13:00");
+    assert_eq!(dsmr4, dsmr5);
+    assert_eq!(
+        dsmr4[1],
+        ("2026-01-20T11:00:00Z".into(), Values::Mbus(5_001_200))
+    );
+}
+
+#[test]
+fn a_meter_at_level_none_yields_nothing() {
+    let s = stream("2026-08-31T21:00:00Z", "2026-08-31T23:00:00Z", 10);
+    let (records, reducer) = reduce_with(
+        config(Granularity::Live),
+        Timeline::constant(Level::None),
+        &electricity(&s),
+    );
+    assert!(records.is_empty());
+    let withheld = reducer.counters().withheld;
+    assert!(
+        withheld[Granularity::Billing as usize] == 1
+            && withheld[Granularity::Live as usize] == s.len() as u64
+    );
+}
+
+#[test]
+fn billing_boundaries_fall_on_the_first_of_odd_months() {
+    let s = stream("2026-08-31T21:50:00Z", "2026-08-31T22:10:00Z", 60);
+    let records = reduce(Level::Billing, &electricity(&s));
+    assert_eq!(
+        times(&records, Granularity::Billing),
+        ["2026-08-31T22:00:00Z"]
+    ); // 1 September, local midnight
+    assert!(times(&records, Granularity::Daily).is_empty());
+}
+
+#[test]
+fn live_records_carry_instantaneous_values_and_boundary_records_do_not() {
+    let records = reduce(
+        Level::Live,
+        &electricity(&stream("2026-02-01T10:14:50Z", "2026-02-01T10:15:10Z", 10)),
+    );
+    for record in &records {
+        let Values::Electricity { live, .. } = &record.values else {
+            panic!("electricity")
+        };
+        assert_eq!(live.is_some(), record.granularity == Granularity::Live);
+    }
+    let Values::Electricity {
+        live: Some(live), ..
+    } = &records.last().unwrap().values
+    else {
+        panic!("live")
+    };
+    assert_eq!(live.power_import_w, Some(500.0));
+    assert_eq!(live.phases[0].voltage_v, Some(230.1));
+}

@@ -1,0 +1,239 @@
+//! The privacy invariants, as properties over generated multi-day telegram streams with
+//! random gaps, random consent histories and random sink policies:
+//! - no record finer than the consent in force at its instant, or than the sink's ceiling;
+//! - no raw meter id (and no M-Bus id) on a pseudonymous sink;
+//! - interpolated readings lie between the observations either side;
+//! - any chunking of the input, and any second run, yields byte-identical output.
+
+use jiff::{SignedDuration, Timestamp};
+use p1guard_conduct::{
+    BillingCadence, Calendar, Granularity, Identity, IdentityKey, Level, MaxGaps, Reducer,
+    ReducerConfig, SinkPolicy, Timeline, Values,
+};
+use p1guard_simulator::{Gap, MeterSpec, Simulator, Style};
+use p1guard_telegram::{Framer, FramerConfig, Parser};
+use proptest::prelude::*;
+use serde_json::Value;
+
+const EQUIPMENT_ID: &str = "E0071004210987654";
+const GAS_ID: &str = "G0039001936990619";
+
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02X}")).collect()
+}
+
+/// A generated scenario: one meter over some days, silent in some gaps, under a consent
+/// history, printed to one sink.
+#[derive(Debug, Clone)]
+struct Scenario {
+    style: Style,
+    seed: u64,
+    start: Timestamp,
+    hours: i64,
+    gaps: Vec<Gap>,
+    consent: Timeline,
+    policy: SinkPolicy,
+}
+
+/// Instants in 2026 near the days that matter: DST changes, billing boundaries, plain days.
+fn start() -> impl Strategy<Value = Timestamp> {
+    const ANCHORS: [&str; 4] = [
+        "2026-03-28T20:00:00Z",
+        "2026-10-24T20:00:00Z",
+        "2026-04-30T18:00:00Z",
+        "2026-06-15T00:00:00Z",
+    ];
+    (prop::sample::select(&ANCHORS[..]), 0i64..6 * 3600).prop_map(|(anchor, offset)| {
+        anchor.parse::<Timestamp>().unwrap() + SignedDuration::from_secs(offset)
+    })
+}
+
+fn level() -> impl Strategy<Value = Level> {
+    prop::sample::select(&Level::ALL[..])
+}
+
+fn policy() -> impl Strategy<Value = SinkPolicy> {
+    (prop::sample::select(&Granularity::ALL[..]), any::<bool>()).prop_map(|(ceiling, raw)| {
+        let identity = if raw && ceiling == Granularity::Live {
+            Identity::Raw
+        } else {
+            Identity::Pseudonym
+        };
+        SinkPolicy::new(ceiling, identity).expect("raw only with live")
+    })
+}
+
+fn scenario(max_hours: i64) -> impl Strategy<Value = Scenario> {
+    (
+        prop_oneof![Just(Style::Dsmr4), Just(Style::Dsmr5)],
+        any::<u64>(),
+        start(),
+        6..=max_hours,
+        prop::collection::vec((0.0..1.0f64, 1i64..4 * 3600), 0..4),
+        level(),
+        prop::collection::vec((0.0..1.0f64, level()), 0..4),
+        policy(),
+    )
+        .prop_map(
+            |(style, seed, start, hours, gaps, initial, changes, policy)| {
+                let span = hours * 3600;
+                let at = |fraction: f64| {
+                    start + SignedDuration::from_secs((fraction * span as f64) as i64)
+                };
+                let gaps = gaps
+                    .into_iter()
+                    .map(|(from, length)| Gap {
+                        from: at(from),
+                        to: at(from) + SignedDuration::from_secs(length),
+                    })
+                    .collect();
+                let changes = changes
+                    .into_iter()
+                    .map(|(when, level)| (at(when), level))
+                    .collect();
+                // DSMR 5 sends ten times the telegrams: keep its runs shorter.
+                let hours = if style == Style::Dsmr5 {
+                    hours.min(8)
+                } else {
+                    hours
+                };
+                Scenario {
+                    style,
+                    seed,
+                    start,
+                    hours,
+                    gaps,
+                    consent: Timeline::new(initial, changes),
+                    policy,
+                }
+            },
+        )
+}
+
+/// The scenario's telegrams back to back, and each observation of import tariff 1 (Wh).
+fn telegrams(s: &Scenario) -> (Vec<u8>, Vec<(i64, i64)>) {
+    let spec = MeterSpec {
+        style: s.style,
+        equipment_id: EQUIPMENT_ID.into(),
+        gas_id: Some(GAS_ID.into()),
+        seed: s.seed,
+    };
+    let end = s.start + SignedDuration::from_hours(s.hours);
+    let mut simulator = Simulator::new(spec, s.start, end, s.gaps.clone());
+    let mut stream = Vec::new();
+    let mut observations = Vec::new();
+    let mut parser = Parser::new();
+    while let Some(at) = simulator.next_into(&mut stream) {
+        let last = stream
+            .iter()
+            .rposition(|&b| b == b'/')
+            .expect("a telegram starts with /");
+        let mut framer = Framer::new(FramerConfig::default());
+        framer.push(&stream[last..]);
+        let frame = framer.next_frame().expect("a frame").expect("framed");
+        let telegram = parser
+            .parse(&frame)
+            .expect("the simulator writes valid telegrams");
+        let register = telegram
+            .energy_registers()
+            .find(|(r, _)| r.tariff == 1 && r.direction == p1guard_telegram::Direction::Import);
+        observations.push((
+            at.as_second(),
+            (register.expect("import t1").1 * 1000.0).round() as i64,
+        ));
+    }
+    (stream, observations)
+}
+
+/// The stream through framer, parser, reducer and the sink policy, pushed in `chunks`.
+fn replay(s: &Scenario, stream: &[u8], chunk_sizes: &[usize]) -> Vec<(Value, String)> {
+    let config = ReducerConfig {
+        calendar: Calendar::netherlands(BillingCadence::BiMonthly),
+        finest: s.policy.ceiling(),
+        max_gaps: MaxGaps::default(),
+    };
+    let mut reducer = Reducer::new(config, s.consent.clone(), IdentityKey::from_bytes([42; 32]));
+    let mut framer = Framer::new(FramerConfig::default());
+    let mut parser = Parser::new();
+    let mut records = Vec::new();
+    let mut lines = Vec::new();
+    let mut rest = stream;
+    for &size in chunk_sizes.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (chunk, after) = rest.split_at(size.clamp(1, rest.len()));
+        rest = after;
+        framer.push(chunk);
+        while let Some(frame) = framer.next_frame() {
+            let telegram = parser.parse(&frame.expect("framed")).expect("valid");
+            reducer.reduce(&telegram, Timestamp::UNIX_EPOCH, &mut records);
+            for record in records.drain(..) {
+                let Some(admitted) = s.policy.admit(&record) else {
+                    continue;
+                };
+                if record.granularity != Granularity::Live
+                    && let Values::Electricity { live, .. } = &record.values
+                {
+                    assert!(live.is_none(), "boundary records carry registers only");
+                }
+                let line = serde_json::to_string(&admitted).expect("JSON");
+                lines.push((serde_json::from_str(&line).expect("valid JSON"), line));
+            }
+        }
+    }
+    lines
+}
+
+fn granularity_of(record: &Value) -> Granularity {
+    record["granularity"]
+        .as_str()
+        .expect("granularity")
+        .parse()
+        .expect("known granularity")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn nothing_leaves_finer_than_consent_and_ceiling_allow(s in scenario(60)) {
+        let (stream, observations) = telegrams(&s);
+        let lines = replay(&s, &stream, &[64 * 1024]);
+        for (record, line) in &lines {
+            let granularity = granularity_of(record);
+            let at: Timestamp = record["time"].as_str().unwrap().parse().unwrap();
+            prop_assert!(granularity <= s.policy.ceiling(), "above the ceiling: {line}");
+            prop_assert!(s.consent.at(at).allows(granularity), "consent at {at} is {}: {line}", s.consent.at(at));
+            let meter = record["meter"].as_str().unwrap();
+            match s.policy.identity() {
+                Identity::Raw => prop_assert_eq!(meter, hex(EQUIPMENT_ID)),
+                Identity::Pseudonym => {
+                    prop_assert!(meter.len() == 32 && meter.bytes().all(|b| b.is_ascii_hexdigit()));
+                    prop_assert!(!line.contains(&hex(EQUIPMENT_ID)) && !line.contains(EQUIPMENT_ID));
+                }
+            }
+            prop_assert!(!line.contains(&hex(GAS_ID)) && !line.contains(GAS_ID), "M-Bus id leaked: {line}");
+            if record["quality"] == "interpolated" && record["kind"] == "electricity" {
+                let value = (record["values"]["energy_import_t1_kwh"].as_f64().unwrap() * 1000.0).round() as i64;
+                let after = observations.partition_point(|(t, _)| *t < at.as_second());
+                prop_assert!(after > 0 && after < observations.len(), "interpolated without neighbours: {line}");
+                let (before, next) = (observations[after - 1].1, observations[after].1);
+                prop_assert!(before <= value && value <= next, "{value} not within [{before}, {next}]: {line}");
+            }
+        }
+    }
+
+    #[test]
+    fn chunking_and_repetition_change_nothing(
+        s in scenario(12),
+        chunks in prop::collection::vec(1usize..5000, 1..16),
+    ) {
+        let (stream, _) = telegrams(&s);
+        let whole: Vec<String> = replay(&s, &stream, &[stream.len()]).into_iter().map(|(_, l)| l).collect();
+        let chunked: Vec<String> = replay(&s, &stream, &chunks).into_iter().map(|(_, l)| l).collect();
+        let again: Vec<String> = replay(&s, &stream, &[stream.len()]).into_iter().map(|(_, l)| l).collect();
+        prop_assert_eq!(&chunked, &whole);
+        prop_assert_eq!(&again, &whole);
+    }
+}
