@@ -1,6 +1,7 @@
 //! End-to-end tests of the `p1guard` binary. One test binary, one module per command.
 
 mod parse;
+mod replay;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

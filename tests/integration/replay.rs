@@ -1,0 +1,160 @@
+//! `p1guard replay` end to end: a simulated day of a meter through the binary.
+
+use std::path::PathBuf;
+
+use jiff::{SignedDuration, Timestamp};
+use p1guard_simulator::{MeterSpec, Style};
+use serde_json::Value;
+
+use crate::p1guard;
+
+/// A scratch directory for one test, removed and made afresh.
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("p1guard-it-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// Six hours of a DSMR 4 meter with gas, written as a capture file.
+fn capture(dir: &std::path::Path) -> String {
+    let spec = MeterSpec {
+        style: Style::Dsmr4,
+        equipment_id: "E0026004150987321".into(),
+        gas_id: Some("G0039001936990619".into()),
+        seed: 5,
+    };
+    let start: Timestamp = "2026-03-28T21:00:00Z".parse().unwrap();
+    let stream = p1guard_simulator::stream(
+        spec,
+        start,
+        start + SignedDuration::from_hours(6),
+        Vec::new(),
+    );
+    let path = dir.join("capture.txt");
+    std::fs::write(&path, stream).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+fn records(stdout: &[u8]) -> Vec<Value> {
+    std::str::from_utf8(stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
+#[test]
+fn replay_is_deterministic_and_respects_consent() {
+    let dir = scratch("deterministic");
+    let (file, key) = (capture(&dir), dir.join("identity.key"));
+    let args = [
+        "replay",
+        "--consent",
+        "quarter_hour",
+        "--identity-key",
+        key.to_str().unwrap(),
+        &file,
+    ];
+    let first = p1guard(&args);
+    let second = p1guard(&args);
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(
+        first.stdout, second.stdout,
+        "same input, same key: byte-identical output"
+    );
+    let records = records(&first.stdout);
+    // 6 hours: 24 quarter hours of electricity, 6 hours of gas, one local midnight.
+    let count = |granularity: &str, kind: &str| {
+        records
+            .iter()
+            .filter(|r| r["granularity"] == granularity && r["kind"] == kind)
+            .count()
+    };
+    assert_eq!(count("quarter_hour", "electricity"), 24);
+    assert_eq!(count("quarter_hour", "gas"), 6);
+    assert_eq!(count("daily", "electricity"), 1);
+    assert_eq!(
+        count("live", "electricity"),
+        0,
+        "no live records at quarter-hour consent"
+    );
+    assert!(
+        records
+            .iter()
+            .all(|r| r["meter"].as_str().unwrap().len() == 32),
+        "pseudonyms only"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_consent_change_takes_effect_at_its_instant() {
+    let dir = scratch("consent-change");
+    let (file, key) = (capture(&dir), dir.join("identity.key"));
+    let output = p1guard(&[
+        "replay",
+        "--consent",
+        "billing",
+        "--consent-change",
+        "2026-03-29T01:00:00Z=live",
+        "--identity-key",
+        key.to_str().unwrap(),
+        &file,
+    ]);
+    let live: Vec<String> = records(&output.stdout)
+        .iter()
+        .filter(|r| r["granularity"] == "live" && r["kind"] == "electricity")
+        .map(|r| r["time"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        live.first().map(String::as_str),
+        Some("2026-03-29T01:00:00Z")
+    );
+    assert_eq!(live.len(), 2 * 360, "two hours of 10 s telegrams");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn raw_identity_is_refused_below_live() {
+    let dir = scratch("raw-refused");
+    let (file, key) = (capture(&dir), dir.join("identity.key"));
+    let refused = p1guard(&[
+        "replay",
+        "--identity",
+        "raw",
+        "--max-granularity",
+        "daily",
+        "--identity-key",
+        key.to_str().unwrap(),
+        &file,
+    ]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("raw meter identity is only allowed")
+    );
+    assert!(refused.stdout.is_empty());
+
+    let owner = p1guard(&[
+        "replay",
+        "--consent",
+        "live",
+        "--identity",
+        "raw",
+        "--identity-key",
+        key.to_str().unwrap(),
+        &file,
+    ]);
+    let records = records(&owner.stdout);
+    let raw_id: String = "E0026004150987321"
+        .bytes()
+        .map(|b| format!("{b:02X}"))
+        .collect();
+    assert!(!records.is_empty() && records.iter().all(|r| r["meter"] == raw_id.as_str()));
+    std::fs::remove_dir_all(dir).unwrap();
+}
