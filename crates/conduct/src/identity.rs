@@ -64,11 +64,10 @@ pub struct MeterRef {
 }
 
 impl MeterRef {
-    pub(crate) fn new(raw: &[u8], key: &IdentityKey) -> MeterRef {
-        MeterRef {
-            raw: raw.into(),
-            pseudonym: key.pseudonym(raw),
-        }
+    /// The meter `raw`, sharing the reducer's copy of the id.
+    pub(crate) fn new(raw: Arc<[u8]>, key: &IdentityKey) -> MeterRef {
+        let pseudonym = key.pseudonym(&raw);
+        MeterRef { raw, pseudonym }
     }
 
     /// The equipment id as sent. Crate-private: outside, only a sink whose policy allows raw

@@ -189,7 +189,9 @@ pub struct Reducer<C> {
     config: ReducerConfig,
     consent: C,
     key: IdentityKey,
-    meters: HashMap<Arc<[u8]>, MeterState>,
+    /// Equipment id to index in `states`: the map stays small per meter, the states dense.
+    index: HashMap<Arc<[u8]>, u32>,
+    states: Vec<MeterState>,
     periods: PeriodCache,
     counters: Counters,
 }
@@ -211,7 +213,8 @@ impl<C: Consent> Reducer<C> {
             config,
             consent,
             key,
-            meters: HashMap::new(),
+            index: HashMap::new(),
+            states: Vec::new(),
             periods: PeriodCache::default(),
             counters: Counters::default(),
         }
@@ -224,19 +227,21 @@ impl<C: Consent> Reducer<C> {
 
     /// How many meters have state.
     pub fn meter_count(&self) -> usize {
-        self.meters.len()
+        self.states.len()
     }
 
-    /// Approximate bytes of state per meter: the map's slot and the heap behind it.
+    /// Bytes of state per meter, spare capacity included: the index's slots (with their
+    /// control byte), the dense states, and the heap behind each (id with its reference
+    /// counts, M-Bus series).
     pub fn state_bytes_per_meter(&self) -> usize {
-        let slot = size_of::<(Arc<[u8]>, MeterState)>() + 1;
+        let index = self.index.capacity() * (size_of::<(Arc<[u8]>, u32)>() + 1);
+        let states = self.states.capacity() * size_of::<MeterState>();
         let heap: usize = self
-            .meters
+            .states
             .iter()
-            .map(|(id, state)| 16 + id.len() + state.mbus.capacity() * size_of::<MbusSeries>())
+            .map(|s| 16 + s.meter.raw().len() + s.mbus.capacity() * size_of::<MbusSeries>())
             .sum();
-        let slots = self.meters.capacity() * slot;
-        (slots + heap) / self.meters.len().max(1)
+        (index + states + heap) / self.states.len().max(1)
     }
 
     /// Appends to `out` the records `telegram` yields. `received` dates telegrams that carry
@@ -255,17 +260,21 @@ impl<C: Consent> Reducer<C> {
                 return;
             }
         };
-        let state = match self.meters.get_mut(id) {
-            Some(state) => state,
-            None => self
-                .meters
-                .entry(Arc::from(id))
-                .or_insert_with(|| MeterState {
-                    meter: MeterRef::new(id, &self.key),
+        let slot = match self.index.get(id) {
+            Some(&slot) => slot as usize,
+            None => {
+                let id: Arc<[u8]> = Arc::from(id);
+                let meter = MeterRef::new(Arc::clone(&id), &self.key);
+                self.index.insert(id, self.states.len() as u32);
+                self.states.push(MeterState {
+                    meter,
                     electricity: None,
                     mbus: Vec::new(),
-                }),
+                });
+                self.states.len() - 1
+            }
         };
+        let state = &mut self.states[slot];
         let t = time.as_second();
         if state.electricity.is_some_and(|last| t <= last.t) {
             self.counters.out_of_order += 1;
@@ -447,6 +456,7 @@ impl<C: Consent> Step<'_, C> {
             let index = match state.mbus.iter().position(|s| s.channel == device.channel) {
                 Some(index) => index,
                 None => {
+                    state.mbus.reserve_exact(1); // most homes have one device: no spare slots
                     state.mbus.push(MbusSeries {
                         channel: device.channel,
                         last: None,

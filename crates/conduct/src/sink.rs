@@ -107,7 +107,7 @@ mod tests {
     fn record(granularity: Granularity) -> Record {
         Record {
             meter: MeterRef::new(
-                b"4B384547303034303436333935353037",
+                std::sync::Arc::from(&b"4B384547303034303436333935353037"[..]),
                 &IdentityKey::from_bytes([9; 32]),
             ),
             granularity,
