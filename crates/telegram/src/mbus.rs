@@ -56,8 +56,8 @@ impl<'t> MbusDevice<'t> {
         MbusKind::from_device_type(self.device_type?)
     }
 
-    /// The device on `channel`, if the telegram mentions one there.
-    pub(crate) fn read(telegram: &Telegram<'t>, channel: u8) -> Option<MbusDevice<'t>> {
+    /// The device on `channel`, which the telegram mentions.
+    pub(crate) fn read(telegram: &Telegram<'t>, channel: u8) -> MbusDevice<'t> {
         let on = |code: crate::Obis| telegram.object(code.on_channel(channel));
         let device_type = on(codes::MBUS_DEVICE_TYPE).and_then(|o| o.value(0)?.count());
         let id = [codes::MBUS_ID, codes::MBUS_ID_EMUCS]
@@ -85,19 +85,11 @@ impl<'t> MbusDevice<'t> {
                 }
                 Some(MbusReading { captured, value })
             });
-        if device_type.is_none() && id.is_none() && reading.is_none() {
-            let mentioned = telegram
-                .objects()
-                .any(|o| o.obis().a == 0 && o.obis().b == channel);
-            if !mentioned {
-                return None;
-            }
-        }
-        Some(MbusDevice {
+        MbusDevice {
             channel,
             device_type,
             id,
             reading,
-        })
+        }
     }
 }

@@ -448,9 +448,17 @@ impl<'t> Telegram<'t> {
             .filter(|t| !t.is_empty())
     }
 
-    /// The M-Bus devices (gas, water, heat) on channels 1 to 4, as the telegram describes them.
+    /// The M-Bus devices (gas, water, heat) on channels 1 to 4 that the telegram mentions.
     pub fn mbus_devices(&self) -> impl Iterator<Item = MbusDevice<'t>> + 't {
         let telegram = *self;
-        (1..=4).filter_map(move |channel| MbusDevice::read(&telegram, channel))
+        // One pass for the channels mentioned, then only those channels' objects are read.
+        let mentioned = self
+            .objects
+            .iter()
+            .filter(|o| o.obis.a == 0 && (1..=4).contains(&o.obis.b))
+            .fold(0u8, |channels, o| channels | (1 << o.obis.b));
+        (1..=4u8)
+            .filter(move |channel| mentioned & (1 << channel) != 0)
+            .map(move |channel| MbusDevice::read(&telegram, channel))
     }
 }
