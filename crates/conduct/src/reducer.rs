@@ -162,10 +162,11 @@ struct Observation<V> {
     value: V,
 }
 
+/// An M-Bus device's series; it exists from the device's first observation on.
 #[derive(Debug, Clone)]
 struct MbusSeries {
     channel: u8,
-    last: Option<Observation<Milli>>,
+    last: Observation<Milli>,
 }
 
 /// Everything kept per meter between telegrams.
@@ -453,18 +454,8 @@ impl<C: Consent> Step<'_, C> {
             ) else {
                 continue;
             };
-            let index = match state.mbus.iter().position(|s| s.channel == device.channel) {
-                Some(index) => index,
-                None => {
-                    state.mbus.reserve_exact(1); // most homes have one device: no spare slots
-                    state.mbus.push(MbusSeries {
-                        channel: device.channel,
-                        last: None,
-                    });
-                    state.mbus.len() - 1
-                }
-            };
-            let previous = state.mbus[index].last;
+            let series = state.mbus.iter().position(|s| s.channel == device.channel);
+            let previous = series.map(|index| state.mbus[index].last);
             if previous.is_some_and(|p| t <= p.t) {
                 continue; // the same capture again (DSMR 5 repeats it for 5 minutes)
             }
@@ -495,7 +486,16 @@ impl<C: Consent> Step<'_, C> {
                     self.counters.withheld[Granularity::Live as usize] += 1;
                 }
             }
-            state.mbus[index].last = Some(current);
+            match series {
+                Some(index) => state.mbus[index].last = current,
+                None => {
+                    state.mbus.reserve_exact(1); // most homes have one device: no spare slots
+                    state.mbus.push(MbusSeries {
+                        channel: device.channel,
+                        last: current,
+                    });
+                }
+            }
         }
     }
 }
