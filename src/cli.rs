@@ -159,16 +159,7 @@ fn parse_change(text: &str) -> Result<(Timestamp, Level), String> {
 
 /// 32 hex digits to 16 bytes.
 fn parse_key(text: &str) -> Result<[u8; 16], String> {
-    let digits = text.as_bytes();
-    if digits.len() != 32 || !digits.iter().all(u8::is_ascii_hexdigit) {
-        return Err("expected 32 hex digits".into());
-    }
-    let mut key = [0u8; 16];
-    for (byte, pair) in key.iter_mut().zip(digits.chunks_exact(2)) {
-        // Both digits are ASCII hex, checked above.
-        *byte = u8::from_str_radix(std::str::from_utf8(pair).unwrap_or("00"), 16).unwrap_or(0);
-    }
-    Ok(key)
+    crate::hex::decode(text).ok_or_else(|| "expected 32 hex digits".into())
 }
 
 #[cfg(test)]

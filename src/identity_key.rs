@@ -6,7 +6,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use p1guard_conduct::IdentityKey;
 
 /// `identity.key` in p1guard's state directory: systemd's `$STATE_DIRECTORY`, else
@@ -36,13 +36,7 @@ pub fn load_or_create(path: &Path) -> anyhow::Result<IdentityKey> {
 }
 
 fn parse(text: &str) -> anyhow::Result<IdentityKey> {
-    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        bail!("expected 64 hex digits");
-    }
-    let mut key = [0u8; 32];
-    for (byte, i) in key.iter_mut().zip((0..64).step_by(2)) {
-        *byte = u8::from_str_radix(&text[i..i + 2], 16)?;
-    }
+    let key = crate::hex::decode(text).context("expected 64 hex digits")?;
     Ok(IdentityKey::from_bytes(key))
 }
 

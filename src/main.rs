@@ -4,6 +4,7 @@
 mod cli;
 mod commands;
 mod decode;
+mod hex;
 mod identity_key;
 
 use std::process::ExitCode;

@@ -99,21 +99,35 @@ impl Level {
 pub struct UnknownName {
     what: &'static str,
     name: String,
-    expected: &'static str,
+    expected: String,
+}
+
+/// The member of `all` whose name is `name`.
+fn by_name<T: Copy>(
+    all: &[T],
+    name_of: fn(T) -> &'static str,
+    what: &'static str,
+    name: &str,
+) -> Result<T, UnknownName> {
+    all.iter()
+        .copied()
+        .find(|t| name_of(*t) == name)
+        .ok_or_else(|| UnknownName {
+            what,
+            name: name.into(),
+            expected: all
+                .iter()
+                .map(|t| name_of(*t))
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
 }
 
 impl FromStr for Level {
     type Err = UnknownName;
 
     fn from_str(name: &str) -> Result<Level, UnknownName> {
-        Level::ALL
-            .into_iter()
-            .find(|l| l.name() == name)
-            .ok_or_else(|| UnknownName {
-                what: "consent level",
-                name: name.into(),
-                expected: "none, billing, daily, quarter_hour, live",
-            })
+        by_name(&Level::ALL, Level::name, "consent level", name)
     }
 }
 
@@ -121,14 +135,7 @@ impl FromStr for Granularity {
     type Err = UnknownName;
 
     fn from_str(name: &str) -> Result<Granularity, UnknownName> {
-        Granularity::ALL
-            .into_iter()
-            .find(|g| g.name() == name)
-            .ok_or_else(|| UnknownName {
-                what: "granularity",
-                name: name.into(),
-                expected: "billing, daily, quarter_hour, live",
-            })
+        by_name(&Granularity::ALL, Granularity::name, "granularity", name)
     }
 }
 
