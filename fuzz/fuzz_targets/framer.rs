@@ -22,6 +22,8 @@ enum Item {
         kind: ErrorKind,
         offset: u64,
     },
+    /// `discarded_bytes()` at the end of the stream, last in every run.
+    Discarded(u64),
 }
 
 /// Typical chunk sizes, by the control byte's high nibble; chunks vary from 1 to twice that.
@@ -115,6 +117,7 @@ fn run(config: FramerConfig, chunks: &[&[u8]], stream: &[u8]) -> Vec<Item> {
         items.len()
     );
     assert!(framer.discarded_bytes() <= stream.len() as u64);
+    items.push(Item::Discarded(framer.discarded_bytes()));
     items
 }
 

@@ -71,8 +71,9 @@ pub struct Framer {
     /// The last byte pushed, for `lf_to_crlf` across chunk boundaries.
     last_pushed: u8,
     finished: bool,
-    /// A frame just ended: its line ending (CRLF, LF or NUL) is not garbage.
-    ending_pending: bool,
+    /// A frame just ended: this many more bytes of its line ending (CRLF, LF or NUL) are not
+    /// garbage, even if they arrive in a later chunk.
+    ending_left: u8,
     discarded: u64,
 }
 
@@ -128,14 +129,20 @@ impl Framer {
     /// The next complete frame, a framing error, or `None` when more input is needed.
     pub fn next_frame(&mut self) -> Option<Result<Frame<'_>, Error>> {
         let max = self.config.max_frame_len;
-        if self.ending_pending && self.pos < self.buf.len() {
+        if self.ending_left > 0 {
             let ending = &self.buf[self.pos..];
-            self.pos += ending
+            let len = ending
                 .iter()
-                .take(2)
+                .take(usize::from(self.ending_left))
                 .take_while(|b| matches!(b, b'\r' | b'\n' | 0))
                 .count();
-            self.ending_pending = false;
+            self.pos += len;
+            // Stop at anything else; if the chunk ran out first, the rest may follow.
+            self.ending_left = if len == ending.len() {
+                self.ending_left - len as u8
+            } else {
+                0
+            };
         }
         let Some(skip) = memchr(b'/', &self.buf[self.pos..]) else {
             self.discarded += (self.buf.len() - self.pos) as u64;
@@ -187,7 +194,7 @@ impl Framer {
         });
         self.pos = hit + 1 + digits;
         self.scanned = self.pos;
-        self.ending_pending = true;
+        self.ending_left = 2;
         Some(Ok(Frame {
             bytes: &self.buf[start..=hit],
             crc,
@@ -305,6 +312,24 @@ mod tests {
             framer.discarded_bytes(),
             5 + 4,
             "the CRLF after a frame is not noise"
+        );
+    }
+
+    #[test]
+    fn a_line_ending_split_across_chunks_is_not_noise() {
+        // Found by fuzz/fuzz_targets/framer.rs: the LF came in the chunk after the CR.
+        let mut framer = Framer::new(FramerConfig::default());
+        framer.push(b"/A\r\n!1234\r");
+        assert!(framer.next_frame().unwrap().is_ok());
+        assert!(framer.next_frame().is_none());
+        framer.push(b"\n");
+        assert!(framer.next_frame().is_none());
+        framer.push(b"\n");
+        assert!(framer.next_frame().is_none());
+        assert_eq!(
+            framer.discarded_bytes(),
+            1,
+            "only the third line-ending byte is noise"
         );
     }
 }
