@@ -7,6 +7,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use jiff::Timestamp;
 use p1guard_conduct::{Granularity, Identity, Level};
 
+use crate::decode::{CipherKeys, InputOptions};
+
 /// Reads DSMR smart-meter P1 telegrams and passes them on only as finely as the meter's
 /// owner consented to.
 #[derive(Debug, Parser)]
@@ -54,6 +56,24 @@ pub struct InputArgs {
     /// The meter's GCM tag covers no associated data (no authentication key).
     #[arg(long, requires = "key", conflicts_with = "auth_key")]
     pub no_auth_key: bool,
+}
+
+impl From<&InputArgs> for InputOptions {
+    fn from(args: &InputArgs) -> InputOptions {
+        let cipher = args.key.map(|key| CipherKeys {
+            key,
+            auth_key: match (args.no_auth_key, args.auth_key) {
+                (true, _) => None,
+                (false, Some(auth_key)) => Some(auth_key),
+                (false, None) => CipherKeys::smarty(key).auth_key,
+            },
+        });
+        InputOptions {
+            lf_to_crlf: args.lf_to_crlf,
+            clear_bit7: args.clear_bit7,
+            cipher,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

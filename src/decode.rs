@@ -1,15 +1,52 @@
 //! Bytes to telegrams, the same way for every command and source: optional DLMS decryption,
 //! then framing, CRC check and parsing.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 
 use anyhow::Context as _;
 use p1guard_telegram::dlms::{CipherFramer, Decryptor, SMARTY_AUTH_KEY};
-use p1guard_telegram::{Error, Framer, FramerConfig, Parser, Telegram};
+use p1guard_telegram::{Error, Frame, Framer, FramerConfig, Parser, Telegram};
 
-use crate::cli::InputArgs;
+/// How a source's bytes are read: line repairs and decryption. The same for the command line
+/// and the configuration file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InputOptions {
+    /// Insert the CR that LF-only captures have lost.
+    pub lf_to_crlf: bool,
+    /// Clear bit 7 of every byte (7E1 read as 8N1).
+    pub clear_bit7: bool,
+    /// Decryption, for meters that wrap telegrams in DLMS general-global-cipher.
+    pub cipher: Option<CipherKeys>,
+}
+
+/// The keys of an encrypting meter.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct CipherKeys {
+    /// AES-128 key.
+    pub key: [u8; 16],
+    /// Authentication key mixed into the GCM tag, or `None` if the tag covers no extra data.
+    pub auth_key: Option<[u8; 16]>,
+}
+
+impl CipherKeys {
+    /// `key` with Smarty's public authentication key.
+    pub fn smarty(key: [u8; 16]) -> CipherKeys {
+        CipherKeys {
+            key,
+            auth_key: Some(SMARTY_AUTH_KEY),
+        }
+    }
+}
+
+/// Keys are secrets: never printed.
+impl std::fmt::Debug for CipherKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CipherKeys([redacted])")
+    }
+}
 
 /// Opens a capture file, or stdin for `-`.
 pub fn open(path: &Path) -> anyhow::Result<Box<dyn Read>> {
@@ -20,37 +57,29 @@ pub fn open(path: &Path) -> anyhow::Result<Box<dyn Read>> {
     Ok(Box::new(file))
 }
 
-/// Bytes in, parsed telegrams out; decrypts general-global-cipher frames first if a key is set.
-pub struct Decoder {
+/// Bytes in, frames out; decrypts general-global-cipher frames first if a key is set.
+pub struct Deframer {
     cipher: Option<(CipherFramer, Decryptor)>,
     plain: Vec<u8>,
     framer: Framer,
-    parser: Parser,
-    decrypt_errors: Vec<Error>,
+    decrypt_errors: VecDeque<Error>,
 }
 
-impl Decoder {
-    /// A decoder reading the way the command line says.
-    pub fn new(args: &InputArgs) -> Decoder {
-        let decryptor = args.key.map(|key| {
-            let auth_key = if args.no_auth_key {
-                None
-            } else {
-                Some(args.auth_key.unwrap_or(SMARTY_AUTH_KEY))
-            };
-            Decryptor::new(key, auth_key)
-        });
+impl Deframer {
+    /// A deframer reading the way `options` say.
+    pub fn new(options: &InputOptions) -> Deframer {
         let config = FramerConfig {
-            lf_to_crlf: args.lf_to_crlf,
-            clear_bit7: args.clear_bit7,
+            lf_to_crlf: options.lf_to_crlf,
+            clear_bit7: options.clear_bit7,
             ..FramerConfig::default()
         };
-        Decoder {
-            cipher: decryptor.map(|d| (CipherFramer::new(), d)),
+        Deframer {
+            cipher: options
+                .cipher
+                .map(|keys| (CipherFramer::new(), Decryptor::new(keys.key, keys.auth_key))),
             plain: Vec::new(),
             framer: Framer::new(config),
-            parser: Parser::new(),
-            decrypt_errors: Vec::new(),
+            decrypt_errors: VecDeque::new(),
         }
     }
 
@@ -59,7 +88,8 @@ impl Decoder {
         self.framer.discarded_bytes()
     }
 
-    fn push(&mut self, chunk: &[u8]) {
+    /// Appends a chunk of the stream.
+    pub fn push(&mut self, chunk: &[u8]) {
         let Some((cipher_framer, decryptor)) = &mut self.cipher else {
             self.framer.push(chunk);
             return;
@@ -71,22 +101,45 @@ impl Decoder {
                 next.and_then(|(frame, offset)| decryptor.decrypt(frame, offset, &mut self.plain));
             match decrypted {
                 Ok(()) => self.framer.push(&self.plain),
-                Err(error) => self.decrypt_errors.push(error),
+                Err(error) => self.decrypt_errors.push_back(error),
             }
         }
     }
 
-    fn drain(
-        &mut self,
-        sink: &mut impl FnMut(Result<Telegram<'_>, Error>) -> io::Result<()>,
-    ) -> io::Result<()> {
-        for error in self.decrypt_errors.drain(..) {
-            sink(Err(error))?;
+    /// Marks the end of the stream: a frame cut short is reported as truncated.
+    pub fn finish(&mut self) {
+        self.framer.finish();
+    }
+
+    /// The next frame, or the error of one that failed to frame or decrypt; `None` when more
+    /// input is needed.
+    pub fn next_frame(&mut self) -> Option<Result<Frame<'_>, Error>> {
+        if let Some(error) = self.decrypt_errors.pop_front() {
+            return Some(Err(error));
         }
-        while let Some(frame) = self.framer.next_frame() {
-            sink(frame.and_then(|frame| self.parser.parse(&frame)))?;
+        self.framer.next_frame()
+    }
+}
+
+/// Bytes in, parsed telegrams out: a [`Deframer`] and a parser, for the commands that read a
+/// whole input in one go.
+pub struct Decoder {
+    deframer: Deframer,
+    parser: Parser,
+}
+
+impl Decoder {
+    /// A decoder reading the way `options` say.
+    pub fn new(options: &InputOptions) -> Decoder {
+        Decoder {
+            deframer: Deframer::new(options),
+            parser: Parser::new(),
         }
-        Ok(())
+    }
+
+    /// Bytes skipped outside any frame so far.
+    pub fn discarded_bytes(&self) -> u64 {
+        self.deframer.discarded_bytes()
     }
 
     /// Reads `input` to its end, handing every framed telegram, or the error of a frame that
@@ -106,11 +159,13 @@ impl Decoder {
             };
             bytes_read += n as u64;
             if n == 0 {
-                self.framer.finish();
+                self.deframer.finish();
             } else {
-                self.push(&chunk[..n]);
+                self.deframer.push(&chunk[..n]);
             }
-            self.drain(&mut sink)?;
+            while let Some(frame) = self.deframer.next_frame() {
+                sink(frame.and_then(|frame| self.parser.parse(&frame)))?;
+            }
             if n == 0 {
                 return Ok(bytes_read);
             }

@@ -3,9 +3,12 @@
 
 mod cli;
 mod commands;
+mod config;
+mod consent;
 mod decode;
 mod hex;
 mod identity_key;
+mod pace;
 
 use std::process::ExitCode;
 

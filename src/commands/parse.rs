@@ -15,7 +15,7 @@ use crate::decode::{self, Decoder};
 
 pub fn run(args: &ParseArgs) -> anyhow::Result<ExitCode> {
     let input = decode::open(&args.input)?;
-    let mut decoder = Decoder::new(&args.input_args);
+    let mut decoder = Decoder::new(&(&args.input_args).into());
     let mut report = Report::new(BufWriter::new(io::stdout().lock()), args.summary);
     let started = Instant::now();
     let result = decoder

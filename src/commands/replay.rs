@@ -38,7 +38,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
 
     for file in &args.files {
         let input = decode::open(file)?;
-        let mut decoder = Decoder::new(&args.input_args);
+        let mut decoder = Decoder::new(&(&args.input_args).into());
         let result = decoder.decode(input, |outcome| {
             let telegram = match outcome {
                 Ok(telegram) => telegram,

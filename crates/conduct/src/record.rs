@@ -22,6 +22,18 @@ pub enum Kind {
     Heat,
 }
 
+impl Kind {
+    /// The snake_case name used in JSON and storage.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Kind::Electricity => "electricity",
+            Kind::Gas => "gas",
+            Kind::Water => "water",
+            Kind::Heat => "heat",
+        }
+    }
+}
+
 /// Whether a reading was read at its instant or interpolated between two that were.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -30,6 +42,16 @@ pub enum Quality {
     Measured,
     /// Linear between the observations either side, within the granularity's max gap.
     Interpolated,
+}
+
+impl Quality {
+    /// The snake_case name used in JSON and storage.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Quality::Measured => "measured",
+            Quality::Interpolated => "interpolated",
+        }
+    }
 }
 
 /// Whose clock dated the record: the meter's, or (DSMR 2.2 and 3 telegrams carry no time)
@@ -41,6 +63,16 @@ pub enum Clock {
     Meter,
     /// The time the telegram was received.
     Receiver,
+}
+
+impl Clock {
+    /// The snake_case name used in JSON and storage.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Clock::Meter => "meter",
+            Clock::Receiver => "receiver",
+        }
+    }
 }
 
 /// A register reading in thousandths of its unit (Wh for kWh, litres for m3, MJ for GJ):
@@ -218,6 +250,14 @@ impl Serialize for ValuesJson<'_> {
     }
 }
 
+impl<'a> SinkRecord<'a> {
+    /// The record's `values` object on its own, for stores that keep the other fields in
+    /// columns.
+    pub fn values_json(&self) -> impl Serialize + 'a {
+        ValuesJson(self.record())
+    }
+}
+
 impl Serialize for SinkRecord<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let r = self.record();
@@ -232,5 +272,27 @@ impl Serialize for SinkRecord<'_> {
         }
         map.serialize_entry("values", &ValuesJson(r))?;
         map.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(value: impl Serialize) -> String {
+        serde_json::to_string(&value).unwrap()
+    }
+
+    #[test]
+    fn names_are_the_json_names() {
+        for kind in [Kind::Electricity, Kind::Gas, Kind::Water, Kind::Heat] {
+            assert_eq!(json(kind), format!("\"{}\"", kind.name()));
+        }
+        for quality in [Quality::Measured, Quality::Interpolated] {
+            assert_eq!(json(quality), format!("\"{}\"", quality.name()));
+        }
+        for clock in [Clock::Meter, Clock::Receiver] {
+            assert_eq!(json(clock), format!("\"{}\"", clock.name()));
+        }
     }
 }

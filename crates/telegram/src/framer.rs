@@ -56,6 +56,35 @@ impl<'a> Frame<'a> {
     }
 }
 
+/// A [`Frame`] that owns its bytes: how a frame framed in one task reaches a parser in another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedFrame {
+    bytes: Box<[u8]>,
+    crc: Option<u16>,
+    offset: u64,
+}
+
+impl OwnedFrame {
+    /// The frame, to hand to [`Parser::parse`](crate::Parser::parse).
+    pub fn as_frame(&self) -> Frame<'_> {
+        Frame {
+            bytes: &self.bytes,
+            crc: self.crc,
+            offset: self.offset,
+        }
+    }
+}
+
+impl From<Frame<'_>> for OwnedFrame {
+    fn from(frame: Frame<'_>) -> OwnedFrame {
+        OwnedFrame {
+            bytes: frame.bytes.into(),
+            crc: frame.crc,
+            offset: frame.offset,
+        }
+    }
+}
+
 /// Splits a byte stream into [`Frame`]s. Feed it with [`push`](Framer::push), drain it with
 /// [`next_frame`](Framer::next_frame), and call [`finish`](Framer::finish) at end of stream.
 #[derive(Debug, Default)]
@@ -331,5 +360,15 @@ mod tests {
             1,
             "only the third line-ending byte is noise"
         );
+    }
+
+    #[test]
+    fn an_owned_frame_is_the_frame_it_was_made_from() {
+        let mut framer = Framer::new(FramerConfig::default());
+        framer.push(b"noise/A\r\n!1E1D\r\n");
+        let frame = framer.next_frame().unwrap().unwrap();
+        let owned = OwnedFrame::from(frame);
+        assert_eq!(owned.as_frame(), frame);
+        assert_eq!(owned.as_frame().offset(), 5);
     }
 }

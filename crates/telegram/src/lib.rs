@@ -42,7 +42,7 @@ mod value;
 
 pub use crate::crc::crc16;
 pub use crate::error::{Error, ErrorKind};
-pub use crate::framer::{Frame, Framer, FramerConfig};
+pub use crate::framer::{Frame, Framer, FramerConfig, OwnedFrame};
 pub use crate::mbus::{MbusDevice, MbusKind, MbusReading};
 pub use crate::obis::{Obis, codes};
 pub use crate::telegram::{Direction, EnergyRegister, Object, Parser, Phase, Telegram};

@@ -1,0 +1,126 @@
+//! Environment overrides: `P1GUARD_SECTION__KEY=value` sets `key` in `[section]`; a number
+//! picks an array entry (`P1GUARD_SINKS__0__MAX_GRANULARITY=daily`). A value is read as TOML
+//! if it parses as one (`42`, `true`, `["a", "b"]`), else as a string.
+
+use toml::{Table, Value};
+
+/// The prefix of override variables.
+pub const PREFIX: &str = "P1GUARD_";
+
+/// Applies every override in `vars` to `document`; returns a problem per override that does
+/// not fit the document's shape.
+pub fn apply(document: &mut Table, vars: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (name, raw) in vars {
+        let Some(path) = name.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+        if let Err(problem) = set(document, &keys, parse_value(&raw)) {
+            problems.push(format!("environment {name}: {problem}"));
+        }
+    }
+    problems
+}
+
+fn parse_value(raw: &str) -> Value {
+    format!("v = {raw}")
+        .parse::<Table>()
+        .ok()
+        .and_then(|mut table| table.remove("v"))
+        .unwrap_or_else(|| Value::String(raw.to_owned()))
+}
+
+fn set(table: &mut Table, keys: &[String], value: Value) -> Result<(), String> {
+    let (first, rest) = keys.split_first().ok_or("empty name")?;
+    if first.is_empty() {
+        return Err("empty key".into());
+    }
+    if rest.is_empty() {
+        table.insert(first.clone(), value);
+        return Ok(());
+    }
+    let entry = table
+        .entry(first.clone())
+        .or_insert_with(|| Value::Table(Table::new()));
+    set_in(entry, rest, value)
+}
+
+fn set_in(node: &mut Value, keys: &[String], value: Value) -> Result<(), String> {
+    match node {
+        Value::Table(table) => set(table, keys, value),
+        Value::Array(array) => {
+            let (index, rest) = keys.split_first().ok_or("empty name")?;
+            let len = array.len();
+            let slot = index
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| array.get_mut(i))
+                .ok_or_else(|| format!("no entry {index} (there are {len})"))?;
+            if rest.is_empty() {
+                *slot = value;
+                Ok(())
+            } else {
+                set_in(slot, rest, value)
+            }
+        }
+        _ => Err(format!("{} is not a table", keys[0])),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn applied(document: &str, vars: &[(&str, &str)]) -> (Table, Vec<String>) {
+        let mut table: Table = document.parse().unwrap();
+        let vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        let problems = apply(&mut table, vars);
+        (table, problems)
+    }
+
+    #[test]
+    fn sets_keys_in_sections_and_array_entries() {
+        let (table, problems) = applied(
+            "[consent]\ndefault = 'billing'\n[[sinks]]\ntype = 'stdout'\n",
+            &[
+                ("P1GUARD_CONSENT__DEFAULT", "daily"),
+                ("P1GUARD_SINKS__0__MAX_GRANULARITY", "live"),
+                ("P1GUARD_IDENTITY__KEY_FILE", "/var/lib/p1guard/identity.key"),
+                ("HOME", "/root"),
+            ],
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(table["consent"]["default"].as_str(), Some("daily"));
+        assert_eq!(table["sinks"][0]["max_granularity"].as_str(), Some("live"));
+        assert_eq!(
+            table["identity"]["key_file"].as_str(),
+            Some("/var/lib/p1guard/identity.key")
+        );
+    }
+
+    #[test]
+    fn values_are_toml_where_they_parse_as_toml() {
+        let (table, _) = applied(
+            "[[sources]]\ntype = 'tcp'\n",
+            &[
+                ("P1GUARD_SOURCES__0__READ_TIMEOUT_SECS", "30"),
+                ("P1GUARD_SOURCES__0__LF_TO_CRLF", "true"),
+            ],
+        );
+        assert_eq!(table["sources"][0]["read_timeout_secs"].as_integer(), Some(30));
+        assert_eq!(table["sources"][0]["lf_to_crlf"].as_bool(), Some(true));
+    }
+
+    #[test]
+    fn an_override_that_does_not_fit_is_a_problem() {
+        let (_, problems) = applied(
+            "[[sinks]]\ntype = 'stdout'\n",
+            &[("P1GUARD_SINKS__3__TYPE", "sqlite")],
+        );
+        assert_eq!(
+            problems,
+            ["environment P1GUARD_SINKS__3__TYPE: no entry 3 (there are 1)"]
+        );
+    }
+}

@@ -1,0 +1,669 @@
+//! The configuration: a TOML file plus `P1GUARD_SECTION__KEY` environment overrides, read in
+//! two stages. Serde reads each section on its own (unknown fields are errors), then
+//! validation turns what was read into [`Config`]; both stages collect every problem, so a
+//! broken file is reported whole, not one error per attempt.
+
+mod env;
+mod raw;
+mod secret;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use p1guard_conduct::{BillingCadence, Granularity, Identity, Level, SinkPolicy};
+use serde::de::DeserializeOwned;
+use toml::{Table, Value};
+
+use crate::consent::MeterLevels;
+use crate::decode::{CipherKeys, InputOptions};
+use crate::pace::Speed;
+
+
+/// A validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// The pseudonym key file; the state directory's `identity.key` if `None`.
+    pub identity_key: Option<PathBuf>,
+    /// Each meter's consent.
+    pub consent: MeterLevels,
+    /// Billing boundaries.
+    pub billing: BillingCadence,
+    /// Where telegrams come from.
+    pub sources: Vec<SourceConfig>,
+    /// Where records go.
+    pub sinks: Vec<SinkConfig>,
+}
+
+/// One source.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// Unique among sources.
+    pub name: String,
+    /// Line repairs and decryption.
+    pub input: InputOptions,
+    /// What it reads.
+    pub kind: SourceKind,
+}
+
+/// What a source reads.
+#[derive(Debug, Clone)]
+pub enum SourceKind {
+    /// A serial port.
+    Serial(SerialSettings),
+    /// A TCP stream.
+    Tcp {
+        /// `host:port`.
+        address: String,
+        /// Reconnect after this long without data.
+        read_timeout: Duration,
+    },
+    /// Capture files.
+    Replay {
+        /// Read in order.
+        files: Vec<PathBuf>,
+        /// Pace.
+        speed: Speed,
+    },
+}
+
+/// A serial line's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SerialSettings {
+    /// The device path.
+    pub device: PathBuf,
+    /// Bits per second.
+    pub baud: u32,
+    /// 7 or 8.
+    pub data_bits: tokio_serial::DataBits,
+    /// Parity.
+    pub parity: tokio_serial::Parity,
+    /// 1 or 2.
+    pub stop_bits: tokio_serial::StopBits,
+}
+
+/// One sink.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    /// Unique among sinks.
+    pub name: String,
+    /// Ceiling and identity.
+    pub policy: SinkPolicy,
+    /// Where it writes.
+    pub kind: SinkKind,
+}
+
+/// Where a sink writes.
+#[derive(Debug, Clone)]
+pub enum SinkKind {
+    /// The embedded SQLite store.
+    Sqlite {
+        /// The database file; the state directory's `p1guard.sqlite` if `None`.
+        path: Option<PathBuf>,
+        /// How long records of each granularity are kept, indexed like [`Granularity::ALL`].
+        retention: [Option<Duration>; 4],
+    },
+    /// JSON lines on standard output.
+    Stdout,
+}
+
+/// Every problem found in a configuration, one per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problems(pub Vec<String>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.0.len();
+        writeln!(
+            f,
+            "{count} problem{} in the configuration:",
+            if count == 1 { "" } else { "s" }
+        )?;
+        self.0.iter().try_for_each(|p| writeln!(f, "  - {p}"))
+    }
+}
+
+impl std::error::Error for Problems {}
+
+/// Reads `path` with the process's `P1GUARD_*` overrides.
+pub fn load(path: &Path) -> Result<Config, Problems> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Problems(vec![format!("cannot read {}: {e}", path.display())]))?;
+    parse(&text, std::env::vars())
+}
+
+/// Parses a configuration's text with the given environment.
+pub fn parse(text: &str, vars: impl IntoIterator<Item = (String, String)>) -> Result<Config, Problems> {
+    let mut document: Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| Problems(vec![e.to_string().trim_end().to_owned()]))?;
+    let mut problems = env::apply(&mut document, vars);
+    let mut validator = Validator {
+        problems: &mut problems,
+    };
+    let config = validator.config(document);
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(Problems(problems))
+    }
+}
+
+/// Collects problems while building a [`Config`]; the config built alongside problems is
+/// discarded.
+struct Validator<'p> {
+    problems: &'p mut Vec<String>,
+}
+
+impl Validator<'_> {
+    fn problem(&mut self, at: &str, message: impl fmt::Display) {
+        self.problems.push(format!("{at}: {message}"));
+    }
+
+    /// Serde's reading of one section, or `None` with the problem noted.
+    fn read<T: DeserializeOwned>(&mut self, at: &str, value: Value) -> Option<T> {
+        match value.try_into() {
+            Ok(read) => Some(read),
+            Err(error) => {
+                let error: toml::de::Error = error;
+                self.problem(at, error.message().trim_end());
+                None
+            }
+        }
+    }
+
+    /// Each entry of an array of tables, read as the settings all entries share (`C`, whose
+    /// keys are `common`) and those of its type (`K`, tagged by `type`).
+    fn entries<C: DeserializeOwned, K: DeserializeOwned>(
+        &mut self,
+        section: &str,
+        common: &[&str],
+        value: Option<Value>,
+    ) -> Vec<(String, C, K)> {
+        let entries = match value {
+            None => Vec::new(),
+            Some(Value::Array(entries)) => entries,
+            Some(_) => {
+                self.problem(section, format!("expected [[{section}]] tables"));
+                Vec::new()
+            }
+        };
+        let mut read = Vec::new();
+        for (i, entry) in entries.into_iter().enumerate() {
+            let at = format!("{section}[{i}]");
+            let Value::Table(mut own) = entry else {
+                self.problem(&at, "expected a table");
+                continue;
+            };
+            let shared: Table = common
+                .iter()
+                .filter_map(|key| own.remove_entry(*key))
+                .collect();
+            let shared = self.read(&at, Value::Table(shared));
+            let own = self.read(&at, Value::Table(own));
+            if let (Some(shared), Some(own)) = (shared, own) {
+                read.push((at, shared, own));
+            }
+        }
+        read
+    }
+
+    fn config(&mut self, mut document: Table) -> Config {
+        let identity: raw::Identity = document
+            .remove("identity")
+            .and_then(|v| self.read("identity", v))
+            .unwrap_or_default();
+        let consent: raw::Consent = document
+            .remove("consent")
+            .and_then(|v| self.read("consent", v))
+            .unwrap_or_default();
+        let sources = self.entries("sources", raw::Source::FIELDS, document.remove("sources"));
+        let sinks = self.entries("sinks", raw::Sink::FIELDS, document.remove("sinks"));
+        for unknown in document.keys() {
+            self.problem(
+                unknown,
+                "unknown section (expected identity, consent, sources, sinks)",
+            );
+        }
+
+        let meters = consent.meters.into_iter().filter_map(|(id, level)| {
+            if id.is_empty() {
+                self.problem("consent.meters", "an empty meter id");
+                return None;
+            }
+            Some((id.into_bytes(), level))
+        });
+        let meters: Vec<_> = meters.collect();
+        let consent_levels = MeterLevels::new(consent.default.unwrap_or(Level::Billing), meters);
+
+        let sources: Vec<SourceConfig> = sources
+            .into_iter()
+            .filter_map(|(at, source, kind)| self.source(&at, source, kind))
+            .collect();
+        let sinks: Vec<SinkConfig> = sinks
+            .into_iter()
+            .filter_map(|(at, sink, kind)| self.sink(&at, sink, kind))
+            .collect();
+        self.unique("sources", sources.iter().map(|s| s.name.as_str()));
+        self.unique("sinks", sinks.iter().map(|s| s.name.as_str()));
+        if sources.is_empty() && !self.problems.iter().any(|p| p.starts_with("sources")) {
+            self.problem("sources", "no [[sources]]: nothing to read");
+        }
+        if sinks.is_empty() && !self.problems.iter().any(|p| p.starts_with("sinks")) {
+            self.problem("sinks", "no [[sinks]]: nowhere to write");
+        }
+        Config {
+            identity_key: identity.key_file,
+            consent: consent_levels,
+            billing: consent.billing_cadence.unwrap_or_default(),
+            sources,
+            sinks,
+        }
+    }
+
+    fn unique<'a>(&mut self, section: &str, names: impl Iterator<Item = &'a str>) {
+        let mut seen = BTreeSet::new();
+        for name in names {
+            if !seen.insert(name) {
+                self.problem(section, format!("the name {name:?} is used twice"));
+            }
+        }
+    }
+
+    fn source(
+        &mut self,
+        at: &str,
+        source: raw::Source,
+        kind: raw::SourceKind,
+    ) -> Option<SourceConfig> {
+        let problems_before = self.problems.len();
+        let (kind, preset_clears_bit7) = match kind {
+            raw::SourceKind::Serial {
+                device,
+                preset,
+                baud,
+                data_bits,
+                parity,
+                stop_bits,
+            } => {
+                let preset = preset.as_deref().unwrap_or("dsmr5");
+                let Some(preset) = SerialPreset::by_name(preset) else {
+                    self.problem(at, format!("preset {preset:?}: expected dsmr5, dsmr4 or dsmr2"));
+                    return None;
+                };
+                let mut settings = preset.settings(device);
+                if let Some(baud) = baud {
+                    if baud == 0 {
+                        self.problem(at, "baud must be positive");
+                    }
+                    settings.baud = baud;
+                }
+                match data_bits {
+                    None => {}
+                    Some(7) => settings.data_bits = tokio_serial::DataBits::Seven,
+                    Some(8) => settings.data_bits = tokio_serial::DataBits::Eight,
+                    Some(n) => self.problem(at, format!("data_bits {n}: expected 7 or 8")),
+                }
+                match parity.as_deref() {
+                    None => {}
+                    Some("none") => settings.parity = tokio_serial::Parity::None,
+                    Some("even") => settings.parity = tokio_serial::Parity::Even,
+                    Some("odd") => settings.parity = tokio_serial::Parity::Odd,
+                    Some(other) => {
+                        self.problem(at, format!("parity {other:?}: expected none, even or odd"));
+                    }
+                }
+                match stop_bits {
+                    None => {}
+                    Some(1) => settings.stop_bits = tokio_serial::StopBits::One,
+                    Some(2) => settings.stop_bits = tokio_serial::StopBits::Two,
+                    Some(n) => self.problem(at, format!("stop_bits {n}: expected 1 or 2")),
+                }
+                (SourceKind::Serial(settings), preset.clear_bit7)
+            }
+            raw::SourceKind::Tcp {
+                address,
+                read_timeout_secs,
+            } => {
+                let has_port = address
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+                if !has_port {
+                    self.problem(at, format!("address {address:?}: expected host:port"));
+                }
+                if read_timeout_secs == Some(0) {
+                    self.problem(at, "read_timeout_secs must be positive");
+                }
+                let read_timeout = Duration::from_secs(read_timeout_secs.unwrap_or(60));
+                let kind = SourceKind::Tcp {
+                    address,
+                    read_timeout,
+                };
+                (kind, false)
+            }
+            raw::SourceKind::Replay { files, speed } => {
+                if files.is_empty() {
+                    self.problem(at, "files is empty");
+                }
+                for file in &files {
+                    if let Err(error) = std::fs::metadata(file) {
+                        self.problem(at, format!("{}: {error}", file.display()));
+                    }
+                }
+                let speed = match speed.as_deref().map(str::parse::<Speed>) {
+                    None => Speed::Max,
+                    Some(Ok(speed)) => speed,
+                    Some(Err(error)) => {
+                        self.problem(at, error);
+                        Speed::Max
+                    }
+                };
+                (SourceKind::Replay { files, speed }, false)
+            }
+        };
+        let name = source.name.unwrap_or_else(|| kind.type_name().to_owned());
+        let cipher = self.cipher(at, source.key, source.auth_key, source.no_auth_key);
+        let input = InputOptions {
+            lf_to_crlf: source.lf_to_crlf,
+            clear_bit7: source.clear_bit7.unwrap_or(preset_clears_bit7),
+            cipher,
+        };
+        (self.problems.len() == problems_before).then_some(SourceConfig { name, input, kind })
+    }
+
+    fn cipher(
+        &mut self,
+        at: &str,
+        key: Option<secret::SecretRef>,
+        auth_key: Option<secret::SecretRef>,
+        no_auth_key: bool,
+    ) -> Option<CipherKeys> {
+        let mut read = |what: &str, secret: secret::SecretRef| -> Option<[u8; 16]> {
+            let resolved = secret.resolve().map_err(|e| self.problem(at, format!("{what}: {e}")));
+            let key = crate::hex::decode(resolved.ok()?.expose());
+            if key.is_none() {
+                self.problem(at, format!("{what}: expected 32 hex digits"));
+            }
+            key
+        };
+        let key = key.and_then(|k| read("key", k));
+        let auth_key = auth_key.and_then(|k| read("auth_key", k));
+        let Some(key) = key else {
+            if auth_key.is_some() || no_auth_key {
+                self.problem(at, "auth_key and no_auth_key need a key");
+            }
+            return None;
+        };
+        match (auth_key, no_auth_key) {
+            (Some(_), true) => {
+                self.problem(at, "auth_key and no_auth_key exclude each other");
+                None
+            }
+            (Some(auth_key), false) => Some(CipherKeys {
+                key,
+                auth_key: Some(auth_key),
+            }),
+            (None, true) => Some(CipherKeys {
+                key,
+                auth_key: None,
+            }),
+            (None, false) => Some(CipherKeys::smarty(key)),
+        }
+    }
+
+    fn sink(&mut self, at: &str, sink: raw::Sink, kind: raw::SinkKind) -> Option<SinkConfig> {
+        let identity = match sink.identity.as_deref() {
+            None | Some("pseudonym") => Identity::Pseudonym,
+            Some("raw") => Identity::Raw,
+            Some(other) => {
+                self.problem(at, format!("identity {other:?}: expected pseudonym or raw"));
+                return None;
+            }
+        };
+        let policy = match SinkPolicy::new(sink.max_granularity, identity) {
+            Ok(policy) => policy,
+            Err(error) => {
+                self.problem(at, error);
+                return None;
+            }
+        };
+        let kind = match kind {
+            raw::SinkKind::Sqlite {
+                path,
+                retention_days,
+            } => {
+                let mut retention = [None; 4];
+                for (granularity, days) in retention_days {
+                    if days == 0 {
+                        self.problem(at, format!("retention_days.{granularity}: must be positive"));
+                    }
+                    let index = Granularity::ALL.iter().position(|g| *g == granularity);
+                    if let Some(index) = index {
+                        retention[index] = Some(Duration::from_secs(u64::from(days) * 86_400));
+                    }
+                }
+                SinkKind::Sqlite { path, retention }
+            }
+            raw::SinkKind::Stdout {} => SinkKind::Stdout,
+        };
+        let name = sink.name.unwrap_or_else(|| kind.type_name().to_owned());
+        Some(SinkConfig { name, policy, kind })
+    }
+}
+
+/// Serial settings per DSMR version (ecosystem.md).
+#[derive(Debug, Clone, Copy)]
+struct SerialPreset {
+    baud: u32,
+    data_bits: tokio_serial::DataBits,
+    parity: tokio_serial::Parity,
+    clear_bit7: bool,
+}
+
+impl SerialPreset {
+    fn by_name(name: &str) -> Option<SerialPreset> {
+        use tokio_serial::{DataBits, Parity};
+        let preset = |baud, data_bits, parity, clear_bit7| SerialPreset {
+            baud,
+            data_bits,
+            parity,
+            clear_bit7,
+        };
+        match name {
+            "dsmr5" => Some(preset(115_200, DataBits::Eight, Parity::None, false)),
+            // Sources disagree on 8N1 vs 7E1: reading 8N1 and clearing bit 7 copes with both.
+            "dsmr4" => Some(preset(115_200, DataBits::Eight, Parity::None, true)),
+            "dsmr2" => Some(preset(9_600, DataBits::Seven, Parity::Even, false)),
+            _ => None,
+        }
+    }
+
+    fn settings(self, device: PathBuf) -> SerialSettings {
+        SerialSettings {
+            device,
+            baud: self.baud,
+            data_bits: self.data_bits,
+            parity: self.parity,
+            stop_bits: tokio_serial::StopBits::One,
+        }
+    }
+}
+
+impl SourceKind {
+    /// `serial`, `tcp` or `replay`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SourceKind::Serial(_) => "serial",
+            SourceKind::Tcp { .. } => "tcp",
+            SourceKind::Replay { .. } => "replay",
+        }
+    }
+}
+
+impl SinkKind {
+    /// `sqlite` or `stdout`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SinkKind::Sqlite { .. } => "sqlite",
+            SinkKind::Stdout => "stdout",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    #[test]
+    fn a_serial_source_takes_its_preset_and_overrides() {
+        let config = parse(
+            r#"
+            [consent]
+            default = "daily"
+            meters = { "4530303435303034303130313639373135" = "live" }
+
+            [[sources]]
+            type = "serial"
+            device = "/dev/p1"
+            preset = "dsmr4"
+
+            [[sources]]
+            name = "old meter"
+            type = "serial"
+            device = "/dev/ttyUSB1"
+            preset = "dsmr2"
+            baud = 19200
+
+            [[sinks]]
+            type = "stdout"
+            max_granularity = "live"
+            identity = "raw"
+            "#,
+            no_env(),
+        )
+        .unwrap();
+        assert_eq!(config.consent.default_level(), Level::Daily);
+        assert_eq!(config.consent.listed(), 1);
+        let SourceKind::Serial(dsmr4) = &config.sources[0].kind else {
+            panic!("serial expected");
+        };
+        assert_eq!(dsmr4.baud, 115_200);
+        assert_eq!(dsmr4.data_bits, tokio_serial::DataBits::Eight);
+        assert!(config.sources[0].input.clear_bit7, "DSMR 4 reads 8N1 and clears bit 7");
+        let SourceKind::Serial(dsmr2) = &config.sources[1].kind else {
+            panic!("serial expected");
+        };
+        assert_eq!(
+            (dsmr2.baud, dsmr2.data_bits, dsmr2.parity),
+            (19_200, tokio_serial::DataBits::Seven, tokio_serial::Parity::Even)
+        );
+        assert_eq!(config.sources[1].name, "old meter");
+        assert_eq!(config.sinks[0].policy.identity(), Identity::Raw);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let problems = parse(
+            r#"
+            [consent]
+            default = "hourly"
+
+            [[sources]]
+            type = "tcp"
+            address = "dongle.local"
+
+            [[sources]]
+            type = "serial"
+            device = "/dev/p1"
+            preset = "dsmr9"
+
+            [[sources]]
+            type = "replay"
+            files = ["/nonexistent/capture.txt"]
+            speed = "warp"
+
+            [[sinks]]
+            type = "sqlite"
+            max_granularity = "quarter_hour"
+            identity = "raw"
+
+            [[sinks]]
+            type = "stdout"
+            max_granularity = "live"
+            colour = true
+
+            [mqtt]
+            host = "localhost"
+            "#,
+            no_env(),
+        )
+        .unwrap_err();
+        let text = problems.to_string();
+        for expected in [
+            "consent: unknown variant `hourly`",
+            "sources[0]: address \"dongle.local\": expected host:port",
+            "sources[1]: preset \"dsmr9\"",
+            "sources[2]: /nonexistent/capture.txt: No such file",
+            "sources[2]: speed \"warp\"",
+            "sinks[0]: raw meter identity is only allowed on sinks whose max_granularity is live",
+            "sinks[1]: unknown field `colour`",
+            "mqtt: unknown section",
+        ] {
+            assert!(text.contains(expected), "{expected:?} missing from:\n{text}");
+        }
+        assert_eq!(problems.0.len(), 8, "{text}");
+    }
+
+    #[test]
+    fn secrets_are_read_from_their_file_and_never_shown() {
+        let key = "AE3A2A8A6B1F3C4D5E6F708192A3B4C5";
+        let dir = std::env::temp_dir().join(format!("p1guard-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("key");
+        std::fs::write(&file, format!("{key}\n")).unwrap();
+        let text = format!(
+            r#"
+            [[sources]]
+            type = "tcp"
+            address = "192.0.2.7:8088"
+            key = {{ file = {:?} }}
+
+            [[sinks]]
+            type = "stdout"
+            max_granularity = "daily"
+            "#,
+            file.display().to_string()
+        );
+        let config = parse(&text, no_env()).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+        let cipher = config.sources[0].input.cipher.expect("a key");
+        assert_eq!(cipher.key[0], 0xAE);
+        assert!(!format!("{config:?}").contains("AE3A2A8A"));
+    }
+
+    #[test]
+    fn environment_overrides_apply_before_validation() {
+        let text = r#"
+            [[sources]]
+            type = "tcp"
+            address = "192.0.2.7:8088"
+
+            [[sinks]]
+            type = "stdout"
+            max_granularity = "daily"
+        "#;
+        let vars = [
+            ("P1GUARD_SINKS__0__MAX_GRANULARITY", "quarter_hour"),
+            ("P1GUARD_CONSENT__DEFAULT", "none"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let config = parse(text, vars).unwrap();
+        assert_eq!(config.sinks[0].policy.ceiling(), Granularity::QuarterHour);
+        assert_eq!(config.consent.default_level(), Level::None);
+    }
+}

@@ -1,0 +1,75 @@
+//! Secrets (decryption keys, later passwords and tokens): read from a file or an environment
+//! variable, never written in the configuration itself, never printed.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Where a secret is kept: `{ file = "/etc/p1guard/key" }` or `{ env = "P1_KEY" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    file: Option<PathBuf>,
+    env: Option<String>,
+}
+
+/// A secret's text. Its `Debug` says `[redacted]`, and it has no `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl SecretRef {
+    /// Reads the secret, trimmed of surrounding whitespace. Errors name where it was looked
+    /// for, never what was found.
+    pub fn resolve(&self) -> Result<Secret, String> {
+        let text = match (&self.file, &self.env) {
+            (Some(path), None) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?,
+            (None, Some(name)) => std::env::var(name)
+                .map_err(|_| format!("environment variable {name} is not set"))?,
+            _ => return Err("a secret is `{ file = \"...\" }` or `{ env = \"...\" }`".into()),
+        };
+        Ok(Secret(text.trim().to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_is_never_printed() {
+        let secret = Secret("00112233445566778899AABBCCDDEEFF".into());
+        assert_eq!(format!("{secret:?}"), "Secret([redacted])");
+    }
+
+    #[test]
+    fn a_secret_comes_from_exactly_one_place() {
+        let both = SecretRef {
+            file: Some("/nonexistent".into()),
+            env: Some("HOME".into()),
+        };
+        assert!(both.resolve().is_err());
+        let missing = SecretRef {
+            file: None,
+            env: Some("P1GUARD_TEST_SURELY_UNSET".into()),
+        };
+        assert_eq!(
+            missing.resolve(),
+            Err("environment variable P1GUARD_TEST_SURELY_UNSET is not set".into())
+        );
+    }
+}

@@ -1,0 +1,95 @@
+//! Replay speed: telegrams spaced out by their meter times, scaled.
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+
+/// How fast a replay runs, relative to the meters' clocks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Speed {
+    /// No waiting.
+    Max,
+    /// Meter seconds per wall-clock second: 1 is real time.
+    Factor(f64),
+}
+
+impl FromStr for Speed {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Speed, String> {
+        match text {
+            "max" => Ok(Speed::Max),
+            "realtime" => Ok(Speed::Factor(1.0)),
+            _ => match text.parse::<f64>() {
+                Ok(factor) if factor.is_finite() && factor > 0.0 => Ok(Speed::Factor(factor)),
+                _ => Err(format!(
+                    "speed {text:?}: expected max, realtime or a positive factor"
+                )),
+            },
+        }
+    }
+}
+
+/// When each telegram is due: the first sets the origin, later ones follow at the speed's
+/// pace. Pure; the caller sleeps.
+#[derive(Debug)]
+pub struct Pacer {
+    speed: Speed,
+    origin: Option<(Timestamp, Instant)>,
+}
+
+impl Pacer {
+    /// A pacer at `speed`.
+    pub fn new(speed: Speed) -> Pacer {
+        Pacer {
+            speed,
+            origin: None,
+        }
+    }
+
+    /// Whether telegram times matter at all.
+    pub fn is_paced(&self) -> bool {
+        self.speed != Speed::Max
+    }
+
+    /// How long to wait from `now` before passing on a telegram of meter time `at`.
+    pub fn delay(&mut self, at: Timestamp, now: Instant) -> Option<Duration> {
+        let Speed::Factor(factor) = self.speed else {
+            return None;
+        };
+        let (start, started) = *self.origin.get_or_insert((at, now));
+        let meter_seconds = (at.as_second() - start.as_second()).max(0) as f64;
+        let due = started + Duration::from_secs_f64(meter_seconds / factor);
+        due.checked_duration_since(now).filter(|d| !d.is_zero())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn speeds_by_name_and_factor() {
+        assert_eq!("max".parse::<Speed>(), Ok(Speed::Max));
+        assert_eq!("realtime".parse::<Speed>(), Ok(Speed::Factor(1.0)));
+        assert_eq!("60".parse::<Speed>(), Ok(Speed::Factor(60.0)));
+        assert!("0".parse::<Speed>().is_err());
+        assert!("fast".parse::<Speed>().is_err());
+    }
+
+    #[test]
+    fn telegrams_are_due_at_their_meter_time_over_the_factor() {
+        let t = |s: &str| s.parse::<Timestamp>().unwrap();
+        let now = Instant::now();
+        let mut pacer = Pacer::new(Speed::Factor(10.0));
+        assert_eq!(pacer.delay(t("2026-03-29T10:00:00Z"), now), None);
+        assert_eq!(
+            pacer.delay(t("2026-03-29T10:00:10Z"), now),
+            Some(Duration::from_secs(1))
+        );
+        let later = now + Duration::from_secs(2);
+        assert_eq!(pacer.delay(t("2026-03-29T10:00:10Z"), later), None);
+        assert_eq!(Pacer::new(Speed::Max).delay(t("2026-03-29T10:00:00Z"), now), None);
+    }
+}
