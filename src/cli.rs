@@ -1,13 +1,13 @@
 //! The command line.
 
 use std::path::PathBuf;
-use std::str::FromStr;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use jiff::Timestamp;
 use p1guard_conduct::{Granularity, Identity, Level};
 
 use crate::decode::{CipherKeys, InputOptions};
+use crate::pace::Speed;
 
 /// Reads DSMR smart-meter P1 telegrams and passes them on only as finely as the meter's
 /// owner consented to.
@@ -30,6 +30,28 @@ pub enum Command {
     /// Deterministic: records are dated by the meters' clocks, so the same input gives the same
     /// output. Exit status: 0, or 2 if an input or the identity key could not be read.
     Replay(ReplayArgs),
+    /// Run the daemon: sources, code of conduct and sinks as the configuration says.
+    ///
+    /// Stops cleanly on SIGTERM or SIGINT (everything read is written first), or when every
+    /// source has ended (replays). Exit status: 0, or 2 if the configuration is invalid or a
+    /// sink cannot be opened.
+    Run(RunArgs),
+    /// Check a configuration: list every problem (exit 2), or say what it would run.
+    CheckConfig(CheckConfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The configuration file (TOML); `P1GUARD_SECTION__KEY` variables override its settings.
+    #[arg(long, short, value_name = "FILE", default_value = "/etc/p1guard/p1guard.toml")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    /// The configuration file (TOML).
+    #[arg(value_name = "FILE", default_value = "/etc/p1guard/p1guard.toml")]
+    pub config: PathBuf,
 }
 
 /// How input bytes are read: line repairs and decryption.
@@ -145,30 +167,6 @@ impl From<IdentityArg> for Identity {
     }
 }
 
-/// How fast a replay runs, relative to the meters' clocks.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Speed {
-    /// No waiting.
-    Max,
-    /// Meter seconds per wall-clock second: 1 is real time.
-    Factor(f64),
-}
-
-impl FromStr for Speed {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Speed, String> {
-        match text {
-            "max" => Ok(Speed::Max),
-            "realtime" => Ok(Speed::Factor(1.0)),
-            _ => match text.parse::<f64>() {
-                Ok(factor) if factor.is_finite() && factor > 0.0 => Ok(Speed::Factor(factor)),
-                _ => Err("expected max, realtime or a positive factor".into()),
-            },
-        }
-    }
-}
-
 fn parse_change(text: &str) -> Result<(Timestamp, Level), String> {
     let (at, level) = text.split_once('=').ok_or("expected RFC3339=LEVEL")?;
     let at = at
@@ -197,7 +195,7 @@ mod tests {
     }
 
     #[test]
-    fn consent_changes_and_speeds() {
+    fn consent_changes() {
         let (at, level) = parse_change("2026-03-29T10:00:00Z=live").unwrap();
         assert_eq!(
             (at.to_string().as_str(), level),
@@ -205,9 +203,6 @@ mod tests {
         );
         assert!(parse_change("2026-03-29T10:00:00Z=hourly").is_err());
         assert!(parse_change("yesterday=live").is_err());
-        assert_eq!("realtime".parse::<Speed>(), Ok(Speed::Factor(1.0)));
-        assert_eq!("60".parse::<Speed>(), Ok(Speed::Factor(60.0)));
-        assert!("0".parse::<Speed>().is_err());
     }
 
     #[test]

@@ -9,19 +9,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use p1guard_conduct::IdentityKey;
 
-/// `identity.key` in p1guard's state directory: systemd's `$STATE_DIRECTORY`, else
-/// `$XDG_STATE_HOME/p1guard`, else `~/.local/state/p1guard`.
+/// `identity.key` in p1guard's state directory.
 pub fn default_path() -> anyhow::Result<PathBuf> {
-    let env = |name| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    let dir = env("STATE_DIRECTORY")
-        .or_else(|| env("XDG_STATE_HOME").map(|d| d.join("p1guard")))
-        .or_else(|| env("HOME").map(|d| d.join(".local/state/p1guard")))
-        .context("no state directory: set --identity-key, STATE_DIRECTORY or HOME")?;
-    Ok(dir.join("identity.key"))
+    Ok(crate::state::dir()?.join("identity.key"))
 }
 
 /// Reads the key at `path`, or creates it (mode 0600) from the system's random source.

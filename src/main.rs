@@ -8,7 +8,14 @@ mod consent;
 mod decode;
 mod hex;
 mod identity_key;
+mod log_limit;
+mod metrics;
 mod pace;
+mod pipeline;
+mod sinks;
+mod sources;
+mod state;
+mod systemd;
 
 use std::process::ExitCode;
 

@@ -1,7 +1,9 @@
 //! One module per subcommand.
 
+mod check_config;
 mod parse;
 mod replay;
+mod run;
 
 use std::process::ExitCode;
 
@@ -12,5 +14,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Parse(args) => parse::run(&args),
         Command::Replay(args) => replay::run(&args),
+        Command::Run(args) => run::run(&args),
+        Command::CheckConfig(args) => check_config::run(&args),
     }
 }

@@ -4,18 +4,19 @@
 use std::collections::BTreeMap;
 use std::io::{self, BufWriter, Write};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use jiff::Timestamp;
 use p1guard_conduct::{
-    BillingCadence, Calendar, Granularity, MaxGaps, Reducer, ReducerConfig, SinkPolicy, Timeline,
+    BillingCadence, Calendar, MaxGaps, Reducer, ReducerConfig, SinkPolicy, Timeline,
 };
-use p1guard_telegram::Telegram;
 
-use crate::cli::{ReplayArgs, Speed};
+use crate::cli::ReplayArgs;
 use crate::decode::{self, Decoder};
 use crate::identity_key;
+use crate::metrics::per_granularity;
+use crate::pace::Pacer;
 
 pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     let policy = SinkPolicy::new(args.max_granularity, args.identity.into())?;
@@ -47,7 +48,11 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
                     return Ok(());
                 }
             };
-            pacer.wait(&telegram, &mut out)?;
+            let due = telegram.time().and_then(|t| t.utc().ok());
+            if let Some(delay) = due.and_then(|at| pacer.delay(at, Instant::now())) {
+                out.flush()?; // a watcher sees records as they are made
+                std::thread::sleep(delay);
+            }
             reducer.reduce(&telegram, Timestamp::now(), &mut records);
             for record in records.drain(..) {
                 if let Some(admitted) = policy.admit(&record) {
@@ -67,15 +72,6 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     out.flush()?;
 
     let counters = reducer.counters();
-    let by_granularity = |counts: &[u64; 4]| -> String {
-        let named = Granularity::ALL.iter().zip(counts).filter(|(_, n)| **n > 0);
-        let listed: Vec<String> = named.map(|(g, n)| format!("{g} {n}")).collect();
-        if listed.is_empty() {
-            "none".into()
-        } else {
-            listed.join(", ")
-        }
-    };
     let errors: Vec<String> = errors
         .iter()
         .map(|(kind, n)| format!("{kind} {n}"))
@@ -84,9 +80,9 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         "p1guard replay: {} telegrams from {} meters; records: {}; withheld by consent: {}; missing: {}; frame errors: {}; out of order: {}",
         counters.telegrams,
         reducer.meter_count(),
-        by_granularity(&counters.records),
-        by_granularity(&counters.withheld),
-        by_granularity(&counters.missing),
+        per_granularity(&counters.records),
+        per_granularity(&counters.withheld),
+        per_granularity(&counters.missing),
         if errors.is_empty() {
             "none".into()
         } else {
@@ -95,38 +91,4 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         counters.out_of_order,
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// Spaces telegrams out by their meter times, scaled by the replay speed.
-struct Pacer {
-    speed: Speed,
-    origin: Option<(Timestamp, Instant)>,
-}
-
-impl Pacer {
-    fn new(speed: Speed) -> Pacer {
-        Pacer {
-            speed,
-            origin: None,
-        }
-    }
-
-    /// Sleeps until `telegram`'s meter time is due, flushing `out` first so that a watcher
-    /// sees records as they are made.
-    fn wait(&mut self, telegram: &Telegram<'_>, out: &mut impl Write) -> io::Result<()> {
-        let Speed::Factor(factor) = self.speed else {
-            return Ok(());
-        };
-        let Some(at) = telegram.time().and_then(|t| t.utc().ok()) else {
-            return Ok(());
-        };
-        let (start, started) = *self.origin.get_or_insert((at, Instant::now()));
-        let meter_seconds = (at.as_second() - start.as_second()).max(0) as f64;
-        let due = started + Duration::from_secs_f64(meter_seconds / factor);
-        if let Some(delay) = due.checked_duration_since(Instant::now()) {
-            out.flush()?;
-            std::thread::sleep(delay);
-        }
-        Ok(())
-    }
 }

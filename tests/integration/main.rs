@@ -1,5 +1,6 @@
 //! End-to-end tests of the `p1guard` binary. One test binary, one module per command.
 
+mod demo;
 mod parse;
 mod replay;
 
@@ -23,4 +24,44 @@ fn p1guard(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("the p1guard binary runs")
+}
+
+/// A scratch directory for one test, removed and made afresh.
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("p1guard-it-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// One row of the SQLite store's `records` table.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Row {
+    meter: String,
+    granularity: String,
+    kind: String,
+    time: i64,
+    quality: String,
+    clock: String,
+    readings: String,
+}
+
+/// Every row of the store at `path`, in key order.
+fn sqlite_rows(path: &Path) -> Vec<Row> {
+    let connection = rusqlite::Connection::open(path).expect("the store opens");
+    let mut query = connection
+        .prepare("SELECT meter, granularity, kind, time, quality, clock, readings FROM records ORDER BY meter, granularity, kind, time")
+        .expect("the records table exists");
+    let rows = query.query_map([], |row| {
+        Ok(Row {
+            meter: row.get(0)?,
+            granularity: row.get(1)?,
+            kind: row.get(2)?,
+            time: row.get(3)?,
+            quality: row.get(4)?,
+            clock: row.get(5)?,
+            readings: row.get(6)?,
+        })
+    });
+    rows.expect("rows").map(|row| row.expect("a row")).collect()
 }

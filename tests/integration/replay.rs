@@ -6,15 +6,7 @@ use jiff::{SignedDuration, Timestamp};
 use p1guard_simulator::{MeterSpec, Style};
 use serde_json::Value;
 
-use crate::p1guard;
-
-/// A scratch directory for one test, removed and made afresh.
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("p1guard-it-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
+use crate::{p1guard, scratch};
 
 /// Six hours of a DSMR 4 meter with gas, written as a capture file.
 fn capture(dir: &std::path::Path) -> String {

@@ -1,0 +1,187 @@
+//! What the pipeline has done, shared between its tasks: telegrams per source and result,
+//! records per sink and granularity, connection states. Kept for the shutdown summary and the
+//! `/metrics` endpoint; meters are never named here.
+
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+
+use p1guard_conduct::{Counters, Granularity};
+use p1guard_telegram::ErrorKind;
+
+/// How a telegram fared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Framed, CRC valid (or none), parsed.
+    Ok,
+    /// The CRC did not match.
+    CrcError,
+    /// A frame that did not parse: bad header, or cut short or too long.
+    ParseError,
+    /// An encrypted frame that failed to decrypt.
+    DecryptionError,
+}
+
+impl Outcome {
+    /// Every outcome, in the order of [`SourceMetrics::telegrams`].
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Ok,
+        Outcome::CrcError,
+        Outcome::ParseError,
+        Outcome::DecryptionError,
+    ];
+
+    /// The metric label.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::CrcError => "crc_error",
+            Outcome::ParseError => "parse_error",
+            Outcome::DecryptionError => "decryption_error",
+        }
+    }
+
+    /// The outcome of a frame that failed with `kind`.
+    pub fn of(kind: ErrorKind) -> Outcome {
+        match kind {
+            ErrorKind::CrcMismatch { .. } => Outcome::CrcError,
+            ErrorKind::BadCipherFrame | ErrorKind::Decryption => Outcome::DecryptionError,
+            ErrorKind::TooLong
+            | ErrorKind::Truncated
+            | ErrorKind::BadHeader
+            | ErrorKind::BadObis
+            | ErrorKind::BadValue => Outcome::ParseError,
+        }
+    }
+}
+
+/// One source's counters.
+#[derive(Debug)]
+pub struct SourceMetrics {
+    /// The source's configured name.
+    pub name: String,
+    /// Telegrams by [`Outcome`].
+    pub telegrams: [AtomicU64; 4],
+    /// Whether the device or connection is open.
+    pub connected: AtomicBool,
+    /// Unix seconds of the last telegram received (0 before the first).
+    pub last_telegram: AtomicI64,
+}
+
+impl SourceMetrics {
+    /// Counts one telegram.
+    pub fn count(&self, outcome: Outcome) {
+        self.telegrams[outcome as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Telegrams with `outcome` so far.
+    pub fn telegrams(&self, outcome: Outcome) -> u64 {
+        self.telegrams[outcome as usize].load(Relaxed)
+    }
+}
+
+/// One sink's counters.
+#[derive(Debug)]
+pub struct SinkMetrics {
+    /// The sink's configured name.
+    pub name: String,
+    /// Records written, by granularity.
+    pub records: [AtomicU64; 4],
+}
+
+/// Every counter of one pipeline.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Per source, in configuration order.
+    pub sources: Vec<SourceMetrics>,
+    /// Per sink, in configuration order.
+    pub sinks: Vec<SinkMetrics>,
+    /// The reducer's counters, as of its last batch.
+    pub reducer: Mutex<Counters>,
+}
+
+impl Metrics {
+    /// Zeroed counters for sources and sinks with these names.
+    pub fn new<'a>(
+        sources: impl IntoIterator<Item = &'a str>,
+        sinks: impl IntoIterator<Item = &'a str>,
+    ) -> Metrics {
+        Metrics {
+            sources: sources
+                .into_iter()
+                .map(|name| SourceMetrics {
+                    name: name.to_owned(),
+                    telegrams: Default::default(),
+                    connected: AtomicBool::new(false),
+                    last_telegram: AtomicI64::new(0),
+                })
+                .collect(),
+            sinks: sinks
+                .into_iter()
+                .map(|name| SinkMetrics {
+                    name: name.to_owned(),
+                    records: Default::default(),
+                })
+                .collect(),
+            reducer: Mutex::default(),
+        }
+    }
+
+    /// A few lines for the log at shutdown.
+    pub fn summary(&self) -> String {
+        let mut text = String::new();
+        for source in &self.sources {
+            let outcomes = Outcome::ALL.map(|o| format!("{} {}", o.name(), source.telegrams(o)));
+            let _ = writeln!(text, "source {}: telegrams {}", source.name, outcomes.join(", "));
+        }
+        let counters = self.reducer.lock().map(|c| c.clone()).unwrap_or_default();
+        let _ = writeln!(
+            text,
+            "conduct: records {}; dropped by consent {}; missing {}; without meter id {}, bad time {}, out of order {}",
+            per_granularity(&counters.records),
+            per_granularity(&counters.withheld),
+            per_granularity(&counters.missing),
+            counters.without_meter_id,
+            counters.bad_time,
+            counters.out_of_order,
+        );
+        for sink in &self.sinks {
+            let written = sink.records.each_ref().map(|n| n.load(Relaxed));
+            let _ = writeln!(text, "sink {}: written {}", sink.name, per_granularity(&written));
+        }
+        text.truncate(text.trim_end().len());
+        text
+    }
+}
+
+/// `billing 1, daily 1, quarter_hour 96`, or `none`.
+pub fn per_granularity(counts: &[u64; 4]) -> String {
+    let named = Granularity::ALL.iter().zip(counts).filter(|(_, n)| **n > 0);
+    let listed: Vec<String> = named.map(|(g, n)| format!("{g} {n}")).collect();
+    if listed.is_empty() {
+        "none".into()
+    } else {
+        listed.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_index_their_counters() {
+        let metrics = Metrics::new(["p1"], ["store"]);
+        metrics.sources[0].count(Outcome::Ok);
+        metrics.sources[0].count(Outcome::of(ErrorKind::CrcMismatch {
+            expected: 1,
+            computed: 2,
+        }));
+        metrics.sources[0].count(Outcome::of(ErrorKind::Truncated));
+        let counts = Outcome::ALL.map(|o| metrics.sources[0].telegrams(o));
+        assert_eq!(counts, [1, 1, 1, 0]);
+        assert!(metrics.summary().contains(
+            "source p1: telegrams ok 1, crc_error 1, parse_error 1, decryption_error 0"
+        ));
+    }
+}

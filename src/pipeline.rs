@@ -1,0 +1,157 @@
+//! The daemon's data flow: sources -> reduce task (parse, code of conduct) -> sinks, each a
+//! tokio task, joined by bounded channels so a slow sink slows the sources instead of
+//! growing memory. One cancellation token stops the sources; everything they sent is then
+//! reduced and written before [`run`] returns.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use p1guard_conduct::{
+    Calendar, Consent, Granularity, IdentityKey, MaxGaps, Reducer, ReducerConfig,
+};
+use p1guard_telegram::Parser;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, SinkKind};
+use crate::log_limit::LogLimit;
+use crate::metrics::{Metrics, Outcome};
+use crate::sinks::{self, Batch, SqliteSink, StdoutSink};
+use crate::sources::{self, Received};
+
+/// Frames waiting for the reduce task.
+const FRAME_QUEUE: usize = 1024;
+/// Batches waiting for each sink.
+const BATCH_QUEUE: usize = 64;
+/// Frames the reduce task takes at once; their records go to the sinks as one batch.
+const BATCH_FRAMES: usize = 256;
+
+/// Opens every sink, starts every source, and runs until the sources end (replays) or
+/// `shutdown` fires and everything in flight has been written. `ready` is called once
+/// sinks are open and sources started. Returns the counters.
+pub async fn run(
+    config: Config,
+    key: IdentityKey,
+    shutdown: CancellationToken,
+    ready: impl FnOnce(),
+) -> anyhow::Result<Arc<Metrics>> {
+    let metrics = Arc::new(Metrics::new(
+        config.sources.iter().map(|s| s.name.as_str()),
+        config.sinks.iter().map(|s| s.name.as_str()),
+    ));
+    let finest = config
+        .sinks
+        .iter()
+        .map(|s| s.policy.ceiling())
+        .max()
+        .unwrap_or(Granularity::Billing);
+
+    let mut sink_tasks = JoinSet::new();
+    let mut to_sinks = Vec::new();
+    for (index, sink) in config.sinks.into_iter().enumerate() {
+        let (batches, receiver) = mpsc::channel(BATCH_QUEUE);
+        let metrics = metrics.clone();
+        match sink.kind {
+            SinkKind::Sqlite { path, retention } => {
+                let path = match path {
+                    Some(path) => path,
+                    None => default_store()?,
+                };
+                let store = SqliteSink::open(&path, retention)
+                    .with_context(|| format!("sink {}: opening {}", sink.name, path.display()))?;
+                sink_tasks.spawn(sinks::drive(store, sink.policy, receiver, metrics, index));
+            }
+            SinkKind::Stdout => {
+                let stdout = StdoutSink::new();
+                sink_tasks.spawn(sinks::drive(stdout, sink.policy, receiver, metrics, index));
+            }
+        }
+        to_sinks.push(batches);
+    }
+
+    let reducer_config = ReducerConfig {
+        calendar: Calendar::netherlands(config.billing),
+        finest,
+        max_gaps: MaxGaps::default(),
+    };
+    let reducer = Reducer::new(reducer_config, config.consent, key);
+    let (frames, received) = mpsc::channel(FRAME_QUEUE);
+    let reduce_task = tokio::spawn(reduce(received, reducer, to_sinks, metrics.clone()));
+
+    let mut source_tasks = JoinSet::new();
+    for (index, source) in config.sources.into_iter().enumerate() {
+        let task = sources::run(index, source, frames.clone(), metrics.clone(), shutdown.clone());
+        source_tasks.spawn(task);
+    }
+    drop(frames);
+    ready();
+
+    // Sources end first; their senders dropping ends the reduce task, whose senders
+    // dropping ends the sinks after they have written everything queued.
+    while let Some(joined) = source_tasks.join_next().await {
+        joined.context("a source task failed")?;
+    }
+    reduce_task.await.context("the reduce task failed")?;
+    while let Some(joined) = sink_tasks.join_next().await {
+        joined.context("a sink task failed")?;
+    }
+    Ok(metrics)
+}
+
+/// `p1guard.sqlite` in the state directory.
+fn default_store() -> anyhow::Result<PathBuf> {
+    Ok(crate::state::dir()?.join("p1guard.sqlite"))
+}
+
+/// Parses frames, applies the code of conduct, and hands each batch's records to every sink.
+async fn reduce<C: Consent>(
+    mut frames: mpsc::Receiver<Received>,
+    mut reducer: Reducer<C>,
+    sinks: Vec<mpsc::Sender<Batch>>,
+    metrics: Arc<Metrics>,
+) {
+    let mut parser = Parser::new();
+    let mut log_limits: Vec<LogLimit> = metrics.sources.iter().map(|_| LogLimit::per_minute()).collect();
+    let mut pending = Vec::with_capacity(BATCH_FRAMES);
+    let mut records = Vec::new();
+    while frames.recv_many(&mut pending, BATCH_FRAMES).await > 0 {
+        for received in pending.drain(..) {
+            let source = &metrics.sources[received.source];
+            let log_limit = &mut log_limits[received.source];
+            let telegram = match parser.parse(&received.frame.as_frame()) {
+                Ok(telegram) => telegram,
+                Err(error) => {
+                    source.count(Outcome::of(error.kind));
+                    if let Some(suppressed) = log_limit.allow(Instant::now()) {
+                        tracing::warn!(source = %source.name, suppressed, "skipped a bad telegram: {error}");
+                    }
+                    continue;
+                }
+            };
+            source.count(Outcome::Ok);
+            source.last_telegram.store(received.at.as_second(), Relaxed);
+            if let Some(error) = telegram.line_errors().first() {
+                if let Some(suppressed) = log_limit.allow(Instant::now()) {
+                    tracing::warn!(source = %source.name, suppressed, "kept a telegram without its bad line: {error}");
+                }
+            }
+            reducer.reduce(&telegram, received.at, &mut records);
+        }
+        if let Ok(mut counters) = metrics.reducer.lock() {
+            counters.clone_from(reducer.counters());
+        }
+        if records.is_empty() {
+            continue;
+        }
+        let batch: Batch = Arc::new(std::mem::take(&mut records));
+        for (sink, counters) in sinks.iter().zip(&metrics.sinks) {
+            if sink.send(batch.clone()).await.is_err() {
+                tracing::error!(sink = %counters.name, "sink stopped; its records are lost");
+            }
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Sinks: where records leave the process. Each runs as its own task behind a bounded
+//! channel, and sees records only through its [`SinkPolicy`]: at or under its ceiling, named
+//! as its identity allows. A failed write is retried until it succeeds: an outage delays
+//! records, it never drops them.
+
+mod sqlite;
+mod stdout;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use p1guard_conduct::{Record, SinkPolicy, SinkRecord};
+use tokio::sync::mpsc;
+
+use crate::log_limit::LogLimit;
+use crate::metrics::Metrics;
+use crate::sources::Backoff;
+
+pub use self::sqlite::SqliteSink;
+pub use self::stdout::StdoutSink;
+
+/// The records one batch of telegrams yielded, shared by every sink.
+pub type Batch = Arc<Vec<Record>>;
+
+/// How often sinks run their housekeeping (retention).
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
+
+/// A destination for records.
+pub trait Sink: Send + 'static {
+    /// Writes records (already admitted by the sink's policy). An error means nothing of the
+    /// batch may be assumed written; the batch is offered again.
+    fn write(&mut self, records: &[SinkRecord<'_>]) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// Housekeeping on a timer, such as deleting records past their retention.
+    fn maintain(&mut self) -> impl Future<Output = anyhow::Result<()>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Makes everything written durable before the process exits.
+    fn flush(&mut self) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// Feeds `sink` every batch from `batches` through `policy` until the channel closes, then
+/// flushes it. `index` is the sink's place in [`Metrics::sinks`].
+pub async fn drive(
+    mut sink: impl Sink,
+    policy: SinkPolicy,
+    mut batches: mpsc::Receiver<Batch>,
+    metrics: Arc<Metrics>,
+    index: usize,
+) {
+    let counters = &metrics.sinks[index];
+    let name = &counters.name;
+    let mut maintenance = tokio::time::interval(MAINTENANCE_EVERY);
+    let mut failures = LogLimit::per_minute();
+    loop {
+        let batch = tokio::select! {
+            batch = batches.recv() => batch,
+            _ = maintenance.tick() => {
+                if let Err(error) = sink.maintain().await {
+                    tracing::warn!(sink = %name, "housekeeping failed: {error:#}");
+                }
+                continue;
+            }
+        };
+        let Some(batch) = batch else { break };
+        let admitted: Vec<SinkRecord<'_>> = batch.iter().filter_map(|r| policy.admit(r)).collect();
+        if admitted.is_empty() {
+            continue;
+        }
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+        while let Err(error) = sink.write(&admitted).await {
+            let delay = backoff.next_delay();
+            if let Some(suppressed) = failures.allow(Instant::now()) {
+                tracing::warn!(sink = %name, suppressed, "write failed, retrying in {delay:?}: {error:#}");
+            }
+            tokio::time::sleep(delay).await;
+        }
+        for record in &admitted {
+            counters.records[record.record().granularity as usize].fetch_add(1, Relaxed);
+        }
+    }
+    if let Err(error) = sink.flush().await {
+        tracing::error!(sink = %name, "final flush failed: {error:#}");
+    }
+}

@@ -1,0 +1,121 @@
+//! The embedded store: one SQLite table of records, unique on (meter, granularity, kind,
+//! time), so a replayed boundary overwrites itself instead of adding a duplicate. Records
+//! older than their granularity's retention are deleted on a timer.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use jiff::Timestamp;
+use p1guard_conduct::{Granularity, SinkRecord};
+use rusqlite::{Connection, params};
+
+use super::Sink;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS records (
+    meter       TEXT    NOT NULL, -- pseudonym; the raw id only on the owner's own live store
+    granularity TEXT    NOT NULL, -- billing, daily, quarter_hour, live
+    kind        TEXT    NOT NULL, -- electricity, gas, water, heat
+    time        INTEGER NOT NULL, -- the boundary (live: the telegram), Unix seconds UTC
+    quality     TEXT    NOT NULL, -- measured, interpolated
+    clock       TEXT    NOT NULL, -- meter, or receiver for telegrams without a clock
+    readings    TEXT    NOT NULL, -- the record's values object, JSON
+    PRIMARY KEY (meter, granularity, kind, time)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS records_by_age ON records (granularity, time);
+";
+
+const UPSERT: &str = "
+INSERT INTO records (meter, granularity, kind, time, quality, clock, readings)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+ON CONFLICT (meter, granularity, kind, time) DO UPDATE SET
+    quality = excluded.quality, clock = excluded.clock, readings = excluded.readings
+";
+
+/// A SQLite database of records.
+pub struct SqliteSink {
+    connection: Connection,
+    /// Indexed like [`Granularity::ALL`].
+    retention: [Option<Duration>; 4],
+}
+
+impl SqliteSink {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path, retention: [Option<Duration>; 4]) -> anyhow::Result<SqliteSink> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let connection = Connection::open(path)?;
+        // WAL: readers (Grafana, sqlite3) never block the writer; NORMAL sync is durable
+        // across a process crash, and an SD card is spared a sync per transaction.
+        connection.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
+        connection.pragma_update(None, "synchronous", "NORMAL")?;
+        connection.busy_timeout(Duration::from_secs(5))?;
+        connection.execute_batch(SCHEMA)?;
+        Ok(SqliteSink {
+            connection,
+            retention,
+        })
+    }
+
+    fn insert(&mut self, records: &[SinkRecord<'_>]) -> rusqlite::Result<()> {
+        let transaction = self.connection.transaction()?;
+        {
+            let mut upsert = transaction.prepare_cached(UPSERT)?;
+            for record in records {
+                let r = record.record();
+                let readings = serde_json::to_string(&record.values_json())
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
+                upsert.execute(params![
+                    record.meter().to_string(),
+                    r.granularity.name(),
+                    r.kind.name(),
+                    r.time.as_second(),
+                    r.quality.name(),
+                    r.clock.name(),
+                    readings,
+                ])?;
+            }
+        }
+        transaction.commit()
+    }
+
+    fn delete_expired(&mut self, now: Timestamp) -> rusqlite::Result<usize> {
+        let mut deleted = 0;
+        for (granularity, keep) in Granularity::ALL.iter().zip(self.retention) {
+            let Some(keep) = keep else { continue };
+            let cutoff = now.as_second() - keep.as_secs() as i64;
+            deleted += self.connection.execute(
+                "DELETE FROM records WHERE granularity = ?1 AND time < ?2",
+                params![granularity.name(), cutoff],
+            )?;
+        }
+        Ok(deleted)
+    }
+}
+
+impl Sink for SqliteSink {
+    async fn write(&mut self, records: &[SinkRecord<'_>]) -> anyhow::Result<()> {
+        // SQLite blocks; let the runtime move this worker's other tasks elsewhere meanwhile.
+        tokio::task::block_in_place(|| self.insert(records)).context("writing records")
+    }
+
+    async fn maintain(&mut self) -> anyhow::Result<()> {
+        let deleted = tokio::task::block_in_place(|| self.delete_expired(Timestamp::now()))?;
+        if deleted > 0 {
+            tracing::info!(deleted, "deleted records past their retention");
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        // Every write is a committed transaction; a checkpoint folds the WAL into the file.
+        tokio::task::block_in_place(|| {
+            self.connection
+                .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        })
+        .context("checkpointing")
+    }
+}
