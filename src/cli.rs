@@ -43,7 +43,12 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The configuration file (TOML); `P1GUARD_SECTION__KEY` variables override its settings.
-    #[arg(long, short, value_name = "FILE", default_value = "/etc/p1guard/p1guard.toml")]
+    #[arg(
+        long,
+        short,
+        value_name = "FILE",
+        default_value = "/etc/p1guard/p1guard.toml"
+    )]
     pub config: PathBuf,
 }
 

@@ -132,7 +132,12 @@ impl Metrics {
         let mut text = String::new();
         for source in &self.sources {
             let outcomes = Outcome::ALL.map(|o| format!("{} {}", o.name(), source.telegrams(o)));
-            let _ = writeln!(text, "source {}: telegrams {}", source.name, outcomes.join(", "));
+            let _ = writeln!(
+                text,
+                "source {}: telegrams {}",
+                source.name,
+                outcomes.join(", ")
+            );
         }
         let counters = self.reducer.lock().map(|c| c.clone()).unwrap_or_default();
         let _ = writeln!(
@@ -147,7 +152,12 @@ impl Metrics {
         );
         for sink in &self.sinks {
             let written = sink.records.each_ref().map(|n| n.load(Relaxed));
-            let _ = writeln!(text, "sink {}: written {}", sink.name, per_granularity(&written));
+            let _ = writeln!(
+                text,
+                "sink {}: written {}",
+                sink.name,
+                per_granularity(&written)
+            );
         }
         text.truncate(text.trim_end().len());
         text
@@ -180,8 +190,10 @@ mod tests {
         metrics.sources[0].count(Outcome::of(ErrorKind::Truncated));
         let counts = Outcome::ALL.map(|o| metrics.sources[0].telegrams(o));
         assert_eq!(counts, [1, 1, 1, 0]);
-        assert!(metrics.summary().contains(
-            "source p1: telegrams ok 1, crc_error 1, parse_error 1, decryption_error 0"
-        ));
+        assert!(
+            metrics.summary().contains(
+                "source p1: telegrams ok 1, crc_error 1, parse_error 1, decryption_error 0"
+            )
+        );
     }
 }

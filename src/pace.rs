@@ -90,6 +90,9 @@ mod tests {
         );
         let later = now + Duration::from_secs(2);
         assert_eq!(pacer.delay(t("2026-03-29T10:00:10Z"), later), None);
-        assert_eq!(Pacer::new(Speed::Max).delay(t("2026-03-29T10:00:00Z"), now), None);
+        assert_eq!(
+            Pacer::new(Speed::Max).delay(t("2026-03-29T10:00:00Z"), now),
+            None
+        );
     }
 }

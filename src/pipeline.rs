@@ -84,7 +84,13 @@ pub async fn run(
 
     let mut source_tasks = JoinSet::new();
     for (index, source) in config.sources.into_iter().enumerate() {
-        let task = sources::run(index, source, frames.clone(), metrics.clone(), shutdown.clone());
+        let task = sources::run(
+            index,
+            source,
+            frames.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
         source_tasks.spawn(task);
     }
     drop(frames);
@@ -115,7 +121,11 @@ async fn reduce<C: Consent>(
     metrics: Arc<Metrics>,
 ) {
     let mut parser = Parser::new();
-    let mut log_limits: Vec<LogLimit> = metrics.sources.iter().map(|_| LogLimit::per_minute()).collect();
+    let mut log_limits: Vec<LogLimit> = metrics
+        .sources
+        .iter()
+        .map(|_| LogLimit::per_minute())
+        .collect();
     let mut pending = Vec::with_capacity(BATCH_FRAMES);
     let mut records = Vec::new();
     while frames.recv_many(&mut pending, BATCH_FRAMES).await > 0 {
@@ -134,10 +144,10 @@ async fn reduce<C: Consent>(
             };
             source.count(Outcome::Ok);
             source.last_telegram.store(received.at.as_second(), Relaxed);
-            if let Some(error) = telegram.line_errors().first() {
-                if let Some(suppressed) = log_limit.allow(Instant::now()) {
-                    tracing::warn!(source = %source.name, suppressed, "kept a telegram without its bad line: {error}");
-                }
+            if let Some(error) = telegram.line_errors().first()
+                && let Some(suppressed) = log_limit.allow(Instant::now())
+            {
+                tracing::warn!(source = %source.name, suppressed, "kept a telegram without its bad line: {error}");
             }
             reducer.reduce(&telegram, received.at, &mut records);
         }

@@ -31,14 +31,26 @@ pub fn run(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
                 serial.parity
             ),
             SourceKind::Tcp { address, .. } => address.clone(),
-            SourceKind::Replay { files, speed } => format!("{} file(s), speed {speed:?}", files.len()),
+            SourceKind::Replay { files, speed } => {
+                format!("{} file(s), speed {speed:?}", files.len())
+            }
         };
-        let encrypted = if source.input.cipher.is_some() { ", decrypting" } else { "" };
-        println!("source {} ({}): {what}{encrypted}", source.name, source.kind.type_name());
+        let encrypted = if source.input.cipher.is_some() {
+            ", decrypting"
+        } else {
+            ""
+        };
+        println!(
+            "source {} ({}): {what}{encrypted}",
+            source.name,
+            source.kind.type_name()
+        );
     }
     for sink in &config.sinks {
         let place = match &sink.kind {
-            SinkKind::Sqlite { path: Some(path), .. } => format!(" at {}", path.display()),
+            SinkKind::Sqlite {
+                path: Some(path), ..
+            } => format!(" at {}", path.display()),
             SinkKind::Sqlite { path: None, .. } => " in the state directory".to_owned(),
             SinkKind::Stdout => String::new(),
         };

@@ -9,7 +9,10 @@ pub const PREFIX: &str = "P1GUARD_";
 
 /// Applies every override in `vars` to `document`; returns a problem per override that does
 /// not fit the document's shape.
-pub fn apply(document: &mut Table, vars: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+pub fn apply(
+    document: &mut Table,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Vec<String> {
     let mut problems = Vec::new();
     for (name, raw) in vars {
         let Some(path) = name.strip_prefix(PREFIX) else {
@@ -86,7 +89,10 @@ mod tests {
             &[
                 ("P1GUARD_CONSENT__DEFAULT", "daily"),
                 ("P1GUARD_SINKS__0__MAX_GRANULARITY", "live"),
-                ("P1GUARD_IDENTITY__KEY_FILE", "/var/lib/p1guard/identity.key"),
+                (
+                    "P1GUARD_IDENTITY__KEY_FILE",
+                    "/var/lib/p1guard/identity.key",
+                ),
                 ("HOME", "/root"),
             ],
         );
@@ -108,7 +114,10 @@ mod tests {
                 ("P1GUARD_SOURCES__0__LF_TO_CRLF", "true"),
             ],
         );
-        assert_eq!(table["sources"][0]["read_timeout_secs"].as_integer(), Some(30));
+        assert_eq!(
+            table["sources"][0]["read_timeout_secs"].as_integer(),
+            Some(30)
+        );
         assert_eq!(table["sources"][0]["lf_to_crlf"].as_bool(), Some(true));
     }
 

@@ -20,7 +20,6 @@ use crate::consent::MeterLevels;
 use crate::decode::{CipherKeys, InputOptions};
 use crate::pace::Speed;
 
-
 /// A validated configuration.
 #[derive(Debug)]
 pub struct Config {
@@ -134,7 +133,10 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
 }
 
 /// Parses a configuration's text with the given environment.
-pub fn parse(text: &str, vars: impl IntoIterator<Item = (String, String)>) -> Result<Config, Problems> {
+pub fn parse(
+    text: &str,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, Problems> {
     let mut document: Table = text
         .parse()
         .map_err(|e: toml::de::Error| Problems(vec![e.to_string().trim_end().to_owned()]))?;
@@ -289,7 +291,10 @@ impl Validator<'_> {
             } => {
                 let preset = preset.as_deref().unwrap_or("dsmr5");
                 let Some(preset) = SerialPreset::by_name(preset) else {
-                    self.problem(at, format!("preset {preset:?}: expected dsmr5, dsmr4 or dsmr2"));
+                    self.problem(
+                        at,
+                        format!("preset {preset:?}: expected dsmr5, dsmr4 or dsmr2"),
+                    );
                     return None;
                 };
                 let mut settings = preset.settings(device);
@@ -380,7 +385,9 @@ impl Validator<'_> {
         no_auth_key: bool,
     ) -> Option<CipherKeys> {
         let mut read = |what: &str, secret: secret::SecretRef| -> Option<[u8; 16]> {
-            let resolved = secret.resolve().map_err(|e| self.problem(at, format!("{what}: {e}")));
+            let resolved = secret
+                .resolve()
+                .map_err(|e| self.problem(at, format!("{what}: {e}")));
             let key = crate::hex::decode(resolved.ok()?.expose());
             if key.is_none() {
                 self.problem(at, format!("{what}: expected 32 hex digits"));
@@ -436,7 +443,10 @@ impl Validator<'_> {
                 let mut retention = [None; 4];
                 for (granularity, days) in retention_days {
                     if days == 0 {
-                        self.problem(at, format!("retention_days.{granularity}: must be positive"));
+                        self.problem(
+                            at,
+                            format!("retention_days.{granularity}: must be positive"),
+                        );
                     }
                     let index = Granularity::ALL.iter().position(|g| *g == granularity);
                     if let Some(index) = index {
@@ -554,13 +564,20 @@ mod tests {
         };
         assert_eq!(dsmr4.baud, 115_200);
         assert_eq!(dsmr4.data_bits, tokio_serial::DataBits::Eight);
-        assert!(config.sources[0].input.clear_bit7, "DSMR 4 reads 8N1 and clears bit 7");
+        assert!(
+            config.sources[0].input.clear_bit7,
+            "DSMR 4 reads 8N1 and clears bit 7"
+        );
         let SourceKind::Serial(dsmr2) = &config.sources[1].kind else {
             panic!("serial expected");
         };
         assert_eq!(
             (dsmr2.baud, dsmr2.data_bits, dsmr2.parity),
-            (19_200, tokio_serial::DataBits::Seven, tokio_serial::Parity::Even)
+            (
+                19_200,
+                tokio_serial::DataBits::Seven,
+                tokio_serial::Parity::Even
+            )
         );
         assert_eq!(config.sources[1].name, "old meter");
         assert_eq!(config.sinks[0].policy.identity(), Identity::Raw);
@@ -614,7 +631,10 @@ mod tests {
             "sinks[1]: unknown field `colour`",
             "mqtt: unknown section",
         ] {
-            assert!(text.contains(expected), "{expected:?} missing from:\n{text}");
+            assert!(
+                text.contains(expected),
+                "{expected:?} missing from:\n{text}"
+            );
         }
         assert_eq!(problems.0.len(), 8, "{text}");
     }

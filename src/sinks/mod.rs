@@ -31,7 +31,10 @@ const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
 pub trait Sink: Send + 'static {
     /// Writes records (already admitted by the sink's policy). An error means nothing of the
     /// batch may be assumed written; the batch is offered again.
-    fn write(&mut self, records: &[SinkRecord<'_>]) -> impl Future<Output = anyhow::Result<()>> + Send;
+    fn write(
+        &mut self,
+        records: &[SinkRecord<'_>],
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
 
     /// Housekeeping on a timer, such as deleting records past their retention.
     fn maintain(&mut self) -> impl Future<Output = anyhow::Result<()>> + Send {

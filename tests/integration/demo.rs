@@ -38,8 +38,12 @@ fn the_demo_capture_is_the_simulators_output() {
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, &expected).unwrap();
     }
-    let bundled = std::fs::read(&path).expect("config/demo/capture.txt (UPDATE_GOLDEN=1 writes it)");
-    assert!(bundled == expected, "config/demo/capture.txt is stale: run with UPDATE_GOLDEN=1");
+    let bundled =
+        std::fs::read(&path).expect("config/demo/capture.txt (UPDATE_GOLDEN=1 writes it)");
+    assert!(
+        bundled == expected,
+        "config/demo/capture.txt is stale: run with UPDATE_GOLDEN=1"
+    );
 }
 
 #[test]
@@ -56,7 +60,10 @@ fn the_demo_prints_records_and_stores_them() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     let stdout = String::from_utf8(output.stdout).unwrap();
-    let printed: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let printed: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let count = |granularity: &str, kind: &str| {
         printed
             .iter()
@@ -69,9 +76,17 @@ fn the_demo_prints_records_and_stores_them() {
     assert_eq!(count("quarter_hour", "gas"), 2, "{stdout}");
     assert_eq!(count("daily", "electricity"), 1, "{stdout}");
     assert_eq!(count("billing", "electricity"), 1, "{stdout}");
-    assert_eq!(count("live", "electricity"), 0, "the demo consents to quarter hours only");
+    assert_eq!(
+        count("live", "electricity"),
+        0,
+        "the demo consents to quarter hours only"
+    );
     assert!(stderr.contains("source demo: telegrams ok 420"), "{stderr}");
 
     let rows = sqlite_rows(&store);
-    assert_eq!(rows.len(), printed.len(), "the store holds what stdout shows");
+    assert_eq!(
+        rows.len(),
+        printed.len(),
+        "the store holds what stdout shows"
+    );
 }

@@ -1,8 +1,10 @@
 //! End-to-end tests of the `p1guard` binary. One test binary, one module per command.
 
+mod daemon;
 mod demo;
 mod parse;
 mod replay;
+mod run;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,7 +1,5 @@
 //! `p1guard replay` end to end: a simulated day of a meter through the binary.
 
-use std::path::PathBuf;
-
 use jiff::{SignedDuration, Timestamp};
 use p1guard_simulator::{MeterSpec, Style};
 use serde_json::Value;

@@ -1,0 +1,368 @@
+//! `p1guard run` end to end: real files, a real SQLite store, a real TCP connection, a real
+//! pty pair for the serial line, and real signals.
+
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use p1guard_simulator::{MeterSpec, Simulator, Style};
+
+use crate::daemon::{Daemon, count_after, require, signal};
+use crate::{p1guard, scratch, sqlite_rows};
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// How a live electricity record starts on stdout: one per telegram.
+const LIVE: &str = r#""granularity":"live","kind":"electricity""#;
+
+fn meter(style: Style) -> MeterSpec {
+    MeterSpec {
+        style,
+        equipment_id: "E0053000012345621".into(),
+        gas_id: Some("G0053000012345621".into()),
+        seed: 53,
+    }
+}
+
+fn at(text: &str) -> Timestamp {
+    text.parse().unwrap()
+}
+
+/// `count` telegrams of a DSMR 5 meter, one second apart, each on its own.
+fn telegrams(count: usize) -> Vec<Vec<u8>> {
+    let mut simulator = Simulator::new(
+        meter(Style::Dsmr5),
+        at("2026-06-01T10:00:00Z"),
+        at("2026-06-02T00:00:00Z"),
+        Vec::new(),
+    );
+    (0..count)
+        .map(|_| {
+            let mut telegram = Vec::new();
+            simulator.next_into(&mut telegram).expect("a telegram");
+            telegram
+        })
+        .collect()
+}
+
+fn replay_config(capture: &Path, store: &Path, speed: &str) -> String {
+    format!(
+        r#"
+        [consent]
+        default = "quarter_hour"
+
+        [[sources]]
+        name = "capture"
+        type = "replay"
+        files = [{capture:?}]
+        speed = "{speed}"
+
+        [[sinks]]
+        name = "store"
+        type = "sqlite"
+        path = {store:?}
+        max_granularity = "quarter_hour"
+
+        [[sinks]]
+        type = "stdout"
+        max_granularity = "quarter_hour"
+        "#
+    )
+}
+
+#[test]
+fn replaying_into_sqlite_twice_gives_identical_rows() {
+    let dir = scratch("run-idempotent");
+    let capture = dir.join("capture.txt");
+    let spec = meter(Style::Dsmr4);
+    let stream = p1guard_simulator::stream(
+        spec,
+        at("2026-03-28T20:00:00Z"),
+        at("2026-03-29T04:00:00Z"),
+        Vec::new(),
+    );
+    std::fs::write(&capture, stream).unwrap();
+    let store = dir.join("store.sqlite");
+    let config = replay_config(&capture, &store, "max");
+
+    let first = Daemon::start(&dir, &config).wait();
+    assert!(first.status.success(), "{}", first.stderr);
+    let rows = sqlite_rows(&store);
+    let second = Daemon::start(&dir, &config).wait();
+    assert!(second.status.success(), "{}", second.stderr);
+
+    // 8 hours into the spring-forward night: 32 quarter hours of electricity and 8 hours of
+    // gas from 20:00Z, and a daily reading at local midnight (23:00Z).
+    let count = |g: &str, k: &str| {
+        rows.iter()
+            .filter(|r| r.granularity == g && r.kind == k)
+            .count()
+    };
+    assert_eq!(count("quarter_hour", "electricity"), 32);
+    assert_eq!(count("quarter_hour", "gas"), 8);
+    assert_eq!(count("daily", "electricity"), 1);
+    assert_eq!(
+        first.stdout.lines().count(),
+        rows.len(),
+        "stdout and the store got the same records"
+    );
+    assert_eq!(
+        sqlite_rows(&store),
+        rows,
+        "a replayed boundary overwrites itself"
+    );
+}
+
+#[test]
+fn sigterm_during_a_replay_loses_nothing_already_reduced() {
+    let dir = scratch("run-sigterm");
+    let capture = dir.join("capture.txt");
+    let spec = meter(Style::Dsmr5);
+    let stream = p1guard_simulator::stream(
+        spec,
+        at("2026-06-01T00:00:00Z"),
+        at("2026-06-01T06:00:00Z"),
+        Vec::new(),
+    );
+    std::fs::write(&capture, stream).unwrap();
+    let store = dir.join("store.sqlite");
+    // 600× real time: six meter hours take 36 s, and a quarter hour passes every 1.5 s.
+    let daemon = Daemon::start(&dir, &replay_config(&capture, &store, "600"));
+    daemon.wait_for_output("\n", 4, PATIENCE);
+    let finished = daemon.terminate();
+
+    assert!(
+        finished.status.success(),
+        "exit 0 after SIGTERM: {}",
+        finished.stderr
+    );
+    let reduced = count_after(&finished.stderr, "conduct:", "quarter_hour");
+    let printed = finished.stdout.lines().count() as u64;
+    let stored = sqlite_rows(&store).len() as u64;
+    assert!(reduced >= 4, "{}", finished.stderr);
+    assert!(reduced < 24 * 2, "stopped early: {}", finished.stderr);
+    assert_eq!(
+        (printed, stored),
+        (reduced, reduced),
+        "every reduced record reached both sinks"
+    );
+}
+
+#[test]
+fn a_tcp_source_reconnects_after_a_drop_mid_telegram() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let server_telegrams = telegrams(5);
+    let server = std::thread::spawn(move || {
+        // First connection: a whole telegram, then half of the next, then the line drops.
+        let (mut first, _) = listener.accept().unwrap();
+        first.write_all(&server_telegrams[0]).unwrap();
+        first.write_all(&server_telegrams[1][..300]).unwrap();
+        drop(first);
+        // The reconnection: the rest, then stay connected until the test is done.
+        let (mut second, _) = listener.accept().unwrap();
+        for telegram in &server_telegrams[2..] {
+            second.write_all(telegram).unwrap();
+        }
+        second
+    });
+    let dir = scratch("run-tcp");
+    let daemon = Daemon::start(
+        &dir,
+        &format!(
+            r#"
+            [consent]
+            default = "live"
+
+            [[sources]]
+            name = "dongle"
+            type = "tcp"
+            address = "{address}"
+
+            [[sinks]]
+            type = "stdout"
+            max_granularity = "live"
+            "#
+        ),
+    );
+    daemon.wait_for_output(LIVE, 4, PATIENCE);
+    let _connection = server.join().unwrap();
+    let finished = daemon.terminate();
+
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert_eq!(count_after(&finished.stderr, "source dongle:", "ok"), 4);
+    assert_eq!(
+        count_after(&finished.stderr, "source dongle:", "parse_error"),
+        1,
+        "the cut telegram"
+    );
+    assert!(
+        finished
+            .stderr
+            .contains("connection lost (closed by the peer); reconnecting")
+    );
+    assert_eq!(
+        finished.stdout.matches(LIVE).count(),
+        4,
+        "one live record per whole telegram"
+    );
+}
+
+/// A serial line pair: p1guard reads `dir/p1`, the test writes `dir/meter`.
+struct PtyPair {
+    socat: Child,
+}
+
+impl PtyPair {
+    fn start(dir: &Path) -> PtyPair {
+        let socat = require("socat", "socat");
+        let link = |name: &str| format!("pty,raw,echo=0,link={}", dir.join(name).display());
+        let child = Command::new(socat)
+            .args([link("meter"), link("p1")])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat starts");
+        let deadline = Instant::now() + PATIENCE;
+        while !(dir.join("meter").exists() && dir.join("p1").exists()) {
+            assert!(Instant::now() < deadline, "socat made no pty pair");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        PtyPair { socat: child }
+    }
+
+    /// Writes telegrams into the meter's end at 115200 baud's pace (11,520 bytes/s).
+    fn send(&self, dir: &Path, telegrams: &[Vec<u8>]) {
+        let mut line = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("meter"))
+            .unwrap();
+        for telegram in telegrams {
+            line.write_all(telegram).unwrap();
+            std::thread::sleep(Duration::from_secs_f64(telegram.len() as f64 / 11_520.0));
+        }
+    }
+
+    /// Pulls the cable: the pty pair disappears.
+    fn pull(mut self) {
+        signal(self.socat.id(), "TERM");
+        self.socat.wait().unwrap();
+    }
+}
+
+#[test]
+fn a_serial_line_is_reopened_after_the_cable_is_pulled() {
+    let dir = scratch("run-serial");
+    let pty = PtyPair::start(&dir);
+    let daemon = Daemon::start(
+        &dir,
+        &format!(
+            r#"
+            [consent]
+            default = "live"
+
+            [[sources]]
+            name = "p1"
+            type = "serial"
+            device = "{}"
+            preset = "dsmr5"
+
+            [[sinks]]
+            type = "stdout"
+            max_granularity = "live"
+            "#,
+            dir.join("p1").display()
+        ),
+    );
+    daemon.wait_for_log("serial port open", 1, PATIENCE);
+    let sent = telegrams(20);
+    pty.send(&dir, &sent[..10]);
+    daemon.wait_for_output(LIVE, 10, PATIENCE);
+
+    pty.pull();
+    daemon.wait_for_log("serial port lost", 1, PATIENCE);
+    let pty = PtyPair::start(&dir);
+    daemon.wait_for_log("serial port open", 2, PATIENCE);
+    pty.send(&dir, &sent[10..]);
+    daemon.wait_for_output(LIVE, 20, PATIENCE);
+    let finished = daemon.terminate();
+    pty.pull();
+
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert_eq!(
+        count_after(&finished.stderr, "source p1:", "ok"),
+        20,
+        "{}",
+        finished.stderr
+    );
+    assert_eq!(
+        count_after(&finished.stderr, "source p1:", "parse_error"),
+        0
+    );
+}
+
+#[test]
+fn a_broken_config_lists_all_its_problems() {
+    let dir = scratch("run-broken-config");
+    let path = dir.join("broken.toml");
+    std::fs::write(
+        &path,
+        r#"
+        [consent]
+        default = "sometimes"
+
+        [[sources]]
+        type = "serial"
+        device = "/dev/p1"
+        baud = "fast"
+
+        [[sources]]
+        type = "tcp"
+        address = "no-port"
+
+        [[sinks]]
+        type = "sqlite"
+        max_granularity = "daily"
+        identity = "raw"
+        "#,
+    )
+    .unwrap();
+    let path = path.to_str().unwrap();
+    for args in [vec!["check-config", path], vec!["run", "--config", path]] {
+        let output = p1guard(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        for problem in [
+            "4 problems in the configuration",
+            "consent: unknown variant `sometimes`",
+            "sources[0]: invalid type: string \"fast\", expected u32",
+            "sources[1]: address \"no-port\": expected host:port",
+            "sinks[0]: raw meter identity is only allowed on sinks whose max_granularity is live",
+        ] {
+            assert!(
+                stderr.contains(problem),
+                "{args:?}: {problem:?} missing from:\n{stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_example_configs_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for name in ["demo", "hobbyist", "supplier"] {
+        let path = root.join(format!("config/{name}.toml"));
+        let output = Command::new(env!("CARGO_BIN_EXE_p1guard"))
+            .args(["check-config", path.to_str().unwrap()])
+            .current_dir(root)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
