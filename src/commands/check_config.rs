@@ -3,8 +3,12 @@
 
 use std::process::ExitCode;
 
+use p1guard_conduct::{BillingCadence, Identity};
+use tokio_serial::{DataBits, Parity, StopBits};
+
 use crate::cli::CheckConfigArgs;
 use crate::config::{self, SinkKind, SourceKind};
+use crate::pace::Speed;
 
 pub fn run(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
     let config = match config::load(&args.config) {
@@ -16,23 +20,50 @@ pub fn run(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
     };
     println!("{}: valid", args.config.display());
     println!(
-        "consent: {} by default, {} meter(s) listed; billing {:?}",
+        "consent: {} by default, {} meter(s) listed; billing readings {}",
         config.consent.default_level(),
         config.consent.listed(),
-        config.billing,
+        match config.billing {
+            BillingCadence::BiMonthly => "bi-monthly",
+            BillingCadence::Monthly => "monthly",
+        },
     );
     for source in &config.sources {
         let what = match &source.kind {
-            SourceKind::Serial(serial) => format!(
-                "{} at {} baud, {:?} data bits, parity {:?}",
-                serial.device.display(),
-                serial.baud,
-                serial.data_bits,
-                serial.parity
-            ),
+            SourceKind::Serial(serial) => {
+                let data_bits = match serial.data_bits {
+                    DataBits::Five => 5,
+                    DataBits::Six => 6,
+                    DataBits::Seven => 7,
+                    DataBits::Eight => 8,
+                };
+                let parity = match serial.parity {
+                    Parity::None => 'N',
+                    Parity::Even => 'E',
+                    Parity::Odd => 'O',
+                };
+                let stop_bits = match serial.stop_bits {
+                    StopBits::One => 1,
+                    StopBits::Two => 2,
+                };
+                let bit7 = if source.input.clear_bit7 {
+                    ", bit 7 cleared"
+                } else {
+                    ""
+                };
+                format!(
+                    "{} at {} {data_bits}{parity}{stop_bits}{bit7}",
+                    serial.device.display(),
+                    serial.baud
+                )
+            }
             SourceKind::Tcp { address, .. } => address.clone(),
             SourceKind::Replay { files, speed } => {
-                format!("{} file(s), speed {speed:?}", files.len())
+                let speed = match speed {
+                    Speed::Max => "as fast as possible".to_owned(),
+                    Speed::Factor(factor) => format!("{factor}× real time"),
+                };
+                format!("{} file(s), {speed}", files.len())
             }
         };
         let encrypted = if source.input.cipher.is_some() {
@@ -55,11 +86,14 @@ pub fn run(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
             SinkKind::Stdout => String::new(),
         };
         println!(
-            "sink {} ({}){place}: up to {}, meters named by {:?}",
+            "sink {} ({}){place}: up to {}, meters named by {}",
             sink.name,
             sink.kind.type_name(),
             sink.policy.ceiling(),
-            sink.policy.identity(),
+            match sink.policy.identity() {
+                Identity::Raw => "their equipment id",
+                Identity::Pseudonym => "pseudonym",
+            },
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -119,3 +119,93 @@ impl Sink for SqliteSink {
         .context("checkpointing")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use p1guard_conduct::{
+        BillingCadence, Calendar, Identity, IdentityKey, MaxGaps, Record, Reducer, ReducerConfig,
+        SinkPolicy, Timeline,
+    };
+    use p1guard_simulator::{MeterSpec, Style};
+    use p1guard_telegram::{Framer, FramerConfig, Parser};
+
+    use super::*;
+
+    /// Two days of a DSMR 4 meter reduced at quarter-hour consent.
+    fn records() -> Vec<Record> {
+        let spec = MeterSpec {
+            style: Style::Dsmr4,
+            equipment_id: "E0046000012345626".into(),
+            gas_id: None,
+            seed: 4,
+        };
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        let stream = p1guard_simulator::stream(
+            spec,
+            at("2026-06-01T00:00:00Z"),
+            at("2026-06-03T00:00:00Z"),
+            Vec::new(),
+        );
+        let config = ReducerConfig {
+            calendar: Calendar::netherlands(BillingCadence::BiMonthly),
+            finest: Granularity::QuarterHour,
+            max_gaps: MaxGaps::default(),
+        };
+        let consent = Timeline::constant(p1guard_conduct::Level::QuarterHour);
+        let mut reducer = Reducer::new(config, consent, IdentityKey::from_bytes([1; 32]));
+        let (mut framer, mut parser) = (Framer::new(FramerConfig::default()), Parser::new());
+        framer.push(&stream);
+        framer.finish();
+        let mut records = Vec::new();
+        while let Some(frame) = framer.next_frame() {
+            let telegram = parser.parse(&frame.unwrap()).unwrap();
+            reducer.reduce(&telegram, Timestamp::UNIX_EPOCH, &mut records);
+        }
+        records
+    }
+
+    fn count(sink: &SqliteSink, granularity: Granularity) -> i64 {
+        sink.connection
+            .query_row(
+                "SELECT count(*) FROM records WHERE granularity = ?1",
+                [granularity.name()],
+                |row| row.get(0),
+            )
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_boundary_written_twice_is_one_row_and_old_rows_expire() {
+        let records = records();
+        let policy = SinkPolicy::new(Granularity::QuarterHour, Identity::Pseudonym).unwrap();
+        let admitted: Vec<_> = records.iter().filter_map(|r| policy.admit(r)).collect();
+        let day = Duration::from_secs(86_400);
+        let path =
+            std::env::temp_dir().join(format!("p1guard-sqlite-{}.sqlite", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let mut sink = SqliteSink::open(&path, [None, None, Some(day), None]).unwrap();
+
+        sink.write(&admitted).await.unwrap();
+        sink.write(&admitted).await.unwrap();
+        assert_eq!(count(&sink, Granularity::QuarterHour), 2 * 96);
+        assert_eq!(
+            count(&sink, Granularity::Daily),
+            2,
+            "midnights of 2 and 3 June"
+        );
+
+        // At noon on 3 June, with a day's retention, the 36 hours of quarter hours before noon
+        // on 2 June have expired; the last 12 hours remain.
+        let now = "2026-06-03T12:00:00Z".parse::<Timestamp>().unwrap();
+        let deleted = sink.delete_expired(now).unwrap();
+        assert_eq!(deleted, 36 * 4);
+        assert_eq!(count(&sink, Granularity::QuarterHour), 12 * 4);
+        assert_eq!(
+            count(&sink, Granularity::Daily),
+            2,
+            "daily has no retention set"
+        );
+        drop(sink);
+        std::fs::remove_file(&path).unwrap();
+    }
+}
