@@ -1,6 +1,7 @@
 //! p1guard: reads DSMR smart-meter P1 telegrams and passes them on only as finely as the
 //! meter's owner consented to.
 
+mod backoff;
 mod cli;
 mod commands;
 mod config;

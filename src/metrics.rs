@@ -1,10 +1,10 @@
 //! What the pipeline has done, shared between its tasks: telegrams per source and result,
-//! records per sink and granularity, connection states. Kept for the shutdown summary and the
-//! `/metrics` endpoint; meters are never named here.
+//! records per sink and granularity, the reducer's counters. Printed at shutdown; meters are
+//! never named here.
 
 use std::fmt::Write as _;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use p1guard_conduct::{Counters, Granularity};
 use p1guard_telegram::ErrorKind;
@@ -62,9 +62,7 @@ pub struct SourceMetrics {
     pub name: String,
     /// Telegrams by [`Outcome`].
     pub telegrams: [AtomicU64; 4],
-    /// Whether the device or connection is open.
-    pub connected: AtomicBool,
-    /// Unix seconds of the last telegram received (0 before the first).
+    /// Unix seconds of the last good telegram received (0 before the first).
     pub last_telegram: AtomicI64,
 }
 
@@ -87,6 +85,8 @@ pub struct SinkMetrics {
     pub name: String,
     /// Records written, by granularity.
     pub records: [AtomicU64; 4],
+    /// Records given up at shutdown because the sink kept failing, by granularity.
+    pub lost: [AtomicU64; 4],
 }
 
 /// Every counter of one pipeline.
@@ -112,7 +112,6 @@ impl Metrics {
                 .map(|name| SourceMetrics {
                     name: name.to_owned(),
                     telegrams: Default::default(),
-                    connected: AtomicBool::new(false),
                     last_telegram: AtomicI64::new(0),
                 })
                 .collect(),
@@ -121,6 +120,7 @@ impl Metrics {
                 .map(|name| SinkMetrics {
                     name: name.to_owned(),
                     records: Default::default(),
+                    lost: Default::default(),
                 })
                 .collect(),
             reducer: Mutex::default(),
@@ -132,9 +132,13 @@ impl Metrics {
         let mut text = String::new();
         for source in &self.sources {
             let outcomes = Outcome::ALL.map(|o| format!("{} {}", o.name(), source.telegrams(o)));
+            let last = jiff::Timestamp::from_second(source.last_telegram.load(Relaxed))
+                .ok()
+                .filter(|t| t.as_second() > 0)
+                .map_or("never".to_owned(), |t| t.to_string());
             let _ = writeln!(
                 text,
-                "source {}: telegrams {}",
+                "source {}: telegrams {}; last received {last}",
                 source.name,
                 outcomes.join(", ")
             );
@@ -152,12 +156,17 @@ impl Metrics {
         );
         for sink in &self.sinks {
             let written = sink.records.each_ref().map(|n| n.load(Relaxed));
-            let _ = writeln!(
+            let lost = sink.lost.each_ref().map(|n| n.load(Relaxed));
+            let _ = write!(
                 text,
                 "sink {}: written {}",
                 sink.name,
                 per_granularity(&written)
             );
+            if lost.iter().any(|n| *n > 0) {
+                let _ = write!(text, "; NOT WRITTEN {}", per_granularity(&lost));
+            }
+            text.push('\n');
         }
         text.truncate(text.trim_end().len());
         text

@@ -14,6 +14,13 @@ pub enum Speed {
     Factor(f64),
 }
 
+impl Speed {
+    /// The slowest factor: a meter second every 1000 s.
+    pub const SLOWEST: f64 = 0.001;
+    /// The fastest factor short of `max`.
+    pub const FASTEST: f64 = 1e9;
+}
+
 impl FromStr for Speed {
     type Err = String;
 
@@ -22,9 +29,13 @@ impl FromStr for Speed {
             "max" => Ok(Speed::Max),
             "realtime" => Ok(Speed::Factor(1.0)),
             _ => match text.parse::<f64>() {
-                Ok(factor) if factor.is_finite() && factor > 0.0 => Ok(Speed::Factor(factor)),
+                Ok(factor) if (Speed::SLOWEST..=Speed::FASTEST).contains(&factor) => {
+                    Ok(Speed::Factor(factor))
+                }
                 _ => Err(format!(
-                    "speed {text:?}: expected max, realtime or a positive factor"
+                    "speed {text:?}: expected max, realtime or a factor from {} to {}",
+                    Speed::SLOWEST,
+                    Speed::FASTEST
                 )),
             },
         }
@@ -75,6 +86,10 @@ mod tests {
         assert_eq!("realtime".parse::<Speed>(), Ok(Speed::Factor(1.0)));
         assert_eq!("60".parse::<Speed>(), Ok(Speed::Factor(60.0)));
         assert!("0".parse::<Speed>().is_err());
+        assert!(
+            "1e-300".parse::<Speed>().is_err(),
+            "would overflow a Duration"
+        );
         assert!("fast".parse::<Speed>().is_err());
     }
 

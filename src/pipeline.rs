@@ -63,11 +63,27 @@ pub async fn run(
                 };
                 let store = SqliteSink::open(&path, retention)
                     .with_context(|| format!("sink {}: opening {}", sink.name, path.display()))?;
-                sink_tasks.spawn(sinks::drive(store, sink.policy, receiver, metrics, index));
+                let task = sinks::drive(
+                    store,
+                    sink.policy,
+                    receiver,
+                    metrics,
+                    index,
+                    shutdown.clone(),
+                );
+                sink_tasks.spawn(task);
             }
             SinkKind::Stdout => {
                 let stdout = StdoutSink::new();
-                sink_tasks.spawn(sinks::drive(stdout, sink.policy, receiver, metrics, index));
+                let task = sinks::drive(
+                    stdout,
+                    sink.policy,
+                    receiver,
+                    metrics,
+                    index,
+                    shutdown.clone(),
+                );
+                sink_tasks.spawn(task);
             }
         }
         to_sinks.push(batches);
@@ -97,15 +113,29 @@ pub async fn run(
     ready();
 
     // Sources end first; their senders dropping ends the reduce task, whose senders
-    // dropping ends the sinks after they have written everything queued.
+    // dropping ends the sinks after they have written everything queued. A task that
+    // panicked stops the rest the same way, and every task is still joined.
+    let mut failed = None;
     while let Some(joined) = source_tasks.join_next().await {
-        joined.context("a source task failed")?;
+        if let Err(error) = joined {
+            tracing::error!("a source task failed: {error}");
+            shutdown.cancel();
+            failed.get_or_insert(anyhow::anyhow!("a source task failed: {error}"));
+        }
     }
-    reduce_task.await.context("the reduce task failed")?;
+    if let Err(error) = reduce_task.await {
+        tracing::error!("the reduce task failed: {error}");
+        failed.get_or_insert(anyhow::anyhow!("the reduce task failed: {error}"));
+    }
     while let Some(joined) = sink_tasks.join_next().await {
-        joined.context("a sink task failed")?;
+        if let Err(error) = joined {
+            failed.get_or_insert(anyhow::anyhow!("a sink task failed: {error}"));
+        }
     }
-    Ok(metrics)
+    match failed {
+        None => Ok(metrics),
+        Some(error) => Err(error),
+    }
 }
 
 /// `p1guard.sqlite` in the state directory.

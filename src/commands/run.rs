@@ -1,11 +1,15 @@
 //! `p1guard run`: the daemon. Sources, code of conduct and sinks as the configuration says,
 //! until the sources end or SIGTERM/SIGINT; then everything in flight is written and the
 //! counters are printed.
+//!
+//! Exit status: 0 after a clean stop, 2 for an invalid configuration (systemd should not
+//! restart into the same mistake), 1 for anything else (worth a restart).
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::RunArgs;
@@ -20,6 +24,16 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     init_logging();
+    match serve(config) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(error) => {
+            tracing::error!("{error:#}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn serve(config: config::Config) -> anyhow::Result<()> {
     let key_path = match &config.identity_key {
         Some(path) => path.clone(),
         None => identity_key::default_path()?,
@@ -32,7 +46,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     let metrics = runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(stop_on_signal(shutdown.clone()));
+        let signals = Signals::listen().context("cannot listen for SIGTERM/SIGINT")?;
+        tokio::spawn(signals.stop(shutdown.clone()));
         let ready = || {
             tracing::info!("running");
             systemd::ready(&shutdown);
@@ -43,7 +58,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     })?;
     systemd::stopping();
     eprintln!("{}", metrics.summary());
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`); colours only on a terminal, so
@@ -58,22 +73,39 @@ fn init_logging() {
         .init();
 }
 
-/// Cancels `shutdown` on the first SIGTERM or SIGINT.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot listen for SIGTERM/SIGINT");
-        return;
-    };
-    let name = tokio::select! {
-        () = shutdown.cancelled() => return,
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    tracing::info!("{name}: stopping sources, writing what is in flight");
-    systemd::stopping();
-    shutdown.cancel();
+/// SIGTERM and SIGINT, caught from before the pipeline starts.
+struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn listen() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+
+    /// The first signal cancels `shutdown`: sources stop, what is in flight is written. A
+    /// second one means the operator will not wait: exit at once.
+    async fn stop(mut self, shutdown: CancellationToken) {
+        let name = tokio::select! {
+            () = shutdown.cancelled() => return,
+            name = self.next() => name,
+        };
+        tracing::info!("{name}: stopping sources, writing what is in flight");
+        systemd::stopping();
+        shutdown.cancel();
+        let name = self.next().await;
+        tracing::warn!("{name} again: exiting without waiting for the sinks");
+        std::process::exit(1);
+    }
 }

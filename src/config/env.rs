@@ -1,4 +1,5 @@
-//! Environment overrides: `P1GUARD_SECTION__KEY=value` sets `key` in `[section]`; a number
+//! Environment overrides: `P1GUARD_SECTION__KEY=value` sets `key` in `[section]` (a name
+//! without `__` is not an override, so `P1GUARD_`-named secrets stay secrets); a number
 //! picks an array entry (`P1GUARD_SINKS__0__MAX_GRANULARITY=daily`). A value is read as TOML
 //! if it parses as one (`42`, `true`, `["a", "b"]`), else as a string.
 
@@ -15,7 +16,7 @@ pub fn apply(
 ) -> Vec<String> {
     let mut problems = Vec::new();
     for (name, raw) in vars {
-        let Some(path) = name.strip_prefix(PREFIX) else {
+        let Some(path) = name.strip_prefix(PREFIX).filter(|p| p.contains("__")) else {
             continue;
         };
         let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
@@ -94,6 +95,7 @@ mod tests {
                     "/var/lib/p1guard/identity.key",
                 ),
                 ("HOME", "/root"),
+                ("P1GUARD_MQTT_PASSWORD", "not a setting"),
             ],
         );
         assert!(problems.is_empty(), "{problems:?}");

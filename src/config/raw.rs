@@ -123,7 +123,7 @@ pub enum SinkKind {
     Sqlite {
         /// The database file; `p1guard.sqlite` in the state directory if absent.
         path: Option<PathBuf>,
-        /// Days to keep records of each granularity; forever if absent.
+        /// Days to keep records of each granularity; privacy.md's defaults where absent.
         #[serde(default)]
         retention_days: BTreeMap<Granularity, u32>,
     },

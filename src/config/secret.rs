@@ -7,12 +7,40 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 /// Where a secret is kept: `{ file = "/etc/p1guard/key" }` or `{ env = "P1_KEY" }`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct SecretRef {
     file: Option<PathBuf>,
     env: Option<String>,
 }
+
+/// The table form of [`SecretRef`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretTable {
+    file: Option<PathBuf>,
+    env: Option<String>,
+}
+
+/// Anything but the table form (such as the key itself, written inline) fails with a fixed
+/// message: serde's own would quote the value, and the value may be the secret.
+impl<'de> Deserialize<'de> for SecretRef {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<SecretRef, D::Error> {
+        let value = toml::Value::deserialize(deserializer)?;
+        let table: Option<SecretTable> = match value {
+            toml::Value::Table(_) => value.try_into().ok(),
+            _ => None,
+        };
+        let table = table.ok_or_else(|| serde::de::Error::custom(SHAPE))?;
+        Ok(SecretRef {
+            file: table.file,
+            env: table.env,
+        })
+    }
+}
+
+/// What a secret looks like in the configuration.
+const SHAPE: &str =
+    "a secret is `{ file = \"...\" }` or `{ env = \"...\" }`, never the value itself";
 
 /// A secret's text. Its `Debug` says `[redacted]`, and it has no `Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -40,7 +68,7 @@ impl SecretRef {
                 .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?,
             (None, Some(name)) => std::env::var(name)
                 .map_err(|_| format!("environment variable {name} is not set"))?,
-            _ => return Err("a secret is `{ file = \"...\" }` or `{ env = \"...\" }`".into()),
+            _ => return Err(SHAPE.into()),
         };
         Ok(Secret(text.trim().to_owned()))
     }
@@ -54,6 +82,14 @@ mod tests {
     fn a_secret_is_never_printed() {
         let secret = Secret("00112233445566778899AABBCCDDEEFF".into());
         assert_eq!(format!("{secret:?}"), "Secret([redacted])");
+    }
+
+    #[test]
+    fn a_secret_written_inline_is_refused_without_being_repeated() {
+        let value = toml::Value::String("00112233445566778899AABBCCDDEEFF".into());
+        let error = value.try_into::<SecretRef>().unwrap_err().to_string();
+        assert!(error.contains("never the value itself"), "{error}");
+        assert!(!error.contains("0011223344"), "{error}");
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! Sinks: where records leave the process. Each runs as its own task behind a bounded
 //! channel, and sees records only through its [`SinkPolicy`]: at or under its ceiling, named
 //! as its identity allows. A failed write is retried until it succeeds: an outage delays
-//! records, it never drops them.
+//! records, it never drops them. Only when the process is stopping and a sink still fails
+//! after a grace period are its remaining records given up, counted and logged, so that a
+//! dead store cannot keep SIGTERM from ending the process. (A durable outbox, which keeps
+//! them across a restart, comes with the reliability work.)
 
 mod sqlite;
 mod stdout;
@@ -13,10 +16,11 @@ use std::time::{Duration, Instant};
 
 use p1guard_conduct::{Record, SinkPolicy, SinkRecord};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::log_limit::LogLimit;
 use crate::metrics::Metrics;
-use crate::sources::Backoff;
 
 pub use self::sqlite::SqliteSink;
 pub use self::stdout::StdoutSink;
@@ -26,6 +30,9 @@ pub type Batch = Arc<Vec<Record>>;
 
 /// How often sinks run their housekeeping (retention).
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
+
+/// How long a failing sink keeps retrying once the process is stopping.
+const GRACE_AT_SHUTDOWN: Duration = Duration::from_secs(10);
 
 /// A destination for records.
 pub trait Sink: Send + 'static {
@@ -53,11 +60,13 @@ pub async fn drive(
     mut batches: mpsc::Receiver<Batch>,
     metrics: Arc<Metrics>,
     index: usize,
+    shutdown: CancellationToken,
 ) {
     let counters = &metrics.sinks[index];
     let name = &counters.name;
     let mut maintenance = tokio::time::interval(MAINTENANCE_EVERY);
     let mut failures = LogLimit::per_minute();
+    let mut give_up_at = None;
     loop {
         let batch = tokio::select! {
             batch = batches.recv() => batch,
@@ -74,15 +83,32 @@ pub async fn drive(
             continue;
         }
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
-        while let Err(error) = sink.write(&admitted).await {
+        let written = loop {
+            let Err(error) = sink.write(&admitted).await else {
+                break true;
+            };
+            if shutdown.is_cancelled()
+                && Instant::now() >= *give_up_at.get_or_insert(Instant::now() + GRACE_AT_SHUTDOWN)
+            {
+                tracing::error!(sink = %name, records = admitted.len(), "stopping: records not written: {error:#}");
+                break false;
+            }
             let delay = backoff.next_delay();
             if let Some(suppressed) = failures.allow(Instant::now()) {
                 tracing::warn!(sink = %name, suppressed, "write failed, retrying in {delay:?}: {error:#}");
             }
-            tokio::time::sleep(delay).await;
-        }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shutdown.cancelled(), if !shutdown.is_cancelled() => {}
+            }
+        };
+        let tally = if written {
+            &counters.records
+        } else {
+            &counters.lost
+        };
         for record in &admitted {
-            counters.records[record.record().granularity as usize].fetch_add(1, Relaxed);
+            tally[record.record().granularity as usize].fetch_add(1, Relaxed);
         }
     }
     if let Err(error) = sink.flush().await {

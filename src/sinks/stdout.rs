@@ -1,15 +1,15 @@
 //! JSON lines on standard output, one record per line (architecture.md's record contract).
 
-use std::io::{self, BufWriter, Stdout, Write as _};
+use std::io::{self, Write as _};
 
 use p1guard_conduct::SinkRecord;
 
 use super::Sink;
 
-/// Writes records to stdout. If the reader goes away (a closed pipe) there is nobody left to
-/// deliver to: that is logged once and later records are discarded.
+/// Writes records to stdout, a batch at a time. If the reader goes away (a closed pipe)
+/// there is nobody left to deliver to: that is logged once and later records are discarded.
 pub struct StdoutSink {
-    out: BufWriter<Stdout>,
+    lines: Vec<u8>,
     reader_gone: bool,
 }
 
@@ -17,17 +17,24 @@ impl StdoutSink {
     /// A sink on the process's stdout.
     pub fn new() -> StdoutSink {
         StdoutSink {
-            out: BufWriter::new(io::stdout()),
+            lines: Vec::new(),
             reader_gone: false,
         }
     }
 
+    /// Serialises the whole batch first, so that a retry writes it afresh.
     fn write_lines(&mut self, records: &[SinkRecord<'_>]) -> io::Result<()> {
+        self.lines.clear();
         for record in records {
-            serde_json::to_writer(&mut self.out, record)?;
-            self.out.write_all(b"\n")?;
+            serde_json::to_writer(&mut self.lines, record)?;
+            self.lines.push(b'\n');
         }
-        self.out.flush()
+        // A pipe whose reader is slow blocks: let the runtime move other tasks meanwhile.
+        tokio::task::block_in_place(|| {
+            let mut out = io::stdout().lock();
+            out.write_all(&self.lines)?;
+            out.flush()
+        })
     }
 }
 
@@ -47,9 +54,6 @@ impl Sink for StdoutSink {
     }
 
     async fn flush(&mut self) -> anyhow::Result<()> {
-        if !self.reader_gone {
-            self.out.flush()?;
-        }
-        Ok(())
+        Ok(()) // every batch is flushed as it is written
     }
 }

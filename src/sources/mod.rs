@@ -1,7 +1,6 @@
 //! Sources: thin async drivers that read bytes from the outside world, frame them, and pass
 //! whole frames on. Parsing and everything after it happens in the pipeline's reduce task.
 
-mod backoff;
 mod replay;
 mod serial;
 mod tcp;
@@ -18,8 +17,6 @@ use crate::config::{SourceConfig, SourceKind};
 use crate::decode::{Deframer, InputOptions};
 use crate::log_limit::LogLimit;
 use crate::metrics::{Metrics, Outcome};
-
-pub use self::backoff::Backoff;
 
 /// A frame on its way to the reduce task.
 #[derive(Debug)]
@@ -57,6 +54,7 @@ pub async fn run(
         }
     };
     match ended {
+        Ok(()) if shutdown.is_cancelled() => tracing::debug!(source = %name, "source stopped"),
         Ok(()) => tracing::info!(source = %name, "source finished"),
         Err(Closed) => tracing::debug!(source = %name, "pipeline closed"),
     }
@@ -92,14 +90,6 @@ impl Framing {
 
     fn name(&self) -> &str {
         &self.metrics.sources[self.source].name
-    }
-
-    /// Marks the source connected or not, for metrics and logs.
-    fn set_connected(&self, connected: bool) {
-        let metrics = &self.metrics.sources[self.source];
-        metrics
-            .connected
-            .store(connected, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Frames `chunk` and sends every complete frame on; waits while the reduce task is busy.

@@ -5,7 +5,8 @@ use tokio::io::AsyncReadExt as _;
 use tokio_serial::{SerialPortBuilderExt as _, SerialStream};
 use tokio_util::sync::CancellationToken;
 
-use super::{Backoff, Closed, Framing};
+use super::{Closed, Framing};
+use crate::backoff::Backoff;
 use crate::config::SerialSettings;
 use crate::log_limit::LogLimit;
 
@@ -23,7 +24,6 @@ pub async fn run(
         match open(settings) {
             Ok(mut port) => {
                 tracing::info!(source = %name, %device, baud = settings.baud, "serial port open");
-                framing.set_connected(true);
                 let lost = loop {
                     let read = tokio::select! {
                         () = shutdown.cancelled() => return Ok(()),
@@ -39,7 +39,6 @@ pub async fn run(
                         Err(error) => break error.to_string(),
                     }
                 };
-                framing.set_connected(false);
                 framing.end_of_stream().await?;
                 tracing::warn!(source = %name, %device, "serial port lost ({lost}); reopening");
             }

@@ -7,7 +7,8 @@ use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::{Backoff, Closed, Framing};
+use super::{Closed, Framing};
+use crate::backoff::Backoff;
 use crate::log_limit::LogLimit;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,7 +32,6 @@ pub async fn run(
         match connected {
             Ok(Ok(mut stream)) => {
                 tracing::info!(source = %name, %address, "connected");
-                framing.set_connected(true);
                 let lost = loop {
                     let read = tokio::select! {
                         () = shutdown.cancelled() => return Ok(()),
@@ -47,7 +47,6 @@ pub async fn run(
                         Ok(Err(error)) => break error.to_string(),
                     }
                 };
-                framing.set_connected(false);
                 framing.end_of_stream().await?;
                 tracing::warn!(source = %name, %address, "connection lost ({lost}); reconnecting");
             }

@@ -26,6 +26,11 @@ impl Daemon {
     /// Writes `config` to `dir/p1guard.toml` and starts `p1guard run` on it, with `dir` as its
     /// state directory.
     pub fn start(dir: &Path, config: &str) -> Daemon {
+        Daemon::start_with_env(dir, config, &[])
+    }
+
+    /// Like [`Daemon::start`], with extra environment variables.
+    pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Daemon {
         let path = dir.join("p1guard.toml");
         std::fs::write(&path, config).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_p1guard"))
@@ -34,6 +39,7 @@ impl Daemon {
             .arg(&path)
             .env("STATE_DIRECTORY", dir)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -83,10 +89,24 @@ impl Daemon {
         self.wait()
     }
 
-    /// Waits for the process to end by itself.
+    /// Waits for the process to end by itself; kills it and fails the test if it has not
+    /// ended within a minute (a hung shutdown must not hang CI).
     pub fn wait(mut self) -> Finished {
-        let status = self.child.wait().unwrap();
-        for reader in self.readers {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "p1guard did not exit within a minute\n--- stderr:\n{}",
+                    self.stderr.lock().unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        for reader in std::mem::take(&mut self.readers) {
             reader.join().unwrap();
         }
         let take = |output: &Mutex<String>| std::mem::take(&mut *output.lock().unwrap());
@@ -94,6 +114,16 @@ impl Daemon {
             status,
             stdout: take(&self.stdout),
             stderr: take(&self.stderr),
+        }
+    }
+}
+
+/// A test that fails half-way leaves no p1guard behind.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }
