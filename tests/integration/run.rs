@@ -219,6 +219,54 @@ fn a_tcp_source_reconnects_after_a_drop_mid_telegram() {
     );
 }
 
+#[test]
+fn a_silent_tcp_source_reconnects_after_its_read_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let server_telegrams = telegrams(2);
+    let server = std::thread::spawn(move || {
+        // A dongle that sends one telegram and then hangs without closing the connection.
+        let (mut hung, _) = listener.accept().unwrap();
+        hung.write_all(&server_telegrams[0]).unwrap();
+        let (mut fresh, _) = listener.accept().unwrap();
+        fresh.write_all(&server_telegrams[1]).unwrap();
+        (hung, fresh)
+    });
+    let dir = scratch("run-tcp-timeout");
+    let daemon = Daemon::start(
+        &dir,
+        &format!(
+            r#"
+            [consent]
+            default = "live"
+
+            [[sources]]
+            name = "dongle"
+            type = "tcp"
+            address = "{address}"
+            read_timeout_secs = 1
+
+            [[sinks]]
+            type = "stdout"
+            max_granularity = "live"
+            "#
+        ),
+    );
+    daemon.wait_for_output(LIVE, 2, PATIENCE);
+    let _connections = server.join().unwrap();
+    let finished = daemon.terminate();
+
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert!(
+        finished
+            .stderr
+            .contains("connection lost (nothing received for 1s); reconnecting"),
+        "{}",
+        finished.stderr
+    );
+    assert_eq!(count_after(&finished.stderr, "source dongle:", "ok"), 2);
+}
+
 /// A serial line pair: p1guard reads `dir/p1`, the test writes `dir/meter`.
 struct PtyPair {
     socat: Child,
