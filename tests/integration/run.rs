@@ -116,6 +116,17 @@ fn replaying_into_sqlite_twice_gives_identical_rows() {
         rows,
         "a replayed boundary overwrites itself"
     );
+    // A pseudonymous store never holds the meter's id (sent hex-encoded), nor the gas meter's.
+    let ids = ["E0053000012345621", "G0053000012345621"]
+        .map(|id| id.bytes().map(|b| format!("{b:02X}")).collect::<String>());
+    for row in &rows {
+        let pseudonym = row.meter.len() == 32 && row.meter.bytes().all(|b| b.is_ascii_hexdigit());
+        assert!(pseudonym, "{row:?}");
+        assert!(
+            ids.iter().all(|id| !format!("{row:?}").contains(id)),
+            "{row:?}"
+        );
+    }
 }
 
 #[test]
