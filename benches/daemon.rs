@@ -32,8 +32,11 @@ fn capture(dir: &Path) -> PathBuf {
     let start = "2026-06-01T00:00:00Z".parse::<Timestamp>().expect("a time");
     let end = start + jiff::SignedDuration::from_secs(TELEGRAMS as i64);
     let path = dir.join("capture.txt");
-    std::fs::write(&path, p1guard_simulator::stream(spec, start, end, Vec::new()))
-        .expect("the capture is written");
+    std::fs::write(
+        &path,
+        p1guard_simulator::stream(spec, start, end, Vec::new()),
+    )
+    .expect("the capture is written");
     path
 }
 

@@ -11,6 +11,7 @@ mod hex;
 mod identity_key;
 mod log_limit;
 mod metrics;
+mod metrics_server;
 mod pace;
 mod pipeline;
 mod sinks;

@@ -1,13 +1,19 @@
 //! What the pipeline has done, shared between its tasks: telegrams per source and result,
-//! records per sink and granularity, the reducer's counters. Printed at shutdown; meters are
-//! never named here.
+//! records per sink and granularity, the reducer's counters. Printed at shutdown and served
+//! to Prometheus (see [`crate::metrics_server`]); meters are never named here, so no meter id
+//! can become a label.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use p1guard_conduct::{Counters, Granularity};
 use p1guard_telegram::ErrorKind;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 
 /// How a telegram fared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +176,89 @@ impl Metrics {
         }
         text.truncate(text.trim_end().len());
         text
+    }
+}
+
+/// Encodes the counters on each scrape: the atomics stay the one source of truth.
+impl Collector for Metrics {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        let counter = |v: u64| ConstCounter::new(v);
+        let mut family = encoder.encode_descriptor(
+            "p1guard_telegrams",
+            "Telegrams received, by source and result.",
+            None,
+            MetricType::Counter,
+        )?;
+        for source in &self.sources {
+            for outcome in Outcome::ALL {
+                let labels = [("source", source.name.as_str()), ("result", outcome.name())];
+                counter(source.telegrams(outcome)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "p1guard_last_telegram_timestamp_seconds",
+            "When the source's last good telegram arrived (Unix seconds; 0: never).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for source in &self.sources {
+            let labels = [("source", source.name.as_str())];
+            ConstGauge::new(source.last_telegram.load(Relaxed))
+                .encode(family.encode_family(&labels)?)?;
+        }
+        let counters = self.reducer.lock().map(|c| c.clone()).unwrap_or_default();
+        let conduct = [
+            (
+                "p1guard_conduct_records",
+                "Records the code of conduct allowed, by granularity.",
+                &counters.records,
+            ),
+            (
+                "p1guard_conduct_withheld",
+                "Readings consent did not allow, by granularity.",
+                &counters.withheld,
+            ),
+            (
+                "p1guard_conduct_missing",
+                "Allowed boundaries no observation could fill, by granularity.",
+                &counters.missing,
+            ),
+        ];
+        for (name, help, counts) in conduct {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (granularity, count) in Granularity::ALL.iter().zip(counts) {
+                let labels = [("granularity", granularity.name())];
+                counter(*count).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let sinks = [
+            (
+                "p1guard_sink_records",
+                "Records written, by sink and granularity.",
+            ),
+            (
+                "p1guard_sink_records_not_written",
+                "Records given up at shutdown, by sink and granularity.",
+            ),
+        ];
+        for (index, (name, help)) in sinks.into_iter().enumerate() {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for sink in &self.sinks {
+                let counts = if index == 0 {
+                    &sink.records
+                } else {
+                    &sink.lost
+                };
+                for (granularity, count) in Granularity::ALL.iter().zip(counts) {
+                    let labels = [
+                        ("sink", sink.name.as_str()),
+                        ("granularity", granularity.name()),
+                    ];
+                    counter(count.load(Relaxed)).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -43,6 +43,9 @@ pub async fn run(
         config.sources.iter().map(|s| s.name.as_str()),
         config.sinks.iter().map(|s| s.name.as_str()),
     ));
+    if let Some(address) = config.metrics_listen {
+        crate::metrics_server::start(address, metrics.clone(), shutdown.clone()).await?;
+    }
     let finest = config
         .sinks
         .iter()

@@ -9,6 +9,7 @@ mod secret;
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -33,6 +34,8 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     /// Where records go.
     pub sinks: Vec<SinkConfig>,
+    /// Where to serve `GET /metrics`, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// One source.
@@ -233,12 +236,26 @@ impl Validator<'_> {
             .remove("consent")
             .and_then(|v| self.read("consent", v))
             .unwrap_or_default();
+        let metrics: Option<raw::Metrics> = document
+            .remove("metrics")
+            .and_then(|v| self.read("metrics", v));
+        let metrics_listen = metrics.and_then(|m| match m.listen.parse::<SocketAddr>() {
+            Ok(address) => Some(address),
+            Err(_) => {
+                let listen = m.listen;
+                self.problem(
+                    "metrics",
+                    format!("listen {listen:?}: expected address:port"),
+                );
+                None
+            }
+        });
         let sources = self.entries("sources", raw::Source::FIELDS, document.remove("sources"));
         let sinks = self.entries("sinks", raw::Sink::FIELDS, document.remove("sinks"));
         for unknown in document.keys() {
             self.problem(
                 unknown,
-                "unknown section (expected identity, consent, sources, sinks)",
+                "unknown section (expected identity, consent, metrics, sources, sinks)",
             );
         }
 
@@ -292,6 +309,7 @@ impl Validator<'_> {
             billing: consent.billing_cadence.unwrap_or_default(),
             sources,
             sinks,
+            metrics_listen,
         }
     }
 
@@ -655,6 +673,9 @@ mod tests {
 
             [mqtt]
             host = "localhost"
+
+            [metrics]
+            listen = "everywhere"
             "#,
             no_env(),
         )
@@ -669,13 +690,14 @@ mod tests {
             "sinks[0]: raw meter identity is only allowed on sinks whose max_granularity is live",
             "sinks[1]: unknown field `colour`",
             "mqtt: unknown section",
+            "metrics: listen \"everywhere\": expected address:port",
         ] {
             assert!(
                 text.contains(expected),
                 "{expected:?} missing from:\n{text}"
             );
         }
-        assert_eq!(problems.0.len(), 8, "{text}");
+        assert_eq!(problems.0.len(), 9, "{text}");
     }
 
     #[test]

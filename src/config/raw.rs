@@ -17,6 +17,14 @@ pub struct Identity {
     pub key_file: Option<PathBuf>,
 }
 
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// `address:port` to serve `GET /metrics` on, e.g. `127.0.0.1:9187`.
+    pub listen: String,
+}
+
 /// `[consent]`: the level of each meter.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -278,6 +278,98 @@ fn a_silent_tcp_source_reconnects_after_its_read_timeout() {
     assert_eq!(count_after(&finished.stderr, "source dongle:", "ok"), 2);
 }
 
+/// `GET path` on `address`, HTTP/1.1 with `Connection: close`; the whole response.
+fn http_get(address: std::net::SocketAddr, path: &str) -> String {
+    use std::io::Read as _;
+    let mut stream = std::net::TcpStream::connect(address).expect("the metrics endpoint accepts");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: p1guard\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn prometheus_scrapes_counters_without_meter_ids() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let metrics_address = {
+        let free = TcpListener::bind("127.0.0.1:0").unwrap();
+        free.local_addr().unwrap()
+    };
+    let server_telegrams = telegrams(2);
+    let server = std::thread::spawn(move || {
+        let (mut connection, _) = listener.accept().unwrap();
+        for telegram in &server_telegrams {
+            connection.write_all(telegram).unwrap();
+        }
+        connection
+    });
+    let dir = scratch("run-metrics");
+    let daemon = Daemon::start(
+        &dir,
+        &format!(
+            r#"
+            [metrics]
+            listen = "{metrics_address}"
+
+            [consent]
+            default = "live"
+
+            [[sources]]
+            name = "dongle"
+            type = "tcp"
+            address = "{address}"
+
+            [[sinks]]
+            name = "screen"
+            type = "stdout"
+            max_granularity = "live"
+            "#
+        ),
+    );
+    daemon.wait_for_output(LIVE, 2, PATIENCE);
+    let _connection = server.join().unwrap();
+    // The sink counts a batch just after writing it: scrape until the count is there.
+    let sink_line = r#"p1guard_sink_records_total{sink="screen",granularity="live"} 3"#;
+    let deadline = Instant::now() + PATIENCE;
+    let scrape = loop {
+        let scrape = http_get(metrics_address, "/metrics");
+        if scrape.lines().any(|l| l == sink_line) || Instant::now() > deadline {
+            break scrape;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let elsewhere = http_get(metrics_address, "/");
+    let finished = daemon.terminate();
+
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert!(scrape.starts_with("HTTP/1.1 200"), "{scrape}");
+    for line in [
+        r#"p1guard_telegrams_total{source="dongle",result="ok"} 2"#,
+        r#"p1guard_telegrams_total{source="dongle",result="crc_error"} 0"#,
+        r#"p1guard_conduct_records_total{granularity="live"} 3"#,
+        sink_line,
+    ] {
+        assert!(
+            scrape.lines().any(|l| l == line),
+            "{line:?} missing from:\n{scrape}"
+        );
+    }
+    let meter_id: String = "E0053000012345621"
+        .bytes()
+        .map(|b| format!("{b:02X}"))
+        .collect();
+    assert!(
+        !scrape.contains(&meter_id),
+        "a meter id in the metrics:\n{scrape}"
+    );
+    assert!(elsewhere.starts_with("HTTP/1.1 404"), "{elsewhere}");
+}
+
 /// A serial line pair: p1guard reads `dir/p1`, the test writes `dir/meter`.
 struct PtyPair {
     socat: Child,
