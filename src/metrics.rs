@@ -5,7 +5,7 @@
 
 use std::fmt::{self, Write as _};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use p1guard_conduct::{Counters, Granularity};
 use p1guard_telegram::ErrorKind;
@@ -70,6 +70,8 @@ pub struct SourceMetrics {
     pub telegrams: [AtomicU64; 4],
     /// Unix seconds of the last good telegram received (0 before the first).
     pub last_telegram: AtomicI64,
+    /// Whether the device is open, the connection up, or the replay reading.
+    pub connected: AtomicBool,
 }
 
 impl SourceMetrics {
@@ -93,6 +95,8 @@ pub struct SinkMetrics {
     pub records: [AtomicU64; 4],
     /// Records given up at shutdown because the sink kept failing, by granularity.
     pub lost: [AtomicU64; 4],
+    /// Batches waiting in the sink's channel.
+    pub queued: AtomicI64,
 }
 
 /// Every counter of one pipeline.
@@ -104,6 +108,8 @@ pub struct Metrics {
     pub sinks: Vec<SinkMetrics>,
     /// The reducer's counters, as of its last batch.
     pub reducer: Mutex<Counters>,
+    /// Frames waiting for the reduce task.
+    pub frames_queued: AtomicI64,
 }
 
 impl Metrics {
@@ -119,6 +125,7 @@ impl Metrics {
                     name: name.to_owned(),
                     telegrams: Default::default(),
                     last_telegram: AtomicI64::new(0),
+                    connected: AtomicBool::new(false),
                 })
                 .collect(),
             sinks: sinks
@@ -127,9 +134,11 @@ impl Metrics {
                     name: name.to_owned(),
                     records: Default::default(),
                     lost: Default::default(),
+                    queued: AtomicI64::new(0),
                 })
                 .collect(),
             reducer: Mutex::default(),
+            frames_queued: AtomicI64::new(0),
         }
     }
 
@@ -205,6 +214,32 @@ impl Collector for Metrics {
             let labels = [("source", source.name.as_str())];
             ConstGauge::new(source.last_telegram.load(Relaxed))
                 .encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "p1guard_source_connected",
+            "1 while the device is open, the connection up or the replay reading.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for source in &self.sources {
+            let labels = [("source", source.name.as_str())];
+            ConstGauge::new(i64::from(source.connected.load(Relaxed)))
+                .encode(family.encode_family(&labels)?)?;
+        }
+        let queues = std::iter::once(("frames", self.frames_queued.load(Relaxed))).chain(
+            self.sinks
+                .iter()
+                .map(|s| (s.name.as_str(), s.queued.load(Relaxed))),
+        );
+        let mut family = encoder.encode_descriptor(
+            "p1guard_queue_depth",
+            "Items waiting: frames for the reduce task, batches for each sink.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (queue, depth) in queues {
+            let labels = [("queue", queue)];
+            ConstGauge::new(depth).encode(family.encode_family(&labels)?)?;
         }
         let counters = self.reducer.lock().map(|c| c.clone()).unwrap_or_default();
         let conduct = [

@@ -162,6 +162,9 @@ async fn reduce<C: Consent>(
     let mut pending = Vec::with_capacity(BATCH_FRAMES);
     let mut records = Vec::new();
     while frames.recv_many(&mut pending, BATCH_FRAMES).await > 0 {
+        metrics
+            .frames_queued
+            .fetch_sub(pending.len() as i64, Relaxed);
         for received in pending.drain(..) {
             let source = &metrics.sources[received.source];
             let log_limit = &mut log_limits[received.source];
@@ -192,7 +195,9 @@ async fn reduce<C: Consent>(
         }
         let batch: Batch = Arc::new(std::mem::take(&mut records));
         for (sink, counters) in sinks.iter().zip(&metrics.sinks) {
+            counters.queued.fetch_add(1, Relaxed);
             if sink.send(batch.clone()).await.is_err() {
+                counters.queued.fetch_sub(1, Relaxed);
                 tracing::error!(sink = %counters.name, "sink stopped; its records are lost");
             }
         }

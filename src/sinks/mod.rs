@@ -78,6 +78,7 @@ pub async fn drive(
             }
         };
         let Some(batch) = batch else { break };
+        counters.queued.fetch_sub(1, Relaxed);
         let admitted: Vec<SinkRecord<'_>> = batch.iter().filter_map(|r| policy.admit(r)).collect();
         if admitted.is_empty() {
             continue;

@@ -6,6 +6,7 @@ mod serial;
 mod tcp;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use jiff::Timestamp;
@@ -92,6 +93,13 @@ impl Framing {
         &self.metrics.sources[self.source].name
     }
 
+    /// Marks the source connected or not, for metrics.
+    fn set_connected(&self, connected: bool) {
+        self.metrics.sources[self.source]
+            .connected
+            .store(connected, Relaxed);
+    }
+
     /// Frames `chunk` and sends every complete frame on; waits while the reduce task is busy.
     pub async fn push(&mut self, chunk: &[u8]) -> Result<(), Closed> {
         self.deframer.push(chunk);
@@ -137,7 +145,12 @@ impl Framing {
                 frame,
                 at: Timestamp::now(),
             };
-            self.frames.send(received).await.map_err(|_| Closed)?;
+            // Counted before sending, so the reduce task never takes off more than was put on.
+            self.metrics.frames_queued.fetch_add(1, Relaxed);
+            if self.frames.send(received).await.is_err() {
+                self.metrics.frames_queued.fetch_sub(1, Relaxed);
+                return Err(Closed);
+            }
         }
         Ok(())
     }

@@ -36,6 +36,7 @@ pub async fn run(
         pacer.delay(at, Instant::now())
     };
     let mut buf = vec![0u8; 64 * 1024];
+    framing.set_connected(true);
     for file in files {
         let mut input = match tokio::fs::File::open(file).await {
             Ok(input) => input,
@@ -68,6 +69,7 @@ pub async fn run(
         }
     }
     progress.finish_and_clear();
+    framing.set_connected(false);
     Ok(())
 }
 

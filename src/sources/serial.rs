@@ -24,6 +24,7 @@ pub async fn run(
         match open(settings) {
             Ok(mut port) => {
                 tracing::info!(source = %name, %device, baud = settings.baud, "serial port open");
+                framing.set_connected(true);
                 let lost = loop {
                     let read = tokio::select! {
                         () = shutdown.cancelled() => return Ok(()),
@@ -39,6 +40,7 @@ pub async fn run(
                         Err(error) => break error.to_string(),
                     }
                 };
+                framing.set_connected(false);
                 framing.end_of_stream().await?;
                 tracing::warn!(source = %name, %device, "serial port lost ({lost}); reopening");
             }

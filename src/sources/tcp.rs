@@ -32,6 +32,7 @@ pub async fn run(
         match connected {
             Ok(Ok(mut stream)) => {
                 tracing::info!(source = %name, %address, "connected");
+                framing.set_connected(true);
                 let lost = loop {
                     let read = tokio::select! {
                         () = shutdown.cancelled() => return Ok(()),
@@ -47,6 +48,7 @@ pub async fn run(
                         Ok(Err(error)) => break error.to_string(),
                     }
                 };
+                framing.set_connected(false);
                 framing.end_of_stream().await?;
                 tracing::warn!(source = %name, %address, "connection lost ({lost}); reconnecting");
             }

@@ -351,6 +351,8 @@ fn prometheus_scrapes_counters_without_meter_ids() {
     for line in [
         r#"p1guard_telegrams_total{source="dongle",result="ok"} 2"#,
         r#"p1guard_telegrams_total{source="dongle",result="crc_error"} 0"#,
+        r#"p1guard_source_connected{source="dongle"} 1"#,
+        r#"p1guard_queue_depth{queue="frames"} 0"#,
         r#"p1guard_conduct_records_total{granularity="live"} 3"#,
         sink_line,
     ] {
