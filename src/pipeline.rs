@@ -57,7 +57,13 @@ pub async fn run(
     let mut to_sinks = Vec::new();
     for (index, sink) in config.sinks.into_iter().enumerate() {
         let (batches, receiver) = mpsc::channel(BATCH_QUEUE);
-        let metrics = metrics.clone();
+        let feed = sinks::Feed {
+            policy: sink.policy,
+            batches: receiver,
+            metrics: metrics.clone(),
+            index,
+            shutdown: shutdown.clone(),
+        };
         match sink.kind {
             SinkKind::Sqlite { path, retention } => {
                 let path = match path {
@@ -66,27 +72,10 @@ pub async fn run(
                 };
                 let store = SqliteSink::open(&path, retention)
                     .with_context(|| format!("sink {}: opening {}", sink.name, path.display()))?;
-                let task = sinks::drive(
-                    store,
-                    sink.policy,
-                    receiver,
-                    metrics,
-                    index,
-                    shutdown.clone(),
-                );
-                sink_tasks.spawn(task);
+                sink_tasks.spawn(sinks::drive(store, feed));
             }
             SinkKind::Stdout => {
-                let stdout = StdoutSink::new();
-                let task = sinks::drive(
-                    stdout,
-                    sink.policy,
-                    receiver,
-                    metrics,
-                    index,
-                    shutdown.clone(),
-                );
-                sink_tasks.spawn(task);
+                sink_tasks.spawn(sinks::drive(StdoutSink::new(), feed));
             }
         }
         to_sinks.push(batches);

@@ -52,16 +52,30 @@ pub trait Sink: Send + 'static {
     fn flush(&mut self) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
-/// Feeds `sink` every batch from `batches` through `policy` until the channel closes, then
-/// flushes it. `index` is the sink's place in [`Metrics::sinks`].
-pub async fn drive(
-    mut sink: impl Sink,
-    policy: SinkPolicy,
-    mut batches: mpsc::Receiver<Batch>,
-    metrics: Arc<Metrics>,
-    index: usize,
-    shutdown: CancellationToken,
-) {
+/// What a sink's task is fed from, and reports to.
+pub struct Feed {
+    /// The sink's ceiling and identity: the only way its records are seen.
+    pub policy: SinkPolicy,
+    /// Batches from the reduce task.
+    pub batches: mpsc::Receiver<Batch>,
+    /// Where the sink's counters are.
+    pub metrics: Arc<Metrics>,
+    /// The sink's place in [`Metrics::sinks`].
+    pub index: usize,
+    /// Fires when the process is stopping.
+    pub shutdown: CancellationToken,
+}
+
+/// Feeds `sink` every batch of `feed` through its policy until the channel closes, then
+/// flushes it.
+pub async fn drive(mut sink: impl Sink, feed: Feed) {
+    let Feed {
+        policy,
+        mut batches,
+        metrics,
+        index,
+        shutdown,
+    } = feed;
     let counters = &metrics.sinks[index];
     let name = &counters.name;
     let mut maintenance = tokio::time::interval(MAINTENANCE_EVERY);

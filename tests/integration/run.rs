@@ -48,6 +48,14 @@ fn telegrams(count: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The test meter's telegrams from `from` to `to`, as `dir/capture.txt`.
+fn write_capture(dir: &Path, style: Style, from: &str, to: &str) -> std::path::PathBuf {
+    let capture = dir.join("capture.txt");
+    let stream = p1guard_simulator::stream(meter(style), at(from), at(to), Vec::new());
+    std::fs::write(&capture, stream).unwrap();
+    capture
+}
+
 fn replay_config(capture: &Path, store: &Path, speed: &str) -> String {
     format!(
         r#"
@@ -78,15 +86,12 @@ fn replay_config(capture: &Path, store: &Path, speed: &str) -> String {
 #[test]
 fn replaying_into_sqlite_twice_gives_identical_rows() {
     let dir = scratch("run-idempotent");
-    let capture = dir.join("capture.txt");
-    let spec = meter(Style::Dsmr4);
-    let stream = p1guard_simulator::stream(
-        spec,
-        at("2026-03-28T20:00:00Z"),
-        at("2026-03-29T04:00:00Z"),
-        Vec::new(),
+    let capture = write_capture(
+        &dir,
+        Style::Dsmr4,
+        "2026-03-28T20:00:00Z",
+        "2026-03-29T04:00:00Z",
     );
-    std::fs::write(&capture, stream).unwrap();
     let store = dir.join("store.sqlite");
     let config = replay_config(&capture, &store, "max");
 
@@ -132,15 +137,12 @@ fn replaying_into_sqlite_twice_gives_identical_rows() {
 #[test]
 fn sigterm_during_a_replay_loses_nothing_already_reduced() {
     let dir = scratch("run-sigterm");
-    let capture = dir.join("capture.txt");
-    let spec = meter(Style::Dsmr5);
-    let stream = p1guard_simulator::stream(
-        spec,
-        at("2026-06-01T00:00:00Z"),
-        at("2026-06-01T06:00:00Z"),
-        Vec::new(),
+    let capture = write_capture(
+        &dir,
+        Style::Dsmr5,
+        "2026-06-01T00:00:00Z",
+        "2026-06-01T06:00:00Z",
     );
-    std::fs::write(&capture, stream).unwrap();
     let store = dir.join("store.sqlite");
     // 600× real time: six meter hours take 36 s, and a quarter hour passes every 1.5 s.
     let daemon = Daemon::start(&dir, &replay_config(&capture, &store, "600"));
@@ -170,6 +172,28 @@ fn sigterm_during_a_replay_loses_nothing_already_reduced() {
     );
 }
 
+/// A household's own setup: consent live, a TCP dongle named `dongle` at `address` (with
+/// `source_settings` added), every record on stdout (a sink named `screen`).
+fn household_over_tcp(address: std::net::SocketAddr, source_settings: &str) -> String {
+    format!(
+        r#"
+        [consent]
+        default = "live"
+
+        [[sources]]
+        name = "dongle"
+        type = "tcp"
+        address = "{address}"
+        {source_settings}
+
+        [[sinks]]
+        name = "screen"
+        type = "stdout"
+        max_granularity = "live"
+        "#
+    )
+}
+
 #[test]
 fn a_tcp_source_reconnects_after_a_drop_mid_telegram() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -189,24 +213,7 @@ fn a_tcp_source_reconnects_after_a_drop_mid_telegram() {
         second
     });
     let dir = scratch("run-tcp");
-    let daemon = Daemon::start(
-        &dir,
-        &format!(
-            r#"
-            [consent]
-            default = "live"
-
-            [[sources]]
-            name = "dongle"
-            type = "tcp"
-            address = "{address}"
-
-            [[sinks]]
-            type = "stdout"
-            max_granularity = "live"
-            "#
-        ),
-    );
+    let daemon = Daemon::start(&dir, &household_over_tcp(address, ""));
     daemon.wait_for_output(LIVE, 4, PATIENCE);
     let _connection = server.join().unwrap();
     let finished = daemon.terminate();
@@ -244,25 +251,7 @@ fn a_silent_tcp_source_reconnects_after_its_read_timeout() {
         (hung, fresh)
     });
     let dir = scratch("run-tcp-timeout");
-    let daemon = Daemon::start(
-        &dir,
-        &format!(
-            r#"
-            [consent]
-            default = "live"
-
-            [[sources]]
-            name = "dongle"
-            type = "tcp"
-            address = "{address}"
-            read_timeout_secs = 1
-
-            [[sinks]]
-            type = "stdout"
-            max_granularity = "live"
-            "#
-        ),
-    );
+    let daemon = Daemon::start(&dir, &household_over_tcp(address, "read_timeout_secs = 1"));
     daemon.wait_for_output(LIVE, 2, PATIENCE);
     let _connections = server.join().unwrap();
     let finished = daemon.terminate();
@@ -312,23 +301,8 @@ fn prometheus_scrapes_counters_without_meter_ids() {
     let daemon = Daemon::start(
         &dir,
         &format!(
-            r#"
-            [metrics]
-            listen = "{metrics_address}"
-
-            [consent]
-            default = "live"
-
-            [[sources]]
-            name = "dongle"
-            type = "tcp"
-            address = "{address}"
-
-            [[sinks]]
-            name = "screen"
-            type = "stdout"
-            max_granularity = "live"
-            "#
+            "[metrics]\nlisten = \"{metrics_address}\"\n{}",
+            household_over_tcp(address, "")
         ),
     );
     daemon.wait_for_output(LIVE, 2, PATIENCE);
