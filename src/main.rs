@@ -2,6 +2,7 @@
 //! meter's owner consented to.
 
 mod backoff;
+mod broker;
 mod cli;
 mod commands;
 mod config;

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, SinkKind};
 use crate::log_limit::LogLimit;
 use crate::metrics::{Metrics, Outcome};
-use crate::sinks::{self, Batch, SqliteSink, StdoutSink};
+use crate::sinks::{self, Batch, MqttSettings, MqttSink, SqliteSink, StdoutSink};
 use crate::sources::{self, Received};
 
 /// Frames waiting for the reduce task.
@@ -76,6 +76,22 @@ pub async fn run(
             }
             SinkKind::Stdout => {
                 sink_tasks.spawn(sinks::drive(StdoutSink::new(), feed));
+            }
+            SinkKind::Mqtt {
+                broker,
+                prefix,
+                layout,
+                discovery_prefix,
+            } => {
+                let settings = MqttSettings {
+                    broker,
+                    prefix,
+                    layout,
+                    discovery_prefix,
+                };
+                let client = MqttSink::connect(&sink.name, settings)
+                    .with_context(|| format!("sink {}", sink.name))?;
+                sink_tasks.spawn(sinks::drive(client, feed));
             }
         }
         to_sinks.push(batches);

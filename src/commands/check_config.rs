@@ -7,7 +7,7 @@ use p1guard_conduct::{BillingCadence, Identity};
 use tokio_serial::{DataBits, Parity, StopBits};
 
 use crate::cli::CheckConfigArgs;
-use crate::config::{self, SinkKind, SourceKind};
+use crate::config::{self, SinkKind, SourceKind, TopicLayout};
 use crate::pace::Speed;
 
 pub fn run(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
@@ -65,6 +65,10 @@ pub fn run(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
                 };
                 format!("{} file(s), {speed}", files.len())
             }
+            SourceKind::Mqtt {
+                broker,
+                subscription,
+            } => format!("{subscription} on {}", broker.describe()),
         };
         let encrypted = if source.input.cipher.is_some() {
             ", decrypting"
@@ -84,6 +88,21 @@ pub fn run(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
             } => format!(" at {}", path.display()),
             SinkKind::Sqlite { path: None, .. } => " in the state directory".to_owned(),
             SinkKind::Stdout => String::new(),
+            SinkKind::Mqtt {
+                broker,
+                prefix,
+                layout,
+                discovery_prefix,
+            } => {
+                let topics = match layout {
+                    TopicLayout::P1guard => format!("{prefix}/<meter>/<granularity>/<kind>"),
+                    TopicLayout::DsmrReader => "dsmr/reading/<field>, dsmr/json".to_owned(),
+                };
+                let discovery = discovery_prefix
+                    .as_ref()
+                    .map_or(String::new(), |p| format!(", discovery under {p}/"));
+                format!(" on {}: {topics}{discovery}", broker.describe())
+            }
         };
         println!(
             "sink {} ({}){place}: up to {}, meters named by {}",

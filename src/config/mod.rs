@@ -7,6 +7,8 @@ mod env;
 mod raw;
 mod secret;
 
+pub use self::secret::Secret;
+
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::SocketAddr;
@@ -68,6 +70,51 @@ pub enum SourceKind {
         /// Pace.
         speed: Speed,
     },
+    /// Telegrams published to an MQTT broker.
+    Mqtt {
+        /// The broker.
+        broker: Broker,
+        /// The filter subscribed to, `$share/<group>/` included when shared.
+        subscription: String,
+    },
+}
+
+/// How to reach an MQTT broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broker {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// TLS, and whose roots verify the broker.
+    pub tls: Option<TlsRoots>,
+    /// The session's client id.
+    pub client_id: String,
+    /// User name and password.
+    pub credentials: Option<(String, Secret)>,
+}
+
+impl Broker {
+    /// `mqtt[s]://host:port as client_id`, for logs (no password).
+    pub fn describe(&self) -> String {
+        let scheme = if self.tls.is_some() { "mqtts" } else { "mqtt" };
+        let Broker {
+            host,
+            port,
+            client_id,
+            ..
+        } = self;
+        format!("{scheme}://{host}:{port} as {client_id}")
+    }
+}
+
+/// What verifies a broker's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsRoots {
+    /// The operating system's trusted roots.
+    System,
+    /// One CA's PEM file.
+    CaFile(PathBuf),
 }
 
 /// A serial line's settings.
@@ -108,6 +155,26 @@ pub enum SinkKind {
     },
     /// JSON lines on standard output.
     Stdout,
+    /// Records published to an MQTT broker.
+    Mqtt {
+        /// The broker.
+        broker: Broker,
+        /// Topic prefix of records and availability.
+        prefix: String,
+        /// Which topics records go to.
+        layout: TopicLayout,
+        /// Home Assistant's discovery prefix, if discovery configs are published.
+        discovery_prefix: Option<String>,
+    },
+}
+
+/// Where an MQTT sink publishes records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicLayout {
+    /// `<prefix>/<meter>/<granularity>/<kind>`, the record as JSON.
+    P1guard,
+    /// dsmr-reader's `dsmr/reading/<field>` and `dsmr/json`, for the scripts written for it.
+    DsmrReader,
 }
 
 /// Every problem found in a configuration, one per line.
@@ -288,7 +355,7 @@ impl Validator<'_> {
                 path.as_deref()
                     .map_or("the default store".into(), Path::to_string_lossy),
             ),
-            SinkKind::Stdout => None,
+            SinkKind::Stdout | SinkKind::Mqtt { .. } => None,
         });
         let stores: Vec<_> = stores.collect();
         let mut seen = BTreeSet::new();
@@ -415,6 +482,48 @@ impl Validator<'_> {
                 };
                 (SourceKind::Replay { files, speed }, false)
             }
+            raw::SourceKind::Mqtt {
+                url,
+                topic,
+                shared_group,
+                client_id,
+                username,
+                password,
+                ca_file,
+            } => {
+                let connection = raw::Connection {
+                    url,
+                    client_id,
+                    username,
+                    password,
+                    ca_file,
+                };
+                let broker = self.broker(at, source.name.as_deref().unwrap_or("mqtt"), connection);
+                if topic.is_empty() || topic.starts_with("$share/") {
+                    self.problem(
+                        at,
+                        format!(
+                            "topic {topic:?}: expected a topic filter (share it with shared_group)"
+                        ),
+                    );
+                }
+                let subscription = match shared_group {
+                    Some(group) if group.is_empty() || group.contains(['/', '+', '#']) => {
+                        self.problem(
+                            at,
+                            format!("shared_group {group:?}: expected a name without / + #"),
+                        );
+                        topic
+                    }
+                    Some(group) => format!("$share/{group}/{topic}"),
+                    None => topic,
+                };
+                let kind = SourceKind::Mqtt {
+                    broker: broker?,
+                    subscription,
+                };
+                (kind, false)
+            }
         };
         let name = source.name.unwrap_or_else(|| kind.type_name().to_owned());
         let cipher = self.cipher(at, source.key, source.auth_key, source.no_auth_key);
@@ -505,10 +614,144 @@ impl Validator<'_> {
                 SinkKind::Sqlite { path, retention }
             }
             raw::SinkKind::Stdout {} => SinkKind::Stdout,
+            raw::SinkKind::Mqtt {
+                url,
+                prefix,
+                layout,
+                discovery,
+                discovery_prefix,
+                client_id,
+                username,
+                password,
+                ca_file,
+            } => {
+                let connection = raw::Connection {
+                    url,
+                    client_id,
+                    username,
+                    password,
+                    ca_file,
+                };
+                let broker = self.broker(at, sink.name.as_deref().unwrap_or("mqtt"), connection);
+                let prefix = prefix.unwrap_or_else(|| "p1guard".to_owned());
+                if prefix.is_empty() || prefix.contains(['+', '#']) || prefix.ends_with('/') {
+                    self.problem(
+                        at,
+                        format!("prefix {prefix:?}: expected a topic without + # or a trailing /"),
+                    );
+                }
+                let layout = match layout.as_deref() {
+                    None | Some("p1guard") => TopicLayout::P1guard,
+                    Some("dsmr_reader") => TopicLayout::DsmrReader,
+                    Some(other) => {
+                        self.problem(
+                            at,
+                            format!("layout {other:?}: expected p1guard or dsmr_reader"),
+                        );
+                        TopicLayout::P1guard
+                    }
+                };
+                let live = policy.ceiling() == Granularity::Live;
+                if discovery == Some(true) && !live {
+                    self.problem(at, "discovery needs max_granularity = \"live\": Home Assistant shows live values");
+                }
+                let discovery_prefix = (discovery.unwrap_or(live) && live)
+                    .then(|| discovery_prefix.unwrap_or_else(|| "homeassistant".to_owned()));
+                SinkKind::Mqtt {
+                    broker: broker?,
+                    prefix,
+                    layout,
+                    discovery_prefix,
+                }
+            }
         };
         let name = sink.name.unwrap_or_else(|| kind.type_name().to_owned());
         Some(SinkConfig { name, policy, kind })
     }
+}
+
+impl Validator<'_> {
+    /// The broker of an MQTT source or sink named `name`.
+    fn broker(&mut self, at: &str, name: &str, connection: raw::Connection) -> Option<Broker> {
+        let raw::Connection {
+            url,
+            client_id,
+            username,
+            password,
+            ca_file,
+        } = connection;
+        let Some((host, port, tls)) = parse_mqtt_url(&url) else {
+            self.problem(
+                at,
+                format!("url {url:?}: expected mqtt://host[:port] or mqtts://host[:port]"),
+            );
+            return None;
+        };
+        let tls = match (tls, ca_file) {
+            (true, None) => Some(TlsRoots::System),
+            (true, Some(file)) => Some(TlsRoots::CaFile(file)),
+            (false, None) => None,
+            (false, Some(_)) => {
+                self.problem(at, "ca_file needs an mqtts:// url");
+                None
+            }
+        };
+        let password = password.and_then(|p| {
+            p.resolve()
+                .map_err(|e| self.problem(at, format!("password: {e}")))
+                .ok()
+        });
+        let credentials = match (username, password) {
+            (Some(user), Some(password)) => Some((user, password)),
+            (None, None) => None,
+            _ => {
+                self.problem(at, "username and password go together");
+                None
+            }
+        };
+        let client_id = client_id.unwrap_or_else(|| format!("p1guard-{name}"));
+        if client_id.is_empty() || client_id.len() > 65_535 {
+            self.problem(at, "client_id is empty or too long");
+        }
+        Some(Broker {
+            host: host.to_owned(),
+            port,
+            tls,
+            client_id,
+            credentials,
+        })
+    }
+}
+
+/// `mqtt://host[:port]` or `mqtts://host[:port]` (an IPv6 host in brackets) as
+/// (host, port, tls).
+fn parse_mqtt_url(url: &str) -> Option<(&str, u16, bool)> {
+    let (authority, tls) = match url.split_once("://")? {
+        ("mqtt", rest) => (rest, false),
+        ("mqtts", rest) => (rest, true),
+        _ => return None,
+    };
+    let authority = authority.strip_suffix('/').unwrap_or(authority);
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(bracketed) => {
+            let (host, after) = bracketed.split_once(']')?;
+            match after {
+                "" => (host, None),
+                _ => (host, Some(after.strip_prefix(':')?)),
+            }
+        }
+        None => match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    let port = match port {
+        Some(port) => port.parse().ok()?,
+        None if tls => 8883,
+        None => 1883,
+    };
+    let valid = !host.is_empty() && !host.contains(['/', '@', '?', '#', ' ', '[', ']']);
+    valid.then_some((host, port, tls))
 }
 
 /// Retention of each granularity (billing, daily, quarter_hour, live) unless configured:
@@ -564,6 +807,7 @@ impl SourceKind {
             SourceKind::Serial(_) => "serial",
             SourceKind::Tcp { .. } => "tcp",
             SourceKind::Replay { .. } => "replay",
+            SourceKind::Mqtt { .. } => "mqtt",
         }
     }
 }
@@ -574,6 +818,7 @@ impl SinkKind {
         match self {
             SinkKind::Sqlite { .. } => "sqlite",
             SinkKind::Stdout => "stdout",
+            SinkKind::Mqtt { .. } => "mqtt",
         }
     }
 }

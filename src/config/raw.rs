@@ -104,6 +104,24 @@ pub enum SourceKind {
         /// `max` (default), `realtime`, or a factor.
         speed: Option<String>,
     },
+    /// A fleet's telegrams from an MQTT broker.
+    Mqtt {
+        /// `mqtt://host[:port]` or `mqtts://host[:port]`.
+        url: String,
+        /// Topic filter, e.g. `p1/+/telegram`.
+        topic: String,
+        /// Share the subscription with other workers of this group (`$share/<group>/...`).
+        shared_group: Option<String>,
+        /// The session's client id; `p1guard-<name>` if absent.
+        client_id: Option<String>,
+        /// User name for the broker.
+        username: Option<String>,
+        /// Password for the broker.
+        password: Option<SecretRef>,
+        /// PEM file of the CA that signed the broker's certificate; the system's roots if
+        /// absent.
+        ca_file: Option<PathBuf>,
+    },
 }
 
 /// The settings every `[[sinks]]` entry has, whatever its type.
@@ -137,4 +155,40 @@ pub enum SinkKind {
     },
     /// JSON lines on standard output.
     Stdout {},
+    /// Records published to an MQTT broker.
+    Mqtt {
+        /// `mqtt://host[:port]` or `mqtts://host[:port]`.
+        url: String,
+        /// Topic prefix; `p1guard` if absent.
+        prefix: Option<String>,
+        /// `p1guard` (default) or `dsmr_reader`.
+        layout: Option<String>,
+        /// Home Assistant discovery; on by default for a live sink.
+        discovery: Option<bool>,
+        /// Home Assistant's discovery prefix; `homeassistant` if absent.
+        discovery_prefix: Option<String>,
+        /// The client id; `p1guard-<name>` if absent.
+        client_id: Option<String>,
+        /// User name for the broker.
+        username: Option<String>,
+        /// Password for the broker.
+        password: Option<SecretRef>,
+        /// PEM file of the CA that signed the broker's certificate; the system's roots if
+        /// absent.
+        ca_file: Option<PathBuf>,
+    },
+}
+
+/// The connection settings MQTT sources and sinks share, gathered after reading.
+pub struct Connection {
+    /// `mqtt://host[:port]` or `mqtts://host[:port]`.
+    pub url: String,
+    /// The client id, if given.
+    pub client_id: Option<String>,
+    /// User name for the broker.
+    pub username: Option<String>,
+    /// Password for the broker.
+    pub password: Option<SecretRef>,
+    /// The CA's PEM file.
+    pub ca_file: Option<PathBuf>,
 }

@@ -6,6 +6,7 @@
 //! dead store cannot keep SIGTERM from ending the process. (A durable outbox, which keeps
 //! them across a restart, comes with the reliability work.)
 
+mod mqtt;
 mod sqlite;
 mod stdout;
 
@@ -22,6 +23,7 @@ use crate::backoff::Backoff;
 use crate::log_limit::LogLimit;
 use crate::metrics::Metrics;
 
+pub use self::mqtt::{MqttSettings, MqttSink};
 pub use self::sqlite::SqliteSink;
 pub use self::stdout::StdoutSink;
 

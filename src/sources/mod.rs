@@ -1,6 +1,7 @@
 //! Sources: thin async drivers that read bytes from the outside world, frame them, and pass
 //! whole frames on. Parsing and everything after it happens in the pipeline's reduce task.
 
+mod mqtt;
 mod replay;
 mod serial;
 mod tcp;
@@ -53,6 +54,10 @@ pub async fn run(
         SourceKind::Replay { files, speed } => {
             replay::run(&name, &files, speed, framing, &shutdown).await
         }
+        SourceKind::Mqtt {
+            broker,
+            subscription,
+        } => mqtt::run(&name, &broker, &subscription, framing, &shutdown).await,
     };
     match ended {
         Ok(()) if shutdown.is_cancelled() => tracing::debug!(source = %name, "source stopped"),
@@ -114,6 +119,13 @@ impl Framing {
     ) -> Result<(), Closed> {
         self.deframer.push(chunk);
         self.forward(pace).await
+    }
+
+    /// One message that holds whole telegrams (an MQTT payload), framed on its own: a
+    /// telegram cut short in one message never merges with the next.
+    pub async fn push_message(&mut self, message: &[u8]) -> Result<(), Closed> {
+        self.deframer.push(message);
+        self.end_of_stream().await
     }
 
     /// The stream broke (device gone, connection dropped, file ended): a frame in progress is

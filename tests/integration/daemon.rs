@@ -58,6 +58,11 @@ impl Daemon {
         }
     }
 
+    /// What it printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
     /// Waits until stderr contains `text` `times` times; panics with the log after `timeout`.
     pub fn wait_for_log(&self, text: &str, times: usize, timeout: Duration) {
         self.wait_for(&self.stderr, text, times, timeout);

@@ -2,6 +2,8 @@
 
 mod daemon;
 mod demo;
+mod mosquitto;
+mod mqtt;
 mod parse;
 mod replay;
 mod run;

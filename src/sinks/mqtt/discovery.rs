@@ -1,0 +1,214 @@
+//! Home Assistant MQTT discovery: one device per meter, one sensor entity per register or
+//! instantaneous value, with the device and state classes and units the energy dashboard
+//! needs (ecosystem.md). Pure: entities in, retained config messages out.
+
+use std::collections::BTreeMap;
+
+use p1guard_conduct::{Granularity, Kind, SinkRecord};
+use serde_json::{Value, json};
+
+use super::topics::{Message, dsmr_reader_name, state_topic, topic_level, values};
+use crate::config::TopicLayout;
+
+/// How Home Assistant should treat one value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entity {
+    /// Shown in Home Assistant.
+    pub name: &'static str,
+    /// `energy`, `power`, ... or none.
+    pub device_class: Option<&'static str>,
+    /// `total_increasing` for counters, `measurement` for instantaneous values.
+    pub state_class: Option<&'static str>,
+    /// The unit, as Home Assistant spells it.
+    pub unit: Option<&'static str>,
+}
+
+const fn entity(
+    name: &'static str,
+    device_class: Option<&'static str>,
+    state_class: Option<&'static str>,
+    unit: Option<&'static str>,
+) -> Entity {
+    Entity {
+        name,
+        device_class,
+        state_class,
+        unit,
+    }
+}
+
+const ENERGY: (Option<&str>, Option<&str>, Option<&str>) =
+    (Some("energy"), Some("total_increasing"), Some("kWh"));
+const POWER: (Option<&str>, Option<&str>, Option<&str>) =
+    (Some("power"), Some("measurement"), Some("W"));
+const VOLTAGE: (Option<&str>, Option<&str>, Option<&str>) =
+    (Some("voltage"), Some("measurement"), Some("V"));
+const CURRENT: (Option<&str>, Option<&str>, Option<&str>) =
+    (Some("current"), Some("measurement"), Some("A"));
+
+/// The entity of a record field (the names of the record JSON), or `None` for a field
+/// Home Assistant gets no sensor for.
+pub fn entity_of(kind: Kind, field: &str) -> Option<Entity> {
+    let (name, (device_class, state_class, unit)) = match (kind, field) {
+        (Kind::Gas, "volume_m3") => ("Gas", (Some("gas"), Some("total_increasing"), Some("m³"))),
+        (Kind::Water, "volume_m3") => (
+            "Water",
+            (Some("water"), Some("total_increasing"), Some("m³")),
+        ),
+        (Kind::Heat, "energy_gj") => (
+            "Heat",
+            (Some("energy"), Some("total_increasing"), Some("GJ")),
+        ),
+        (Kind::Electricity, field) => match field {
+            "energy_import_kwh" => ("Energy import", ENERGY),
+            "energy_import_t1_kwh" => ("Energy import tariff 1", ENERGY),
+            "energy_import_t2_kwh" => ("Energy import tariff 2", ENERGY),
+            "energy_export_kwh" => ("Energy export", ENERGY),
+            "energy_export_t1_kwh" => ("Energy export tariff 1", ENERGY),
+            "energy_export_t2_kwh" => ("Energy export tariff 2", ENERGY),
+            "power_import_w" => ("Power import", POWER),
+            "power_export_w" => ("Power export", POWER),
+            "power_import_l1_w" => ("Power import L1", POWER),
+            "power_import_l2_w" => ("Power import L2", POWER),
+            "power_import_l3_w" => ("Power import L3", POWER),
+            "power_export_l1_w" => ("Power export L1", POWER),
+            "power_export_l2_w" => ("Power export L2", POWER),
+            "power_export_l3_w" => ("Power export L3", POWER),
+            "voltage_l1_v" => ("Voltage L1", VOLTAGE),
+            "voltage_l2_v" => ("Voltage L2", VOLTAGE),
+            "voltage_l3_v" => ("Voltage L3", VOLTAGE),
+            "current_l1_a" => ("Current L1", CURRENT),
+            "current_l2_a" => ("Current L2", CURRENT),
+            "current_l3_a" => ("Current L3", CURRENT),
+            "tariff" => ("Tariff", (None, None, None)),
+            "power_failures" => ("Power failures", (None, Some("total_increasing"), None)),
+            "long_power_failures" => (
+                "Long power failures",
+                (None, Some("total_increasing"), None),
+            ),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some(entity(name, device_class, state_class, unit))
+}
+
+/// Where discovery configs go and what their entities point at.
+#[derive(Debug, Clone)]
+pub struct Discovery {
+    /// Home Assistant's discovery prefix, `homeassistant` by default.
+    pub prefix: String,
+    /// The sink's topic prefix.
+    pub state_prefix: String,
+    /// The sink's layout: where the state of an entity is.
+    pub layout: TopicLayout,
+    /// The availability topic (the client's Last Will).
+    pub availability: String,
+    /// Every config published so far, by topic: published again when Home Assistant
+    /// restarts or the connection is new.
+    configs: BTreeMap<String, Vec<u8>>,
+}
+
+impl Discovery {
+    /// No entity announced yet.
+    pub fn new(
+        prefix: String,
+        state_prefix: String,
+        layout: TopicLayout,
+        availability: String,
+    ) -> Discovery {
+        Discovery {
+            prefix,
+            state_prefix,
+            layout,
+            availability,
+            configs: BTreeMap::new(),
+        }
+    }
+
+    /// The topic Home Assistant announces its restarts on.
+    pub fn status_topic(&self) -> String {
+        format!("{}/status", self.prefix)
+    }
+
+    /// Appends the config of every entity of `record` not announced before. Only live
+    /// records make entities: they are the ones Home Assistant shows.
+    pub fn announce(&mut self, record: &SinkRecord<'_>, out: &mut Vec<Message>) {
+        let r = record.record();
+        if r.granularity != Granularity::Live {
+            return;
+        }
+        let meter = topic_level(&record.meter().to_string());
+        for field in values(record).keys() {
+            let object = format!("{}_{field}", r.kind.name());
+            let topic = format!("{}/sensor/p1guard_{meter}/{object}/config", self.prefix);
+            if self.configs.contains_key(&topic) {
+                continue;
+            }
+            let Some(config) = self.config(&meter, r.kind, field) else {
+                continue;
+            };
+            let payload = config.to_string().into_bytes();
+            self.configs.insert(topic.clone(), payload.clone());
+            out.push(Message::retained(topic, payload));
+        }
+    }
+
+    /// Every config announced so far.
+    pub fn all(&self, out: &mut Vec<Message>) {
+        let configs = self.configs.iter();
+        out.extend(
+            configs.map(|(topic, payload)| Message::retained(topic.clone(), payload.clone())),
+        );
+    }
+
+    /// The config payload of one entity, or `None` for a field without one in this layout.
+    fn config(&self, meter: &str, kind: Kind, field: &str) -> Option<Value> {
+        let mut entity = entity_of(kind, field)?;
+        let (state_topic, value_template) = match self.layout {
+            TopicLayout::P1guard => (
+                state_topic(&self.state_prefix, meter, Granularity::Live, kind),
+                format!("{{{{ value_json.values.{field} }}}}"),
+            ),
+            TopicLayout::DsmrReader => {
+                let (name, factor) = dsmr_reader_name(kind, field)?;
+                if factor != 1.0 {
+                    entity.unit = Some("kW"); // dsmr-reader's power unit
+                }
+                let topic = format!("{}/json", self.state_prefix);
+                (topic, format!("{{{{ value_json.{name} }}}}"))
+            }
+        };
+        let mut config = json!({
+            "name": entity.name,
+            "unique_id": format!("p1guard_{meter}_{}_{field}", kind.name()),
+            "state_topic": state_topic,
+            "value_template": value_template,
+            "availability_topic": self.availability,
+            "payload_available": "online",
+            "payload_not_available": "offline",
+            "device": {
+                "identifiers": [format!("p1guard_{meter}")],
+                "name": format!("Smart meter {meter}"),
+                "model": "DSMR P1",
+                "manufacturer": "p1guard",
+            },
+            "origin": {
+                "name": "p1guard",
+                "sw_version": env!("CARGO_PKG_VERSION"),
+            },
+        });
+        let fields = config.as_object_mut().expect("an object");
+        let optional = [
+            ("device_class", entity.device_class),
+            ("state_class", entity.state_class),
+            ("unit_of_measurement", entity.unit),
+        ];
+        for (key, value) in optional {
+            if let Some(value) = value {
+                fields.insert(key.to_owned(), Value::String(value.to_owned()));
+            }
+        }
+        Some(config)
+    }
+}

@@ -1,0 +1,320 @@
+//! Records published to an MQTT broker, QoS 1 and retained, with a Last Will that marks
+//! the sink `offline` and Home Assistant discovery on live sinks.
+//!
+//! A write returns only once the broker has acknowledged every message of it. The session
+//! is clean, so nothing depends on the broker remembering it: if the connection drops first,
+//! the write fails and the whole batch is published again on the next connection (records
+//! are retained and idempotent, so a repeat is harmless). Until then the batch waits in the
+//! sink's bounded queue, which back-pressures the pipeline; a durable outbox can take that
+//! queue's place without changing this contract.
+
+mod discovery;
+mod topics;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use p1guard_conduct::SinkRecord;
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, Outgoing, QoS};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use self::discovery::Discovery;
+use self::topics::{Layout, Message};
+use super::Sink;
+use crate::backoff::Backoff;
+use crate::config::{Broker, TopicLayout};
+
+/// How long a write waits for a connection before failing (and being retried).
+const CONNECT_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a write waits for the broker's next acknowledgement before failing.
+const ACK_WAIT: Duration = Duration::from_secs(60);
+
+/// Publishes handed to the client at once; the rest wait for acknowledgements.
+const REQUEST_CAPACITY: usize = 1024;
+
+/// Unacknowledged publishes on the wire.
+const INFLIGHT: u16 = 512;
+
+/// What the connection task reports to the sink.
+#[derive(Debug)]
+enum Delivery {
+    /// A new connection (a clean session).
+    Connected,
+    /// The connection dropped; whatever was not acknowledged is not delivered.
+    Lost(String),
+    /// A publish went out with this packet id.
+    Sent(u16),
+    /// The broker acknowledged this packet id.
+    Acked(u16),
+    /// Home Assistant (re)started: its discovery configs should be published again.
+    HomeAssistantOnline,
+}
+
+/// An MQTT sink's settings, from the configuration.
+#[derive(Debug, Clone)]
+pub struct MqttSettings {
+    /// The broker.
+    pub broker: Broker,
+    /// Topic prefix.
+    pub prefix: String,
+    /// Topic layout.
+    pub layout: TopicLayout,
+    /// Home Assistant's discovery prefix, when discovery is on.
+    pub discovery_prefix: Option<String>,
+}
+
+/// Publishes records; see the module documentation for the delivery contract.
+pub struct MqttSink {
+    client: AsyncClient,
+    deliveries: mpsc::UnboundedReceiver<Delivery>,
+    connection: JoinHandle<()>,
+    connected: bool,
+    /// A new connection or a Home Assistant restart: availability and every discovery
+    /// config go out with the next write.
+    announce_all: bool,
+    layout: Layout,
+    availability: String,
+    discovery: Option<Discovery>,
+    outgoing: Vec<Message>,
+}
+
+impl MqttSink {
+    /// Starts connecting in the background; writes wait for the connection.
+    pub fn connect(name: &str, settings: MqttSettings) -> anyhow::Result<MqttSink> {
+        let MqttSettings {
+            broker,
+            prefix,
+            layout,
+            discovery_prefix,
+        } = settings;
+        let availability = format!("{prefix}/status");
+        let mut options = crate::broker::options(&broker)?;
+        options
+            .set_clean_session(true)
+            .set_inflight(INFLIGHT)
+            .set_request_channel_capacity(REQUEST_CAPACITY)
+            .set_last_will(LastWill::new(
+                &availability,
+                "offline",
+                QoS::AtLeastOnce,
+                true,
+            ));
+        let (client, events) = AsyncClient::new(options, REQUEST_CAPACITY);
+        let discovery = discovery_prefix
+            .map(|p| Discovery::new(p, prefix.clone(), layout, availability.clone()));
+        let status = discovery.as_ref().map(Discovery::status_topic);
+        let (report, deliveries) = mpsc::unbounded_channel();
+        let address = broker.describe();
+        let connection = tokio::spawn(run_connection(
+            name.to_owned(),
+            address,
+            events,
+            report,
+            status,
+        ));
+        Ok(MqttSink {
+            client,
+            deliveries,
+            connection,
+            connected: false,
+            announce_all: true,
+            layout: Layout::new(layout, prefix),
+            availability,
+            discovery,
+            outgoing: Vec::new(),
+        })
+    }
+
+    /// Takes the connection task's news that needs no waiting.
+    fn take_news(&mut self) {
+        while let Ok(delivery) = self.deliveries.try_recv() {
+            self.note(delivery);
+        }
+    }
+
+    fn note(&mut self, delivery: Delivery) {
+        match delivery {
+            Delivery::Connected => {
+                self.connected = true;
+                self.announce_all = true;
+            }
+            Delivery::Lost(_) => self.connected = false,
+            Delivery::HomeAssistantOnline => self.announce_all = true,
+            // Late news of a failed write's messages: nothing waits for them any more.
+            Delivery::Sent(_) | Delivery::Acked(_) => {}
+        }
+    }
+
+    /// Waits until connected, or fails after [`CONNECT_WAIT`].
+    async fn await_connection(&mut self) -> anyhow::Result<()> {
+        self.take_news();
+        let deadline = tokio::time::Instant::now() + CONNECT_WAIT;
+        while !self.connected {
+            match tokio::time::timeout_at(deadline, self.deliveries.recv()).await {
+                Ok(Some(delivery)) => self.note(delivery),
+                Ok(None) => bail!("the MQTT connection task has stopped"),
+                Err(_) => bail!("not connected to the broker"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts availability, Home Assistant's subscription and every discovery config in
+    /// front of `self.outgoing` when the connection is new or Home Assistant restarted.
+    async fn announce(&mut self) -> anyhow::Result<()> {
+        if !self.announce_all {
+            return Ok(());
+        }
+        let mut first = vec![Message::retained(self.availability.clone(), "online")];
+        if let Some(discovery) = &self.discovery {
+            self.client
+                .subscribe(discovery.status_topic(), QoS::AtLeastOnce)
+                .await
+                .context("subscribing to Home Assistant's status")?;
+            discovery.all(&mut first);
+        }
+        self.outgoing.splice(0..0, first);
+        self.announce_all = false;
+        Ok(())
+    }
+
+    /// Publishes `self.outgoing` and waits until the broker has acknowledged all of it.
+    async fn publish_outgoing(&mut self) -> anyhow::Result<()> {
+        let total = self.outgoing.len();
+        let mut messages = std::mem::take(&mut self.outgoing).into_iter().peekable();
+        let mut handed = 0;
+        let mut sent = 0;
+        let mut waiting = HashSet::new();
+        let result = loop {
+            while let Some(message) = messages.peek() {
+                let published = self.client.try_publish(
+                    message.topic.as_str(),
+                    QoS::AtLeastOnce,
+                    message.retain,
+                    message.payload.clone(),
+                );
+                if published.is_err() {
+                    break; // the client's queue is full: wait for acknowledgements
+                }
+                messages.next();
+                handed += 1;
+            }
+            if sent == total && waiting.is_empty() {
+                break Ok(());
+            }
+            let delivery = match tokio::time::timeout(ACK_WAIT, self.deliveries.recv()).await {
+                Ok(Some(delivery)) => delivery,
+                Ok(None) => break Err(anyhow::anyhow!("the MQTT connection task has stopped")),
+                Err(_) => {
+                    break Err(anyhow::anyhow!(
+                        "the broker acknowledged nothing for {ACK_WAIT:?}"
+                    ));
+                }
+            };
+            match delivery {
+                Delivery::Sent(pkid) if sent < handed => {
+                    sent += 1;
+                    waiting.insert(pkid);
+                }
+                Delivery::Acked(pkid) => {
+                    waiting.remove(&pkid);
+                }
+                Delivery::Lost(error) => {
+                    self.connected = false;
+                    break Err(anyhow::anyhow!(
+                        "connection lost before the broker acknowledged: {error}"
+                    ));
+                }
+                other => self.note(other),
+            }
+        };
+        self.outgoing.clear();
+        result
+    }
+}
+
+impl Sink for MqttSink {
+    async fn write(&mut self, records: &[SinkRecord<'_>]) -> anyhow::Result<()> {
+        self.await_connection().await?;
+        self.outgoing.clear();
+        if let Some(discovery) = &mut self.discovery {
+            for record in records {
+                discovery.announce(record, &mut self.outgoing);
+            }
+        }
+        self.layout.messages(records, &mut self.outgoing);
+        self.announce().await?;
+        if self.outgoing.is_empty() {
+            return Ok(());
+        }
+        self.publish_outgoing().await
+    }
+
+    /// Marks the sink `offline` (what the Last Will would say) and disconnects.
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        let result = async {
+            self.await_connection().await?;
+            self.outgoing.clear();
+            self.outgoing
+                .push(Message::retained(self.availability.clone(), "offline"));
+            self.publish_outgoing().await
+        }
+        .await;
+        let _ = self.client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.connection).await;
+        self.connection.abort();
+        result
+    }
+}
+
+/// Polls the client's event loop: reconnects with backoff and reports what the sink waits
+/// for. `status` is Home Assistant's status topic, when discovery is on.
+async fn run_connection(
+    name: String,
+    address: String,
+    mut events: EventLoop,
+    report: mpsc::UnboundedSender<Delivery>,
+    status: Option<String>,
+) {
+    let mut backoff = Backoff::reconnect();
+    let mut failures = crate::log_limit::LogLimit::per_minute();
+    loop {
+        let delivery = match events.poll().await {
+            Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                tracing::info!(sink = %name, %address, "connected");
+                backoff.reset();
+                Delivery::Connected
+            }
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Delivery::Sent(pkid),
+            Ok(Event::Incoming(Incoming::PubAck(ack))) => Delivery::Acked(ack.pkid),
+            Ok(Event::Incoming(Incoming::Publish(message)))
+                if Some(message.topic.as_str()) == status.as_deref()
+                    && message.payload.as_ref() == b"online" =>
+            {
+                tracing::info!(sink = %name, "Home Assistant is online: publishing discovery again");
+                Delivery::HomeAssistantOnline
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(ConnectionError::RequestsDone) => {
+                return;
+            }
+            Ok(_) => continue,
+            Err(error) => {
+                let delay = backoff.next_delay();
+                if let Some(suppressed) = failures.allow(std::time::Instant::now()) {
+                    tracing::warn!(sink = %name, %address, suppressed, "MQTT connection lost or refused ({error}); retrying in {delay:?}");
+                }
+                if report.send(Delivery::Lost(error.to_string())).is_err() {
+                    return;
+                }
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+        };
+        if report.send(delivery).is_err() {
+            return;
+        }
+    }
+}

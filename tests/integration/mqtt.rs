@@ -1,0 +1,473 @@
+//! MQTT end to end against a real mosquitto: a fleet's telegrams in, records out, Home
+//! Assistant discovery, dsmr-reader's topics, and a broker restart that loses nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use p1guard_simulator::{MeterSpec, Simulator, Style};
+use serde_json::Value;
+
+use crate::daemon::{Daemon, count_after};
+use crate::mosquitto::{Mosquitto, Seen, Watcher, publish_all};
+use crate::scratch;
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A DSMR 5 meter with a gas meter, numbered `n`.
+fn meter(n: u64) -> MeterSpec {
+    MeterSpec {
+        style: Style::Dsmr5,
+        equipment_id: format!("E00530000123456{n:02}"),
+        gas_id: Some(format!("G00530000123456{n:02}")),
+        seed: n,
+    }
+}
+
+/// `count` telegrams of meter `n`, one second apart from `from`.
+fn telegrams(n: u64, from: &str, count: usize) -> Vec<Vec<u8>> {
+    let from: Timestamp = from.parse().unwrap();
+    let mut simulator = Simulator::new(
+        meter(n),
+        from,
+        from + jiff::SignedDuration::from_hours(24),
+        Vec::new(),
+    );
+    (0..count)
+        .map(|_| {
+            let mut telegram = Vec::new();
+            simulator.next_into(&mut telegram).expect("a telegram");
+            telegram
+        })
+        .collect()
+}
+
+/// Each telegram as one message on `p1/<n>/telegram`.
+fn messages(n: u64, telegrams: Vec<Vec<u8>>) -> Vec<(String, Vec<u8>)> {
+    telegrams
+        .into_iter()
+        .map(|t| (format!("p1/{n}/telegram"), t))
+        .collect()
+}
+
+/// The equipment id as the meter sends it: hex-encoded ASCII.
+fn sent_id(id: &str) -> String {
+    id.bytes().map(|b| format!("{b:02X}")).collect()
+}
+
+/// An MQTT source named `fleet` on `p1/+/telegram`, with `extra` settings.
+fn mqtt_source(broker: &Mosquitto, extra: &str) -> String {
+    format!(
+        r#"
+        [[sources]]
+        name = "fleet"
+        type = "mqtt"
+        url = "{}"
+        topic = "p1/+/telegram"
+        {extra}
+        "#,
+        broker.url()
+    )
+}
+
+#[test]
+fn a_fleet_over_mqtt_survives_a_broker_restart_without_losing_a_record() {
+    let dir = scratch("mqtt-restart");
+    let mut broker = Mosquitto::start(&dir);
+    let watcher = Watcher::start(broker.port, "watcher", &["records/#"]);
+    let config = format!(
+        r#"
+        [consent]
+        default = "live"
+        {source}
+        [[sinks]]
+        name = "broker"
+        type = "mqtt"
+        url = "{url}"
+        prefix = "records"
+        max_granularity = "live"
+
+        [[sinks]]
+        type = "stdout"
+        max_granularity = "live"
+        "#,
+        // mosquitto 2.0.11 forgets a shared subscription's members when it restarts, so
+        // this source subscribes on its own (the sharing test covers `$share`).
+        source = mqtt_source(&broker, ""),
+        url = broker.url(),
+    );
+    let daemon = Daemon::start(&dir, &config);
+    daemon.wait_for_log("subscribed to p1/+/telegram", 1, PATIENCE);
+
+    // Before the restart: two meters, one message holding two telegrams back to back, and
+    // a telegram cut in half (counted, skipped, the rest still read).
+    let mut one = telegrams(1, "2026-06-01T10:00:00Z", 20);
+    let later = one.split_off(10);
+    let mut first = messages(1, one);
+    let mut two = telegrams(2, "2026-06-01T10:00:00Z", 12);
+    let cut = two.pop().unwrap();
+    let pair = two.split_off(8).concat();
+    first.extend(messages(2, two));
+    first.push(("p1/2/telegram".into(), pair));
+    first.push(("p1/2/telegram".into(), cut[..cut.len() / 2].to_vec()));
+    publish_all(broker.port, "meters", first);
+    daemon.wait_for_output(r#""granularity":"live","kind":"electricity""#, 21, PATIENCE);
+
+    broker.restart();
+    // After it: more of meter 1, which the source finds waiting in its persistent session
+    // even if it has not reconnected yet.
+    publish_all(broker.port, "meters", messages(1, later));
+    daemon.wait_for_output(r#""granularity":"live","kind":"electricity""#, 31, PATIENCE);
+    let finished = daemon.terminate();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    // A message taken just before the restart may come again (the broker had not yet heard
+    // it was taken): at least once, never lost.
+    assert!(
+        count_after(&finished.stderr, "source fleet:", "ok") >= 31,
+        "{}",
+        finished.stderr
+    );
+    assert!(count_after(&finished.stderr, "source fleet:", "parse_error") >= 1);
+
+    // Every record on stdout reached the broker's subscriber, in spite of the restart: the
+    // same JSON, on <prefix>/<meter>/<granularity>/<kind>. (A write cut by the restart is
+    // published again whole, so a record may arrive twice; none may be missing.)
+    let records: BTreeSet<String> = finished
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        records.len(),
+        finished
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .count()
+    );
+    let published = |seen: &[Seen]| -> BTreeSet<String> {
+        seen.iter()
+            .filter(|s| s.topic != "records/status")
+            .map(|s| s.payload.clone())
+            .collect()
+    };
+    let seen = watcher.wait_until(PATIENCE, |seen| published(seen).is_superset(&records));
+    assert_eq!(
+        published(&seen),
+        records,
+        "nothing but the records was published"
+    );
+    for message in seen.iter().filter(|s| s.topic != "records/status") {
+        let record: Value = serde_json::from_str(&message.payload).unwrap();
+        let expected = format!(
+            "records/{}/{}/{}",
+            record["meter"].as_str().unwrap(),
+            record["granularity"].as_str().unwrap(),
+            record["kind"].as_str().unwrap()
+        );
+        assert_eq!(message.topic, expected);
+    }
+    // A pseudonymous sink: no meter id in any topic or payload.
+    for id in [
+        "E0053000012345601",
+        "E0053000012345602",
+        "G0053000012345601",
+    ] {
+        let id = sent_id(id);
+        assert!(
+            seen.iter()
+                .all(|s| !s.topic.contains(&id) && !s.payload.contains(&id))
+        );
+    }
+    // The sink said goodbye: availability is offline, as its Last Will would have said.
+    let status: Vec<_> = seen
+        .iter()
+        .filter(|s| s.topic == "records/status")
+        .collect();
+    assert_eq!(status.first().map(|s| s.payload.as_str()), Some("online"));
+    let watcher_latest = watcher.wait_until(PATIENCE, |seen| {
+        seen.iter()
+            .rev()
+            .find(|s| s.topic == "records/status")
+            .is_some_and(|s| s.payload == "offline")
+    });
+    assert!(!watcher_latest.is_empty());
+}
+
+/// Home Assistant's documented MQTT sensor schema, as far as p1guard uses it: the keys a
+/// sensor config may have, and for each device class the state classes and units it
+/// accepts (developers.home-assistant.io, "Sensor entity" and "MQTT sensor").
+mod home_assistant {
+    pub const SENSOR_KEYS: &[&str] = &[
+        "name",
+        "unique_id",
+        "state_topic",
+        "value_template",
+        "availability_topic",
+        "payload_available",
+        "payload_not_available",
+        "device",
+        "origin",
+        "device_class",
+        "state_class",
+        "unit_of_measurement",
+    ];
+    pub const STATE_CLASSES: &[&str] = &["measurement", "total", "total_increasing"];
+
+    /// The units a device class accepts, and whether it may be a `measurement`.
+    pub fn device_class(class: &str) -> Option<(&'static [&'static str], bool)> {
+        Some(match class {
+            "energy" => (
+                &[
+                    "J", "kJ", "MJ", "GJ", "mWh", "Wh", "kWh", "MWh", "GWh", "TWh", "cal", "kcal",
+                    "Mcal", "Gcal",
+                ],
+                false,
+            ),
+            "gas" => (&["L", "m³", "ft³", "CCF"], false),
+            "water" => (&["L", "gal", "m³", "ft³", "CCF"], false),
+            "power" => (&["mW", "W", "kW", "MW", "GW", "TW", "BTU/h"], true),
+            "voltage" => (&["µV", "mV", "V", "kV", "MV"], true),
+            "current" => (&["mA", "A"], true),
+            _ => return None,
+        })
+    }
+}
+
+#[test]
+fn home_assistant_discovery_and_dsmr_reader_topics_describe_what_is_published() {
+    let dir = scratch("mqtt-discovery");
+    let broker = Mosquitto::start(&dir);
+    let watcher = Watcher::start(
+        broker.port,
+        "watcher",
+        &["homeassistant/#", "home/#", "dsmr/#"],
+    );
+    let config = format!(
+        r#"
+        [consent]
+        default = "live"
+        {source}
+        [[sinks]]
+        name = "home-assistant"
+        type = "mqtt"
+        url = "{url}"
+        prefix = "home"
+        max_granularity = "live"
+        identity = "raw"
+
+        [[sinks]]
+        name = "dsmr"
+        type = "mqtt"
+        url = "{url}"
+        layout = "dsmr_reader"
+        prefix = "dsmr"
+        max_granularity = "live"
+        identity = "raw"
+        discovery = false
+
+        [[sinks]]
+        type = "stdout"
+        max_granularity = "live"
+        identity = "raw"
+        "#,
+        source = mqtt_source(&broker, ""),
+        url = broker.url(),
+    );
+    let daemon = Daemon::start(&dir, &config);
+    daemon.wait_for_log("subscribed to p1/+/telegram", 1, PATIENCE);
+    let mut meter = telegrams(1, "2026-06-01T10:04:58Z", 4).into_iter();
+    publish_all(
+        broker.port,
+        "meters",
+        messages(1, meter.by_ref().take(3).collect()),
+    );
+    daemon.wait_for_output(r#""granularity":"live""#, 3, PATIENCE);
+    let id = sent_id("E0053000012345601");
+    let state = format!("home/{id}/live/electricity");
+    watcher.wait_until(PATIENCE, |seen| {
+        seen.iter().filter(|s| s.topic == state).count() == 3
+            && seen
+                .iter()
+                .filter(|s| s.topic == "dsmr/reading/timestamp")
+                .count()
+                == 3
+    });
+    let latest = watcher.latest();
+
+    // The last live record of each kind, as stdout shows it.
+    let stdout = daemon.stdout();
+    let mut live: BTreeMap<String, Value> = BTreeMap::new();
+    for line in stdout
+        .lines()
+        .filter(|l| l.contains(r#""granularity":"live""#))
+    {
+        let record: Value = serde_json::from_str(line).unwrap();
+        live.insert(record["kind"].as_str().unwrap().to_owned(), record);
+    }
+    assert!(live.contains_key("electricity"), "{stdout}");
+
+    // One entity per value of each live record, under one device, each config valid.
+    let configs: BTreeMap<&str, Value> = latest
+        .iter()
+        .filter(|(topic, _)| topic.starts_with("homeassistant/"))
+        .map(|(topic, payload)| (topic.as_str(), serde_json::from_str(payload).unwrap()))
+        .collect();
+    let mut expected = BTreeSet::new();
+    for (kind, record) in &live {
+        for field in record["values"].as_object().unwrap().keys() {
+            expected.insert(format!(
+                "homeassistant/sensor/p1guard_{id}/{kind}_{field}/config"
+            ));
+        }
+    }
+    assert_eq!(
+        configs
+            .keys()
+            .map(|t| t.to_string())
+            .collect::<BTreeSet<_>>(),
+        expected
+    );
+    let mut unique_ids = BTreeSet::new();
+    for (topic, config) in &configs {
+        let config = config.as_object().unwrap();
+        for key in config.keys() {
+            assert!(
+                home_assistant::SENSOR_KEYS.contains(&key.as_str()),
+                "{topic}: {key}"
+            );
+        }
+        let text = |key: &str| config.get(key).and_then(Value::as_str);
+        assert!(
+            unique_ids.insert(text("unique_id").unwrap().to_owned()),
+            "{topic}"
+        );
+        assert!(text("name").is_some_and(|n| !n.is_empty()), "{topic}");
+        assert_eq!(
+            config["device"]["identifiers"],
+            serde_json::json!([format!("p1guard_{id}")])
+        );
+        assert!(config["device"]["name"].is_string());
+        assert_eq!(text("availability_topic"), Some("home/status"));
+        assert_eq!(text("payload_available"), Some("online"));
+        assert_eq!(text("payload_not_available"), Some("offline"));
+        if let Some(class) = text("state_class") {
+            assert!(
+                home_assistant::STATE_CLASSES.contains(&class),
+                "{topic}: {class}"
+            );
+        }
+        if let Some(class) = text("device_class") {
+            let (units, measurement) = home_assistant::device_class(class)
+                .unwrap_or_else(|| panic!("{topic}: device_class {class}"));
+            let unit = text("unit_of_measurement").unwrap_or_else(|| panic!("{topic}: no unit"));
+            assert!(units.contains(&unit), "{topic}: {unit} for {class}");
+            let state_class = text("state_class").unwrap();
+            assert!(measurement || state_class != "measurement", "{topic}");
+            if ["energy", "gas", "water"].contains(&class) {
+                assert_eq!(
+                    state_class, "total_increasing",
+                    "{topic}: the energy dashboard"
+                );
+            }
+        }
+        // The state topic holds the record, and the template names one of its values.
+        let state_topic = text("state_topic").unwrap();
+        let state: Value = serde_json::from_str(&latest[state_topic]).unwrap();
+        let template = text("value_template").unwrap();
+        let field = template
+            .strip_prefix("{{ value_json.values.")
+            .and_then(|t| t.strip_suffix(" }}"))
+            .unwrap_or_else(|| panic!("{topic}: {template}"));
+        assert!(
+            state["values"][field].is_number(),
+            "{topic}: {field} in {state}"
+        );
+        assert!(topic.ends_with(&format!("_{field}/config")));
+    }
+    let energy = &configs[format!(
+        "homeassistant/sensor/p1guard_{id}/electricity_energy_import_t1_kwh/config"
+    )
+    .as_str()];
+    assert_eq!(energy["device_class"], "energy");
+    assert_eq!(energy["unit_of_measurement"], "kWh");
+    let power = &configs
+        [format!("homeassistant/sensor/p1guard_{id}/electricity_power_import_w/config").as_str()];
+    assert_eq!(
+        (
+            power["device_class"].as_str(),
+            power["state_class"].as_str()
+        ),
+        (Some("power"), Some("measurement"))
+    );
+    assert_eq!(latest["home/status"], "online");
+
+    // dsmr-reader's topics carry the same last reading, in its units (kW for power).
+    let electricity = &live["electricity"]["values"];
+    let reading =
+        |field: &str| -> f64 { latest[&format!("dsmr/reading/{field}")].parse().unwrap() };
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+    assert!(close(
+        reading("electricity_delivered_1"),
+        electricity["energy_import_t1_kwh"].as_f64().unwrap()
+    ));
+    assert!(close(
+        reading("electricity_returned_2"),
+        electricity["energy_export_t2_kwh"].as_f64().unwrap()
+    ));
+    assert!(close(
+        reading("electricity_currently_delivered") * 1000.0,
+        electricity["power_import_w"].as_f64().unwrap()
+    ));
+    assert!(close(
+        reading("electricity_currently_returned") * 1000.0,
+        electricity["power_export_w"].as_f64().unwrap()
+    ));
+    assert!(close(
+        reading("phase_voltage_l1"),
+        electricity["voltage_l1_v"].as_f64().unwrap()
+    ));
+    assert!(close(
+        reading("phase_power_current_l2"),
+        electricity["current_l2_a"].as_f64().unwrap()
+    ));
+    let json: Value = serde_json::from_str(&latest["dsmr/json"]).unwrap();
+    assert_eq!(json["timestamp"], live["electricity"]["time"]);
+    assert!(close(
+        json["phase_currently_delivered_l1"].as_f64().unwrap() * 1000.0,
+        electricity["power_import_l1_w"].as_f64().unwrap()
+    ));
+    if let Some(gas) = live.get("gas") {
+        assert!(close(
+            reading("extra_device_delivered"),
+            gas["values"]["volume_m3"].as_f64().unwrap()
+        ));
+    }
+
+    // Home Assistant restarts: every config is published again (with the next write).
+    let announced = |seen: &[Seen]| {
+        seen.iter()
+            .filter(|s| s.topic.starts_with("homeassistant/sensor/"))
+            .count()
+    };
+    let before = announced(&watcher.seen());
+    publish_all(
+        broker.port,
+        "home-assistant",
+        vec![("homeassistant/status".into(), b"online".to_vec())],
+    );
+    daemon.wait_for_log("Home Assistant is online", 1, PATIENCE);
+    publish_all(broker.port, "meters", messages(1, meter.collect()));
+    let seen = watcher.wait_until(PATIENCE, |seen| announced(seen) >= before + configs.len());
+    assert_eq!(announced(&seen), before + configs.len());
+
+    let finished = daemon.terminate();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    watcher.wait_until(PATIENCE, |seen| {
+        seen.iter()
+            .rev()
+            .find(|s| s.topic == "home/status")
+            .is_some_and(|s| s.payload == "offline")
+    });
+}
