@@ -49,7 +49,7 @@ fn telegrams(count: usize) -> Vec<Vec<u8>> {
 }
 
 /// The test meter's telegrams from `from` to `to`, as `dir/capture.txt`.
-fn write_capture(dir: &Path, style: Style, from: &str, to: &str) -> std::path::PathBuf {
+pub(crate) fn write_capture(dir: &Path, style: Style, from: &str, to: &str) -> std::path::PathBuf {
     let capture = dir.join("capture.txt");
     let stream = p1guard_simulator::stream(meter(style), at(from), at(to), Vec::new());
     std::fs::write(&capture, stream).unwrap();
