@@ -223,6 +223,19 @@ fn timestamp(text: &str) -> jiff::Timestamp {
     text.parse().expect("an RFC 3339 time")
 }
 
+/// What VictoriaMetrics holds once it equals `expected`, or after [`PATIENCE`]: new
+/// series become searchable shortly after they are written. With the export's text.
+fn exported_as(server: &Server, expected: &Series) -> (Series, String) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (stored, text) = exported(server);
+        if stored == *expected || Instant::now() > deadline {
+            return (stored, text);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Everything VictoriaMetrics holds of the record measurements, and the export's text.
 fn exported(server: &Server) -> (Series, String) {
     http(server.address, "GET", "/internal/force_flush", "");
@@ -342,7 +355,7 @@ fn victoria_metrics_holds_every_record_through_both_write_apis() {
         &at_most_daily(&records),
         Some("daily_only"),
     ));
-    let (stored, text) = exported(&vm);
+    let (stored, text) = exported_as(&vm, &expected);
     assert_eq!(stored, expected);
     for id in METER_IDS {
         assert!(
@@ -381,7 +394,8 @@ fn records_wait_for_a_server_that_is_down_and_all_arrive() {
 
     let records = printed(&finished.stdout);
     assert_eq!(records.len(), 42, "{}", finished.stdout);
-    assert_eq!(exported(&vm).0, expected_series(&records, None));
+    let expected = expected_series(&records, None);
+    assert_eq!(exported_as(&vm, &expected).0, expected);
     assert!(
         !finished.stderr.contains("NOT WRITTEN"),
         "{}",
