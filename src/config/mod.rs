@@ -548,20 +548,21 @@ impl Validator<'_> {
                 SinkKind::Sqlite { path, retention }
             }
             raw::SinkKind::Stdout {} => SinkKind::Stdout,
-            raw::SinkKind::Influxdb {
-                api,
-                url,
-                org,
-                token,
-                buckets,
-                database,
-                retention_policies,
-                username,
-                password,
-                batch_records,
-                flush_interval_ms,
-                gzip,
-            } => {
+            raw::SinkKind::Influxdb(influx) => {
+                let raw::Influxdb {
+                    api,
+                    url,
+                    org,
+                    token,
+                    buckets,
+                    database,
+                    retention_policies,
+                    username,
+                    password,
+                    batch_records,
+                    flush_interval_ms,
+                    gzip,
+                } = *influx;
                 let problems_before = self.problems.len();
                 match reqwest::Url::parse(&url) {
                     Ok(parsed)
