@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, SinkKind};
 use crate::log_limit::LogLimit;
 use crate::metrics::{Metrics, Outcome};
-use crate::sinks::{self, Batch, MqttSettings, MqttSink, SqliteSink, StdoutSink};
+use crate::sinks::{
+    self, Batch, Batching, InfluxSink, MqttSettings, MqttSink, SqliteSink, StdoutSink,
+};
 use crate::sources::{self, Received};
 
 /// Frames waiting for the reduce task.
@@ -57,8 +59,15 @@ pub async fn run(
     let mut to_sinks = Vec::new();
     for (index, sink) in config.sinks.into_iter().enumerate() {
         let (batches, receiver) = mpsc::channel(BATCH_QUEUE);
+        let batching = match &sink.kind {
+            SinkKind::Influxdb(settings) => settings.batching,
+            SinkKind::Sqlite { .. } | SinkKind::Stdout | SinkKind::Mqtt { .. } => {
+                Batching::IMMEDIATE
+            }
+        };
         let feed = sinks::Feed {
             policy: sink.policy,
+            batching,
             batches: receiver,
             metrics: metrics.clone(),
             index,
@@ -92,6 +101,11 @@ pub async fn run(
                 let client = MqttSink::connect(&sink.name, settings)
                     .with_context(|| format!("sink {}", sink.name))?;
                 sink_tasks.spawn(sinks::drive(client, feed));
+            }
+            SinkKind::Influxdb(settings) => {
+                let influx = InfluxSink::new(settings)
+                    .with_context(|| format!("sink {}: setting up", sink.name))?;
+                sink_tasks.spawn(sinks::drive(influx, feed));
             }
         }
         to_sinks.push(batches);

@@ -7,7 +7,7 @@ use p1guard_conduct::{BillingCadence, Identity};
 use tokio_serial::{DataBits, Parity, StopBits};
 
 use crate::cli::CheckConfigArgs;
-use crate::config::{self, SinkKind, SourceKind, TopicLayout};
+use crate::config::{self, InfluxApi, SinkKind, SourceKind, TopicLayout};
 use crate::pace::Speed;
 
 pub fn run(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
@@ -103,6 +103,12 @@ pub fn run(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
                     .map_or(String::new(), |p| format!(", discovery under {p}/"));
                 format!(" on {}: {topics}{discovery}", broker.describe())
             }
+            SinkKind::Influxdb(influx) => match &influx.api {
+                InfluxApi::V2 { org, .. } => format!(" at {} (v2 API, org {org})", influx.url),
+                InfluxApi::V1 { database, .. } => {
+                    format!(" at {} (v1 API, database {database})", influx.url)
+                }
+            },
         };
         println!(
             "sink {} ({}){place}: up to {}, meters named by {}",

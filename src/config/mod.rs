@@ -7,8 +7,6 @@ mod env;
 mod raw;
 mod secret;
 
-pub use self::secret::Secret;
-
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::SocketAddr;
@@ -22,6 +20,9 @@ use toml::{Table, Value};
 use crate::consent::MeterLevels;
 use crate::decode::{CipherKeys, InputOptions};
 use crate::pace::Speed;
+use crate::sinks::Batching;
+
+pub use self::secret::Secret;
 
 /// A validated configuration.
 #[derive(Debug)]
@@ -166,6 +167,8 @@ pub enum SinkKind {
         /// Home Assistant's discovery prefix, if discovery configs are published.
         discovery_prefix: Option<String>,
     },
+    /// An InfluxDB server.
+    Influxdb(InfluxSettings),
 }
 
 /// Where an MQTT sink publishes records.
@@ -175,6 +178,44 @@ pub enum TopicLayout {
     P1guard,
     /// dsmr-reader's `dsmr/reading/<field>` and `dsmr/json`, for the scripts written for it.
     DsmrReader,
+}
+
+/// Where and how an InfluxDB sink writes.
+#[derive(Debug, Clone)]
+pub struct InfluxSettings {
+    /// The server, `http(s)://host:port`.
+    pub url: String,
+    /// Which write API, and where each granularity goes.
+    pub api: InfluxApi,
+    /// How records are gathered into requests.
+    pub batching: Batching,
+    /// Whether request bodies are gzipped.
+    pub gzip: bool,
+}
+
+/// An InfluxDB write API with its settings. Each granularity has its own bucket or
+/// retention policy (indexed like [`Granularity::ALL`]), so that the store's retention
+/// follows the code of conduct.
+#[derive(Debug, Clone)]
+pub enum InfluxApi {
+    /// `/api/v2/write`.
+    V2 {
+        /// The organisation.
+        org: String,
+        /// The API token, if the server wants one.
+        token: Option<Secret>,
+        /// Bucket per granularity.
+        buckets: [String; 4],
+    },
+    /// `/write`, InfluxDB 1.x's API.
+    V1 {
+        /// The database.
+        database: String,
+        /// Retention policy per granularity.
+        retention_policies: [String; 4],
+        /// Username and password for basic authentication.
+        credentials: Option<(String, Secret)>,
+    },
 }
 
 /// Every problem found in a configuration, one per line.
@@ -355,7 +396,7 @@ impl Validator<'_> {
                 path.as_deref()
                     .map_or("the default store".into(), Path::to_string_lossy),
             ),
-            SinkKind::Stdout | SinkKind::Mqtt { .. } => None,
+            SinkKind::Stdout | SinkKind::Mqtt { .. } | SinkKind::Influxdb(_) => None,
         });
         let stores: Vec<_> = stores.collect();
         let mut seen = BTreeSet::new();
@@ -664,6 +705,104 @@ impl Validator<'_> {
                     discovery_prefix,
                 }
             }
+            raw::SinkKind::Influxdb(influx) => {
+                let raw::Influxdb {
+                    api,
+                    url,
+                    org,
+                    token,
+                    buckets,
+                    database,
+                    retention_policies,
+                    username,
+                    password,
+                    batch_records,
+                    flush_interval_ms,
+                    gzip,
+                } = *influx;
+                let problems_before = self.problems.len();
+                match reqwest::Url::parse(&url) {
+                    Ok(parsed)
+                        if matches!(parsed.scheme(), "http" | "https")
+                            && parsed.host().is_some() => {}
+                    _ => self.problem(at, format!("url {url:?}: expected http(s)://host:port")),
+                }
+                let mut secret = |what: &str, secret: Option<secret::SecretRef>| {
+                    let resolved = secret?.resolve();
+                    resolved
+                        .map_err(|e| self.problem(at, format!("{what}: {e}")))
+                        .ok()
+                };
+                let token = secret("token", token);
+                let password = secret("password", password);
+                let api = match api.as_str() {
+                    "v2" => {
+                        let v1_only = [
+                            ("database", database.is_some()),
+                            ("retention_policies", !retention_policies.is_empty()),
+                            ("username", username.is_some()),
+                            ("password", password.is_some()),
+                        ];
+                        self.only_with(at, "v1", v1_only);
+                        if org.as_deref().is_none_or(str::is_empty) {
+                            self.problem(at, "api v2 needs an org");
+                        }
+                        let buckets =
+                            self.names(at, "buckets", buckets, |g| format!("p1guard_{g}"));
+                        let org = org.unwrap_or_default();
+                        Some(InfluxApi::V2 {
+                            org,
+                            token,
+                            buckets,
+                        })
+                    }
+                    "v1" => {
+                        let v2_only = [
+                            ("org", org.is_some()),
+                            ("token", token.is_some()),
+                            ("buckets", !buckets.is_empty()),
+                        ];
+                        self.only_with(at, "v2", v2_only);
+                        let database = database.unwrap_or_else(|| "p1guard".into());
+                        if database.is_empty() {
+                            self.problem(at, "database is empty");
+                        }
+                        let retention_policies =
+                            self.names(at, "retention_policies", retention_policies, str::to_owned);
+                        let credentials = match (username, password) {
+                            (Some(username), Some(password)) => Some((username, password)),
+                            (None, None) => None,
+                            _ => {
+                                self.problem(at, "username and password go together");
+                                None
+                            }
+                        };
+                        Some(InfluxApi::V1 {
+                            database,
+                            retention_policies,
+                            credentials,
+                        })
+                    }
+                    other => {
+                        self.problem(at, format!("api {other:?}: expected v2 or v1"));
+                        None
+                    }
+                };
+                if batch_records == Some(0) {
+                    self.problem(at, "batch_records must be positive");
+                }
+                let batching = Batching {
+                    max_records: batch_records.unwrap_or(5000),
+                    max_wait: Duration::from_millis(flush_interval_ms.unwrap_or(1000)),
+                };
+                let api = api.filter(|_| self.problems.len() == problems_before)?;
+                SinkKind::Influxdb(InfluxSettings {
+                    url,
+                    api,
+                    batching,
+                    gzip: gzip.unwrap_or(true),
+                })
+            }
         };
         let name = sink.name.unwrap_or_else(|| kind.type_name().to_owned());
         Some(SinkConfig { name, policy, kind })
@@ -719,6 +858,35 @@ impl Validator<'_> {
             tls,
             client_id,
             credentials,
+        })
+    }
+
+    /// Notes each present setting of `settings` as belonging to the other `api`.
+    fn only_with<const N: usize>(&mut self, at: &str, api: &str, settings: [(&str, bool); N]) {
+        for (key, present) in settings {
+            if present {
+                self.problem(at, format!("{key} is a setting of api {api}"));
+            }
+        }
+    }
+
+    /// A name per granularity (indexed like [`Granularity::ALL`]): `named`'s, else
+    /// `default`'s.
+    fn names(
+        &mut self,
+        at: &str,
+        key: &str,
+        mut named: std::collections::BTreeMap<Granularity, String>,
+        default: impl Fn(&str) -> String,
+    ) -> [String; 4] {
+        Granularity::ALL.map(|granularity| {
+            let name = named
+                .remove(&granularity)
+                .unwrap_or_else(|| default(granularity.name()));
+            if name.is_empty() {
+                self.problem(at, format!("{key}.{granularity}: empty"));
+            }
+            name
         })
     }
 }
@@ -813,12 +981,13 @@ impl SourceKind {
 }
 
 impl SinkKind {
-    /// `sqlite` or `stdout`.
+    /// `sqlite`, `stdout` or `influxdb`.
     pub fn type_name(&self) -> &'static str {
         match self {
             SinkKind::Sqlite { .. } => "sqlite",
             SinkKind::Stdout => "stdout",
             SinkKind::Mqtt { .. } => "mqtt",
+            SinkKind::Influxdb(_) => "influxdb",
         }
     }
 }
@@ -991,5 +1160,173 @@ mod tests {
         let config = parse(text, vars).unwrap();
         assert_eq!(config.sinks[0].policy.ceiling(), Granularity::QuarterHour);
         assert_eq!(config.consent.default_level(), Level::None);
+    }
+
+    #[test]
+    fn influxdb_sinks_take_their_api_settings_and_defaults() {
+        let dir = std::env::temp_dir().join(format!("p1guard-influx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (token, password) = (dir.join("token"), dir.join("password"));
+        std::fs::write(&token, "t0ken\n").unwrap();
+        std::fs::write(&password, "s3cret").unwrap();
+        let text = format!(
+            r#"
+            [[sources]]
+            type = "tcp"
+            address = "192.0.2.7:8088"
+
+            [[sinks]]
+            name = "cloud"
+            type = "influxdb"
+            api = "v2"
+            url = "https://influx.example:8086"
+            org = "energy"
+            token = {{ file = {:?} }}
+            buckets = {{ daily = "days" }}
+            max_granularity = "daily"
+
+            [[sinks]]
+            name = "home"
+            type = "influxdb"
+            api = "v1"
+            url = "http://127.0.0.1:8086"
+            username = "p1"
+            password = {{ file = {:?} }}
+            retention_policies = {{ live = "a_week" }}
+            batch_records = 100
+            flush_interval_ms = 0
+            gzip = false
+            max_granularity = "live"
+            "#,
+            token.display().to_string(),
+            password.display().to_string()
+        );
+        let config = parse(&text, no_env()).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+        let SinkKind::Influxdb(cloud) = &config.sinks[0].kind else {
+            panic!("influxdb expected");
+        };
+        assert_eq!(cloud.url, "https://influx.example:8086");
+        assert!(cloud.gzip);
+        assert_eq!(
+            cloud.batching,
+            Batching {
+                max_records: 5000,
+                max_wait: Duration::from_secs(1)
+            }
+        );
+        let InfluxApi::V2 {
+            org,
+            token,
+            buckets,
+        } = &cloud.api
+        else {
+            panic!("v2 expected");
+        };
+        assert_eq!(org, "energy");
+        assert_eq!(token.as_ref().map(Secret::expose), Some("t0ken"));
+        assert_eq!(
+            buckets,
+            &[
+                "p1guard_billing",
+                "days",
+                "p1guard_quarter_hour",
+                "p1guard_live"
+            ]
+        );
+        let SinkKind::Influxdb(home) = &config.sinks[1].kind else {
+            panic!("influxdb expected");
+        };
+        assert!(!home.gzip);
+        assert_eq!(
+            home.batching,
+            Batching {
+                max_records: 100,
+                max_wait: Duration::ZERO
+            }
+        );
+        let InfluxApi::V1 {
+            database,
+            retention_policies,
+            credentials,
+        } = &home.api
+        else {
+            panic!("v1 expected");
+        };
+        assert_eq!(database, "p1guard");
+        assert_eq!(
+            retention_policies,
+            &["billing", "daily", "quarter_hour", "a_week"]
+        );
+        let (username, password) = credentials.as_ref().expect("credentials");
+        assert_eq!((username.as_str(), password.expose()), ("p1", "s3cret"));
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("t0ken") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn influxdb_settings_are_checked() {
+        let problems = parse(
+            r#"
+            [[sources]]
+            type = "tcp"
+            address = "192.0.2.7:8088"
+
+            [[sinks]]
+            type = "influxdb"
+            api = "v2"
+            url = "influx.example:8086"
+            database = "p1guard"
+            batch_records = 0
+            max_granularity = "daily"
+
+            [[sinks]]
+            type = "influxdb"
+            api = "v1"
+            url = "ftp://influx.example"
+            org = "energy"
+            username = "p1"
+            retention_policies = { daily = "" }
+            max_granularity = "daily"
+
+            [[sinks]]
+            type = "influxdb"
+            api = "v3"
+            url = "http://influx.example"
+            max_granularity = "daily"
+
+            [[sinks]]
+            type = "influxdb"
+            api = "v2"
+            url = "http://influx.example"
+            org = "energy"
+            bucket = "p1guard"
+            max_granularity = "daily"
+            "#,
+            no_env(),
+        )
+        .unwrap_err();
+        let text = problems.to_string();
+        for expected in [
+            "sinks[0]: url \"influx.example:8086\": expected http(s)://host:port",
+            "sinks[0]: database is a setting of api v1",
+            "sinks[0]: api v2 needs an org",
+            "sinks[0]: batch_records must be positive",
+            "sinks[1]: url \"ftp://influx.example\": expected http(s)://host:port",
+            "sinks[1]: org is a setting of api v2",
+            "sinks[1]: retention_policies.daily: empty",
+            "sinks[1]: username and password go together",
+            "sinks[2]: api \"v3\": expected v2 or v1",
+            "sinks[3]: unknown field `bucket`",
+        ] {
+            assert!(
+                text.contains(expected),
+                "{expected:?} missing from:\n{text}"
+            );
+        }
+        assert_eq!(problems.0.len(), 10, "{text}");
     }
 }

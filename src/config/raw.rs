@@ -177,6 +177,8 @@ pub enum SinkKind {
         /// absent.
         ca_file: Option<PathBuf>,
     },
+    /// An InfluxDB server (or another that speaks its write API).
+    Influxdb(Box<Influxdb>),
 }
 
 /// The connection settings MQTT sources and sinks share, gathered after reading.
@@ -191,4 +193,37 @@ pub struct Connection {
     pub password: Option<SecretRef>,
     /// The CA's PEM file.
     pub ca_file: Option<PathBuf>,
+}
+
+/// `[[sinks]]` `type = "influxdb"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Influxdb {
+    /// `v2` (`/api/v2/write`, buckets) or `v1` (`/write`, database and retention
+    /// policies).
+    pub api: String,
+    /// `http://host:port` or `https://...`.
+    pub url: String,
+    /// v2: the organisation.
+    pub org: Option<String>,
+    /// v2: the API token; none for a server without authentication.
+    pub token: Option<SecretRef>,
+    /// v2: granularity -> bucket; `p1guard_<granularity>` where absent.
+    #[serde(default)]
+    pub buckets: BTreeMap<Granularity, String>,
+    /// v1: the database; `p1guard` if absent.
+    pub database: Option<String>,
+    /// v1: granularity -> retention policy; the granularity's name where absent.
+    #[serde(default)]
+    pub retention_policies: BTreeMap<Granularity, String>,
+    /// v1: basic authentication, with `password`.
+    pub username: Option<String>,
+    /// v1: the password of `username`.
+    pub password: Option<SecretRef>,
+    /// Records per request; 5000 if absent.
+    pub batch_records: Option<usize>,
+    /// How long a record may wait for others to fill a request; 1000 ms if absent.
+    pub flush_interval_ms: Option<u64>,
+    /// Compress request bodies; on if absent.
+    pub gzip: Option<bool>,
 }

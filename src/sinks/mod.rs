@@ -6,6 +6,7 @@
 //! dead store cannot keep SIGTERM from ending the process. (A durable outbox, which keeps
 //! them across a restart, comes with the reliability work.)
 
+mod influx;
 mod mqtt;
 mod sqlite;
 mod stdout;
@@ -15,14 +16,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use p1guard_conduct::{Record, SinkPolicy, SinkRecord};
+use p1guard_conduct::{Granularity, Record, SinkPolicy, SinkRecord};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::log_limit::LogLimit;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SinkMetrics};
 
+pub use self::influx::InfluxSink;
 pub use self::mqtt::{MqttSettings, MqttSink};
 pub use self::sqlite::SqliteSink;
 pub use self::stdout::StdoutSink;
@@ -35,6 +37,9 @@ const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
 
 /// How long a failing sink keeps retrying once the process is stopping.
 const GRACE_AT_SHUTDOWN: Duration = Duration::from_secs(10);
+
+/// The longest wait between two attempts at a write, whatever a store asks for.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 
 /// A destination for records.
 pub trait Sink: Send + 'static {
@@ -54,10 +59,65 @@ pub trait Sink: Send + 'static {
     fn flush(&mut self) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
+/// When held records are written: once `max_records` are held, or `max_wait` after the
+/// first of them arrived, whichever comes first; the channel closing writes what is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// Records per write, at least 1; more held are written in several.
+    pub max_records: usize,
+    /// How long a record may wait for others.
+    pub max_wait: Duration,
+}
+
+impl Batching {
+    /// Each incoming batch written as it comes: for stores where a write is cheap.
+    pub const IMMEDIATE: Batching = Batching {
+        max_records: usize::MAX,
+        max_wait: Duration::ZERO,
+    };
+}
+
+/// A write the store refused for good (an HTTP 4xx other than 413 and 429): retrying cannot
+/// help, so the records are dropped, counted as not written, and the reason logged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("refused with status {status}: {message}")]
+pub struct Refused {
+    /// The HTTP status.
+    pub status: u16,
+    /// What the store said.
+    pub message: String,
+    /// The granularities whose records were refused; `None` for every record of the write
+    /// (a sink writing each granularity to its own place may be refused for some only).
+    pub granularities: Option<Vec<Granularity>>,
+}
+
+impl Refused {
+    fn covers(&self, granularity: Granularity) -> bool {
+        self.granularities
+            .as_ref()
+            .is_none_or(|refused| refused.contains(&granularity))
+    }
+}
+
+/// A write the store could not take now and said when to try again (429 or 503 with
+/// `Retry-After`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("status {status}, retry after {delay:?}: {message}")]
+pub struct RetryAfter {
+    /// The store's hint.
+    pub delay: Duration,
+    /// The HTTP status.
+    pub status: u16,
+    /// What the store said.
+    pub message: String,
+}
+
 /// What a sink's task is fed from, and reports to.
 pub struct Feed {
     /// The sink's ceiling and identity: the only way its records are seen.
     pub policy: SinkPolicy,
+    /// How records are gathered into writes.
+    pub batching: Batching,
     /// Batches from the reduce task.
     pub batches: mpsc::Receiver<Batch>,
     /// Where the sink's counters are.
@@ -68,67 +128,150 @@ pub struct Feed {
     pub shutdown: CancellationToken,
 }
 
-/// Feeds `sink` every batch of `feed` through its policy until the channel closes, then
-/// flushes it.
+/// Feeds `sink` every batch of `feed` through its policy, gathered as its batching says,
+/// until the channel closes; then writes what it holds and flushes it.
 pub async fn drive(mut sink: impl Sink, feed: Feed) {
     let Feed {
         policy,
+        batching,
         mut batches,
         metrics,
         index,
         shutdown,
     } = feed;
-    let counters = &metrics.sinks[index];
-    let name = &counters.name;
+    let mut writer = Writer {
+        policy,
+        max_records: batching.max_records.max(1),
+        counters: &metrics.sinks[index],
+        shutdown,
+        failures: LogLimit::per_minute(),
+        refusals: LogLimit::per_minute(),
+        give_up_at: None,
+    };
+    let name = &writer.counters.name;
     let mut maintenance = tokio::time::interval(MAINTENANCE_EVERY);
-    let mut failures = LogLimit::per_minute();
-    let mut give_up_at = None;
+    // The batches whose admitted records wait to be written (records borrow from them).
+    let mut held: Vec<Batch> = Vec::new();
+    let mut held_records = 0;
+    let mut due = None;
     loop {
-        let batch = tokio::select! {
-            batch = batches.recv() => batch,
+        tokio::select! {
+            batch = batches.recv() => {
+                let Some(batch) = batch else { break };
+                writer.counters.queued.fetch_sub(1, Relaxed);
+                let admitted = batch.iter().filter(|r| policy.admit(r).is_some()).count();
+                if admitted > 0 {
+                    held.push(batch);
+                    held_records += admitted;
+                    due.get_or_insert(tokio::time::Instant::now() + batching.max_wait);
+                }
+            }
+            () = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {}
             _ = maintenance.tick() => {
                 if let Err(error) = sink.maintain().await {
                     tracing::warn!(sink = %name, "housekeeping failed: {error:#}");
                 }
                 continue;
             }
-        };
-        let Some(batch) = batch else { break };
-        counters.queued.fetch_sub(1, Relaxed);
-        let admitted: Vec<SinkRecord<'_>> = batch.iter().filter_map(|r| policy.admit(r)).collect();
-        if admitted.is_empty() {
-            continue;
         }
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
-        let written = loop {
-            let Err(error) = sink.write(&admitted).await else {
-                break true;
-            };
-            if shutdown.is_cancelled()
-                && Instant::now() >= *give_up_at.get_or_insert(Instant::now() + GRACE_AT_SHUTDOWN)
-            {
-                tracing::error!(sink = %name, records = admitted.len(), "stopping: records not written: {error:#}");
-                break false;
+        let is_due = due.is_some_and(|due| due <= tokio::time::Instant::now());
+        if held_records >= batching.max_records || is_due {
+            writer.write(&mut sink, &held).await;
+            held.clear();
+            held_records = 0;
+            due = None;
+        }
+    }
+    writer.write(&mut sink, &held).await;
+    if let Err(error) = sink.flush().await {
+        tracing::error!(sink = %name, "final flush failed: {error:#}");
+    }
+}
+
+/// How a write ended.
+enum Delivery {
+    /// Every record is stored.
+    Written,
+    /// The store refused (some of) them.
+    Refused(Refused),
+    /// The process is stopping and the store still failed after the grace period.
+    GivenUp,
+}
+
+/// Writes held records for [`drive`], retrying as the sink's errors say, and counts them.
+struct Writer<'m> {
+    policy: SinkPolicy,
+    max_records: usize,
+    counters: &'m SinkMetrics,
+    shutdown: CancellationToken,
+    failures: LogLimit,
+    refusals: LogLimit,
+    /// Set at the first failure after shutdown began: the end of the grace period.
+    give_up_at: Option<Instant>,
+}
+
+impl Writer<'_> {
+    /// Writes the admitted records of `batches`, at most `max_records` per write.
+    async fn write(&mut self, sink: &mut impl Sink, batches: &[Batch]) {
+        let admitted: Vec<SinkRecord<'_>> = batches
+            .iter()
+            .flat_map(|batch| batch.iter())
+            .filter_map(|r| self.policy.admit(r))
+            .collect();
+        for records in admitted.chunks(self.max_records) {
+            let delivery = self.deliver(sink, records).await;
+            for record in records {
+                let granularity = record.record().granularity;
+                let written = match &delivery {
+                    Delivery::Written => true,
+                    Delivery::Refused(refused) => !refused.covers(granularity),
+                    Delivery::GivenUp => false,
+                };
+                let tally = if written {
+                    &self.counters.records
+                } else {
+                    &self.counters.lost
+                };
+                tally[granularity as usize].fetch_add(1, Relaxed);
             }
-            let delay = backoff.next_delay();
-            if let Some(suppressed) = failures.allow(Instant::now()) {
+        }
+    }
+
+    /// Writes `records` until the sink succeeds or refuses them, or the grace period at
+    /// shutdown is over.
+    async fn deliver(&mut self, sink: &mut impl Sink, records: &[SinkRecord<'_>]) -> Delivery {
+        let name = &self.counters.name;
+        let mut backoff = Backoff::new(Duration::from_millis(100), MAX_RETRY_DELAY);
+        loop {
+            let Err(error) = sink.write(records).await else {
+                return Delivery::Written;
+            };
+            if let Some(refused) = error.downcast_ref::<Refused>() {
+                if let Some(suppressed) = self.refusals.allow(Instant::now()) {
+                    tracing::error!(sink = %name, suppressed, records = records.len(), "records dropped, the store {refused}");
+                }
+                return Delivery::Refused(refused.clone());
+            }
+            if self.shutdown.is_cancelled()
+                && Instant::now()
+                    >= *self
+                        .give_up_at
+                        .get_or_insert(Instant::now() + GRACE_AT_SHUTDOWN)
+            {
+                tracing::error!(sink = %name, records = records.len(), "stopping: records not written: {error:#}");
+                return Delivery::GivenUp;
+            }
+            let mut delay = backoff.next_delay();
+            if let Some(hint) = error.downcast_ref::<RetryAfter>() {
+                delay = delay.max(hint.delay).min(MAX_RETRY_DELAY);
+            }
+            if let Some(suppressed) = self.failures.allow(Instant::now()) {
                 tracing::warn!(sink = %name, suppressed, "write failed, retrying in {delay:?}: {error:#}");
             }
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                () = shutdown.cancelled(), if !shutdown.is_cancelled() => {}
+                () = self.shutdown.cancelled(), if !self.shutdown.is_cancelled() => {}
             }
-        };
-        let tally = if written {
-            &counters.records
-        } else {
-            &counters.lost
-        };
-        for record in &admitted {
-            tally[record.record().granularity as usize].fetch_add(1, Relaxed);
         }
-    }
-    if let Err(error) = sink.flush().await {
-        tracing::error!(sink = %name, "final flush failed: {error:#}");
     }
 }

@@ -2,6 +2,7 @@
 
 mod daemon;
 mod demo;
+mod influx;
 mod mosquitto;
 mod mqtt;
 mod parse;

@@ -49,7 +49,7 @@ fn telegrams(count: usize) -> Vec<Vec<u8>> {
 }
 
 /// The test meter's telegrams from `from` to `to`, as `dir/capture.txt`.
-fn write_capture(dir: &Path, style: Style, from: &str, to: &str) -> std::path::PathBuf {
+pub(crate) fn write_capture(dir: &Path, style: Style, from: &str, to: &str) -> std::path::PathBuf {
     let capture = dir.join("capture.txt");
     let stream = p1guard_simulator::stream(meter(style), at(from), at(to), Vec::new());
     std::fs::write(&capture, stream).unwrap();
@@ -550,6 +550,8 @@ fn the_example_configs_are_valid() {
         let output = Command::new(env!("CARGO_BIN_EXE_p1guard"))
             .args(["check-config", path.to_str().unwrap()])
             .current_dir(root)
+            // Secrets are read when the configuration is checked: supplier.toml's token.
+            .env("INFLUX_TOKEN", "example-token")
             .output()
             .unwrap();
         assert!(

@@ -64,8 +64,9 @@ pub struct MeterRef {
 }
 
 impl MeterRef {
-    /// The meter `raw`, sharing the reducer's copy of the id.
-    pub(crate) fn new(raw: Arc<[u8]>, key: &IdentityKey) -> MeterRef {
+    /// The meter `raw`, sharing the reducer's copy of the id. Public so that stores can
+    /// test with records of their own; the raw id still only leaves through a policy.
+    pub fn new(raw: Arc<[u8]>, key: &IdentityKey) -> MeterRef {
         let pseudonym = key.pseudonym(&raw);
         MeterRef { raw, pseudonym }
     }

@@ -37,7 +37,7 @@ pub use crate::consent::{Consent, Timeline};
 pub use crate::identity::{Identity, IdentityKey, MeterRef, Pseudonym};
 pub use crate::level::{Granularity, Level, UnknownName};
 pub use crate::record::{
-    Clock, Kind, LiveValues, Milli, PhaseValues, Quality, Record, Registers, Values,
+    Clock, Field, Kind, LiveValues, Milli, PhaseValues, Quality, Record, Registers, Values,
 };
 pub use crate::reducer::{Counters, MaxGaps, Reducer, ReducerConfig};
 pub use crate::sink::{MeterName, PolicyError, SinkPolicy, SinkRecord};

@@ -203,49 +203,72 @@ const PHASE_FIELDS: [[&str; 4]; 3] = [
     ],
 ];
 
+/// One of a record's values, as stores receive it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Field {
+    /// A reading in its unit (kWh, m3, GJ, W, V, A).
+    Float(f64),
+    /// A count or code: the tariff in force, power failures.
+    Count(u32),
+}
+
+impl Record {
+    /// Calls `f` with each present value and its field name, in the order of the record
+    /// JSON's `values` object; every store names and types values through this one list.
+    pub fn try_for_each_value<E>(
+        &self,
+        mut f: impl FnMut(&'static str, Field) -> Result<(), E>,
+    ) -> Result<(), E> {
+        match &self.values {
+            Values::Mbus(milli) => {
+                let name = match self.kind {
+                    Kind::Heat => "energy_gj",
+                    _ => "volume_m3",
+                };
+                f(name, Field::Float(milli_to_f64(*milli)))
+            }
+            Values::Electricity { registers, live } => {
+                for (name, milli) in registers.fields() {
+                    f(name, Field::Float(milli_to_f64(milli)))?;
+                }
+                let Some(live) = live else { return Ok(()) };
+                let mut float = |name, v: Option<f64>| match v {
+                    Some(v) => f(name, Field::Float(v)),
+                    None => Ok(()),
+                };
+                float("power_import_w", live.power_import_w)?;
+                float("power_export_w", live.power_export_w)?;
+                for (phase, names) in live.phases.iter().zip(PHASE_FIELDS) {
+                    float(names[0], phase.power_import_w)?;
+                    float(names[1], phase.power_export_w)?;
+                    float(names[2], phase.voltage_v)?;
+                    float(names[3], phase.current_a)?;
+                }
+                let counts = [
+                    ("tariff", live.tariff),
+                    ("power_failures", live.power_failures),
+                    ("long_power_failures", live.long_power_failures),
+                ];
+                for (name, count) in counts {
+                    if let Some(count) = count {
+                        f(name, Field::Count(count))?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 struct ValuesJson<'a>(&'a Record);
 
 impl Serialize for ValuesJson<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(None)?;
-        match &self.0.values {
-            Values::Mbus(milli) => {
-                let name = match self.0.kind {
-                    Kind::Heat => "energy_gj",
-                    _ => "volume_m3",
-                };
-                map.serialize_entry(name, &milli_to_f64(*milli))?;
-            }
-            Values::Electricity { registers, live } => {
-                for (name, milli) in registers.fields() {
-                    map.serialize_entry(name, &milli_to_f64(milli))?;
-                }
-                if let Some(live) = live {
-                    let mut float = |name: &str, v: Option<f64>| match v {
-                        Some(v) => map.serialize_entry(name, &v),
-                        None => Ok(()),
-                    };
-                    float("power_import_w", live.power_import_w)?;
-                    float("power_export_w", live.power_export_w)?;
-                    for (phase, names) in live.phases.iter().zip(PHASE_FIELDS) {
-                        float(names[0], phase.power_import_w)?;
-                        float(names[1], phase.power_export_w)?;
-                        float(names[2], phase.voltage_v)?;
-                        float(names[3], phase.current_a)?;
-                    }
-                    let counts = [
-                        ("tariff", live.tariff),
-                        ("power_failures", live.power_failures),
-                        ("long_power_failures", live.long_power_failures),
-                    ];
-                    for (name, count) in counts {
-                        if let Some(count) = count {
-                            map.serialize_entry(name, &count)?;
-                        }
-                    }
-                }
-            }
-        }
+        self.0.try_for_each_value(|name, value| match value {
+            Field::Float(v) => map.serialize_entry(name, &v),
+            Field::Count(n) => map.serialize_entry(name, &n),
+        })?;
         map.end()
     }
 }

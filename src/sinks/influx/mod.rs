@@ -1,0 +1,286 @@
+//! InfluxDB: records as line protocol, each granularity into its own bucket (v2 API) or
+//! retention policy (v1 API), so that the store's retention follows the code of conduct.
+//! Failed requests are sorted the way Telegraf sorts them: 413 splits the body in halves,
+//! 429 and 503 are retried (after the server's `Retry-After` where it can be read), any
+//! other 4xx is refused for good, and everything else is retried. Writing a series and
+//! timestamp again overwrites it, so a retried write that was partly stored is harmless.
+
+mod line_protocol;
+mod v1;
+mod v2;
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use p1guard_conduct::{Granularity, SinkRecord};
+use reqwest::header::{CONTENT_ENCODING, HeaderMap, HeaderValue};
+
+use self::v1::V1;
+use self::v2::V2;
+use super::{Refused, RetryAfter, Sink};
+use crate::config::{InfluxApi, InfluxSettings};
+
+/// How long one request may take before it counts as failed (and is retried).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The longest server message kept for a log line.
+const MESSAGE_LIMIT: usize = 300;
+
+/// An InfluxDB server, through its v1 or v2 write API.
+pub struct InfluxSink {
+    api: Api,
+    /// Bucket (v2) or retention policy (v1) of each granularity, indexed like
+    /// [`Granularity::ALL`].
+    targets: [String; 4],
+    gzip: bool,
+    lines: String,
+}
+
+enum Api {
+    V1(V1),
+    V2(V2),
+}
+
+/// Why a request failed, before Telegraf's rules sort it.
+#[derive(Debug)]
+enum SendError {
+    /// The server answered with an error status.
+    Status {
+        status: u16,
+        retry_after: Option<String>,
+        message: String,
+    },
+    /// No answer (connection refused, timeout, TLS), or no body to send.
+    Other(anyhow::Error),
+}
+
+/// What to do about an error status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// The body was too large: write each half.
+    Split,
+    /// Retrying cannot help: drop the records.
+    Refuse,
+    /// Retry, waiting at least this long.
+    RetryAfter(Duration),
+    /// Retry with the usual backoff.
+    Retry,
+}
+
+/// Telegraf's rules for a failed write's `status` and `Retry-After` header (its seconds
+/// form; an HTTP date is not honoured and the backoff applies).
+fn verdict(status: u16, retry_after: Option<&str>) -> Verdict {
+    match status {
+        413 => Verdict::Split,
+        429 | 503 => match retry_after.and_then(|s| s.trim().parse::<u64>().ok()) {
+            Some(seconds) => Verdict::RetryAfter(Duration::from_secs(seconds)),
+            None => Verdict::Retry,
+        },
+        400..=499 => Verdict::Refuse,
+        _ => Verdict::Retry,
+    }
+}
+
+/// A server message, trimmed and cut to [`MESSAGE_LIMIT`] characters.
+fn short(message: &str) -> String {
+    let message = message.trim();
+    match message.char_indices().nth(MESSAGE_LIMIT) {
+        Some((end, _)) => format!("{}...", &message[..end]),
+        None => message.to_owned(),
+    }
+}
+
+impl InfluxSink {
+    /// A sink for the server `settings` describe. Nothing is sent until the first write.
+    pub fn new(settings: InfluxSettings) -> anyhow::Result<InfluxSink> {
+        let mut headers = HeaderMap::new();
+        if settings.gzip {
+            headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        let builder = reqwest::Client::builder()
+            .default_headers(headers)
+            .timeout(REQUEST_TIMEOUT);
+        let (api, targets) = match settings.api {
+            InfluxApi::V1 {
+                database,
+                retention_policies,
+                credentials,
+            } => {
+                let client = builder.build().context("building the HTTP client")?;
+                let v1 = V1::new(client, &settings.url, database, credentials);
+                (Api::V1(v1), retention_policies)
+            }
+            InfluxApi::V2 {
+                org,
+                token,
+                buckets,
+            } => {
+                // The client sends no Authorization header for an empty token.
+                let token = token.as_ref().map_or("", |t| t.expose());
+                let v2 = V2::new(builder, &settings.url, org, token)?;
+                (Api::V2(v2), buckets)
+            }
+        };
+        Ok(InfluxSink {
+            api,
+            targets,
+            gzip: settings.gzip,
+            lines: String::new(),
+        })
+    }
+
+    /// Writes records of one granularity, halving on 413 down to single records.
+    async fn write_group(
+        &mut self,
+        target: usize,
+        records: &[SinkRecord<'_>],
+    ) -> Result<(), Failed> {
+        let mut parts = vec![records];
+        while let Some(part) = parts.pop() {
+            let (status, retry_after, message) = match self.send(target, part).await {
+                Ok(()) => continue,
+                Err(SendError::Other(error)) => return Err(Failed::Retry(error)),
+                Err(SendError::Status {
+                    status,
+                    retry_after,
+                    message,
+                }) => (status, retry_after, short(&message)),
+            };
+            match verdict(status, retry_after.as_deref()) {
+                Verdict::Split if part.len() > 1 => {
+                    let (first, second) = part.split_at(part.len() / 2);
+                    parts.extend([second, first]);
+                }
+                Verdict::Split | Verdict::Refuse => {
+                    return Err(Failed::Refused { status, message });
+                }
+                Verdict::RetryAfter(delay) => {
+                    let hint = RetryAfter {
+                        delay,
+                        status,
+                        message,
+                    };
+                    return Err(Failed::Retry(hint.into()));
+                }
+                Verdict::Retry => {
+                    return Err(Failed::Retry(anyhow::anyhow!("status {status}: {message}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One request with `records` into the bucket or retention policy `targets[target]`.
+    async fn send(&mut self, target: usize, records: &[SinkRecord<'_>]) -> Result<(), SendError> {
+        self.lines.clear();
+        for record in records {
+            line_protocol::encode(&mut self.lines, record);
+        }
+        let body = if self.gzip {
+            let mut encoder = GzEncoder::new(Vec::new(), Compression::fast());
+            encoder
+                .write_all(self.lines.as_bytes())
+                .and_then(|()| encoder.finish())
+                .context("compressing")
+                .map_err(SendError::Other)?
+        } else {
+            self.lines.as_bytes().to_vec()
+        };
+        let target = &self.targets[target];
+        match &self.api {
+            Api::V1(v1) => v1.send(target, body).await,
+            Api::V2(v2) => v2.send(target, body).await,
+        }
+    }
+}
+
+/// How writing one granularity's records failed.
+#[derive(Debug)]
+enum Failed {
+    /// Refused for good.
+    Refused { status: u16, message: String },
+    /// For [`super::drive`] to retry ([`RetryAfter`] among them).
+    Retry(anyhow::Error),
+}
+
+impl Sink for InfluxSink {
+    /// One request per granularity present (more if the server wants smaller bodies). A
+    /// granularity the server refuses does not keep the others from being written.
+    async fn write(&mut self, records: &[SinkRecord<'_>]) -> anyhow::Result<()> {
+        let mut refused: Option<Refused> = None;
+        let mut group = Vec::with_capacity(records.len());
+        for (target, granularity) in Granularity::ALL.into_iter().enumerate() {
+            group.clear();
+            group.extend(
+                records
+                    .iter()
+                    .filter(|r| r.record().granularity == granularity),
+            );
+            if group.is_empty() {
+                continue;
+            }
+            match self.write_group(target, &group).await {
+                Ok(()) => {}
+                Err(Failed::Refused { status, message }) => {
+                    let first = refused.get_or_insert(Refused {
+                        status,
+                        message,
+                        granularities: Some(Vec::new()),
+                    });
+                    first
+                        .granularities
+                        .get_or_insert_default()
+                        .push(granularity);
+                }
+                Err(Failed::Retry(error)) => {
+                    return Err(error.context(format!("writing {granularity} records")));
+                }
+            }
+        }
+        refused.map_or(Ok(()), |refused| Err(refused.into()))
+    }
+
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        Ok(()) // every write is a completed request
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_sorted_as_telegraf_sorts_them() {
+        let seconds = |s| Verdict::RetryAfter(Duration::from_secs(s));
+        let cases = [
+            (413, None, Verdict::Split),
+            (429, Some("7"), seconds(7)),
+            (503, Some(" 120 "), seconds(120)),
+            (429, None, Verdict::Retry),
+            // The date form is not read: the backoff applies.
+            (503, Some("Wed, 21 Oct 2026 07:28:00 GMT"), Verdict::Retry),
+            (400, None, Verdict::Refuse),
+            (401, Some("5"), Verdict::Refuse),
+            (404, None, Verdict::Refuse),
+            (500, None, Verdict::Retry),
+            (502, Some("5"), Verdict::Retry),
+        ];
+        for (status, retry_after, expected) in cases {
+            assert_eq!(
+                verdict(status, retry_after),
+                expected,
+                "{status} {retry_after:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_long_server_message_is_cut() {
+        assert_eq!(short("  not found\n"), "not found");
+        let long = "x".repeat(MESSAGE_LIMIT + 1);
+        assert_eq!(short(&long), format!("{}...", &long[..MESSAGE_LIMIT]));
+    }
+}
