@@ -8,6 +8,7 @@ mod mqtt;
 mod parse;
 mod replay;
 mod run;
+mod supplier;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

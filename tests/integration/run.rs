@@ -268,7 +268,7 @@ fn a_silent_tcp_source_reconnects_after_its_read_timeout() {
 }
 
 /// `GET path` on `address`, HTTP/1.1 with `Connection: close`; the whole response.
-fn http_get(address: std::net::SocketAddr, path: &str) -> String {
+pub(crate) fn http_get(address: std::net::SocketAddr, path: &str) -> String {
     use std::io::Read as _;
     let mut stream = std::net::TcpStream::connect(address).expect("the metrics endpoint accepts");
     write!(
