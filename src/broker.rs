@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rumqttc::{MqttOptions, TlsConfiguration, Transport};
+use rumqttc::{ConnectionError, MqttOptions, TlsConfiguration, Transport};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
 
@@ -65,4 +65,12 @@ fn tls_config(roots: &TlsRoots) -> anyhow::Result<rustls::ClientConfig> {
         .with_root_certificates(store)
         .with_no_client_auth();
     Ok(config)
+}
+
+/// A connection error in a user's words.
+pub fn describe(error: &ConnectionError) -> String {
+    match error {
+        ConnectionError::ConnectionRefused(code) => format!("refused by the broker: {code:?}"),
+        other => other.to_string(),
+    }
 }

@@ -835,6 +835,7 @@ impl Validator<'_> {
                 None
             }
         };
+        let password_given = password.is_some();
         let password = password.and_then(|p| {
             p.resolve()
                 .map_err(|e| self.problem(at, format!("password: {e}")))
@@ -843,12 +844,16 @@ impl Validator<'_> {
         let credentials = match (username, password) {
             (Some(user), Some(password)) => Some((user, password)),
             (None, None) => None,
+            // Already reported: the password could not be read.
+            (Some(_), None) if password_given => None,
             _ => {
                 self.problem(at, "username and password go together");
                 None
             }
         };
-        let client_id = client_id.unwrap_or_else(|| format!("p1guard-{name}"));
+        // The host in the default keeps workers that share a fleet from taking each other's
+        // session, and stays the same across restarts, as a persistent session needs.
+        let client_id = client_id.unwrap_or_else(|| format!("p1guard-{}-{name}", host_name()));
         if client_id.is_empty() || client_id.len() > 65_535 {
             self.problem(at, "client_id is empty or too long");
         }
@@ -889,6 +894,15 @@ impl Validator<'_> {
             name
         })
     }
+}
+
+/// This machine's name, for default MQTT client ids.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 /// `mqtt://host[:port]` or `mqtts://host[:port]` (an IPv6 host in brackets) as
@@ -1105,6 +1119,143 @@ mod tests {
             "sinks[1]: unknown field `colour`",
             "mqtt: unknown section",
             "metrics: listen \"everywhere\": expected address:port",
+        ] {
+            assert!(
+                text.contains(expected),
+                "{expected:?} missing from:\n{text}"
+            );
+        }
+        assert_eq!(problems.0.len(), 9, "{text}");
+    }
+
+    #[test]
+    fn mqtt_sources_and_sinks_take_a_broker_url_and_topics() {
+        let secret = std::env::temp_dir().join(format!("p1guard-broker-{}", std::process::id()));
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let config = parse(
+            &r#"
+            [[sources]]
+            name = "fleet"
+            type = "mqtt"
+            url = "mqtts://broker.example:8884"
+            topic = "p1/+/telegram"
+            shared_group = "workers"
+            client_id = "worker-1"
+            username = "p1guard"
+            password = { file = "SECRET" }
+
+            [[sinks]]
+            type = "mqtt"
+            url = "mqtt://[::1]"
+            max_granularity = "live"
+
+            [[sinks]]
+            name = "dsmr"
+            type = "mqtt"
+            url = "mqtt://localhost"
+            layout = "dsmr_reader"
+            prefix = "dsmr"
+            max_granularity = "daily"
+            "#
+            .replace("SECRET", &secret.to_string_lossy()),
+            no_env(),
+        )
+        .unwrap();
+        std::fs::remove_file(&secret).unwrap();
+        let SourceKind::Mqtt {
+            broker,
+            subscription,
+        } = &config.sources[0].kind
+        else {
+            panic!("{config:?}")
+        };
+        assert_eq!(subscription, "$share/workers/p1/+/telegram");
+        assert_eq!(
+            (broker.host.as_str(), broker.port),
+            ("broker.example", 8884)
+        );
+        assert_eq!(broker.tls, Some(TlsRoots::System));
+        assert_eq!(broker.client_id, "worker-1");
+        let (user, password) = broker.credentials.as_ref().unwrap();
+        assert_eq!((user.as_str(), password.expose()), ("p1guard", "s3cret"));
+        assert!(!format!("{config:?}").contains("s3cret"));
+
+        let SinkKind::Mqtt {
+            broker,
+            prefix,
+            layout,
+            discovery_prefix,
+        } = &config.sinks[0].kind
+        else {
+            panic!("{config:?}")
+        };
+        assert_eq!(
+            (broker.host.as_str(), broker.port, &broker.tls),
+            ("::1", 1883, &None)
+        );
+        assert_eq!(broker.client_id, format!("p1guard-{}-mqtt", host_name()));
+        assert_eq!(
+            (prefix.as_str(), *layout),
+            ("p1guard", TopicLayout::P1guard)
+        );
+        assert_eq!(
+            discovery_prefix.as_deref(),
+            Some("homeassistant"),
+            "on for a live sink"
+        );
+        let SinkKind::Mqtt {
+            layout,
+            discovery_prefix,
+            ..
+        } = &config.sinks[1].kind
+        else {
+            panic!("{config:?}")
+        };
+        assert_eq!(
+            (*layout, discovery_prefix),
+            (TopicLayout::DsmrReader, &None)
+        );
+    }
+
+    #[test]
+    fn mqtt_settings_are_checked() {
+        let problems = parse(
+            r#"
+            [[sources]]
+            type = "mqtt"
+            url = "tcp://broker:1883"
+            topic = "$share/g/p1/#"
+
+            [[sources]]
+            type = "mqtt"
+            url = "mqtt://broker:1883"
+            topic = "p1/#"
+            shared_group = "a/b"
+            ca_file = "/etc/ca.pem"
+            username = "p1guard"
+
+            [[sinks]]
+            type = "mqtt"
+            url = "mqtt://broker:port"
+            max_granularity = "daily"
+            discovery = true
+            layout = "homie"
+            prefix = "p1/#"
+            "#,
+            no_env(),
+        )
+        .unwrap_err();
+        let text = problems.to_string();
+        for expected in [
+            "sources[0]: url \"tcp://broker:1883\": expected mqtt://host[:port] or mqtts://host[:port]",
+            "sources[0]: topic \"$share/g/p1/#\": expected a topic filter (share it with shared_group)",
+            "sources[1]: ca_file needs an mqtts:// url",
+            "sources[1]: username and password go together",
+            "sources[1]: shared_group \"a/b\": expected a name without / + #",
+            "sinks[0]: url \"mqtt://broker:port\"",
+            "sinks[0]: prefix \"p1/#\"",
+            "sinks[0]: layout \"homie\"",
+            "sinks[0]: discovery needs max_granularity = \"live\"",
         ] {
             assert!(
                 text.contains(expected),

@@ -112,7 +112,7 @@ pub enum SourceKind {
         topic: String,
         /// Share the subscription with other workers of this group (`$share/<group>/...`).
         shared_group: Option<String>,
-        /// The session's client id; `p1guard-<name>` if absent.
+        /// The session's client id; `p1guard-<host>-<name>` if absent.
         client_id: Option<String>,
         /// User name for the broker.
         username: Option<String>,
@@ -167,7 +167,7 @@ pub enum SinkKind {
         discovery: Option<bool>,
         /// Home Assistant's discovery prefix; `homeassistant` if absent.
         discovery_prefix: Option<String>,
-        /// The client id; `p1guard-<name>` if absent.
+        /// The client id; `p1guard-<host>-<name>` if absent.
         client_id: Option<String>,
         /// User name for the broker.
         username: Option<String>,

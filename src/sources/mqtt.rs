@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, ConnectionError, Event, Incoming, QoS};
+use rumqttc::{AsyncClient, Event, Incoming, QoS};
 use tokio_util::sync::CancellationToken;
 
 use super::{Closed, Framing};
@@ -85,7 +85,7 @@ pub async fn run(
                 framing.set_connected(false);
                 let delay = backoff.next_delay();
                 if let Some(suppressed) = failures.allow(Instant::now()) {
-                    let error = describe(&error);
+                    let error = crate::broker::describe(&error);
                     tracing::warn!(source = %name, %address, suppressed, "MQTT connection lost or refused ({error}); retrying in {delay:?}");
                 }
                 tokio::select! {
@@ -108,12 +108,4 @@ pub async fn run(
     }
     framing.set_connected(false);
     Ok(())
-}
-
-/// A connection error in a user's words.
-fn describe(error: &ConnectionError) -> String {
-    match error {
-        ConnectionError::ConnectionRefused(code) => format!("refused by the broker: {code:?}"),
-        other => other.to_string(),
-    }
 }

@@ -23,31 +23,47 @@ pub fn free_port() -> u16 {
 /// A mosquitto broker, killed when dropped.
 pub struct Mosquitto {
     child: Option<Child>,
-    /// Where it listens, on 127.0.0.1.
+    /// Where it listens for anonymous clients, on 127.0.0.1.
     pub port: u16,
+    /// The second listener's port, if [`Mosquitto::start_with`] gave it settings.
+    pub secure_port: u16,
     config: PathBuf,
 }
 
 impl Mosquitto {
-    /// Starts a broker in `dir`, keeping sessions and queued messages across restarts.
+    /// Starts a broker in `dir` for anonymous clients, keeping sessions and queued messages
+    /// across restarts.
     pub fn start(dir: &Path) -> Mosquitto {
+        Mosquitto::start_with(dir, None)
+    }
+
+    /// Like [`Mosquitto::start`], with a second listener on [`Mosquitto::secure_port`]
+    /// whose `settings` (TLS files, authentication) are its own, while the test's clients
+    /// keep the anonymous one.
+    pub fn start_with(dir: &Path, secure: Option<&str>) -> Mosquitto {
         let port = free_port();
+        let secure_port = free_port();
         let config = dir.join("mosquitto.conf");
         let data = dir.join("mosquitto");
         std::fs::create_dir_all(&data).unwrap();
         // Started as root, mosquitto drops to its own user, which must still write here.
         std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o777))
             .unwrap();
+        let second = secure.map_or(String::new(), |settings| {
+            format!("listener {secure_port} 127.0.0.1\n{settings}")
+        });
         std::fs::write(
             &config,
             format!(
-                "listener {port} 127.0.0.1\n\
-                 allow_anonymous true\n\
+                "per_listener_settings true\n\
                  persistence true\n\
                  persistence_location {}/\n\
                  max_queued_messages 0\n\
                  log_dest stderr\n\
-                 log_type error\n",
+                 log_type error\n\
+                 listener {port} 127.0.0.1\n\
+                 allow_anonymous true\n\
+                 {second}",
                 data.display()
             ),
         )
@@ -55,6 +71,7 @@ impl Mosquitto {
         let mut broker = Mosquitto {
             child: None,
             port,
+            secure_port,
             config,
         };
         broker.spawn();

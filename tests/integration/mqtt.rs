@@ -471,3 +471,184 @@ fn home_assistant_discovery_and_dsmr_reader_topics_describe_what_is_published() 
             .is_some_and(|s| s.payload == "offline")
     });
 }
+
+#[test]
+fn workers_in_a_shared_group_split_a_fleet_between_them() {
+    let dir = scratch("mqtt-shared");
+    let broker = Mosquitto::start(&dir);
+    let worker = |name: &str| {
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = format!(
+            r#"
+            [consent]
+            default = "live"
+            {source}
+            [[sinks]]
+            type = "stdout"
+            max_granularity = "live"
+            "#,
+            source = mqtt_source(
+                &broker,
+                &format!("shared_group = \"workers\"\nclient_id = \"{name}\"")
+            ),
+        );
+        let daemon = Daemon::start(&dir, &config);
+        daemon.wait_for_log("subscribed to $share/workers/p1/+/telegram", 1, PATIENCE);
+        daemon
+    };
+    let (a, b) = (worker("worker-a"), worker("worker-b"));
+    let fleet: Vec<_> = (1..=10)
+        .flat_map(|n| messages(n, telegrams(n, "2026-06-01T10:00:00Z", 20)))
+        .collect();
+    publish_all(broker.port, "meters", fleet);
+
+    let live = r#""granularity":"live","kind":"electricity""#;
+    let taken = || a.stdout().matches(live).count() + b.stdout().matches(live).count();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while taken() < 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the workers took {} of 200",
+            taken()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (a, b) = (a.terminate(), b.terminate());
+    assert!(
+        a.status.success() && b.status.success(),
+        "{}\n{}",
+        a.stderr,
+        b.stderr
+    );
+    let records = |stdout: &str| -> BTreeSet<String> {
+        stdout
+            .lines()
+            .filter(|l| l.contains(live))
+            .map(str::to_owned)
+            .collect()
+    };
+    let (from_a, from_b) = (records(&a.stdout), records(&b.stdout));
+    assert!(
+        !from_a.is_empty() && !from_b.is_empty(),
+        "both workers took a share"
+    );
+    assert!(from_a.is_disjoint(&from_b), "no telegram went to both");
+    assert_eq!(from_a.len() + from_b.len(), 200);
+}
+
+/// A CA, and a certificate for 127.0.0.1 it signed, as PEM files in `dir`: (ca, cert, key).
+fn certificates(dir: &std::path::Path) -> [std::path::PathBuf; 3] {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let files = ["ca.pem", "server.pem", "server.key"].map(|name| dir.join(name));
+    std::fs::write(&files[0], ca.pem()).unwrap();
+    std::fs::write(&files[1], server.pem()).unwrap();
+    std::fs::write(&files[2], key.serialize_pem()).unwrap();
+    for file in &files {
+        // mosquitto reads them after dropping root.
+        std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+    }
+    files
+}
+
+#[test]
+fn tls_and_a_password_protect_both_ways_and_a_wrong_password_is_said_plainly() {
+    let dir = scratch("mqtt-tls");
+    let [ca, cert, key] = certificates(&dir);
+    let passwords = dir.join("passwords");
+    std::fs::write(&passwords, "p1guard:s3cret\n").unwrap();
+    std::fs::set_permissions(
+        &passwords,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let hashed =
+        std::process::Command::new(crate::daemon::require("mosquitto_passwd", "mosquitto"))
+            .arg("-U")
+            .arg(&passwords)
+            .status()
+            .unwrap();
+    assert!(hashed.success());
+    let broker = Mosquitto::start_with(
+        &dir,
+        Some(&format!(
+            "allow_anonymous false\npassword_file {}\ncafile {}\ncertfile {}\nkeyfile {}\n",
+            passwords.display(),
+            ca.display(),
+            cert.display(),
+            key.display()
+        )),
+    );
+    let watcher = Watcher::start(broker.port, "watcher", &["records/#"]);
+    let config = |password: &str| {
+        format!(
+            r#"
+            [consent]
+            default = "live"
+
+            [[sources]]
+            name = "fleet"
+            type = "mqtt"
+            url = "mqtts://127.0.0.1:{port}"
+            topic = "p1/+/telegram"
+            ca_file = {ca:?}
+            username = "p1guard"
+            password = {{ env = "BROKER_PASSWORD" }}
+
+            [[sinks]]
+            type = "mqtt"
+            url = "mqtts://127.0.0.1:{port}"
+            prefix = "records"
+            ca_file = {ca:?}
+            username = "p1guard"
+            password = {{ env = "BROKER_PASSWORD" }}
+            max_granularity = "live"
+
+            [[sinks]]
+            type = "stdout"
+            max_granularity = "live"
+            "#,
+            port = broker.secure_port,
+        )
+        .replace("BROKER_PASSWORD", password)
+    };
+
+    // A wrong password: the log says the broker refused, and why.
+    let wrong = Daemon::start_with_env(&dir, &config("WRONG"), &[("WRONG", "guess")]);
+    wrong.wait_for_log("refused by the broker", 2, PATIENCE);
+    assert!(wrong.terminate().status.success());
+
+    // The right one: telegrams in and records out, both over TLS.
+    let daemon = Daemon::start_with_env(&dir, &config("RIGHT"), &[("RIGHT", "s3cret")]);
+    daemon.wait_for_log("subscribed to p1/+/telegram", 1, PATIENCE);
+    publish_all(
+        broker.port,
+        "meters",
+        messages(1, telegrams(1, "2026-06-01T10:00:00Z", 5)),
+    );
+    daemon.wait_for_output(r#""granularity":"live","kind":"electricity""#, 5, PATIENCE);
+    let finished = daemon.terminate();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let records: BTreeSet<String> = finished
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(str::to_owned)
+        .collect();
+    let seen = watcher.wait_until(PATIENCE, |seen| {
+        records.iter().all(|r| seen.iter().any(|s| &s.payload == r))
+    });
+    assert!(
+        seen.iter()
+            .any(|s| s.topic == "records/status" && s.payload == "offline")
+    );
+}

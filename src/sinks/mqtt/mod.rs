@@ -253,10 +253,14 @@ impl Sink for MqttSink {
         self.publish_outgoing().await
     }
 
-    /// Marks the sink `offline` (what the Last Will would say) and disconnects.
+    /// Marks the sink `offline` (what the Last Will would say) and disconnects. Without a
+    /// connection there is nobody to tell, and nothing to wait for.
     async fn flush(&mut self) -> anyhow::Result<()> {
+        self.take_news();
         let result = async {
-            self.await_connection().await?;
+            if !self.connected {
+                return Ok(());
+            }
             self.outgoing.clear();
             self.outgoing
                 .push(Message::retained(self.availability.clone(), "offline"));
@@ -304,6 +308,7 @@ async fn run_connection(
             Err(error) => {
                 let delay = backoff.next_delay();
                 if let Some(suppressed) = failures.allow(std::time::Instant::now()) {
+                    let error = crate::broker::describe(&error);
                     tracing::warn!(sink = %name, %address, suppressed, "MQTT connection lost or refused ({error}); retrying in {delay:?}");
                 }
                 if report.send(Delivery::Lost(error.to_string())).is_err() {

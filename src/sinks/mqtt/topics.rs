@@ -169,3 +169,53 @@ pub fn dsmr_reader_fields(record: &SinkRecord<'_>) -> Map<String, Value> {
     }
     fields
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_meter_name_can_never_add_a_topic_level_or_a_wildcard() {
+        assert_eq!(topic_level("4530303533"), "4530303533");
+        assert_eq!(topic_level("E/+/#x y\u{e9}"), "E____x_y_");
+    }
+
+    #[test]
+    fn fields_are_renamed_and_scaled_as_dsmr_reader_names_them() {
+        let name = |kind, field| dsmr_reader_name(kind, field);
+        let renamed = |n: &str, f: f64| Some((n.to_owned(), f));
+        assert_eq!(
+            name(Kind::Electricity, "energy_import_t1_kwh"),
+            renamed("electricity_delivered_1", 1.0)
+        );
+        assert_eq!(
+            name(Kind::Electricity, "energy_export_t2_kwh"),
+            renamed("electricity_returned_2", 1.0)
+        );
+        assert_eq!(
+            name(Kind::Electricity, "power_import_w"),
+            renamed("electricity_currently_delivered", 0.001)
+        );
+        assert_eq!(
+            name(Kind::Electricity, "power_export_l3_w"),
+            renamed("phase_currently_returned_l3", 0.001)
+        );
+        assert_eq!(
+            name(Kind::Electricity, "voltage_l2_v"),
+            renamed("phase_voltage_l2", 1.0)
+        );
+        assert_eq!(
+            name(Kind::Electricity, "current_l1_a"),
+            renamed("phase_power_current_l1", 1.0)
+        );
+        assert_eq!(
+            name(Kind::Gas, "volume_m3"),
+            renamed("extra_device_delivered", 1.0)
+        );
+        // dsmr-reader has no field for these.
+        assert_eq!(name(Kind::Electricity, "energy_import_kwh"), None);
+        assert_eq!(name(Kind::Electricity, "tariff"), None);
+        assert_eq!(name(Kind::Electricity, "voltage_l4_v"), None);
+        assert_eq!(name(Kind::Water, "volume_m3"), None);
+    }
+}
