@@ -693,6 +693,12 @@ impl Validator<'_> {
                     }
                 };
                 let live = policy.ceiling() == Granularity::Live;
+                if layout == TopicLayout::DsmrReader && !live {
+                    self.problem(
+                        at,
+                        "layout dsmr_reader carries live readings only: it needs max_granularity = \"live\"",
+                    );
+                }
                 if discovery == Some(true) && !live {
                     self.problem(at, "discovery needs max_granularity = \"live\": Home Assistant shows live values");
                 }
@@ -1155,7 +1161,8 @@ mod tests {
             url = "mqtt://localhost"
             layout = "dsmr_reader"
             prefix = "dsmr"
-            max_granularity = "daily"
+            max_granularity = "live"
+            discovery = false
             "#
             .replace("SECRET", &secret.to_string_lossy()),
             no_env(),
@@ -1241,6 +1248,12 @@ mod tests {
             discovery = true
             layout = "homie"
             prefix = "p1/#"
+
+            [[sinks]]
+            type = "mqtt"
+            url = "mqtt://broker"
+            layout = "dsmr_reader"
+            max_granularity = "quarter_hour"
             "#,
             no_env(),
         )
@@ -1256,13 +1269,14 @@ mod tests {
             "sinks[0]: prefix \"p1/#\"",
             "sinks[0]: layout \"homie\"",
             "sinks[0]: discovery needs max_granularity = \"live\"",
+            "sinks[1]: layout dsmr_reader carries live readings only",
         ] {
             assert!(
                 text.contains(expected),
                 "{expected:?} missing from:\n{text}"
             );
         }
-        assert_eq!(problems.0.len(), 9, "{text}");
+        assert_eq!(problems.0.len(), 10, "{text}");
     }
 
     #[test]

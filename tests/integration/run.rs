@@ -552,6 +552,7 @@ fn the_example_configs_are_valid() {
             .current_dir(root)
             // Secrets are read when the configuration is checked: supplier.toml's token.
             .env("INFLUX_TOKEN", "example-token")
+            .env("MQTT_PASSWORD", "example-password")
             .output()
             .unwrap();
         assert!(
