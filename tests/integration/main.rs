@@ -71,3 +71,17 @@ fn sqlite_rows(path: &Path) -> Vec<Row> {
     });
     rows.expect("rows").map(|row| row.expect("a row")).collect()
 }
+
+/// `count` telegrams of `meter`, one interval apart from `from`, each on its own.
+fn telegrams(meter: p1guard_simulator::MeterSpec, from: &str, count: usize) -> Vec<Vec<u8>> {
+    let from: jiff::Timestamp = from.parse().unwrap();
+    let to = from + jiff::SignedDuration::from_hours(24);
+    let mut simulator = p1guard_simulator::Simulator::new(meter, from, to, Vec::new());
+    (0..count)
+        .map(|_| {
+            let mut telegram = Vec::new();
+            simulator.next_into(&mut telegram).expect("a telegram");
+            telegram
+        })
+        .collect()
+}

@@ -4,8 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use jiff::Timestamp;
-use p1guard_simulator::{MeterSpec, Simulator, Style};
+use p1guard_simulator::{MeterSpec, Style};
 use serde_json::Value;
 
 use crate::daemon::{Daemon, count_after};
@@ -26,20 +25,7 @@ fn meter(n: u64) -> MeterSpec {
 
 /// `count` telegrams of meter `n`, one second apart from `from`.
 fn telegrams(n: u64, from: &str, count: usize) -> Vec<Vec<u8>> {
-    let from: Timestamp = from.parse().unwrap();
-    let mut simulator = Simulator::new(
-        meter(n),
-        from,
-        from + jiff::SignedDuration::from_hours(24),
-        Vec::new(),
-    );
-    (0..count)
-        .map(|_| {
-            let mut telegram = Vec::new();
-            simulator.next_into(&mut telegram).expect("a telegram");
-            telegram
-        })
-        .collect()
+    crate::telegrams(meter(n), from, count)
 }
 
 /// Each telegram as one message on `p1/<n>/telegram`.

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use p1guard_simulator::{MeterSpec, Simulator, Style};
+use p1guard_simulator::{MeterSpec, Style};
 
 use crate::daemon::{Daemon, count_after, require, signal};
 use crate::{p1guard, scratch, sqlite_rows};
@@ -31,21 +31,9 @@ fn at(text: &str) -> Timestamp {
     text.parse().unwrap()
 }
 
-/// `count` telegrams of a DSMR 5 meter, one second apart, each on its own.
+/// `count` telegrams of the test's DSMR 5 meter, one second apart.
 fn telegrams(count: usize) -> Vec<Vec<u8>> {
-    let mut simulator = Simulator::new(
-        meter(Style::Dsmr5),
-        at("2026-06-01T10:00:00Z"),
-        at("2026-06-02T00:00:00Z"),
-        Vec::new(),
-    );
-    (0..count)
-        .map(|_| {
-            let mut telegram = Vec::new();
-            simulator.next_into(&mut telegram).expect("a telegram");
-            telegram
-        })
-        .collect()
+    crate::telegrams(meter(Style::Dsmr5), "2026-06-01T10:00:00Z", count)
 }
 
 /// The test meter's telegrams from `from` to `to`, as `dir/capture.txt`.
