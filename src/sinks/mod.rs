@@ -55,6 +55,18 @@ pub trait Sink: Send + 'static {
         async { Ok(()) }
     }
 
+    /// Resolves when the sink has work of its own between writes, such as announcing
+    /// itself on a new connection; [`drive`] then calls [`Sink::attend`]. Must be
+    /// cancel-safe: it races the next batch.
+    fn wants_attention(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::pending()
+    }
+
+    /// Does what [`Sink::wants_attention`] announced.
+    fn attend(&mut self) -> impl Future<Output = anyhow::Result<()>> + Send {
+        async { Ok(()) }
+    }
+
     /// Makes everything written durable before the process exits.
     fn flush(&mut self) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
@@ -170,6 +182,12 @@ pub async fn drive(mut sink: impl Sink, feed: Feed) {
             _ = maintenance.tick() => {
                 if let Err(error) = sink.maintain().await {
                     tracing::warn!(sink = %name, "housekeeping failed: {error:#}");
+                }
+                continue;
+            }
+            () = sink.wants_attention() => {
+                if let Err(error) = sink.attend().await {
+                    tracing::warn!(sink = %name, "{error:#}");
                 }
                 continue;
             }

@@ -253,6 +253,29 @@ impl Sink for MqttSink {
         self.publish_outgoing().await
     }
 
+    /// News from the connection: a new one, or Home Assistant restarting, is announced at
+    /// once rather than with the next write (which may be a quarter of an hour away).
+    async fn wants_attention(&mut self) {
+        loop {
+            match self.deliveries.recv().await {
+                Some(delivery) => self.note(delivery),
+                None => return std::future::pending().await,
+            }
+            if self.announce_all && self.connected {
+                return;
+            }
+        }
+    }
+
+    /// Publishes availability and the discovery configs.
+    async fn attend(&mut self) -> anyhow::Result<()> {
+        self.outgoing.clear();
+        self.announce().await?;
+        self.publish_outgoing()
+            .await
+            .context("announcing availability and discovery")
+    }
+
     /// Marks the sink `offline` (what the Last Will would say) and disconnects. Without a
     /// connection there is nobody to tell, and nothing to wait for.
     async fn flush(&mut self) -> anyhow::Result<()> {
