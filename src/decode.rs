@@ -106,6 +106,15 @@ impl Deframer {
         }
     }
 
+    /// Starts a new stream once everything of the last was taken, keeping the buffers.
+    pub fn reset(&mut self) {
+        if let Some((cipher_framer, _)) = &mut self.cipher {
+            *cipher_framer = CipherFramer::new();
+        }
+        self.framer.reset();
+        self.decrypt_errors.clear();
+    }
+
     /// Marks the end of the stream: a frame cut short is reported as truncated.
     pub fn finish(&mut self) {
         self.framer.finish();

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{SourceConfig, SourceKind};
-use crate::decode::{Deframer, InputOptions};
+use crate::decode::Deframer;
 use crate::log_limit::LogLimit;
 use crate::metrics::{Metrics, Outcome};
 
@@ -70,7 +70,6 @@ pub async fn run(
 /// counting and rate-limited logging of frames that fail to frame or decrypt.
 pub struct Framing {
     source: usize,
-    options: InputOptions,
     deframer: Deframer,
     frames: mpsc::Sender<Received>,
     metrics: Arc<Metrics>,
@@ -86,7 +85,6 @@ impl Framing {
     ) -> Framing {
         Framing {
             source,
-            options: config.input,
             deframer: Deframer::new(&config.input),
             frames,
             metrics,
@@ -133,7 +131,7 @@ impl Framing {
     pub async fn end_of_stream(&mut self) -> Result<(), Closed> {
         self.deframer.finish();
         let result = self.forward(&mut |_| None).await;
-        self.deframer = Deframer::new(&self.options);
+        self.deframer.reset();
         result
     }
 

@@ -115,6 +115,20 @@ impl Framer {
         }
     }
 
+    /// Starts a new stream, as a new framer would, but keeps the buffer's memory: for
+    /// sources whose every message holds whole telegrams (MQTT), framed one at a time.
+    /// Bytes discarded so far stay counted.
+    pub fn reset(&mut self) {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        *self = Framer {
+            config: self.config,
+            buf,
+            discarded: self.discarded,
+            ..Framer::default()
+        };
+    }
+
     /// Appends a chunk of the stream.
     pub fn push(&mut self, chunk: &[u8]) {
         if self.pos > 0 {
@@ -271,6 +285,31 @@ mod tests {
                 Ok((b"/B\r\n!".to_vec(), Some(0x0B9F))),
                 Ok((b"/C\r\n!".to_vec(), None)),
             ]
+        );
+    }
+
+    #[test]
+    fn after_a_reset_a_new_stream_frames_as_in_a_new_framer() {
+        let mut framer = Framer::new(FramerConfig::default());
+        framer.push(b"noise/A\r\n1-0:1.8.1(");
+        framer.finish();
+        assert_eq!(
+            framer.next_frame().map(|r| r.map_err(|e| e.kind).err()),
+            Some(Some(ErrorKind::Truncated))
+        );
+        assert!(framer.next_frame().is_none());
+        framer.reset();
+        framer.push(b"/B\r\n!0000\r\n");
+        let frame = framer.next_frame().unwrap().unwrap();
+        assert_eq!((frame.bytes(), frame.offset()), (&b"/B\r\n!"[..], 0));
+        assert!(
+            framer.next_frame().is_none(),
+            "not finished: nothing cut short"
+        );
+        assert_eq!(
+            framer.discarded_bytes(),
+            5,
+            "what the first stream discarded stays counted"
         );
     }
 
