@@ -20,9 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, SinkKind};
 use crate::log_limit::LogLimit;
 use crate::metrics::{Metrics, Outcome};
-use crate::sinks::{
-    self, Batch, Batching, InfluxSink, MqttSettings, MqttSink, SqliteSink, StdoutSink,
-};
+use crate::sinks::{self, Batch, Batching, InfluxSink, MqttSink, SqliteSink, StdoutSink};
 use crate::sources::{self, Received};
 
 /// Frames waiting for the reduce task.
@@ -61,9 +59,7 @@ pub async fn run(
         let (batches, receiver) = mpsc::channel(BATCH_QUEUE);
         let batching = match &sink.kind {
             SinkKind::Influxdb(settings) => settings.batching,
-            SinkKind::Sqlite { .. } | SinkKind::Stdout | SinkKind::Mqtt { .. } => {
-                Batching::IMMEDIATE
-            }
+            SinkKind::Sqlite { .. } | SinkKind::Stdout | SinkKind::Mqtt(_) => Batching::IMMEDIATE,
         };
         let feed = sinks::Feed {
             policy: sink.policy,
@@ -86,20 +82,9 @@ pub async fn run(
             SinkKind::Stdout => {
                 sink_tasks.spawn(sinks::drive(StdoutSink::new(), feed));
             }
-            SinkKind::Mqtt {
-                broker,
-                prefix,
-                layout,
-                discovery_prefix,
-            } => {
-                let settings = MqttSettings {
-                    broker,
-                    prefix,
-                    layout,
-                    discovery_prefix,
-                };
+            SinkKind::Mqtt(settings) => {
                 let client = MqttSink::connect(&sink.name, settings)
-                    .with_context(|| format!("sink {}", sink.name))?;
+                    .with_context(|| format!("sink {}: setting up", sink.name))?;
                 sink_tasks.spawn(sinks::drive(client, feed));
             }
             SinkKind::Influxdb(settings) => {

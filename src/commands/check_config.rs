@@ -7,7 +7,7 @@ use p1guard_conduct::{BillingCadence, Identity};
 use tokio_serial::{DataBits, Parity, StopBits};
 
 use crate::cli::CheckConfigArgs;
-use crate::config::{self, InfluxApi, SinkKind, SourceKind, TopicLayout};
+use crate::config::{self, InfluxApi, MqttSettings, SinkKind, SourceKind, TopicLayout};
 use crate::pace::Speed;
 
 pub fn run(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
@@ -88,12 +88,12 @@ pub fn run(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
             } => format!(" at {}", path.display()),
             SinkKind::Sqlite { path: None, .. } => " in the state directory".to_owned(),
             SinkKind::Stdout => String::new(),
-            SinkKind::Mqtt {
+            SinkKind::Mqtt(MqttSettings {
                 broker,
                 prefix,
                 layout,
                 discovery_prefix,
-            } => {
+            }) => {
                 let topics = match layout {
                     TopicLayout::P1guard => format!("{prefix}/<meter>/<granularity>/<kind>"),
                     TopicLayout::DsmrReader => "dsmr/reading/<field>, dsmr/json".to_owned(),

@@ -157,18 +157,22 @@ pub enum SinkKind {
     /// JSON lines on standard output.
     Stdout,
     /// Records published to an MQTT broker.
-    Mqtt {
-        /// The broker.
-        broker: Broker,
-        /// Topic prefix of records and availability.
-        prefix: String,
-        /// Which topics records go to.
-        layout: TopicLayout,
-        /// Home Assistant's discovery prefix, if discovery configs are published.
-        discovery_prefix: Option<String>,
-    },
+    Mqtt(MqttSettings),
     /// An InfluxDB server.
     Influxdb(InfluxSettings),
+}
+
+/// Where and how an MQTT sink publishes.
+#[derive(Debug, Clone)]
+pub struct MqttSettings {
+    /// The broker.
+    pub broker: Broker,
+    /// Topic prefix of records and availability.
+    pub prefix: String,
+    /// Which topics records go to.
+    pub layout: TopicLayout,
+    /// Home Assistant's discovery prefix, if discovery configs are published.
+    pub discovery_prefix: Option<String>,
 }
 
 /// Where an MQTT sink publishes records.
@@ -396,7 +400,7 @@ impl Validator<'_> {
                 path.as_deref()
                     .map_or("the default store".into(), Path::to_string_lossy),
             ),
-            SinkKind::Stdout | SinkKind::Mqtt { .. } | SinkKind::Influxdb(_) => None,
+            SinkKind::Stdout | SinkKind::Mqtt(_) | SinkKind::Influxdb(_) => None,
         });
         let stores: Vec<_> = stores.collect();
         let mut seen = BTreeSet::new();
@@ -704,12 +708,12 @@ impl Validator<'_> {
                 }
                 let discovery_prefix = (discovery.unwrap_or(live) && live)
                     .then(|| discovery_prefix.unwrap_or_else(|| "homeassistant".to_owned()));
-                SinkKind::Mqtt {
+                SinkKind::Mqtt(MqttSettings {
                     broker: broker?,
                     prefix,
                     layout,
                     discovery_prefix,
-                }
+                })
             }
             raw::SinkKind::Influxdb(influx) => {
                 let raw::Influxdb {
@@ -1006,7 +1010,7 @@ impl SinkKind {
         match self {
             SinkKind::Sqlite { .. } => "sqlite",
             SinkKind::Stdout => "stdout",
-            SinkKind::Mqtt { .. } => "mqtt",
+            SinkKind::Mqtt(_) => "mqtt",
             SinkKind::Influxdb(_) => "influxdb",
         }
     }
@@ -1187,12 +1191,12 @@ mod tests {
         assert_eq!((user.as_str(), password.expose()), ("p1guard", "s3cret"));
         assert!(!format!("{config:?}").contains("s3cret"));
 
-        let SinkKind::Mqtt {
+        let SinkKind::Mqtt(MqttSettings {
             broker,
             prefix,
             layout,
             discovery_prefix,
-        } = &config.sinks[0].kind
+        }) = &config.sinks[0].kind
         else {
             panic!("{config:?}")
         };
@@ -1210,11 +1214,11 @@ mod tests {
             Some("homeassistant"),
             "on for a live sink"
         );
-        let SinkKind::Mqtt {
+        let SinkKind::Mqtt(MqttSettings {
             layout,
             discovery_prefix,
             ..
-        } = &config.sinks[1].kind
+        }) = &config.sinks[1].kind
         else {
             panic!("{config:?}")
         };

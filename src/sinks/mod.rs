@@ -25,7 +25,7 @@ use crate::log_limit::LogLimit;
 use crate::metrics::{Metrics, SinkMetrics};
 
 pub use self::influx::InfluxSink;
-pub use self::mqtt::{MqttSettings, MqttSink};
+pub use self::mqtt::MqttSink;
 pub use self::sqlite::SqliteSink;
 pub use self::stdout::StdoutSink;
 

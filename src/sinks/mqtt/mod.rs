@@ -24,7 +24,7 @@ use self::discovery::Discovery;
 use self::topics::{Layout, Message};
 use super::Sink;
 use crate::backoff::Backoff;
-use crate::config::{Broker, TopicLayout};
+use crate::config::MqttSettings;
 
 /// How long a write waits for a connection before failing (and being retried).
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
@@ -51,19 +51,6 @@ enum Delivery {
     Acked(u16),
     /// Home Assistant (re)started: its discovery configs should be published again.
     HomeAssistantOnline,
-}
-
-/// An MQTT sink's settings, from the configuration.
-#[derive(Debug, Clone)]
-pub struct MqttSettings {
-    /// The broker.
-    pub broker: Broker,
-    /// Topic prefix.
-    pub prefix: String,
-    /// Topic layout.
-    pub layout: TopicLayout,
-    /// Home Assistant's discovery prefix, when discovery is on.
-    pub discovery_prefix: Option<String>,
 }
 
 /// Publishes records; see the module documentation for the delivery contract.
