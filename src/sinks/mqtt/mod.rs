@@ -60,7 +60,7 @@ pub struct MqttSink {
     connection: JoinHandle<()>,
     connected: bool,
     /// A new connection or a Home Assistant restart: availability and every discovery
-    /// config go out with the next write.
+    /// config go out at once (`attend`), or with a write that comes first.
     announce_all: bool,
     layout: Layout,
     availability: String,
