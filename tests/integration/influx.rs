@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,6 +14,7 @@ use p1guard_simulator::Style;
 use serde_json::Value;
 
 use crate::daemon::{Daemon, count_after, require};
+use crate::free_address;
 use crate::run::write_capture;
 use crate::scratch;
 
@@ -27,13 +28,6 @@ fn hex(id: &str) -> String {
 }
 
 /// A free port on 127.0.0.1 (free when asked; nothing else here takes ports).
-fn free_address() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 /// An HTTP/1.0 request (so the answer is neither chunked nor kept alive): status and body.
 fn http(address: SocketAddr, method: &str, target: &str, body: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(address).expect("the server accepts");
@@ -279,23 +273,16 @@ fn exported(server: &Server) -> (Series, String) {
 /// A replay of the spring-forward night at quarter-hour consent, every record on stdout,
 /// and `sinks` (TOML) besides.
 fn replay_config(capture: &Path, sinks: &str) -> String {
-    format!(
+    let sinks = format!(
         r#"
-        [consent]
-        default = "quarter_hour"
-
-        [[sources]]
-        name = "capture"
-        type = "replay"
-        files = [{capture:?}]
-
         [[sinks]]
         name = "screen"
         type = "stdout"
         max_granularity = "quarter_hour"
         {sinks}
         "#
-    )
+    );
+    crate::replay_config(capture, "max", &sinks)
 }
 
 fn capture(dir: &Path) -> PathBuf {

@@ -10,6 +10,7 @@ mod replay;
 mod run;
 mod supplier;
 
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -84,4 +85,27 @@ fn telegrams(meter: p1guard_simulator::MeterSpec, from: &str, count: usize) -> V
             telegram
         })
         .collect()
+}
+
+/// A local address nobody listens on now, for a server the test starts.
+fn free_address() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().expect("a local address")
+}
+
+/// A replay of `capture` at `speed` with quarter-hour consent, into `sinks` (TOML).
+fn replay_config(capture: &Path, speed: &str, sinks: &str) -> String {
+    format!(
+        r#"
+        [consent]
+        default = "quarter_hour"
+
+        [[sources]]
+        name = "capture"
+        type = "replay"
+        files = [{capture:?}]
+        speed = "{speed}"
+        {sinks}
+        "#
+    )
 }

@@ -2,7 +2,7 @@
 //! publish to it and watch it.
 
 use std::collections::BTreeMap;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::AtomicBool;
@@ -16,8 +16,7 @@ use crate::daemon::{require, signal};
 
 /// A port nobody listens on now.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
-    listener.local_addr().unwrap().port()
+    crate::free_address().port()
 }
 
 /// A mosquitto broker, killed when dropped.

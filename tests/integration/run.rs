@@ -44,18 +44,10 @@ pub(crate) fn write_capture(dir: &Path, style: Style, from: &str, to: &str) -> s
     capture
 }
 
+/// A replay into a SQLite store and stdout, both at quarter hours.
 fn replay_config(capture: &Path, store: &Path, speed: &str) -> String {
-    format!(
+    let sinks = format!(
         r#"
-        [consent]
-        default = "quarter_hour"
-
-        [[sources]]
-        name = "capture"
-        type = "replay"
-        files = [{capture:?}]
-        speed = "{speed}"
-
         [[sinks]]
         name = "store"
         type = "sqlite"
@@ -68,7 +60,8 @@ fn replay_config(capture: &Path, store: &Path, speed: &str) -> String {
         type = "stdout"
         max_granularity = "quarter_hour"
         "#
-    )
+    );
+    crate::replay_config(capture, speed, &sinks)
 }
 
 #[test]
@@ -273,10 +266,7 @@ pub(crate) fn http_get(address: std::net::SocketAddr, path: &str) -> String {
 fn prometheus_scrapes_counters_without_meter_ids() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
-    let metrics_address = {
-        let free = TcpListener::bind("127.0.0.1:0").unwrap();
-        free.local_addr().unwrap()
-    };
+    let metrics_address = crate::free_address();
     let server_telegrams = telegrams(2);
     let server = std::thread::spawn(move || {
         let (mut connection, _) = listener.accept().unwrap();
