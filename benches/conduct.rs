@@ -10,7 +10,7 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use jiff::{SignedDuration, Timestamp};
 use p1guard_conduct::{
-    BillingCadence, Calendar, Granularity, Identity, IdentityKey, Level, MaxGaps, Reducer,
+    Arrival, BillingCadence, Calendar, Granularity, Identity, IdentityKey, Level, MaxGaps, Reducer,
     ReducerConfig, SinkPolicy, Timeline,
 };
 use p1guard_simulator::{MeterSpec, Simulator, Style};
@@ -47,7 +47,11 @@ fn pipeline(stream: &[u8], level: Level, policy: SinkPolicy, out: &mut Vec<u8>) 
     framer.push(stream);
     while let Some(frame) = framer.next_frame() {
         let telegram = parser.parse(&frame.expect("framed")).expect("valid");
-        reducer.reduce(&telegram, Timestamp::UNIX_EPOCH, &mut records);
+        reducer.reduce(
+            &telegram,
+            Arrival::Recorded(Timestamp::UNIX_EPOCH),
+            &mut records,
+        );
         for record in records.drain(..) {
             if let Some(admitted) = policy.admit(&record) {
                 serde_json::to_writer(&mut *out, &admitted).expect("JSON");
@@ -112,7 +116,11 @@ fn state_per_meter(_: &mut Criterion) {
         let telegram = parser
             .parse(&framer.next_frame().expect("frame").expect("framed"))
             .expect("valid");
-        reducer.reduce(&telegram, Timestamp::UNIX_EPOCH, &mut records);
+        reducer.reduce(
+            &telegram,
+            Arrival::Recorded(Timestamp::UNIX_EPOCH),
+            &mut records,
+        );
         records.clear();
     }
     eprintln!(

@@ -1,14 +1,14 @@
 //! Consent from the configuration: a default level and per-meter levels. The registry with
 //! history replaces it behind the same [`Consent`] trait.
 //!
-//! Ids are matched without regard to ASCII case: Dutch meters send their id hex-encoded, and
-//! `a5` written for `A5` (or lower-cased on its way through an environment override) must not
-//! quietly give a meter the default level.
+//! Listed ids are normalised as the reducer normalises the ids telegrams send (trimmed,
+//! upper-cased): `a5` written for `A5`, or lower-cased on its way through an environment
+//! override, must not quietly give a meter the default level.
 
 use std::collections::HashMap;
 
 use jiff::Timestamp;
-use p1guard_conduct::{Consent, Level};
+use p1guard_conduct::{Consent, Level, normalise_equipment_id};
 
 /// Each meter's level, constant over time.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,13 +18,15 @@ pub struct MeterLevels {
 }
 
 impl MeterLevels {
-    /// `default` for every meter not in `meters` (equipment id as sent -> level).
+    /// `default` for every meter not in `meters` (equipment id as sent -> level). An id that
+    /// normalises to nothing (empty, control bytes) can match no telegram and is left out.
     pub fn new(default: Level, meters: impl IntoIterator<Item = (Vec<u8>, Level)>) -> MeterLevels {
+        let mut normalised = Vec::new();
         let meters = meters
             .into_iter()
-            .map(|(mut id, level)| {
-                id.make_ascii_uppercase();
-                (id.into_boxed_slice(), level)
+            .filter_map(|(id, level)| {
+                let id = normalise_equipment_id(&id, &mut normalised)?;
+                Some((Box::from(id), level))
             })
             .collect();
         MeterLevels { default, meters }
@@ -42,20 +44,9 @@ impl MeterLevels {
 }
 
 impl Consent for MeterLevels {
+    /// `meter` is normalised: the reducer only asks about normalised ids.
     fn level(&self, meter: &[u8], _at: Timestamp) -> Level {
-        if self.meters.is_empty() {
-            return self.default;
-        }
-        let mut upper = [0u8; 128];
-        let level = match upper.get_mut(..meter.len()) {
-            Some(upper) => {
-                upper.copy_from_slice(meter);
-                upper.make_ascii_uppercase();
-                self.meters.get(&*upper)
-            }
-            None => self.meters.get(&*meter.to_ascii_uppercase()),
-        };
-        level.copied().unwrap_or(self.default)
+        self.meters.get(meter).copied().unwrap_or(self.default)
     }
 }
 
@@ -72,13 +63,20 @@ mod tests {
     }
 
     #[test]
-    fn ids_match_whatever_their_case() {
-        let levels = MeterLevels::new(Level::Billing, [(b"4b38a5".to_vec(), Level::None)]);
+    fn listed_ids_are_normalised_as_telegram_ids_are() {
+        let levels = MeterLevels::new(
+            Level::Billing,
+            [
+                (b" 4b38a5 ".to_vec(), Level::None),
+                (b"45\x0030".to_vec(), Level::Live),
+            ],
+        );
         let now = Timestamp::UNIX_EPOCH;
         assert_eq!(levels.level(b"4B38A5", now), Level::None);
-        assert_eq!(levels.level(b"4b38A5", now), Level::None);
-        let long = vec![b'a'; 300];
-        let levels = MeterLevels::new(Level::Billing, [(long.clone(), Level::Daily)]);
-        assert_eq!(levels.level(&long.to_ascii_uppercase(), now), Level::Daily);
+        assert_eq!(
+            levels.listed(),
+            1,
+            "an id with a control byte matches nothing"
+        );
     }
 }

@@ -9,15 +9,16 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use anyhow::Context as _;
+use jiff::Timestamp;
 use p1guard_conduct::{
-    Calendar, Consent, Granularity, IdentityKey, MaxGaps, Reducer, ReducerConfig,
+    Arrival, Calendar, Consent, Granularity, IdentityKey, MaxGaps, Reducer, ReducerConfig,
 };
 use p1guard_telegram::Parser;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, SinkKind};
+use crate::config::{Config, SinkKind, SourceKind};
 use crate::log_limit::LogLimit;
 use crate::metrics::{Metrics, Outcome};
 use crate::sinks::{self, Batch, Batching, InfluxSink, MqttSink, SqliteSink, StdoutSink};
@@ -102,8 +103,15 @@ pub async fn run(
         max_gaps: MaxGaps::default(),
     };
     let reducer = Reducer::new(reducer_config, config.consent, key);
+    let arrivals = config.sources.iter().map(|s| arrival(&s.kind)).collect();
     let (frames, received) = mpsc::channel(FRAME_QUEUE);
-    let reduce_task = tokio::spawn(reduce(received, reducer, to_sinks, metrics.clone()));
+    let reduce_task = tokio::spawn(reduce(
+        received,
+        reducer,
+        arrivals,
+        to_sinks,
+        metrics.clone(),
+    ));
 
     let mut source_tasks = JoinSet::new();
     for (index, source) in config.sources.into_iter().enumerate() {
@@ -150,10 +158,22 @@ fn default_store() -> anyhow::Result<PathBuf> {
     Ok(crate::state::dir()?.join("p1guard.sqlite"))
 }
 
+/// What a source's receive clock says about its meters' clocks: a serial line or TCP stream
+/// delivers telegrams as they are sent, a broker may hold them, a replay has no clock.
+fn arrival(source: &SourceKind) -> fn(Timestamp) -> Arrival {
+    match source {
+        SourceKind::Serial(_) | SourceKind::Tcp { .. } => Arrival::Direct,
+        SourceKind::Mqtt { .. } => Arrival::Relayed,
+        SourceKind::Replay { .. } => Arrival::Recorded,
+    }
+}
+
 /// Parses frames, applies the code of conduct, and hands each batch's records to every sink.
+/// `arrivals` says, per source, how its receive clock judges meter clocks.
 async fn reduce<C: Consent>(
     mut frames: mpsc::Receiver<Received>,
     mut reducer: Reducer<C>,
+    arrivals: Vec<fn(Timestamp) -> Arrival>,
     sinks: Vec<mpsc::Sender<Batch>>,
     metrics: Arc<Metrics>,
 ) {
@@ -189,7 +209,8 @@ async fn reduce<C: Consent>(
             {
                 tracing::warn!(source = %source.name, suppressed, "kept a telegram without its bad line: {error}");
             }
-            reducer.reduce(&telegram, received.at, &mut records);
+            let arrival = arrivals[received.source](received.at);
+            reducer.reduce(&telegram, arrival, &mut records);
         }
         if let Ok(mut counters) = metrics.reducer.lock() {
             counters.clone_from(reducer.counters());

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use jiff::Timestamp;
 use p1guard_conduct::{
-    BillingCadence, Calendar, MaxGaps, Reducer, ReducerConfig, SinkPolicy, Timeline,
+    Arrival, BillingCadence, Calendar, MaxGaps, Reducer, ReducerConfig, SinkPolicy, Timeline,
 };
 
 use crate::cli::ReplayArgs;
@@ -53,7 +53,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
                 out.flush()?; // a watcher sees records as they are made
                 std::thread::sleep(delay);
             }
-            reducer.reduce(&telegram, Timestamp::now(), &mut records);
+            reducer.reduce(&telegram, Arrival::Recorded(Timestamp::now()), &mut records);
             for record in records.drain(..) {
                 if let Some(admitted) = policy.admit(&record) {
                     serde_json::to_writer(&mut out, &admitted)?;

@@ -123,8 +123,8 @@ impl Sink for SqliteSink {
 #[cfg(test)]
 mod tests {
     use p1guard_conduct::{
-        BillingCadence, Calendar, Identity, IdentityKey, MaxGaps, Record, Reducer, ReducerConfig,
-        SinkPolicy, Timeline,
+        Arrival, BillingCadence, Calendar, Identity, IdentityKey, MaxGaps, Record, Reducer,
+        ReducerConfig, SinkPolicy, Timeline,
     };
     use p1guard_simulator::{MeterSpec, Style};
     use p1guard_telegram::{Framer, FramerConfig, Parser};
@@ -159,7 +159,11 @@ mod tests {
         let mut records = Vec::new();
         while let Some(frame) = framer.next_frame() {
             let telegram = parser.parse(&frame.unwrap()).unwrap();
-            reducer.reduce(&telegram, Timestamp::UNIX_EPOCH, &mut records);
+            reducer.reduce(
+                &telegram,
+                Arrival::Recorded(Timestamp::UNIX_EPOCH),
+                &mut records,
+            );
         }
         records
     }

@@ -87,6 +87,30 @@ fn telegrams(meter: p1guard_simulator::MeterSpec, from: &str, count: usize) -> V
         .collect()
 }
 
+/// A P1 dongle on a free local port: it sends `telegrams` to the first client and keeps the
+/// connection open until the returned thread's stream is dropped.
+fn dongle(telegrams: Vec<Vec<u8>>) -> (SocketAddr, std::thread::JoinHandle<std::net::TcpStream>) {
+    use std::io::Write as _;
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let address = listener.local_addr().expect("a local address");
+    let server = std::thread::spawn(move || {
+        let (mut connection, _) = listener.accept().expect("p1guard connects");
+        for telegram in &telegrams {
+            connection.write_all(telegram).expect("p1guard reads");
+        }
+        connection
+    });
+    (address, server)
+}
+
+/// Now, to the second, as RFC 3339: serial and TCP sources trust only meter clocks within a
+/// day of their own.
+fn now() -> String {
+    jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
+        .expect("now is a valid instant")
+        .to_string()
+}
+
 /// A local address nobody listens on now, for a server the test starts.
 fn free_address() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");

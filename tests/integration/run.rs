@@ -31,9 +31,10 @@ fn at(text: &str) -> Timestamp {
     text.parse().unwrap()
 }
 
-/// `count` telegrams of the test's DSMR 5 meter, one second apart.
+/// `count` telegrams of the test's DSMR 5 meter, one second apart from now: a serial or TCP
+/// source trusts only meter clocks within a day of its own.
 fn telegrams(count: usize) -> Vec<Vec<u8>> {
-    crate::telegrams(meter(Style::Dsmr5), "2026-06-01T10:00:00Z", count)
+    crate::telegrams(meter(Style::Dsmr5), &crate::now(), count)
 }
 
 /// The test meter's telegrams from `from` to `to`, as `dir/capture.txt`.
@@ -216,6 +217,40 @@ fn a_tcp_source_reconnects_after_a_drop_mid_telegram() {
         4,
         "one live record per whole telegram"
     );
+}
+
+#[test]
+fn a_live_source_trusts_no_meter_clock_a_day_away_from_its_own() {
+    let first_of = |id: &str, from: Timestamp| {
+        let spec = MeterSpec {
+            equipment_id: id.into(),
+            ..meter(Style::Dsmr5)
+        };
+        crate::telegrams(spec, &from.to_string(), 1).remove(0)
+    };
+    let mut sent = telegrams(4);
+    let last = sent.pop().unwrap();
+    sent.push(first_of("E0053000000002068", at("2068-06-01T10:00:00Z")));
+    let two_days_ago = at(&crate::now()) - jiff::SignedDuration::from_hours(48);
+    sent.push(first_of("E0053000000000002", two_days_ago));
+    sent.push(last);
+    let (address, server) = crate::dongle(sent);
+    let dir = scratch("run-tcp-clock");
+    let daemon = Daemon::start(&dir, &household_over_tcp(address, ""));
+    daemon.wait_for_output(LIVE, 4, PATIENCE);
+    let _connection = server.join().unwrap();
+    let finished = daemon.terminate();
+
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert_eq!(count_after(&finished.stderr, "source dongle:", "ok"), 6);
+    assert_eq!(count_after(&finished.stderr, "conduct:", "bad time"), 2);
+    assert_eq!(
+        finished.stdout.matches(LIVE).count(),
+        4,
+        "only the meter whose clock agrees: {}",
+        finished.stdout
+    );
+    assert!(!finished.stdout.contains("2068"), "{}", finished.stdout);
 }
 
 #[test]

@@ -5,8 +5,8 @@ use jiff::Timestamp;
 
 use crate::level::Level;
 
-/// The consent in force for a meter at an instant. `meter` is the equipment identifier as the
-/// telegram sends it.
+/// The consent in force for a meter at an instant. `meter` is the equipment identifier as
+/// [`normalise_equipment_id`](crate::normalise_equipment_id) leaves it.
 pub trait Consent {
     /// The level in force for `meter` at `at`.
     fn level(&self, meter: &[u8], at: Timestamp) -> Level;

@@ -7,6 +7,20 @@ use std::sync::Arc;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+/// An equipment id as the code of conduct knows it: surrounding whitespace trimmed and ASCII
+/// letters upper-cased (Dutch ids are hex, and `4b38` is `4B38`), written into `out`. `None`
+/// for an empty id or one with control bytes: such a telegram has no meter to attribute it to.
+/// Consent lookups and pseudonyms see only normalised ids: one meter, one identity.
+pub fn normalise_equipment_id<'a>(sent: &[u8], out: &'a mut Vec<u8>) -> Option<&'a [u8]> {
+    let id = sent.trim_ascii();
+    if id.is_empty() || id.iter().any(u8::is_ascii_control) {
+        return None;
+    }
+    out.clear();
+    out.extend(id.iter().map(u8::to_ascii_uppercase));
+    Some(out)
+}
+
 /// The secret behind pseudonyms. Never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct IdentityKey([u8; 32]);
@@ -96,6 +110,16 @@ mod tests {
         assert_eq!(a.pseudonym(id), a.pseudonym(id));
         assert_ne!(a.pseudonym(id), b.pseudonym(id));
         assert_eq!(format!("{a:?}"), "IdentityKey(<redacted>)");
+    }
+
+    #[test]
+    fn ids_are_trimmed_and_upper_cased_and_control_bytes_refused() {
+        let mut out = Vec::new();
+        let normalised = normalise_equipment_id(b" 4b38a5\t", &mut out).map(<[u8]>::to_vec);
+        assert_eq!(normalised.as_deref(), Some(&b"4B38A5"[..]));
+        assert_eq!(normalise_equipment_id(b"4B38\x0045", &mut out), None);
+        assert_eq!(normalise_equipment_id(b"4B38\x1b[2J", &mut out), None);
+        assert_eq!(normalise_equipment_id(b"   ", &mut out), None);
     }
 
     #[test]

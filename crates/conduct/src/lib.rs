@@ -34,10 +34,13 @@ mod sink;
 
 pub use crate::calendar::{BillingCadence, Calendar};
 pub use crate::consent::{Consent, Timeline};
-pub use crate::identity::{Identity, IdentityKey, MeterRef, Pseudonym};
+pub use crate::identity::{Identity, IdentityKey, MeterRef, Pseudonym, normalise_equipment_id};
 pub use crate::level::{Granularity, Level, UnknownName};
 pub use crate::record::{
     Clock, Field, Kind, LiveValues, Milli, PhaseValues, Quality, Record, Registers, Values,
 };
-pub use crate::reducer::{Counters, MaxGaps, Reducer, ReducerConfig};
+pub use crate::reducer::{
+    Arrival, CAPTURE_TOLERANCE_SECONDS, CLOCK_JUMP_SECONDS, Counters, MAX_CLOCK_SKEW_SECONDS,
+    MaxGaps, Reducer, ReducerConfig,
+};
 pub use crate::sink::{MeterName, PolicyError, SinkPolicy, SinkRecord};

@@ -15,7 +15,7 @@ use p1guard_telegram::{Direction, MbusKind, MeterTime, Phase, Telegram, TimeFlag
 
 use crate::calendar::{Calendar, Period};
 use crate::consent::Consent;
-use crate::identity::{IdentityKey, MeterRef};
+use crate::identity::{IdentityKey, MeterRef, normalise_equipment_id};
 use crate::level::{Granularity, Level};
 use crate::record::{
     Clock, Kind, LiveValues, Milli, PhaseValues, Quality, Record, Registers, Values,
@@ -71,10 +71,73 @@ pub struct Counters {
     pub withheld: [u64; 4],
     /// Telegrams without an equipment identifier (nobody to attribute them to).
     pub without_meter_id: u64,
-    /// Telegrams whose meter time is impossible or a placeholder.
+    /// Times not trusted: telegrams whose meter time is impossible or a placeholder, or
+    /// jumped far ahead and was not confirmed by the next telegram; M-Bus captures dated
+    /// after their telegram.
     pub bad_time: u64,
     /// Telegrams not later than the meter's previous one (repeats, clock steps back).
     pub out_of_order: u64,
+}
+
+impl Counters {
+    /// Adds what `other` counted.
+    fn add(&mut self, other: &Counters) {
+        self.telegrams += other.telegrams;
+        for g in 0..4 {
+            self.records[g] += other.records[g];
+            self.missing[g] += other.missing[g];
+            self.withheld[g] += other.withheld[g];
+        }
+        self.without_meter_id += other.without_meter_id;
+        self.bad_time += other.bad_time;
+        self.out_of_order += other.out_of_order;
+    }
+}
+
+/// How far past a meter's previous telegram its clock may jump before the next telegram must
+/// confirm the new time (a meter back from a long outage is confirmed one telegram later; a
+/// clock glitch to 2068 is not, and is dropped).
+pub const CLOCK_JUMP_SECONDS: i64 = 3600;
+
+/// How far after its telegram an M-Bus capture may be dated (clock drift between the two
+/// devices); anything later is not trusted.
+pub const CAPTURE_TOLERANCE_SECONDS: i64 = 300;
+
+/// How far a meter's clock may be from the receiver's before a live source's telegram is not
+/// trusted (a Raspberry Pi's clock before NTP, a meter set to 2068).
+pub const MAX_CLOCK_SKEW_SECONDS: i64 = 24 * 3600;
+
+/// When a telegram arrived, and what the receive clock can say about the meter's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// Read from the meter as it was sent (serial, TCP): a meter time more than
+    /// [`MAX_CLOCK_SKEW_SECONDS`] from this instant, either way, is not trusted.
+    Direct(Timestamp),
+    /// Relayed by a broker that may have held it (MQTT): it can be old, but a meter time more
+    /// than [`MAX_CLOCK_SKEW_SECONDS`] after this instant is not trusted.
+    Relayed(Timestamp),
+    /// Read back from a recording: only the telegrams themselves say when they were, and
+    /// this instant dates those without a clock, so that replay stays deterministic.
+    Recorded(Timestamp),
+}
+
+impl Arrival {
+    /// The receive instant: the date of telegrams without a clock of their own.
+    pub fn at(self) -> Timestamp {
+        match self {
+            Arrival::Direct(at) | Arrival::Relayed(at) | Arrival::Recorded(at) => at,
+        }
+    }
+
+    /// Whether a meter time `meter` (Unix seconds) can be believed.
+    fn trusts(self, meter: i64) -> bool {
+        let skew = |at: Timestamp| meter - at.as_second();
+        match self {
+            Arrival::Direct(at) => skew(at).abs() <= MAX_CLOCK_SKEW_SECONDS,
+            Arrival::Relayed(at) => skew(at) <= MAX_CLOCK_SKEW_SECONDS,
+            Arrival::Recorded(_) => true,
+        }
+    }
 }
 
 /// Boundary schedule of one granularity.
@@ -177,6 +240,16 @@ struct MeterState {
     mbus: Vec<MbusSeries>,
 }
 
+/// A telegram whose time jumped far ahead of its meter's timeline, reduced against a copy of
+/// the meter's state and held until the meter's next telegram confirms or refutes the jump.
+#[derive(Debug)]
+struct Held {
+    t: i64,
+    state: MeterState,
+    records: Vec<Record>,
+    counters: Counters,
+}
+
 /// Boundary periods shared by all meters: in a live fleet they are all on the same day.
 #[derive(Debug, Clone, Default)]
 struct PeriodCache {
@@ -193,6 +266,11 @@ pub struct Reducer<C> {
     /// Equipment id to index in `states`: the map stays small per meter, the states dense.
     index: HashMap<Arc<[u8]>, u32>,
     states: Vec<MeterState>,
+    /// Telegrams held for confirmation, by index in `states`: rare, so kept apart from the
+    /// dense states.
+    held: HashMap<u32, Held>,
+    /// The normalised id of the telegram at hand, reused between telegrams.
+    id: Vec<u8>,
     periods: PeriodCache,
     counters: Counters,
 }
@@ -216,6 +294,8 @@ impl<C: Consent> Reducer<C> {
             key,
             index: HashMap::new(),
             states: Vec::new(),
+            held: HashMap::new(),
+            id: Vec::new(),
             periods: PeriodCache::default(),
             counters: Counters::default(),
         }
@@ -245,18 +325,25 @@ impl<C: Consent> Reducer<C> {
         (index + states + heap) / self.states.len().max(1)
     }
 
-    /// Appends to `out` the records `telegram` yields. `received` dates telegrams that carry
-    /// no time of their own (DSMR 2.2 and 3).
-    pub fn reduce(&mut self, telegram: &Telegram<'_>, received: Timestamp, out: &mut Vec<Record>) {
+    /// Appends to `out` the records `telegram` yields. `arrival` dates telegrams that carry no
+    /// time of their own (DSMR 2.2 and 3), and rules out meter times its clock contradicts.
+    ///
+    /// A telegram dated more than [`CLOCK_JUMP_SECONDS`] after its meter's previous one is
+    /// held: its records come out with the meter's next telegram if that one continues from
+    /// it, and are dropped (counted as `bad_time`) if the meter's old timeline goes on.
+    pub fn reduce(&mut self, telegram: &Telegram<'_>, arrival: Arrival, out: &mut Vec<Record>) {
         self.counters.telegrams += 1;
-        let Some(id) = telegram.equipment_id() else {
+        let Some(id) = telegram
+            .equipment_id()
+            .and_then(|sent| normalise_equipment_id(sent, &mut self.id))
+        else {
             self.counters.without_meter_id += 1;
             return;
         };
         let (time, clock) = match telegram.time().map(|t| t.utc()) {
-            None => (received, Clock::Receiver),
-            Some(Ok(time)) => (time, Clock::Meter),
-            Some(Err(_)) => {
+            None => (arrival.at(), Clock::Receiver),
+            Some(Ok(time)) if arrival.trusts(time.as_second()) => (time, Clock::Meter),
+            Some(_) => {
                 self.counters.bad_time += 1;
                 return;
             }
@@ -275,10 +362,38 @@ impl<C: Consent> Reducer<C> {
                 self.states.len() - 1
             }
         };
-        let state = &mut self.states[slot];
         let t = time.as_second();
-        if state.electricity.is_some_and(|last| t <= last.t) {
+        if let Some(held) = self.held.remove(&(slot as u32)) {
+            if held.t < t && t - held.t <= CLOCK_JUMP_SECONDS {
+                self.states[slot] = held.state;
+                out.extend(held.records);
+                self.counters.add(&held.counters);
+            } else {
+                self.counters.bad_time += 1;
+            }
+        }
+        let state = &mut self.states[slot];
+        let last = state.electricity.map(|last| last.t);
+        if last.is_some_and(|last| t <= last) {
             self.counters.out_of_order += 1;
+            return;
+        }
+        if last.is_some_and(|last| t - last > CLOCK_JUMP_SECONDS) {
+            let mut held = Held {
+                t,
+                state: state.clone(),
+                records: Vec::new(),
+                counters: Counters::default(),
+            };
+            let mut step = Step {
+                config: &self.config,
+                consent: &self.consent,
+                periods: &mut self.periods,
+                counters: &mut held.counters,
+                out: &mut held.records,
+            };
+            step.telegram(&mut held.state, telegram, t, clock);
+            self.held.insert(slot as u32, held);
             return;
         }
         let mut step = Step {
@@ -288,12 +403,16 @@ impl<C: Consent> Reducer<C> {
             counters: &mut self.counters,
             out,
         };
-        step.electricity(state, telegram, t, clock);
-        step.mbus(state, telegram);
+        step.telegram(state, telegram, t, clock);
     }
 }
 
 impl<C: Consent> Step<'_, C> {
+    fn telegram(&mut self, state: &mut MeterState, telegram: &Telegram<'_>, t: i64, clock: Clock) {
+        self.electricity(state, telegram, t, clock);
+        self.mbus(state, telegram, t);
+    }
+
     fn level(&self, meter: &MeterRef, t: i64) -> Level {
         let at = Timestamp::from_second(t).unwrap_or(Timestamp::MIN);
         self.consent.level(meter.raw(), at)
@@ -432,7 +551,8 @@ impl<C: Consent> Step<'_, C> {
         }
     }
 
-    fn mbus(&mut self, state: &mut MeterState, telegram: &Telegram<'_>) {
+    /// The M-Bus devices' readings of a telegram dated `telegram_t`.
+    fn mbus(&mut self, state: &mut MeterState, telegram: &Telegram<'_>, telegram_t: i64) {
         let gaps = self.config.max_gaps;
         let schedules = [
             (Granularity::Billing, Boundaries::Billing, gaps.billing),
@@ -454,6 +574,10 @@ impl<C: Consent> Step<'_, C> {
             ) else {
                 continue;
             };
+            if t > telegram_t + CAPTURE_TOLERANCE_SECONDS {
+                self.counters.bad_time += 1;
+                continue;
+            }
             let series = state.mbus.iter().position(|s| s.channel == device.channel);
             let previous = series.map(|index| state.mbus[index].last);
             if previous.is_some_and(|p| t <= p.t) {
@@ -480,7 +604,8 @@ impl<C: Consent> Step<'_, C> {
                 },
             );
             if self.config.finest == Granularity::Live {
-                if self.level(meter, t).allows(Granularity::Live) {
+                // Live records are judged at their telegram's time, dated by the capture.
+                if self.level(meter, telegram_t).allows(Granularity::Live) {
                     self.push(record(Granularity::Live, t, Quality::Measured, value));
                 } else {
                     self.counters.withheld[Granularity::Live as usize] += 1;

@@ -1,12 +1,13 @@
 //! The reducer on the days that break naive implementations: DST changes, gaps across
 //! midnight, consent changing mid-day, a meter's first telegram, hourly versus five-minute
-//! gas, and a meter without consent. Telegrams are written here, by hand, with correct CRCs.
+//! gas, a meter without consent, clocks that jump and ids sent carelessly. Telegrams are
+//! written here, by hand, with correct CRCs.
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use p1guard_conduct::{
-    BillingCadence, Calendar, Granularity, IdentityKey, Kind, Level, MaxGaps, Quality, Record,
-    Reducer, ReducerConfig, Timeline, Values,
+    Arrival, BillingCadence, Calendar, Consent, Granularity, IdentityKey, Kind, Level, MaxGaps,
+    Quality, Record, Reducer, ReducerConfig, Timeline, Values,
 };
 use p1guard_telegram::{Framer, FramerConfig, Parser, crc16};
 
@@ -33,8 +34,13 @@ fn kwh(wh: i64) -> String {
 
 /// A DSMR 5 telegram at `utc` with import tariff 1 at `wh`, and gas (capture time, litres).
 fn telegram(utc: Timestamp, wh: i64, gas: Option<(Timestamp, i64)>) -> Vec<u8> {
+    telegram_of(METER_ID, utc, wh, gas)
+}
+
+/// [`telegram`] of the meter whose equipment id is sent as `id`.
+fn telegram_of(id: &str, utc: Timestamp, wh: i64, gas: Option<(Timestamp, i64)>) -> Vec<u8> {
     let mut text = format!(
-        "/ISk5\\2MT382-1000\r\n\r\n1-3:0.2.8(50)\r\n0-0:1.0.0({})\r\n0-0:96.1.1({METER_ID})\r\n\
+        "/ISk5\\2MT382-1000\r\n\r\n1-3:0.2.8(50)\r\n0-0:1.0.0({})\r\n0-0:96.1.1({id})\r\n\
          1-0:1.8.1({}*kWh)\r\n1-0:1.8.2(000100.000*kWh)\r\n1-0:1.7.0(00.500*kW)\r\n\
          1-0:32.7.0(230.1*V)\r\n",
         meter_time(utc),
@@ -76,7 +82,11 @@ fn reduce_with(
         framer.push(bytes);
         let frame = framer.next_frame().expect("a frame").expect("framed");
         let telegram = parser.parse(&frame).expect("valid telegram");
-        reducer.reduce(&telegram, Timestamp::UNIX_EPOCH, &mut records);
+        reducer.reduce(
+            &telegram,
+            Arrival::Recorded(Timestamp::UNIX_EPOCH),
+            &mut records,
+        );
     }
     (records, reducer)
 }
@@ -335,4 +345,216 @@ fn live_records_carry_instantaneous_values_and_boundary_records_do_not() {
     };
     assert_eq!(live.power_import_w, Some(500.0));
     assert_eq!(live.phases[0].voltage_v, Some(230.1));
+}
+
+fn live_times(records: &[Record], kind: Kind) -> Vec<String> {
+    records
+        .iter()
+        .filter(|r| r.granularity == Granularity::Live && r.kind == kind)
+        .map(|r| r.time.to_string())
+        .collect()
+}
+
+#[test]
+fn a_gas_capture_first_sent_after_a_withdrawal_is_judged_at_its_telegrams_time() {
+    // Live consent is withdrawn at 10:00:30. The meter captured gas at 10:00:00 but sends that
+    // capture first at 10:00:40, after the withdrawal: it must not leave as live.
+    let withdrawal = at("2026-06-01T10:00:30Z");
+    let consent = Timeline::new(Level::Live, vec![(withdrawal, Level::Billing)]);
+    let telegrams = [
+        telegram(
+            at("2026-06-01T10:00:20Z"),
+            0,
+            Some((at("2026-06-01T09:55:00Z"), 1_000)),
+        ),
+        telegram(
+            at("2026-06-01T10:00:40Z"),
+            20,
+            Some((at("2026-06-01T10:00:00Z"), 1_010)),
+        ),
+    ];
+    let (records, reducer) = reduce_with(config(Granularity::Live), consent, &telegrams);
+    assert_eq!(live_times(&records, Kind::Gas), ["2026-06-01T09:55:00Z"]);
+    assert_eq!(
+        live_times(&records, Kind::Electricity),
+        ["2026-06-01T10:00:20Z"]
+    );
+    assert_eq!(reducer.counters().withheld[Granularity::Live as usize], 2);
+}
+
+#[test]
+fn a_gas_capture_dated_after_its_telegram_is_not_trusted() {
+    let telegrams = [
+        telegram(
+            at("2026-06-01T09:00:00Z"),
+            0,
+            Some((at("2026-06-01T09:00:00Z"), 1_000)),
+        ),
+        // A telegram at 10:00 carrying a capture "from" 12:00.
+        telegram(
+            at("2026-06-01T10:00:00Z"),
+            3_600,
+            Some((at("2026-06-01T12:00:00Z"), 1_500)),
+        ),
+        telegram(
+            at("2026-06-01T11:00:00Z"),
+            7_200,
+            Some((at("2026-06-01T11:00:00Z"), 1_100)),
+        ),
+    ];
+    let (records, reducer) = reduce_with(
+        config(Granularity::Live),
+        Timeline::constant(Level::Live),
+        &telegrams,
+    );
+    let gas: Vec<_> = records
+        .iter()
+        .filter(|r| r.kind == Kind::Gas)
+        .map(|r| (r.granularity, r.time.to_string(), r.values.clone()))
+        .collect();
+    assert_eq!(
+        gas,
+        [
+            (
+                Granularity::QuarterHour,
+                "2026-06-01T09:00:00Z".into(),
+                Values::Mbus(1_000)
+            ),
+            (
+                Granularity::Live,
+                "2026-06-01T09:00:00Z".into(),
+                Values::Mbus(1_000)
+            ),
+            (
+                Granularity::QuarterHour,
+                "2026-06-01T11:00:00Z".into(),
+                Values::Mbus(1_100)
+            ),
+            (
+                Granularity::Live,
+                "2026-06-01T11:00:00Z".into(),
+                Values::Mbus(1_100)
+            ),
+        ],
+        "no 12:00 reading, and 10:00 is missing rather than interpolated from it"
+    );
+    assert_eq!(reducer.counters().bad_time, 1);
+}
+
+#[test]
+fn a_clock_that_jumps_to_2068_once_is_ignored_and_the_meters_timeline_goes_on() {
+    let mut telegrams = electricity(&stream("2026-06-01T09:50:00Z", "2026-06-01T10:20:00Z", 10));
+    telegrams.insert(60, telegram(at("2068-06-01T10:00:00Z"), 999_999, None));
+    let (records, reducer) = reduce_with(
+        config(Granularity::Live),
+        Timeline::constant(Level::Live),
+        &telegrams,
+    );
+    assert!(records.iter().all(|r| r.time < at("2026-06-02T00:00:00Z")));
+    assert_eq!(
+        times(&records, Granularity::QuarterHour),
+        ["2026-06-01T10:00:00Z", "2026-06-01T10:15:00Z"]
+    );
+    assert_eq!(live_times(&records, Kind::Electricity).len(), 180);
+    assert_eq!(reducer.counters().bad_time, 1);
+    assert_eq!(reducer.counters().out_of_order, 0);
+}
+
+#[test]
+fn a_meter_back_from_a_long_outage_is_believed_once_its_next_telegram_confirms_the_time() {
+    let before = stream("2026-06-01T09:00:00Z", "2026-06-01T09:01:00Z", 10);
+    let after = stream("2026-06-01T13:00:00Z", "2026-06-01T13:01:00Z", 10);
+    let telegrams = electricity(&[before, after].concat());
+    let (records, reducer) = reduce_with(
+        config(Granularity::Live),
+        Timeline::constant(Level::Live),
+        &telegrams,
+    );
+    assert_eq!(
+        times(&records, Granularity::QuarterHour),
+        ["2026-06-01T09:00:00Z", "2026-06-01T13:00:00Z"]
+    );
+    let live = live_times(&records, Kind::Electricity);
+    assert_eq!(live.len(), 12, "the held telegram came out: {live:?}");
+    assert!(live.is_sorted());
+    assert_eq!(reducer.counters().bad_time, 0);
+    assert_eq!(
+        reducer.counters().missing[Granularity::QuarterHour as usize],
+        15
+    );
+}
+
+/// `none` for one meter (by its normalised id), `live` for every other.
+struct NoneFor(&'static [u8]);
+
+impl Consent for NoneFor {
+    fn level(&self, meter: &[u8], _at: Timestamp) -> Level {
+        if meter == self.0 {
+            Level::None
+        } else {
+            Level::Live
+        }
+    }
+}
+
+#[test]
+fn an_id_sent_in_lower_case_or_with_spaces_is_the_same_meter_and_keeps_its_consent() {
+    const ID: &str = "4B384547303034303436333935353037";
+    let sent = [ID.to_owned(), ID.to_lowercase(), format!(" {ID}  ")];
+    let stream = stream("2026-06-01T09:59:00Z", "2026-06-01T10:00:30Z", 10);
+    let telegrams: Vec<_> = stream
+        .iter()
+        .zip(sent.iter().cycle())
+        .map(|(&(t, wh), id)| telegram_of(id, t, wh, None))
+        .collect();
+
+    let (records, reducer) = reduce_with(
+        config(Granularity::Live),
+        Timeline::constant(Level::Live),
+        &telegrams,
+    );
+    assert_eq!(reducer.meter_count(), 1);
+    assert!(records.iter().all(|r| r.meter == records[0].meter));
+    assert_eq!(
+        records.len(),
+        9 + 1,
+        "nine live records and the 10:00 quarter hour"
+    );
+
+    let mut reducer = Reducer::new(
+        config(Granularity::Live),
+        NoneFor(ID.as_bytes()),
+        IdentityKey::from_bytes([7; 32]),
+    );
+    let mut parser = Parser::new();
+    let mut records = Vec::new();
+    for bytes in &telegrams {
+        let mut framer = Framer::new(FramerConfig::default());
+        framer.push(bytes);
+        let frame = framer.next_frame().expect("a frame").expect("framed");
+        let telegram = parser.parse(&frame).expect("valid telegram");
+        reducer.reduce(
+            &telegram,
+            Arrival::Recorded(Timestamp::UNIX_EPOCH),
+            &mut records,
+        );
+    }
+    assert!(records.is_empty(), "{records:?}");
+}
+
+#[test]
+fn an_id_with_control_bytes_names_no_meter() {
+    let telegrams = [telegram_of(
+        "4B38\u{1b}[2J4547",
+        at("2026-06-01T10:00:00Z"),
+        0,
+        None,
+    )];
+    let (records, reducer) = reduce_with(
+        config(Granularity::Live),
+        Timeline::constant(Level::Live),
+        &telegrams,
+    );
+    assert!(records.is_empty());
+    assert_eq!(reducer.counters().without_meter_id, 1);
 }

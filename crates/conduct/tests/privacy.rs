@@ -1,14 +1,19 @@
 //! The privacy invariants, as properties over generated multi-day telegram streams with
 //! random gaps, random consent histories and random sink policies:
 //! - no record finer than the consent in force at its instant, or than the sink's ceiling;
+//! - and every electricity record they and the observations allow does come out, at exactly
+//!   the boundaries an independent reading of privacy.md's rules finds;
 //! - no raw meter id (and no M-Bus id) on a pseudonymous sink;
 //! - interpolated readings lie between the observations either side;
 //! - any chunking of the input, and any second run, yields byte-identical output.
 
-use jiff::{SignedDuration, Timestamp};
+use std::collections::BTreeSet;
+
+use jiff::tz::TimeZone;
+use jiff::{SignedDuration, Timestamp, ToSpan};
 use p1guard_conduct::{
-    BillingCadence, Calendar, Granularity, Identity, IdentityKey, Level, MaxGaps, Reducer,
-    ReducerConfig, SinkPolicy, Timeline, Values,
+    Arrival, BillingCadence, CLOCK_JUMP_SECONDS, Calendar, Granularity, Identity, IdentityKey,
+    Level, MaxGaps, Reducer, ReducerConfig, SinkPolicy, Timeline, Values,
 };
 use p1guard_simulator::{Gap, MeterSpec, Simulator, Style};
 use p1guard_telegram::{Framer, FramerConfig, Parser};
@@ -167,7 +172,11 @@ fn replay(s: &Scenario, stream: &[u8], chunk_sizes: &[usize]) -> Vec<(Value, Str
         framer.push(chunk);
         while let Some(frame) = framer.next_frame() {
             let telegram = parser.parse(&frame.expect("framed")).expect("valid");
-            reducer.reduce(&telegram, Timestamp::UNIX_EPOCH, &mut records);
+            reducer.reduce(
+                &telegram,
+                Arrival::Recorded(Timestamp::UNIX_EPOCH),
+                &mut records,
+            );
             for record in records.drain(..) {
                 let Some(admitted) = s.policy.admit(&record) else {
                     continue;
@@ -183,6 +192,79 @@ fn replay(s: &Scenario, stream: &[u8], chunk_sizes: &[usize]) -> Vec<(Value, Str
         }
     }
     lines
+}
+
+/// The observations the reducer believes: a telegram after a jump of more than
+/// [`CLOCK_JUMP_SECONDS`] counts only if the next one confirms it (the last one cannot).
+fn confirmed(observations: &[(i64, i64)]) -> Vec<(i64, i64)> {
+    let mut believed: Vec<(i64, i64)> = Vec::new();
+    for (i, &(t, v)) in observations.iter().enumerate() {
+        let jumped = believed
+            .last()
+            .is_some_and(|&(last, _)| t - last > CLOCK_JUMP_SECONDS);
+        let next = observations.get(i + 1).map(|o| o.0);
+        if !jumped || next.is_some_and(|n| n > t && n - t <= CLOCK_JUMP_SECONDS) {
+            believed.push((t, v));
+        }
+    }
+    believed
+}
+
+/// Every electricity record (granularity, instant) privacy.md allows for the scenario, found
+/// from the rules themselves: boundaries every 15 minutes and at local midnights (billing on
+/// the first of odd months), each filled by an observation on it or by two observations
+/// around it no farther apart than the granularity's gap, each kept only where the consent
+/// at the boundary and the sink's ceiling allow it; live records at every telegram.
+fn allowed_electricity(s: &Scenario, observations: &[(i64, i64)]) -> BTreeSet<(Granularity, i64)> {
+    let times: Vec<i64> = confirmed(observations).iter().map(|o| o.0).collect();
+    let (Some(&first), Some(&last)) = (times.first(), times.last()) else {
+        return BTreeSet::new();
+    };
+    let filled = |boundary: i64, max_gap: i64| {
+        let after = times.partition_point(|&t| t < boundary);
+        times.get(after) == Some(&boundary)
+            || (after > 0 && after < times.len() && times[after] - times[after - 1] <= max_gap)
+    };
+    let mut candidates = Vec::new();
+    let mut quarter = first.div_euclid(900) * 900;
+    while quarter <= last {
+        candidates.push((Granularity::QuarterHour, quarter, 900));
+        quarter += 900;
+    }
+    let amsterdam = TimeZone::get("Europe/Amsterdam").unwrap();
+    let mut day = amsterdam
+        .to_datetime(Timestamp::from_second(first).unwrap())
+        .date();
+    loop {
+        let midnight = amsterdam
+            .to_ambiguous_timestamp(day.to_datetime(jiff::civil::Time::midnight()))
+            .unambiguous()
+            .unwrap()
+            .as_second();
+        if midnight > last {
+            break;
+        }
+        candidates.push((Granularity::Daily, midnight, 86_400));
+        if day.day() == 1 && day.month() % 2 == 1 {
+            candidates.push((Granularity::Billing, midnight, 86_400));
+        }
+        day = day.checked_add(1.day()).unwrap();
+    }
+    let allowed = |granularity: Granularity, at: i64| {
+        granularity <= s.policy.ceiling()
+            && s.consent
+                .at(Timestamp::from_second(at).unwrap())
+                .allows(granularity)
+    };
+    let boundaries = candidates
+        .into_iter()
+        .filter(|&(g, b, gap)| b >= first && filled(b, gap) && allowed(g, b))
+        .map(|(g, b, _)| (g, b));
+    let live = times
+        .iter()
+        .filter(|&&t| allowed(Granularity::Live, t))
+        .map(|&t| (Granularity::Live, t));
+    boundaries.chain(live).collect()
 }
 
 fn granularity_of(record: &Value) -> Granularity {
@@ -222,6 +304,21 @@ proptest! {
                 prop_assert!(before <= value && value <= next, "{value} not within [{before}, {next}]: {line}");
             }
         }
+    }
+
+    #[test]
+    fn everything_consent_ceiling_and_observations_allow_comes_out(s in scenario(60)) {
+        let (stream, observations) = telegrams(&s);
+        let lines = replay(&s, &stream, &[64 * 1024]);
+        let mut out = BTreeSet::new();
+        for (record, line) in lines.iter().filter(|(r, _)| r["kind"] == "electricity") {
+            let at: Timestamp = record["time"].as_str().unwrap().parse().unwrap();
+            prop_assert!(out.insert((granularity_of(record), at.as_second())), "twice: {line}");
+        }
+        let allowed = allowed_electricity(&s, &observations);
+        let missing: Vec<_> = allowed.difference(&out).take(5).collect();
+        let extra: Vec<_> = out.difference(&allowed).take(5).collect();
+        prop_assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}, not allowed {extra:?}");
     }
 
     #[test]
