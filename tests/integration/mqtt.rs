@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use p1guard_simulator::{MeterSpec, Style};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::daemon::{Daemon, count_after};
 use crate::mosquitto::{Mosquitto, Seen, Watcher, publish_all};
@@ -237,11 +237,18 @@ fn home_assistant_discovery_and_dsmr_reader_topics_describe_what_is_published() 
         "watcher",
         &["homeassistant/#", "home/#", "dsmr/#"],
     );
+    // One household's meter on a TCP dongle: dsmr-reader's topics have room for one meter.
+    let (dongle, server) = crate::dongle(telegrams(1, &crate::now(), 3));
     let config = format!(
         r#"
         [consent]
         default = "live"
-        {source}
+
+        [[sources]]
+        name = "dongle"
+        type = "tcp"
+        address = "{dongle}"
+
         [[sinks]]
         name = "home-assistant"
         type = "mqtt"
@@ -265,13 +272,10 @@ fn home_assistant_discovery_and_dsmr_reader_topics_describe_what_is_published() 
         max_granularity = "live"
         identity = "raw"
         "#,
-        source = mqtt_source(&broker, ""),
         url = broker.url(),
     );
     let daemon = Daemon::start(&dir, &config);
-    daemon.wait_for_log("subscribed to p1/+/telegram", 1, PATIENCE);
-    let meter = telegrams(1, "2026-06-01T10:04:58Z", 3);
-    publish_all(broker.port, "meters", messages(1, meter));
+    let _connection = server.join().unwrap();
     daemon.wait_for_output(r#""granularity":"live""#, 3, PATIENCE);
     let id = sent_id("E0053000012345601");
     let state = format!("home/{id}/live/electricity");
@@ -333,11 +337,21 @@ fn home_assistant_discovery_and_dsmr_reader_topics_describe_what_is_published() 
             "{topic}"
         );
         assert!(text("name").is_some_and(|n| !n.is_empty()), "{topic}");
-        assert_eq!(
-            config["device"]["identifiers"],
-            serde_json::json!([format!("p1guard_{id}")])
-        );
-        assert!(config["device"]["name"].is_string());
+        // The electricity meter is one device; each M-Bus meter its own, behind it.
+        let electricity = format!("p1guard_{id}");
+        if topic.contains("/electricity_") {
+            assert_eq!(config["device"]["identifiers"], json!([electricity]));
+            assert_eq!(
+                config["device"]["name"],
+                "Electricity meter E0053000012345601"
+            );
+        } else {
+            assert_eq!(
+                config["device"]["identifiers"],
+                json!([format!("{electricity}_gas")])
+            );
+            assert_eq!(config["device"]["via_device"], json!(electricity));
+        }
         assert_eq!(text("availability_topic"), Some("home/status"));
         assert_eq!(text("payload_available"), Some("online"));
         assert_eq!(text("payload_not_available"), Some("offline"));
@@ -366,8 +380,8 @@ fn home_assistant_discovery_and_dsmr_reader_topics_describe_what_is_published() 
         let state: Value = serde_json::from_str(&latest[state_topic]).unwrap();
         let template = text("value_template").unwrap();
         let field = template
-            .strip_prefix("{{ value_json.values.")
-            .and_then(|t| t.strip_suffix(" }}"))
+            .strip_prefix("{{ value_json['values']['")
+            .and_then(|t| t.strip_suffix("'] }}"))
             .unwrap_or_else(|| panic!("{topic}: {template}"));
         assert!(
             state["values"][field].is_number(),

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use p1guard_conduct::{Granularity, Kind, SinkRecord};
+use p1guard_conduct::{Granularity, Kind, MeterName, SinkRecord};
 use serde_json::{Value, json};
 
 use super::topics::{Message, dsmr_reader_name, state_topic, topic_level, values};
@@ -138,14 +138,15 @@ impl Discovery {
         if r.granularity != Granularity::Live {
             return;
         }
-        let meter = topic_level(&record.meter().to_string());
+        let name = record.meter();
+        let meter = topic_level(&name.to_string());
         for field in values(record).keys() {
             let object = format!("{}_{field}", r.kind.name());
             let topic = format!("{}/sensor/p1guard_{meter}/{object}/config", self.prefix);
             if self.configs.contains_key(&topic) {
                 continue;
             }
-            let Some(config) = self.config(&meter, r.kind, field) else {
+            let Some(config) = self.config(&meter, &serial(name), r.kind, field) else {
                 continue;
             };
             let payload = config.to_string().into_bytes();
@@ -163,12 +164,14 @@ impl Discovery {
     }
 
     /// The config payload of one entity, or `None` for a field without one in this layout.
-    fn config(&self, meter: &str, kind: Kind, field: &str) -> Option<Value> {
+    /// `meter` names topics and ids; `serial` is what the device is called in Home Assistant.
+    fn config(&self, meter: &str, serial: &str, kind: Kind, field: &str) -> Option<Value> {
         let mut entity = entity_of(kind, field)?;
         let (state_topic, value_template) = match self.layout {
             TopicLayout::P1guard => (
                 state_topic(&self.state_prefix, meter, Granularity::Live, kind),
-                format!("{{{{ value_json.values.{field} }}}}"),
+                // Not `value_json.values.X`: Jinja finds a dict's `values()` method first.
+                format!("{{{{ value_json['values']['{field}'] }}}}"),
             ),
             TopicLayout::DsmrReader => {
                 let (name, factor) = dsmr_reader_name(kind, field)?;
@@ -187,12 +190,7 @@ impl Discovery {
             "availability_topic": self.availability,
             "payload_available": "online",
             "payload_not_available": "offline",
-            "device": {
-                "identifiers": [format!("p1guard_{meter}")],
-                "name": format!("Smart meter {meter}"),
-                "model": "DSMR P1",
-                "manufacturer": "p1guard",
-            },
+            "device": device(meter, serial, kind),
             "origin": {
                 "name": "p1guard",
                 "sw_version": env!("CARGO_PKG_VERSION"),
@@ -210,5 +208,80 @@ impl Discovery {
             }
         }
         Some(config)
+    }
+}
+
+/// The Home Assistant device an entity of `kind` belongs to: the electricity meter, or one
+/// device per M-Bus meter linked to it (`via_device`), as Home Assistant's own DSMR
+/// integration shows them.
+fn device(meter: &str, serial: &str, kind: Kind) -> Value {
+    let electricity = format!("p1guard_{meter}");
+    if kind == Kind::Electricity {
+        return json!({
+            "identifiers": [electricity],
+            "name": format!("Electricity meter {serial}"),
+            "model": "DSMR P1",
+            "manufacturer": "p1guard",
+        });
+    }
+    let (label, model) = match kind {
+        Kind::Gas => ("Gas meter", "M-Bus gas meter"),
+        Kind::Water => ("Water meter", "M-Bus water meter"),
+        _ => ("Heat meter", "M-Bus heat meter"),
+    };
+    json!({
+        "identifiers": [format!("{electricity}_{}", kind.name())],
+        "name": format!("{label} on {serial}"),
+        "model": model,
+        "manufacturer": "p1guard",
+        "via_device": electricity,
+    })
+}
+
+/// How a meter is called in Home Assistant: a raw equipment id decoded to the serial printed
+/// on the meter (`4530303132...` is `E0012...`) when it is hex-encoded printable ASCII; a
+/// pseudonym, or an id sent as plain text, as it is.
+fn serial(name: MeterName<'_>) -> String {
+    let MeterName::Raw(raw) = name else {
+        return name.to_string();
+    };
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let decoded: Option<Vec<u8>> = raw
+        .chunks(2)
+        .map(|pair| match pair {
+            [high, low] => Some((hex(*high)? * 16 + hex(*low)?) as u8),
+            _ => None,
+        })
+        .collect();
+    match decoded {
+        Some(bytes) if !bytes.is_empty() && bytes.iter().all(u8::is_ascii_graphic) => {
+            String::from_utf8(bytes).unwrap_or_else(|_| name.to_string())
+        }
+        _ => name.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_raw_hex_id_is_shown_as_the_serial_printed_on_the_meter() {
+        let raw = MeterName::Raw(b"4530303132333435363738393031323334");
+        assert_eq!(serial(raw), "E0012345678901234");
+        assert_eq!(serial(MeterName::Raw(b"1ESY1161234567")), "1ESY1161234567");
+        assert_eq!(serial(MeterName::Raw(b"0A0B")), "0A0B", "not printable");
+    }
+
+    #[test]
+    fn an_mbus_meter_is_its_own_device_behind_the_electricity_meter() {
+        let gas = device("4530", "E0", Kind::Gas);
+        assert_eq!(gas["via_device"], "p1guard_4530");
+        assert_eq!(gas["identifiers"], json!(["p1guard_4530_gas"]));
+        assert!(
+            device("4530", "E0", Kind::Electricity)
+                .get("via_device")
+                .is_none()
+        );
     }
 }
