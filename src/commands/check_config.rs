@@ -19,6 +19,9 @@ pub fn run(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
         }
     };
     println!("{}: valid", args.config.display());
+    for warning in &config.warnings {
+        eprintln!("{}: warning: {warning}", args.config.display());
+    }
     println!(
         "consent: {} by default, {} meter(s) listed; billing readings {}",
         config.consent.default_level(),

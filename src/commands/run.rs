@@ -24,6 +24,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     init_logging();
+    for warning in &config.warnings {
+        tracing::warn!("{}: {warning}", args.config.display());
+    }
     match serve(config) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(error) => {

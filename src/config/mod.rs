@@ -39,6 +39,8 @@ pub struct Config {
     pub sinks: Vec<SinkConfig>,
     /// Where to serve `GET /metrics`, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Allowed, but probably not meant: said by `check-config` and logged at start.
+    pub warnings: Vec<String>,
 }
 
 /// One source.
@@ -409,6 +411,32 @@ impl Validator<'_> {
                 self.problem("sinks", format!("two sqlite sinks share {store}"));
             }
         }
+        // A fleet (or several sources) shows more than one meter.
+        let fleet: Vec<&str> = sources
+            .iter()
+            .filter(|s| matches!(s.kind, SourceKind::Mqtt { .. }))
+            .map(|s| s.name.as_str())
+            .collect();
+        let many_meters = !fleet.is_empty() || sources.len() > 1;
+        for sink in &sinks {
+            if let SinkKind::Mqtt(settings) = &sink.kind
+                && settings.layout == TopicLayout::DsmrReader
+                && many_meters
+            {
+                self.problem(
+                    &format!("sinks.{}", sink.name),
+                    "layout dsmr_reader publishes every meter on the same topics, so one household would read another's: it needs a single meter (one serial, TCP or replay source)",
+                );
+            }
+        }
+        let default = consent_levels.default_level();
+        let mut warnings = Vec::new();
+        if !fleet.is_empty() && default > Level::Billing {
+            warnings.push(format!(
+                "consent.default = \"{default}\" gives every meter of the fleet (source {}) {default} readings, but daily and finer readings are opt-in per meter: list the meters that consented under [consent] meters",
+                fleet.join(", ")
+            ));
+        }
         if sources.is_empty() && !self.problems.iter().any(|p| p.starts_with("sources")) {
             self.problem("sources", "no [[sources]]: nothing to read");
         }
@@ -422,6 +450,7 @@ impl Validator<'_> {
             sources,
             sinks,
             metrics_listen,
+            warnings,
         }
     }
 
@@ -1281,6 +1310,45 @@ mod tests {
             );
         }
         assert_eq!(problems.0.len(), 10, "{text}");
+    }
+
+    #[test]
+    fn a_fleet_gets_no_shared_topics_and_a_generous_default_is_questioned() {
+        let fleet = |default: &str, layout: &str| {
+            parse(
+                &format!(
+                    r#"
+                    [consent]
+                    default = "{default}"
+
+                    [[sources]]
+                    name = "fleet"
+                    type = "mqtt"
+                    url = "mqtt://broker:1883"
+                    topic = "p1/+/telegram"
+
+                    [[sinks]]
+                    name = "app"
+                    type = "mqtt"
+                    url = "mqtt://broker:1883"
+                    layout = "{layout}"
+                    max_granularity = "live"
+                    discovery = false
+                    "#
+                ),
+                no_env(),
+            )
+        };
+        let problems = fleet("billing", "dsmr_reader").unwrap_err().to_string();
+        assert!(
+            problems
+                .contains("sinks.app: layout dsmr_reader publishes every meter on the same topics"),
+            "{problems}"
+        );
+        assert!(fleet("billing", "p1guard").unwrap().warnings.is_empty());
+        let warnings = fleet("daily", "p1guard").unwrap().warnings;
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("opt-in per meter"), "{warnings:?}");
     }
 
     #[test]

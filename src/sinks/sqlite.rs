@@ -52,6 +52,9 @@ impl SqliteSink {
         // across a process crash, and an SD card is spared a sync per transaction.
         connection.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
         connection.pragma_update(None, "synchronous", "NORMAL")?;
+        // Deleted readings (retention, erasure) are overwritten, not left in free pages where
+        // a copy of the file would still carry them.
+        connection.pragma_update(None, "secure_delete", "ON")?;
         connection.busy_timeout(Duration::from_secs(5))?;
         connection.execute_batch(SCHEMA)?;
         Ok(SqliteSink {
@@ -210,6 +213,39 @@ mod tests {
             "daily has no retention set"
         );
         drop(sink);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn deleted_readings_do_not_linger_in_the_file() {
+        let records = records();
+        let policy = SinkPolicy::new(Granularity::QuarterHour, Identity::Pseudonym).unwrap();
+        let admitted: Vec<_> = records.iter().filter_map(|r| policy.admit(r)).collect();
+        let path = std::env::temp_dir().join(format!(
+            "p1guard-sqlite-delete-{}.sqlite",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&path);
+        let day = Duration::from_secs(86_400);
+        let mut sink = SqliteSink::open(&path, [None, None, Some(day), None]).unwrap();
+        sink.write(&admitted).await.unwrap();
+        sink.flush().await.unwrap();
+        let oldest: String = sink
+            .connection
+            .query_row(
+                "SELECT readings FROM records WHERE granularity = 'quarter_hour' ORDER BY time",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        let now = "2026-06-03T12:00:00Z".parse::<Timestamp>().unwrap();
+        assert_eq!(sink.delete_expired(now).unwrap(), 36 * 4);
+        sink.flush().await.unwrap();
+        drop(sink);
+
+        let file = std::fs::read(&path).unwrap();
+        let lingers = file.windows(oldest.len()).any(|w| w == oldest.as_bytes());
+        assert!(!lingers, "{oldest} is still in the file");
         std::fs::remove_file(&path).unwrap();
     }
 }

@@ -84,6 +84,27 @@ fn verdict(status: u16, retry_after: Option<&str>) -> Verdict {
     }
 }
 
+/// A server message without what it echoes of the request: servers quote a rejected line
+/// (`unable to parse '<line>'`), and logs must carry neither readings nor meter names. Every
+/// single-quoted span goes, and so does every word of `sent` that holds a digit (pseudonyms,
+/// values, timestamps), wherever the server put it.
+fn redact(message: &str, sent: &str) -> String {
+    let mut kept = String::with_capacity(message.len());
+    let mut quoted = message.split('\'');
+    kept.push_str(quoted.next().unwrap_or_default());
+    while let (Some(_echo), rest) = (quoted.next(), quoted.next()) {
+        kept.push_str("'<redacted>'");
+        kept.push_str(rest.unwrap_or_default());
+    }
+    let words = sent.split([' ', ',', '=', '\n']);
+    for word in words.filter(|w| w.len() >= 4 && w.contains(|c: char| c.is_ascii_digit())) {
+        if kept.contains(word) {
+            kept = kept.replace(word, "<redacted>");
+        }
+    }
+    kept
+}
+
 /// A server message, trimmed and cut to [`MESSAGE_LIMIT`] characters.
 fn short(message: &str) -> String {
     let message = message.trim();
@@ -147,7 +168,7 @@ impl InfluxSink {
                     status,
                     retry_after,
                     message,
-                }) => (status, retry_after, short(&message)),
+                }) => (status, retry_after, short(&redact(&message, &self.lines))),
             };
             match verdict(status, retry_after.as_deref()) {
                 Verdict::Split if part.len() > 1 => {
@@ -275,6 +296,23 @@ mod tests {
                 "{status} {retry_after:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_rejected_line_echoed_by_the_server_is_not_logged() {
+        let sent = "gas,meter=7b9f8070bf736ca7b646f4397d41ce85,granularity=live volume_m3=1234.567 1780308000\n";
+        let influx = r#"{"error":"unable to parse 'gas,meter=7b9f8070bf736ca7b646f4397d41ce85,granularity=live volume_m3=1234.567 1780308000': bad timestamp"}"#;
+        assert_eq!(
+            redact(influx, sent),
+            r#"{"error":"unable to parse '<redacted>': bad timestamp"}"#
+        );
+        let unquoted = "cannot parse field value for \"volume_m3\": 1234.567 of meter 7b9f8070bf736ca7b646f4397d41ce85";
+        assert_eq!(
+            redact(unquoted, sent),
+            "cannot parse field value for \"volume_m3\": <redacted> of meter <redacted>"
+        );
+        let harmless = r#"{"error":"database not found: \"missing\""}"#;
+        assert_eq!(redact(harmless, sent), harmless);
     }
 
     #[test]
