@@ -477,11 +477,17 @@ fn home_assistant_discovery_and_dsmr_reader_topics_describe_what_is_published() 
 fn workers_in_a_shared_group_split_a_fleet_between_them() {
     let dir = scratch("mqtt-shared");
     let broker = Mosquitto::start(&dir);
+    // One key for both, so that a telegram taken twice would be the same record twice.
+    let key = dir.join("identity.key");
+    std::fs::write(&key, format!("{}\n", "5a".repeat(32))).unwrap();
     let worker = |name: &str| {
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let config = format!(
             r#"
+            [identity]
+            key_file = {key:?}
+
             [consent]
             default = "live"
             {source}
@@ -522,20 +528,33 @@ fn workers_in_a_shared_group_split_a_fleet_between_them() {
         a.stderr,
         b.stderr
     );
-    let records = |stdout: &str| -> BTreeSet<String> {
-        stdout
-            .lines()
-            .filter(|l| l.contains(live))
-            .map(str::to_owned)
-            .collect()
+    // Each telegram is one (meter, time): the union must be the whole fleet, once.
+    let telegrams = |stdout: &str| -> Vec<(String, String)> {
+        let live = stdout.lines().filter(|l| l.contains(live));
+        live.map(|line| {
+            let record: Value = serde_json::from_str(line).unwrap();
+            let field = |name: &str| record[name].as_str().unwrap().to_owned();
+            (field("meter"), field("time"))
+        })
+        .collect()
     };
-    let (from_a, from_b) = (records(&a.stdout), records(&b.stdout));
+    let (from_a, from_b) = (telegrams(&a.stdout), telegrams(&b.stdout));
     assert!(
         !from_a.is_empty() && !from_b.is_empty(),
         "both workers took a share"
     );
-    assert!(from_a.is_disjoint(&from_b), "no telegram went to both");
-    assert_eq!(from_a.len() + from_b.len(), 200);
+    let all: BTreeSet<_> = from_a.iter().chain(&from_b).collect();
+    assert_eq!(
+        all.len(),
+        from_a.len() + from_b.len(),
+        "no telegram went to both"
+    );
+    let meters: BTreeSet<_> = all.iter().map(|(meter, _)| meter).collect();
+    assert_eq!(
+        (meters.len(), all.len()),
+        (10, 200),
+        "every telegram of every meter"
+    );
 }
 
 /// A CA, and a certificate for 127.0.0.1 it signed, as PEM files in `dir`: (ca, cert, key).
