@@ -2,6 +2,7 @@
 
 mod daemon;
 mod demo;
+mod home_assistant;
 mod influx;
 mod mosquitto;
 mod mqtt;

@@ -131,13 +131,23 @@ impl Discovery {
         format!("{}/status", self.prefix)
     }
 
-    /// Appends the config of every entity of `record` not announced before. Only live
-    /// records make entities: they are the ones Home Assistant shows.
-    pub fn announce(&mut self, record: &SinkRecord<'_>, out: &mut Vec<Message>) {
-        let r = record.record();
-        if r.granularity != Granularity::Live {
-            return;
+    /// Appends the config of every entity of `records` not announced before, electricity
+    /// first: Home Assistant links an M-Bus meter's device (`via_device`) only to a device
+    /// that already exists. Only live records make entities: they are the ones Home
+    /// Assistant shows.
+    pub fn announce(&mut self, records: &[SinkRecord<'_>], out: &mut Vec<Message>) {
+        let live = records
+            .iter()
+            .filter(|r| r.record().granularity == Granularity::Live);
+        let (electricity, mbus): (Vec<_>, Vec<_>) =
+            live.partition(|r| r.record().kind == Kind::Electricity);
+        for record in electricity.iter().chain(&mbus) {
+            self.announce_record(record, out);
         }
+    }
+
+    fn announce_record(&mut self, record: &SinkRecord<'_>, out: &mut Vec<Message>) {
+        let r = record.record();
         let name = record.meter();
         let meter = topic_level(&name.to_string());
         for field in values(record).keys() {
@@ -146,7 +156,7 @@ impl Discovery {
             if self.configs.contains_key(&topic) {
                 continue;
             }
-            let Some(config) = self.config(&meter, &serial(name), r.kind, field) else {
+            let Some(config) = self.config(&meter, name, r.kind, field) else {
                 continue;
             };
             let payload = config.to_string().into_bytes();
@@ -164,8 +174,8 @@ impl Discovery {
     }
 
     /// The config payload of one entity, or `None` for a field without one in this layout.
-    /// `meter` names topics and ids; `serial` is what the device is called in Home Assistant.
-    fn config(&self, meter: &str, serial: &str, kind: Kind, field: &str) -> Option<Value> {
+    /// `meter` names topics and ids; `name` is the meter's name on this sink.
+    fn config(&self, meter: &str, name: MeterName<'_>, kind: Kind, field: &str) -> Option<Value> {
         let mut entity = entity_of(kind, field)?;
         let (state_topic, value_template) = match self.layout {
             TopicLayout::P1guard => (
@@ -183,14 +193,16 @@ impl Discovery {
             }
         };
         let mut config = json!({
-            "name": entity.name,
             "unique_id": format!("p1guard_{meter}_{}_{field}", kind.name()),
             "state_topic": state_topic,
             "value_template": value_template,
             "availability_topic": self.availability,
             "payload_available": "online",
             "payload_not_available": "offline",
-            "device": device(meter, serial, kind),
+            "device": device(meter, name, kind),
+            // An M-Bus meter's one sensor is its device: named "Gas meter on E00…", not
+            // "Gas meter on E00… Gas".
+            "name": if kind == Kind::Electricity { Value::from(entity.name) } else { Value::Null },
             "origin": {
                 "name": "p1guard",
                 "sw_version": env!("CARGO_PKG_VERSION"),
@@ -214,15 +226,20 @@ impl Discovery {
 /// The Home Assistant device an entity of `kind` belongs to: the electricity meter, or one
 /// device per M-Bus meter linked to it (`via_device`), as Home Assistant's own DSMR
 /// integration shows them.
-fn device(meter: &str, serial: &str, kind: Kind) -> Value {
+fn device(meter: &str, name: MeterName<'_>, kind: Kind) -> Value {
     let electricity = format!("p1guard_{meter}");
+    let serial = serial(name);
     if kind == Kind::Electricity {
-        return json!({
+        let mut device = json!({
             "identifiers": [electricity],
             "name": format!("Electricity meter {serial}"),
             "model": "DSMR P1",
             "manufacturer": "p1guard",
         });
+        if let MeterName::Raw(_) = name {
+            device["serial_number"] = Value::from(serial);
+        }
+        return device;
     }
     let (label, model) = match kind {
         Kind::Gas => ("Gas meter", "M-Bus gas meter"),
@@ -275,13 +292,12 @@ mod tests {
 
     #[test]
     fn an_mbus_meter_is_its_own_device_behind_the_electricity_meter() {
-        let gas = device("4530", "E0", Kind::Gas);
+        let name = MeterName::Raw(b"4530");
+        let gas = device("4530", name, Kind::Gas);
         assert_eq!(gas["via_device"], "p1guard_4530");
         assert_eq!(gas["identifiers"], json!(["p1guard_4530_gas"]));
-        assert!(
-            device("4530", "E0", Kind::Electricity)
-                .get("via_device")
-                .is_none()
-        );
+        let electricity = device("4530", name, Kind::Electricity);
+        assert!(electricity.get("via_device").is_none());
+        assert_eq!(electricity["serial_number"], "E0");
     }
 }

@@ -228,9 +228,7 @@ impl Sink for MqttSink {
         self.await_connection().await?;
         self.outgoing.clear();
         if let Some(discovery) = &mut self.discovery {
-            for record in records {
-                discovery.announce(record, &mut self.outgoing);
-            }
+            discovery.announce(records, &mut self.outgoing);
         }
         self.layout.messages(records, &mut self.outgoing);
         self.announce().await?;
