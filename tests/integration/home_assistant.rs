@@ -15,11 +15,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use p1guard_simulator::{MeterSpec, Style};
-use rumqttc::{Client, Event, Incoming, MqttOptions, QoS};
 use serde_json::{Value, json};
 
 use crate::daemon::Daemon;
-use crate::mosquitto::{Mosquitto, Seen, Watcher, free_port, publish_all};
+use crate::mosquitto::{Mosquitto, Seen, Watcher, free_port, publish_all, publish_retained};
 use crate::scratch;
 
 /// The version `scripts/install-home-assistant` installs.
@@ -393,37 +392,6 @@ fn clock_ahead(lead: u64) -> u64 {
         .unwrap()
         .as_secs();
     (300 - (now + lead) % 300) % 300
-}
-
-/// Publishes `messages` retained at QoS 1 and returns once the broker acknowledged all.
-fn publish_retained(port: u16, client_id: &str, messages: Vec<(String, Vec<u8>)>) {
-    let (client, mut connection) = Client::new(MqttOptions::new(client_id, "127.0.0.1", port), 64);
-    let count = messages.len();
-    let publisher = std::thread::spawn(move || {
-        for (topic, payload) in messages {
-            client
-                .publish(topic, QoS::AtLeastOnce, true, payload)
-                .unwrap();
-        }
-        client
-    });
-    let deadline = Instant::now() + PATIENCE;
-    let mut acked = 0;
-    for event in connection.iter() {
-        assert!(
-            Instant::now() < deadline,
-            "the broker acknowledged {acked} of {count}"
-        );
-        if let Event::Incoming(Incoming::PubAck(_)) = event.expect("the publisher stays connected")
-        {
-            acked += 1;
-        }
-        if acked == count {
-            break;
-        }
-    }
-    let client = publisher.join().unwrap();
-    client.disconnect().unwrap();
 }
 
 /// One entity of the entity registry.

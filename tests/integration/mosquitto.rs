@@ -246,6 +246,15 @@ impl Drop for Watcher {
 /// Publishes `messages` at QoS 1 as `client_id` and returns once the broker acknowledged
 /// every one.
 pub fn publish_all(port: u16, client_id: &str, messages: Vec<(String, Vec<u8>)>) {
+    publish(port, client_id, messages, false);
+}
+
+/// Like [`publish_all`], retained: what a later subscriber (a restarted Home Assistant) sees.
+pub fn publish_retained(port: u16, client_id: &str, messages: Vec<(String, Vec<u8>)>) {
+    publish(port, client_id, messages, true);
+}
+
+fn publish(port: u16, client_id: &str, messages: Vec<(String, Vec<u8>)>, retain: bool) {
     let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
     options.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut connection) = Client::new(options, 64);
@@ -253,7 +262,7 @@ pub fn publish_all(port: u16, client_id: &str, messages: Vec<(String, Vec<u8>)>)
     let publisher = std::thread::spawn(move || {
         for (topic, payload) in messages {
             client
-                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .publish(topic, QoS::AtLeastOnce, retain, payload)
                 .unwrap();
         }
         client

@@ -69,11 +69,11 @@ fn stream(from: &str, to: &str, step: i64) -> Vec<(Timestamp, i64)> {
         .collect()
 }
 
-fn reduce_with(
+fn reduce_with<C: Consent>(
     config: ReducerConfig,
-    consent: Timeline,
+    consent: C,
     telegrams: &[Vec<u8>],
-) -> (Vec<Record>, Reducer<Timeline>) {
+) -> (Vec<Record>, Reducer<C>) {
     let mut reducer = Reducer::new(config, consent, IdentityKey::from_bytes([7; 32]));
     let mut parser = Parser::new();
     let mut records = Vec::new();
@@ -521,24 +521,11 @@ fn an_id_sent_in_lower_case_or_with_spaces_is_the_same_meter_and_keeps_its_conse
         "nine live records and the 10:00 quarter hour"
     );
 
-    let mut reducer = Reducer::new(
+    let (records, _) = reduce_with(
         config(Granularity::Live),
         NoneFor(ID.as_bytes()),
-        IdentityKey::from_bytes([7; 32]),
+        &telegrams,
     );
-    let mut parser = Parser::new();
-    let mut records = Vec::new();
-    for bytes in &telegrams {
-        let mut framer = Framer::new(FramerConfig::default());
-        framer.push(bytes);
-        let frame = framer.next_frame().expect("a frame").expect("framed");
-        let telegram = parser.parse(&frame).expect("valid telegram");
-        reducer.reduce(
-            &telegram,
-            Arrival::Recorded(Timestamp::UNIX_EPOCH),
-            &mut records,
-        );
-    }
     assert!(records.is_empty(), "{records:?}");
 }
 
