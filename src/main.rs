@@ -6,7 +6,6 @@ mod broker;
 mod cli;
 mod commands;
 mod config;
-mod consent;
 mod decode;
 mod hex;
 mod identity_key;

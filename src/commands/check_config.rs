@@ -24,7 +24,7 @@ pub fn run(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
     }
     println!(
         "consent: {} by default, {} meter(s) listed; billing readings {}",
-        config.consent.default_level(),
+        config.consent.default_at(jiff::Timestamp::now()),
         config.consent.listed(),
         match config.billing {
             BillingCadence::BiMonthly => "bi-monthly",

@@ -13,11 +13,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use p1guard_conduct::{BillingCadence, Granularity, Identity, Level, SinkPolicy};
+use p1guard_conduct::{
+    BillingCadence, ConsentTable, Granularity, Identity, Level, SinkPolicy, Timeline,
+};
 use serde::de::DeserializeOwned;
 use toml::{Table, Value};
 
-use crate::consent::MeterLevels;
 use crate::decode::{CipherKeys, InputOptions};
 use crate::pace::Speed;
 use crate::sinks::Batching;
@@ -30,7 +31,7 @@ pub struct Config {
     /// The pseudonym key file; the state directory's `identity.key` if `None`.
     pub identity_key: Option<PathBuf>,
     /// Each meter's consent.
-    pub consent: MeterLevels,
+    pub consent: ConsentTable,
     /// Billing boundaries.
     pub billing: BillingCadence,
     /// Where telegrams come from.
@@ -373,18 +374,19 @@ impl Validator<'_> {
             );
         }
 
-        let meters = consent.meters.into_iter().filter_map(|(id, level)| {
-            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        let default = consent.default.unwrap_or(Level::Billing);
+        let consent_table = ConsentTable::new(Timeline::constant(default));
+        for (id, level) in consent.meters {
+            if id.is_empty()
+                || !id.bytes().all(|b| b.is_ascii_graphic())
+                || !consent_table.set(id.as_bytes(), Timeline::constant(level))
+            {
                 self.problem(
                     "consent.meters",
                     format!("{id:?}: a meter id is the equipment id as sent, printable ASCII"),
                 );
-                return None;
             }
-            Some((id.into_bytes(), level))
-        });
-        let meters: Vec<_> = meters.collect();
-        let consent_levels = MeterLevels::new(consent.default.unwrap_or(Level::Billing), meters);
+        }
 
         let sources: Vec<SourceConfig> = sources
             .into_iter()
@@ -429,7 +431,6 @@ impl Validator<'_> {
                 );
             }
         }
-        let default = consent_levels.default_level();
         let mut warnings = Vec::new();
         if !fleet.is_empty() && default > Level::Billing {
             warnings.push(format!(
@@ -445,7 +446,7 @@ impl Validator<'_> {
         }
         Config {
             identity_key: identity.key_file,
-            consent: consent_levels,
+            consent: consent_table,
             billing: consent.billing_cadence.unwrap_or_default(),
             sources,
             sinks,
@@ -1047,6 +1048,8 @@ impl SinkKind {
 
 #[cfg(test)]
 mod tests {
+    use jiff::Timestamp;
+
     use super::*;
 
     fn no_env() -> Vec<(String, String)> {
@@ -1081,7 +1084,7 @@ mod tests {
             no_env(),
         )
         .unwrap();
-        assert_eq!(config.consent.default_level(), Level::Daily);
+        assert_eq!(config.consent.default_at(Timestamp::now()), Level::Daily);
         assert_eq!(config.consent.listed(), 1);
         let SourceKind::Serial(dsmr4) = &config.sources[0].kind else {
             panic!("serial expected");
@@ -1187,15 +1190,6 @@ mod tests {
             type = "mqtt"
             url = "mqtt://[::1]"
             max_granularity = "live"
-
-            [[sinks]]
-            name = "dsmr"
-            type = "mqtt"
-            url = "mqtt://localhost"
-            layout = "dsmr_reader"
-            prefix = "dsmr"
-            max_granularity = "live"
-            discovery = false
             "#
             .replace("SECRET", &secret.to_string_lossy()),
             no_env(),
@@ -1243,11 +1237,31 @@ mod tests {
             Some("homeassistant"),
             "on for a live sink"
         );
+
+        // dsmr-reader's topics, for one household's meter.
+        let config = parse(
+            r#"
+            [[sources]]
+            type = "tcp"
+            address = "dongle.local:2000"
+
+            [[sinks]]
+            name = "dsmr"
+            type = "mqtt"
+            url = "mqtt://localhost"
+            layout = "dsmr_reader"
+            prefix = "dsmr"
+            max_granularity = "live"
+            discovery = false
+            "#,
+            no_env(),
+        )
+        .unwrap();
         let SinkKind::Mqtt(MqttSettings {
             layout,
             discovery_prefix,
             ..
-        }) = &config.sinks[1].kind
+        }) = &config.sinks[0].kind
         else {
             panic!("{config:?}")
         };
@@ -1396,7 +1410,7 @@ mod tests {
         .map(|(k, v)| (k.to_owned(), v.to_owned()));
         let config = parse(text, vars).unwrap();
         assert_eq!(config.sinks[0].policy.ceiling(), Granularity::QuarterHour);
-        assert_eq!(config.consent.default_level(), Level::None);
+        assert_eq!(config.consent.default_at(Timestamp::now()), Level::None);
     }
 
     #[test]

@@ -33,7 +33,7 @@ mod reducer;
 mod sink;
 
 pub use crate::calendar::{BillingCadence, Calendar};
-pub use crate::consent::{Consent, Timeline};
+pub use crate::consent::{Consent, ConsentTable, Timeline};
 pub use crate::identity::{Identity, IdentityKey, MeterRef, Pseudonym, normalise_equipment_id};
 pub use crate::level::{Granularity, Level, UnknownName};
 pub use crate::record::{
