@@ -230,22 +230,46 @@ mod tests {
         let mut sink = SqliteSink::open(&path, [None, None, Some(day), None]).unwrap();
         sink.write(&admitted).await.unwrap();
         sink.flush().await.unwrap();
-        let oldest: String = sink
-            .connection
-            .query_row(
-                "SELECT readings FROM records WHERE granularity = 'quarter_hour' ORDER BY time",
-                [],
-                |row| row.get(0),
-            )
-            .unwrap();
+        // Every quarter hour that retention deletes below, with its readings, unless a row
+        // that stays holds the same readings (the daily reading of a midnight).
+        let rows = |sql: &str| -> Vec<(i64, String)> {
+            let cutoff = "2026-06-02T12:00:00Z".parse::<Timestamp>().unwrap();
+            let mut query = sink.connection.prepare(sql).unwrap();
+            let rows = query.query_map([cutoff.as_second()], |row| Ok((row.get(0)?, row.get(1)?)));
+            rows.unwrap().map(Result::unwrap).collect()
+        };
+        let expiring =
+            "SELECT time, readings FROM records WHERE granularity = 'quarter_hour' AND time < ?1";
+        let staying =
+            "SELECT time, readings FROM records WHERE granularity <> 'quarter_hour' OR time >= ?1";
+        let staying: Vec<String> = rows(staying).into_iter().map(|(_, r)| r).collect();
+        let expiring: Vec<(i64, String)> = rows(expiring)
+            .into_iter()
+            .filter(|(_, readings)| !staying.contains(readings))
+            .collect();
+        assert!(expiring.len() > 100, "{expiring:?}");
+        let in_file = || -> Vec<i64> {
+            let file = std::fs::read(&path).unwrap();
+            let found = |readings: &String| {
+                file.windows(readings.len())
+                    .any(|w| w == readings.as_bytes())
+            };
+            expiring
+                .iter()
+                .filter(|(_, r)| found(r))
+                .map(|(t, _)| *t)
+                .collect()
+        };
+        assert_eq!(in_file().len(), expiring.len(), "written");
         let now = "2026-06-03T12:00:00Z".parse::<Timestamp>().unwrap();
         assert_eq!(sink.delete_expired(now).unwrap(), 36 * 4);
         sink.flush().await.unwrap();
         drop(sink);
-
-        let file = std::fs::read(&path).unwrap();
-        let lingers = file.windows(oldest.len()).any(|w| w == oldest.as_bytes());
-        assert!(!lingers, "{oldest} is still in the file");
+        assert_eq!(
+            in_file(),
+            Vec::<i64>::new(),
+            "deleted, but still in the file"
+        );
         std::fs::remove_file(&path).unwrap();
     }
 }

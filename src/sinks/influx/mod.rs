@@ -87,7 +87,7 @@ fn verdict(status: u16, retry_after: Option<&str>) -> Verdict {
 /// A server message without what it echoes of the request: servers quote a rejected line
 /// (`unable to parse '<line>'`), and logs must carry neither readings nor meter names. Every
 /// single-quoted span goes, and so does every word of `sent` that holds a digit (pseudonyms,
-/// values, timestamps), wherever the server put it.
+/// values, timestamps) wherever the server put it; field names (`volume_m3`) stay.
 fn redact(message: &str, sent: &str) -> String {
     let mut kept = String::with_capacity(message.len());
     let mut quoted = message.split('\'');
@@ -97,7 +97,8 @@ fn redact(message: &str, sent: &str) -> String {
         kept.push_str(rest.unwrap_or_default());
     }
     let words = sent.split([' ', ',', '=', '\n']);
-    for word in words.filter(|w| w.len() >= 4 && w.contains(|c: char| c.is_ascii_digit())) {
+    let data = |w: &&str| w.contains(|c: char| c.is_ascii_digit()) && !w.contains('_');
+    for word in words.filter(data) {
         if kept.contains(word) {
             kept = kept.replace(word, "<redacted>");
         }
