@@ -14,10 +14,12 @@ use crate::pace::Speed;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 pub struct Cli {
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Frame, check and parse telegrams from a file or stdin; print one JSON object per frame.
@@ -40,6 +42,7 @@ pub enum Command {
     CheckConfig(CheckConfigArgs),
 }
 
+/// `p1guard run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The configuration file (TOML); `P1GUARD_SECTION__KEY` variables override its settings.
@@ -52,6 +55,7 @@ pub struct RunArgs {
     pub config: PathBuf,
 }
 
+/// `p1guard check-config`.
 #[derive(Debug, Args)]
 pub struct CheckConfigArgs {
     /// The configuration file (TOML).
@@ -103,12 +107,14 @@ impl From<&InputArgs> for InputOptions {
     }
 }
 
+/// `p1guard parse`.
 #[derive(Debug, Args)]
 pub struct ParseArgs {
     /// Capture file to read; `-` or nothing for stdin.
     #[arg(default_value = "-")]
     pub input: PathBuf,
 
+    /// How the input is read.
     #[command(flatten)]
     pub input_args: InputArgs,
 
@@ -117,12 +123,14 @@ pub struct ParseArgs {
     pub summary: bool,
 }
 
+/// `p1guard replay`.
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
     /// Capture files, each a stream of telegrams back to back; `-` for stdin.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
 
+    /// How the inputs are read.
     #[command(flatten)]
     pub input_args: InputArgs,
 
