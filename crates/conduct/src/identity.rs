@@ -71,7 +71,8 @@ pub enum Identity {
 }
 
 /// A meter as records refer to it: its raw id and its pseudonym, computed once per meter.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// `{:?}` shows the pseudonym only, so no log line or panic message can carry the raw id.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct MeterRef {
     raw: Arc<[u8]>,
     pseudonym: Pseudonym,
@@ -97,9 +98,25 @@ impl MeterRef {
     }
 }
 
+impl fmt::Debug for MeterRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MeterRef({})", self.pseudonym)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_meter_ref_debugs_as_its_pseudonym_only() {
+        let key = IdentityKey::from_bytes([3; 32]);
+        let raw: Arc<[u8]> = Arc::from(&b"4530303731303034323130393837363534"[..]);
+        let meter = MeterRef::new(raw, &key);
+        let shown = format!("{meter:?}");
+        assert_eq!(shown, format!("MeterRef({})", meter.pseudonym()));
+        assert!(!shown.contains("4530"));
+    }
 
     #[test]
     fn pseudonyms_are_keyed_and_32_hex_digits() {
