@@ -38,6 +38,12 @@ impl StdoutSink {
     }
 }
 
+impl Default for StdoutSink {
+    fn default() -> StdoutSink {
+        StdoutSink::new()
+    }
+}
+
 impl Sink for StdoutSink {
     async fn write(&mut self, records: &[SinkRecord<'_>]) -> anyhow::Result<()> {
         if self.reader_gone {

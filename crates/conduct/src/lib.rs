@@ -28,6 +28,7 @@ mod calendar;
 mod consent;
 mod identity;
 mod level;
+mod quantity;
 mod record;
 mod reducer;
 mod sink;
@@ -36,6 +37,7 @@ pub use crate::calendar::{BillingCadence, Calendar};
 pub use crate::consent::{Consent, ConsentTable, Timeline};
 pub use crate::identity::{Identity, IdentityKey, MeterRef, Pseudonym, normalise_equipment_id};
 pub use crate::level::{Granularity, Level, UnknownName};
+pub use crate::quantity::{Quantity, Unit};
 pub use crate::record::{
     Clock, Field, Kind, LiveValues, Milli, PhaseValues, Quality, Record, Registers, Values,
 };

@@ -6,6 +6,7 @@ use serde::ser::{SerializeMap, Serializer};
 
 use crate::identity::MeterRef;
 use crate::level::Granularity;
+use crate::quantity::Quantity;
 use crate::sink::SinkRecord;
 
 /// What a record measures.
@@ -89,23 +90,16 @@ pub struct Registers {
 }
 
 impl Registers {
-    /// Every present register with its field name.
-    pub fn fields(&self) -> impl Iterator<Item = (&'static str, Milli)> + '_ {
-        const IMPORT: [&str; 3] = [
-            "energy_import_kwh",
-            "energy_import_t1_kwh",
-            "energy_import_t2_kwh",
-        ];
-        const EXPORT: [&str; 3] = [
-            "energy_export_kwh",
-            "energy_export_t1_kwh",
-            "energy_export_t2_kwh",
-        ];
-        let import = IMPORT.into_iter().zip(self.import);
-        let export = EXPORT.into_iter().zip(self.export);
+    /// Every present register with its quantity.
+    pub fn fields(&self) -> impl Iterator<Item = (Quantity, Milli)> + '_ {
+        use Quantity::*;
+        let import = [EnergyImport, EnergyImportT1, EnergyImportT2].into_iter();
+        let export = [EnergyExport, EnergyExportT1, EnergyExportT2].into_iter();
+        let import = import.zip(self.import);
+        let export = export.zip(self.export);
         import
             .chain(export)
-            .filter_map(|(name, v)| Some((name, v?)))
+            .filter_map(|(quantity, v)| Some((quantity, v?)))
     }
 
     /// Whether no register is present.
@@ -142,6 +136,45 @@ pub struct LiveValues {
     pub power_failures: Option<u32>,
     /// Long power failures so far.
     pub long_power_failures: Option<u32>,
+}
+
+impl LiveValues {
+    /// Every present value with its quantity.
+    pub fn fields(&self) -> impl Iterator<Item = (Quantity, Field)> + '_ {
+        use Quantity::*;
+        const PHASES: [[Quantity; 4]; 3] = [
+            [PowerImportL1, PowerExportL1, VoltageL1, CurrentL1],
+            [PowerImportL2, PowerExportL2, VoltageL2, CurrentL2],
+            [PowerImportL3, PowerExportL3, VoltageL3, CurrentL3],
+        ];
+        let totals = [
+            (PowerImport, self.power_import_w),
+            (PowerExport, self.power_export_w),
+        ];
+        let phases = self
+            .phases
+            .iter()
+            .zip(PHASES)
+            .flat_map(|(phase, [i, e, v, c])| {
+                [
+                    (i, phase.power_import_w),
+                    (e, phase.power_export_w),
+                    (v, phase.voltage_v),
+                    (c, phase.current_a),
+                ]
+            });
+        let counts = [
+            (Tariff, self.tariff),
+            (PowerFailures, self.power_failures),
+            (LongPowerFailures, self.long_power_failures),
+        ];
+        let floats = totals.into_iter().chain(phases);
+        let floats = floats.filter_map(|(q, v)| Some((q, Field::Float(v?))));
+        let counts = counts
+            .into_iter()
+            .filter_map(|(q, n)| Some((q, Field::Count(n?))));
+        floats.chain(counts)
+    }
 }
 
 /// A record's values. Only live electricity records carry instantaneous values: boundary
@@ -182,29 +215,9 @@ fn milli_to_f64(milli: Milli) -> f64 {
     milli as f64 / 1000.0
 }
 
-const PHASE_FIELDS: [[&str; 4]; 3] = [
-    [
-        "power_import_l1_w",
-        "power_export_l1_w",
-        "voltage_l1_v",
-        "current_l1_a",
-    ],
-    [
-        "power_import_l2_w",
-        "power_export_l2_w",
-        "voltage_l2_v",
-        "current_l2_a",
-    ],
-    [
-        "power_import_l3_w",
-        "power_export_l3_w",
-        "voltage_l3_v",
-        "current_l3_a",
-    ],
-];
-
-/// One of a record's values, as stores receive it.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// One of a record's values, as stores receive it. Serialises as the bare number.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(untagged)]
 pub enum Field {
     /// A reading in its unit (kWh, m3, GJ, W, V, A).
     Float(f64),
@@ -213,50 +226,20 @@ pub enum Field {
 }
 
 impl Record {
-    /// Calls `f` with each present value and its field name, in the order of the record
-    /// JSON's `values` object; every store names and types values through this one list.
-    pub fn try_for_each_value<E>(
-        &self,
-        mut f: impl FnMut(&'static str, Field) -> Result<(), E>,
-    ) -> Result<(), E> {
-        match &self.values {
-            Values::Mbus(milli) => {
-                let name = match self.kind {
-                    Kind::Heat => "energy_gj",
-                    _ => "volume_m3",
-                };
-                f(name, Field::Float(milli_to_f64(*milli)))
-            }
-            Values::Electricity { registers, live } => {
-                for (name, milli) in registers.fields() {
-                    f(name, Field::Float(milli_to_f64(milli)))?;
-                }
-                let Some(live) = live else { return Ok(()) };
-                let mut float = |name, v: Option<f64>| match v {
-                    Some(v) => f(name, Field::Float(v)),
-                    None => Ok(()),
-                };
-                float("power_import_w", live.power_import_w)?;
-                float("power_export_w", live.power_export_w)?;
-                for (phase, names) in live.phases.iter().zip(PHASE_FIELDS) {
-                    float(names[0], phase.power_import_w)?;
-                    float(names[1], phase.power_export_w)?;
-                    float(names[2], phase.voltage_v)?;
-                    float(names[3], phase.current_a)?;
-                }
-                let counts = [
-                    ("tariff", live.tariff),
-                    ("power_failures", live.power_failures),
-                    ("long_power_failures", live.long_power_failures),
-                ];
-                for (name, count) in counts {
-                    if let Some(count) = count {
-                        f(name, Field::Count(count))?;
-                    }
-                }
-                Ok(())
-            }
-        }
+    /// Each present value with its quantity, in the order of the record JSON's `values`
+    /// object (that of [`Quantity::ALL`]); every store names and types values through this
+    /// one list. (An M-Bus counter on an electricity record, which the reducer never makes,
+    /// has no quantity and is left out.)
+    pub fn fields(&self) -> impl Iterator<Item = (Quantity, Field)> + '_ {
+        let (counter, registers, live) = match &self.values {
+            Values::Mbus(milli) => (Quantity::mbus(self.kind).map(|q| (q, *milli)), None, None),
+            Values::Electricity { registers, live } => (None, Some(registers), live.as_deref()),
+        };
+        let registers = registers.into_iter().flat_map(Registers::fields);
+        let counters = counter.into_iter().chain(registers);
+        let counters =
+            counters.map(|(quantity, milli)| (quantity, Field::Float(milli_to_f64(milli))));
+        counters.chain(live.into_iter().flat_map(LiveValues::fields))
     }
 }
 
@@ -265,10 +248,9 @@ struct ValuesJson<'a>(&'a Record);
 impl Serialize for ValuesJson<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(None)?;
-        self.0.try_for_each_value(|name, value| match value {
-            Field::Float(v) => map.serialize_entry(name, &v),
-            Field::Count(n) => map.serialize_entry(name, &n),
-        })?;
+        for (quantity, field) in self.0.fields() {
+            map.serialize_entry(quantity.name(), &field)?;
+        }
         map.end()
     }
 }
@@ -316,6 +298,51 @@ mod tests {
         }
         for clock in [Clock::Meter, Clock::Receiver] {
             assert_eq!(json(clock), format!("\"{}\"", clock.name()));
+        }
+    }
+
+    #[test]
+    fn values_come_in_the_order_of_all_quantities() {
+        let phase = PhaseValues {
+            voltage_v: Some(230.0),
+            current_a: Some(1.0),
+            power_import_w: Some(200.0),
+            power_export_w: Some(0.0),
+        };
+        let live = LiveValues {
+            power_import_w: Some(600.0),
+            power_export_w: Some(0.0),
+            phases: [phase; 3],
+            tariff: Some(1),
+            power_failures: Some(2),
+            long_power_failures: Some(3),
+        };
+        let values = Values::Electricity {
+            registers: Registers {
+                import: [Some(1); 3],
+                export: [Some(2); 3],
+            },
+            live: Some(Box::new(live)),
+        };
+        let key = crate::identity::IdentityKey::from_bytes([1; 32]);
+        let mut record = Record {
+            meter: MeterRef::new(std::sync::Arc::from(&b"E0"[..]), &key),
+            granularity: Granularity::Live,
+            kind: Kind::Electricity,
+            time: Timestamp::UNIX_EPOCH,
+            quality: Quality::Measured,
+            clock: Clock::Meter,
+            values,
+        };
+        let mut expected = Quantity::ALL.to_vec();
+        let electricity: Vec<_> = record.fields().map(|(q, _)| q).collect();
+        let mbus = expected.split_off(electricity.len());
+        assert_eq!(electricity, expected);
+        for quantity in mbus {
+            record.kind = quantity.kind();
+            record.values = Values::Mbus(1500);
+            let fields: Vec<_> = record.fields().collect();
+            assert_eq!(fields, [(quantity, Field::Float(1.5))]);
         }
     }
 }

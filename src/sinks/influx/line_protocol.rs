@@ -24,10 +24,13 @@ pub fn encode(out: &mut String, record: &SinkRecord<'_>) {
         r.granularity.name(),
         TagValue(record.meter())
     );
-    let _ = r.try_for_each_value(|name, value| match value {
-        Field::Float(v) => write!(out, "{name}={v},"),
-        Field::Count(n) => write!(out, "{name}={n}i,"),
-    });
+    for (quantity, field) in r.fields() {
+        let name = quantity.name();
+        let _ = match field {
+            Field::Float(v) => write!(out, "{name}={v},"),
+            Field::Count(n) => write!(out, "{name}={n}i,"),
+        };
+    }
     let _ = write!(out, "quality=\"{}\"", r.quality.name());
     if r.clock == Clock::Receiver {
         let _ = write!(out, ",clock=\"{}\"", r.clock.name());

@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use p1guard_conduct::{Granularity, Kind, MeterName, SinkRecord};
+use p1guard_conduct::{Granularity, Kind, MeterName, Quantity, SinkRecord, Unit};
 use serde_json::{Value, json};
 
-use super::topics::{Message, dsmr_reader_name, state_topic, topic_level, values};
+use super::topics::{Message, dsmr_reader_name, state_topic, topic_level};
 use crate::config::TopicLayout;
 
 /// How Home Assistant should treat one value.
@@ -23,74 +23,53 @@ pub struct Entity {
     pub unit: Option<&'static str>,
 }
 
-const fn entity(
-    name: &'static str,
-    device_class: Option<&'static str>,
-    state_class: Option<&'static str>,
-    unit: Option<&'static str>,
-) -> Entity {
+/// A device class and a state class.
+type Classes = (Option<&'static str>, Option<&'static str>);
+
+const ENERGY: Classes = (Some("energy"), Some("total_increasing"));
+const POWER: Classes = (Some("power"), Some("measurement"));
+const VOLTAGE: Classes = (Some("voltage"), Some("measurement"));
+const CURRENT: Classes = (Some("current"), Some("measurement"));
+const COUNT: Classes = (None, Some("total_increasing"));
+
+/// The entity of a quantity; its unit is the quantity's.
+pub fn entity_of(quantity: Quantity) -> Entity {
+    use Quantity::*;
+    let (name, (device_class, state_class)) = match quantity {
+        EnergyImport => ("Energy import", ENERGY),
+        EnergyImportT1 => ("Energy import tariff 1", ENERGY),
+        EnergyImportT2 => ("Energy import tariff 2", ENERGY),
+        EnergyExport => ("Energy export", ENERGY),
+        EnergyExportT1 => ("Energy export tariff 1", ENERGY),
+        EnergyExportT2 => ("Energy export tariff 2", ENERGY),
+        PowerImport => ("Power import", POWER),
+        PowerExport => ("Power export", POWER),
+        PowerImportL1 => ("Power import L1", POWER),
+        PowerImportL2 => ("Power import L2", POWER),
+        PowerImportL3 => ("Power import L3", POWER),
+        PowerExportL1 => ("Power export L1", POWER),
+        PowerExportL2 => ("Power export L2", POWER),
+        PowerExportL3 => ("Power export L3", POWER),
+        VoltageL1 => ("Voltage L1", VOLTAGE),
+        VoltageL2 => ("Voltage L2", VOLTAGE),
+        VoltageL3 => ("Voltage L3", VOLTAGE),
+        CurrentL1 => ("Current L1", CURRENT),
+        CurrentL2 => ("Current L2", CURRENT),
+        CurrentL3 => ("Current L3", CURRENT),
+        Tariff => ("Tariff", (None, None)),
+        PowerFailures => ("Power failures", COUNT),
+        LongPowerFailures => ("Long power failures", COUNT),
+        GasVolume => ("Gas", (Some("gas"), Some("total_increasing"))),
+        WaterVolume => ("Water", (Some("water"), Some("total_increasing"))),
+        HeatEnergy => ("Heat", ENERGY),
+    };
     Entity {
         name,
         device_class,
         state_class,
-        unit,
+        // Home Assistant spells units as SI does (`m³`).
+        unit: quantity.unit().map(Unit::symbol),
     }
-}
-
-const ENERGY: (Option<&str>, Option<&str>, Option<&str>) =
-    (Some("energy"), Some("total_increasing"), Some("kWh"));
-const POWER: (Option<&str>, Option<&str>, Option<&str>) =
-    (Some("power"), Some("measurement"), Some("W"));
-const VOLTAGE: (Option<&str>, Option<&str>, Option<&str>) =
-    (Some("voltage"), Some("measurement"), Some("V"));
-const CURRENT: (Option<&str>, Option<&str>, Option<&str>) =
-    (Some("current"), Some("measurement"), Some("A"));
-
-/// The entity of a record field (the names of the record JSON), or `None` for a field
-/// Home Assistant gets no sensor for.
-pub fn entity_of(kind: Kind, field: &str) -> Option<Entity> {
-    let (name, (device_class, state_class, unit)) = match (kind, field) {
-        (Kind::Gas, "volume_m3") => ("Gas", (Some("gas"), Some("total_increasing"), Some("m³"))),
-        (Kind::Water, "volume_m3") => (
-            "Water",
-            (Some("water"), Some("total_increasing"), Some("m³")),
-        ),
-        (Kind::Heat, "energy_gj") => (
-            "Heat",
-            (Some("energy"), Some("total_increasing"), Some("GJ")),
-        ),
-        (Kind::Electricity, field) => match field {
-            "energy_import_kwh" => ("Energy import", ENERGY),
-            "energy_import_t1_kwh" => ("Energy import tariff 1", ENERGY),
-            "energy_import_t2_kwh" => ("Energy import tariff 2", ENERGY),
-            "energy_export_kwh" => ("Energy export", ENERGY),
-            "energy_export_t1_kwh" => ("Energy export tariff 1", ENERGY),
-            "energy_export_t2_kwh" => ("Energy export tariff 2", ENERGY),
-            "power_import_w" => ("Power import", POWER),
-            "power_export_w" => ("Power export", POWER),
-            "power_import_l1_w" => ("Power import L1", POWER),
-            "power_import_l2_w" => ("Power import L2", POWER),
-            "power_import_l3_w" => ("Power import L3", POWER),
-            "power_export_l1_w" => ("Power export L1", POWER),
-            "power_export_l2_w" => ("Power export L2", POWER),
-            "power_export_l3_w" => ("Power export L3", POWER),
-            "voltage_l1_v" => ("Voltage L1", VOLTAGE),
-            "voltage_l2_v" => ("Voltage L2", VOLTAGE),
-            "voltage_l3_v" => ("Voltage L3", VOLTAGE),
-            "current_l1_a" => ("Current L1", CURRENT),
-            "current_l2_a" => ("Current L2", CURRENT),
-            "current_l3_a" => ("Current L3", CURRENT),
-            "tariff" => ("Tariff", (None, None, None)),
-            "power_failures" => ("Power failures", (None, Some("total_increasing"), None)),
-            "long_power_failures" => (
-                "Long power failures",
-                (None, Some("total_increasing"), None),
-            ),
-            _ => return None,
-        },
-        _ => return None,
-    };
-    Some(entity(name, device_class, state_class, unit))
 }
 
 /// Where discovery configs go and what their entities point at.
@@ -150,19 +129,22 @@ impl Discovery {
         let r = record.record();
         let name = record.meter();
         let meter = topic_level(&name.to_string());
-        for field in values(record).keys() {
-            let object = format!("{}_{field}", r.kind.name());
+        let new = out.len();
+        for (quantity, _) in r.fields() {
+            let object = format!("{}_{}", quantity.kind().name(), quantity.name());
             let topic = format!("{}/sensor/p1guard_{meter}/{object}/config", self.prefix);
             if self.configs.contains_key(&topic) {
                 continue;
             }
-            let Some(config) = self.config(&meter, name, r.kind, field) else {
+            let Some(config) = self.config(&meter, name, quantity) else {
                 continue;
             };
             let payload = config.to_string().into_bytes();
             self.configs.insert(topic.clone(), payload.clone());
             out.push(Message::retained(topic, payload));
         }
+        // In topic order, as `all` publishes them.
+        out[new..].sort_by(|a, b| a.topic.cmp(&b.topic));
     }
 
     /// Every config announced so far.
@@ -173,10 +155,11 @@ impl Discovery {
         );
     }
 
-    /// The config payload of one entity, or `None` for a field without one in this layout.
-    /// `meter` names topics and ids; `name` is the meter's name on this sink.
-    fn config(&self, meter: &str, name: MeterName<'_>, kind: Kind, field: &str) -> Option<Value> {
-        let mut entity = entity_of(kind, field)?;
+    /// The config payload of one entity, or `None` for a quantity without one in this
+    /// layout. `meter` names topics and ids; `name` is the meter's name on this sink.
+    fn config(&self, meter: &str, name: MeterName<'_>, quantity: Quantity) -> Option<Value> {
+        let mut entity = entity_of(quantity);
+        let (kind, field) = (quantity.kind(), quantity.name());
         let (state_topic, value_template) = match self.layout {
             TopicLayout::P1guard => (
                 state_topic(&self.state_prefix, meter, Granularity::Live, kind),
@@ -184,7 +167,7 @@ impl Discovery {
                 format!("{{{{ value_json['values']['{field}'] }}}}"),
             ),
             TopicLayout::DsmrReader => {
-                let (name, factor) = dsmr_reader_name(kind, field)?;
+                let (name, factor) = dsmr_reader_name(quantity)?;
                 if factor != 1.0 {
                     entity.unit = Some("kW"); // dsmr-reader's power unit
                 }
@@ -281,6 +264,31 @@ fn serial(name: MeterName<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registers_are_total_increasing_and_instantaneous_values_measurements() {
+        for quantity in Quantity::ALL {
+            let entity = entity_of(quantity);
+            let expected = match (quantity.is_register(), quantity.unit()) {
+                (true, _) => Some("total_increasing"),
+                (false, Some(_)) => Some("measurement"),
+                (false, None) => entity.state_class, // counts and the tariff: their own
+            };
+            assert_eq!(entity.state_class, expected, "{quantity:?}");
+            assert_eq!(entity.unit.is_some(), entity.device_class.is_some());
+        }
+        let gas = Entity {
+            name: "Gas",
+            device_class: Some("gas"),
+            state_class: Some("total_increasing"),
+            unit: Some("m³"),
+        };
+        assert_eq!(entity_of(Quantity::GasVolume), gas);
+        let heat = entity_of(Quantity::HeatEnergy);
+        assert_eq!((heat.device_class, heat.unit), (Some("energy"), Some("GJ")));
+        let tariff = entity_of(Quantity::Tariff);
+        assert_eq!((tariff.device_class, tariff.state_class), (None, None));
+    }
 
     #[test]
     fn a_raw_hex_id_is_shown_as_the_serial_printed_on_the_meter() {

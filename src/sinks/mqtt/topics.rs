@@ -1,6 +1,6 @@
 //! Where each record is published, and as what: pure functions from records to messages.
 
-use p1guard_conduct::{Granularity, Kind, SinkRecord};
+use p1guard_conduct::{Field, Granularity, Kind, Quantity, SinkRecord};
 use serde_json::{Map, Value, json};
 
 use crate::config::TopicLayout;
@@ -99,45 +99,35 @@ impl Layout {
     }
 }
 
-/// A record's values as the record JSON's `values` object.
-pub fn values(record: &SinkRecord<'_>) -> Map<String, Value> {
-    match serde_json::to_value(record.values_json()) {
-        Ok(Value::Object(values)) => values,
-        _ => Map::new(),
-    }
-}
-
-/// dsmr-reader's name of a record field, and the factor from p1guard's unit to its unit
-/// (dsmr-reader gives power in kW).
-pub fn dsmr_reader_name(kind: Kind, field: &str) -> Option<(String, f64)> {
-    let name = match (kind, field) {
-        (Kind::Gas, "volume_m3") => return Some(("extra_device_delivered".into(), 1.0)),
-        (Kind::Electricity, field) => field,
-        _ => return None,
-    };
-    let renamed = match name {
-        "energy_import_t1_kwh" => "electricity_delivered_1",
-        "energy_export_t1_kwh" => "electricity_returned_1",
-        "energy_import_t2_kwh" => "electricity_delivered_2",
-        "energy_export_t2_kwh" => "electricity_returned_2",
-        "power_import_w" => return Some(("electricity_currently_delivered".into(), 0.001)),
-        "power_export_w" => return Some(("electricity_currently_returned".into(), 0.001)),
-        _ => {
-            // Per phase: power_import_l1_w, voltage_l1_v, current_l1_a, ...
-            let (quantity, phase) = name.rsplit_once('_')?.0.rsplit_once('_')?;
-            let l = phase
-                .strip_prefix('l')
-                .filter(|n| matches!(*n, "1" | "2" | "3"))?;
-            return match quantity {
-                "power_import" => Some((format!("phase_currently_delivered_l{l}"), 0.001)),
-                "power_export" => Some((format!("phase_currently_returned_l{l}"), 0.001)),
-                "voltage" => Some((format!("phase_voltage_l{l}"), 1.0)),
-                "current" => Some((format!("phase_power_current_l{l}"), 1.0)),
-                _ => None,
-            };
-        }
-    };
-    Some((renamed.into(), 1.0))
+/// dsmr-reader's name of a quantity, and the factor from p1guard's unit to its unit
+/// (dsmr-reader gives power in kW), or `None` for a quantity dsmr-reader has no reading
+/// field for.
+pub fn dsmr_reader_name(quantity: Quantity) -> Option<(&'static str, f64)> {
+    use Quantity::*;
+    const KW: f64 = 0.001;
+    Some(match quantity {
+        EnergyImportT1 => ("electricity_delivered_1", 1.0),
+        EnergyImportT2 => ("electricity_delivered_2", 1.0),
+        EnergyExportT1 => ("electricity_returned_1", 1.0),
+        EnergyExportT2 => ("electricity_returned_2", 1.0),
+        PowerImport => ("electricity_currently_delivered", KW),
+        PowerExport => ("electricity_currently_returned", KW),
+        PowerImportL1 => ("phase_currently_delivered_l1", KW),
+        PowerImportL2 => ("phase_currently_delivered_l2", KW),
+        PowerImportL3 => ("phase_currently_delivered_l3", KW),
+        PowerExportL1 => ("phase_currently_returned_l1", KW),
+        PowerExportL2 => ("phase_currently_returned_l2", KW),
+        PowerExportL3 => ("phase_currently_returned_l3", KW),
+        VoltageL1 => ("phase_voltage_l1", 1.0),
+        VoltageL2 => ("phase_voltage_l2", 1.0),
+        VoltageL3 => ("phase_voltage_l3", 1.0),
+        CurrentL1 => ("phase_power_current_l1", 1.0),
+        CurrentL2 => ("phase_power_current_l2", 1.0),
+        CurrentL3 => ("phase_power_current_l3", 1.0),
+        GasVolume => ("extra_device_delivered", 1.0),
+        EnergyImport | EnergyExport | Tariff | PowerFailures | LongPowerFailures => return None,
+        WaterVolume | HeatEnergy => return None,
+    })
 }
 
 /// A live record as dsmr-reader's reading fields (kWh, kW, V, A, m³), for the scripts and
@@ -149,16 +139,16 @@ pub fn dsmr_reader_fields(record: &SinkRecord<'_>) -> Map<String, Value> {
     if r.granularity != Granularity::Live {
         return fields;
     }
-    for (field, value) in values(record) {
-        let Some((name, factor)) = dsmr_reader_name(r.kind, &field) else {
+    for (quantity, field) in r.fields() {
+        let Some((name, factor)) = dsmr_reader_name(quantity) else {
             continue;
         };
-        let value = match value.as_f64() {
+        let value = match field {
             // Rounded to a micro-unit: W / 1000 leaves binary noise (2.6630000000000003).
-            Some(number) if factor != 1.0 => json!((number * factor * 1e6).round() / 1e6),
-            _ => value,
+            Field::Float(number) if factor != 1.0 => json!((number * factor * 1e6).round() / 1e6),
+            field => json!(field),
         };
-        fields.insert(name, value);
+        fields.insert(name.to_owned(), value);
     }
     if !fields.is_empty() {
         let time = match r.kind {
@@ -182,40 +172,36 @@ mod tests {
 
     #[test]
     fn fields_are_renamed_and_scaled_as_dsmr_reader_names_them() {
-        let name = |kind, field| dsmr_reader_name(kind, field);
-        let renamed = |n: &str, f: f64| Some((n.to_owned(), f));
+        let name = dsmr_reader_name;
+        let renamed = |n: &'static str, f: f64| Some((n, f));
         assert_eq!(
-            name(Kind::Electricity, "energy_import_t1_kwh"),
+            name(Quantity::EnergyImportT1),
             renamed("electricity_delivered_1", 1.0)
         );
         assert_eq!(
-            name(Kind::Electricity, "energy_export_t2_kwh"),
+            name(Quantity::EnergyExportT2),
             renamed("electricity_returned_2", 1.0)
         );
         assert_eq!(
-            name(Kind::Electricity, "power_import_w"),
+            name(Quantity::PowerImport),
             renamed("electricity_currently_delivered", 0.001)
         );
         assert_eq!(
-            name(Kind::Electricity, "power_export_l3_w"),
+            name(Quantity::PowerExportL3),
             renamed("phase_currently_returned_l3", 0.001)
         );
+        assert_eq!(name(Quantity::VoltageL2), renamed("phase_voltage_l2", 1.0));
         assert_eq!(
-            name(Kind::Electricity, "voltage_l2_v"),
-            renamed("phase_voltage_l2", 1.0)
-        );
-        assert_eq!(
-            name(Kind::Electricity, "current_l1_a"),
+            name(Quantity::CurrentL1),
             renamed("phase_power_current_l1", 1.0)
         );
         assert_eq!(
-            name(Kind::Gas, "volume_m3"),
+            name(Quantity::GasVolume),
             renamed("extra_device_delivered", 1.0)
         );
         // dsmr-reader has no field for these.
-        assert_eq!(name(Kind::Electricity, "energy_import_kwh"), None);
-        assert_eq!(name(Kind::Electricity, "tariff"), None);
-        assert_eq!(name(Kind::Electricity, "voltage_l4_v"), None);
-        assert_eq!(name(Kind::Water, "volume_m3"), None);
+        assert_eq!(name(Quantity::EnergyImport), None);
+        assert_eq!(name(Quantity::Tariff), None);
+        assert_eq!(name(Quantity::WaterVolume), None);
     }
 }
