@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use jiff::Timestamp;
 use p1guard_conduct::{
     Arrival, Calendar, Consent, Granularity, IdentityKey, MaxGaps, Reducer, ReducerConfig,
+    SinkPolicy,
 };
 use p1guard_telegram::Parser;
 use tokio::sync::mpsc;
@@ -63,7 +64,6 @@ pub async fn run(
             SinkKind::Sqlite { .. } | SinkKind::Stdout | SinkKind::Mqtt(_) => Batching::IMMEDIATE,
         };
         let feed = sinks::Feed {
-            policy: sink.policy,
             batching,
             batches: receiver,
             metrics: metrics.clone(),
@@ -94,7 +94,7 @@ pub async fn run(
                 sink_tasks.spawn(sinks::drive(influx, feed));
             }
         }
-        to_sinks.push(batches);
+        to_sinks.push((sink.policy, batches));
     }
 
     let reducer_config = ReducerConfig {
@@ -168,13 +168,14 @@ fn arrival(source: &SourceKind) -> fn(Timestamp) -> Arrival {
     }
 }
 
-/// Parses frames, applies the code of conduct, and hands each batch's records to every sink.
+/// Parses frames, applies the code of conduct, and hands each batch's records to every sink
+/// through that sink's policy.
 /// `arrivals` says, per source, how its receive clock judges meter clocks.
 async fn reduce<C: Consent>(
     mut frames: mpsc::Receiver<Received>,
     mut reducer: Reducer<C>,
     arrivals: Vec<fn(Timestamp) -> Arrival>,
-    sinks: Vec<mpsc::Sender<Batch>>,
+    sinks: Vec<(SinkPolicy, mpsc::Sender<Batch>)>,
     metrics: Arc<Metrics>,
 ) {
     let mut parser = Parser::new();
@@ -218,13 +219,18 @@ async fn reduce<C: Consent>(
         if records.is_empty() {
             continue;
         }
-        let batch: Batch = Arc::new(std::mem::take(&mut records));
-        for (sink, counters) in sinks.iter().zip(&metrics.sinks) {
+        // Each sink's queue gets only what its policy admits, named as it names meters.
+        for ((policy, sink), counters) in sinks.iter().zip(&metrics.sinks) {
+            let batch: Batch = records.iter().filter_map(|r| policy.admit(r)).collect();
+            if batch.is_empty() {
+                continue;
+            }
             counters.queued.fetch_add(1, Relaxed);
-            if sink.send(batch.clone()).await.is_err() {
+            if sink.send(batch).await.is_err() {
                 counters.queued.fetch_sub(1, Relaxed);
                 tracing::error!(sink = %counters.name, "sink stopped; its records are lost");
             }
         }
+        records.clear();
     }
 }

@@ -1,6 +1,7 @@
 //! Sinks: where records leave the process. Each runs as its own task behind a bounded
-//! channel, and sees records only through its [`SinkPolicy`]: at or under its ceiling, named
-//! as its identity allows. A failed write is retried until it succeeds: an outage delays
+//! channel, which only ever holds what the sink's [`SinkPolicy`] admitted: records at or
+//! under its ceiling, named as its identity allows (the reduce task applies the policy
+//! before queueing, so a pseudonymous sink's queue holds no raw id). A failed write is retried until it succeeds: an outage delays
 //! records, it never drops them. Only when the process is stopping and a sink still fails
 //! after a grace period are its remaining records given up, counted and logged, so that a
 //! dead store cannot keep SIGTERM from ending the process. (A durable outbox, which keeps
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use p1guard_conduct::{Granularity, Record, SinkPolicy, SinkRecord};
+use p1guard_conduct::{Granularity, SinkRecord};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -29,8 +30,8 @@ pub use self::mqtt::MqttSink;
 pub use self::sqlite::SqliteSink;
 pub use self::stdout::StdoutSink;
 
-/// The records one batch of telegrams yielded, shared by every sink.
-pub type Batch = Arc<Vec<Record>>;
+/// What one batch of telegrams yielded for one sink, already admitted by its policy.
+pub type Batch = Vec<SinkRecord>;
 
 /// How often sinks run their housekeeping (retention).
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
@@ -43,12 +44,9 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 
 /// A destination for records.
 pub trait Sink: Send + 'static {
-    /// Writes records (already admitted by the sink's policy). An error means nothing of the
-    /// batch may be assumed written; the batch is offered again.
-    fn write(
-        &mut self,
-        records: &[SinkRecord<'_>],
-    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Writes records (admitted by the sink's policy). An error means nothing of the batch
+    /// may be assumed written; the batch is offered again.
+    fn write(&mut self, records: &[SinkRecord]) -> impl Future<Output = anyhow::Result<()>> + Send;
 
     /// Housekeeping on a timer, such as deleting records past their retention.
     fn maintain(&mut self) -> impl Future<Output = anyhow::Result<()>> + Send {
@@ -126,8 +124,6 @@ pub struct RetryAfter {
 
 /// What a sink's task is fed from, and reports to.
 pub struct Feed {
-    /// The sink's ceiling and identity: the only way its records are seen.
-    pub policy: SinkPolicy,
     /// How records are gathered into writes.
     pub batching: Batching,
     /// Batches from the reduce task.
@@ -140,11 +136,10 @@ pub struct Feed {
     pub shutdown: CancellationToken,
 }
 
-/// Feeds `sink` every batch of `feed` through its policy, gathered as its batching says,
-/// until the channel closes; then writes what it holds and flushes it.
+/// Feeds `sink` every batch of `feed`, gathered as its batching says, until the channel
+/// closes; then writes what it holds and flushes it.
 pub async fn drive(mut sink: impl Sink, feed: Feed) {
     let Feed {
-        policy,
         batching,
         mut batches,
         metrics,
@@ -152,7 +147,6 @@ pub async fn drive(mut sink: impl Sink, feed: Feed) {
         shutdown,
     } = feed;
     let mut writer = Writer {
-        policy,
         max_records: batching.max_records.max(1),
         counters: &metrics.sinks[index],
         shutdown,
@@ -162,19 +156,16 @@ pub async fn drive(mut sink: impl Sink, feed: Feed) {
     };
     let name = &writer.counters.name;
     let mut maintenance = tokio::time::interval(MAINTENANCE_EVERY);
-    // The batches whose admitted records wait to be written (records borrow from them).
-    let mut held: Vec<Batch> = Vec::new();
-    let mut held_records = 0;
+    // The records waiting to be written.
+    let mut held: Vec<SinkRecord> = Vec::new();
     let mut due = None;
     loop {
         tokio::select! {
             batch = batches.recv() => {
                 let Some(batch) = batch else { break };
                 writer.counters.queued.fetch_sub(1, Relaxed);
-                let admitted = batch.iter().filter(|r| policy.admit(r).is_some()).count();
-                if admitted > 0 {
-                    held.push(batch);
-                    held_records += admitted;
+                if !batch.is_empty() {
+                    held.extend(batch);
                     due.get_or_insert(tokio::time::Instant::now() + batching.max_wait);
                 }
             }
@@ -193,10 +184,9 @@ pub async fn drive(mut sink: impl Sink, feed: Feed) {
             }
         }
         let is_due = due.is_some_and(|due| due <= tokio::time::Instant::now());
-        if held_records >= batching.max_records || is_due {
+        if held.len() >= batching.max_records || is_due {
             writer.write(&mut sink, &held).await;
             held.clear();
-            held_records = 0;
             due = None;
         }
     }
@@ -218,7 +208,6 @@ enum Delivery {
 
 /// Writes held records for [`drive`], retrying as the sink's errors say, and counts them.
 struct Writer<'m> {
-    policy: SinkPolicy,
     max_records: usize,
     counters: &'m SinkMetrics,
     shutdown: CancellationToken,
@@ -229,17 +218,12 @@ struct Writer<'m> {
 }
 
 impl Writer<'_> {
-    /// Writes the admitted records of `batches`, at most `max_records` per write.
-    async fn write(&mut self, sink: &mut impl Sink, batches: &[Batch]) {
-        let admitted: Vec<SinkRecord<'_>> = batches
-            .iter()
-            .flat_map(|batch| batch.iter())
-            .filter_map(|r| self.policy.admit(r))
-            .collect();
-        for records in admitted.chunks(self.max_records) {
+    /// Writes `held`, at most `max_records` per write.
+    async fn write(&mut self, sink: &mut impl Sink, held: &[SinkRecord]) {
+        for records in held.chunks(self.max_records) {
             let delivery = self.deliver(sink, records).await;
             for record in records {
-                let granularity = record.record().granularity;
+                let granularity = record.granularity;
                 let written = match &delivery {
                     Delivery::Written => true,
                     Delivery::Refused(refused) => !refused.covers(granularity),
@@ -257,7 +241,7 @@ impl Writer<'_> {
 
     /// Writes `records` until the sink succeeds or refuses them, or the grace period at
     /// shutdown is over.
-    async fn deliver(&mut self, sink: &mut impl Sink, records: &[SinkRecord<'_>]) -> Delivery {
+    async fn deliver(&mut self, sink: &mut impl Sink, records: &[SinkRecord]) -> Delivery {
         let name = &self.counters.name;
         let mut backoff = Backoff::new(Duration::from_millis(100), MAX_RETRY_DELAY);
         loop {

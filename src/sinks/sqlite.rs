@@ -63,16 +63,16 @@ impl SqliteSink {
         })
     }
 
-    fn insert(&mut self, records: &[SinkRecord<'_>]) -> rusqlite::Result<()> {
+    fn insert(&mut self, records: &[SinkRecord]) -> rusqlite::Result<()> {
         let transaction = self.connection.transaction()?;
         {
             let mut upsert = transaction.prepare_cached(UPSERT)?;
             for record in records {
-                let r = record.record();
+                let r = record;
                 let readings = serde_json::to_string(&record.values_json())
                     .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
                 upsert.execute(params![
-                    record.meter().to_string(),
+                    record.meter.to_string(),
                     r.granularity.name(),
                     r.kind.name(),
                     r.time.as_second(),
@@ -100,7 +100,7 @@ impl SqliteSink {
 }
 
 impl Sink for SqliteSink {
-    async fn write(&mut self, records: &[SinkRecord<'_>]) -> anyhow::Result<()> {
+    async fn write(&mut self, records: &[SinkRecord]) -> anyhow::Result<()> {
         // SQLite blocks; let the runtime move this worker's other tasks elsewhere meanwhile.
         tokio::task::block_in_place(|| self.insert(records)).context("writing records")
     }

@@ -23,7 +23,7 @@ impl StdoutSink {
     }
 
     /// Serialises the whole batch first, so that a retry writes it afresh.
-    fn write_lines(&mut self, records: &[SinkRecord<'_>]) -> io::Result<()> {
+    fn write_lines(&mut self, records: &[SinkRecord]) -> io::Result<()> {
         self.lines.clear();
         for record in records {
             serde_json::to_writer(&mut self.lines, record)?;
@@ -45,7 +45,7 @@ impl Default for StdoutSink {
 }
 
 impl Sink for StdoutSink {
-    async fn write(&mut self, records: &[SinkRecord<'_>]) -> anyhow::Result<()> {
+    async fn write(&mut self, records: &[SinkRecord]) -> anyhow::Result<()> {
         if self.reader_gone {
             return Ok(());
         }

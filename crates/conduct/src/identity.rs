@@ -87,8 +87,13 @@ impl MeterRef {
     }
 
     /// The equipment id as sent. Crate-private: outside, only a sink whose policy allows raw
-    /// identity sees it, through [`SinkRecord::meter`](crate::SinkRecord::meter).
+    /// identity sees it, as a [`MeterName::Raw`](crate::MeterName::Raw).
     pub(crate) fn raw(&self) -> &[u8] {
+        &self.raw
+    }
+
+    /// The raw id's shared copy, for a name on an owner's sink.
+    pub(crate) fn raw_shared(&self) -> &Arc<[u8]> {
         &self.raw
     }
 

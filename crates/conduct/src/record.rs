@@ -7,7 +7,7 @@ use serde::ser::{SerializeMap, Serializer};
 use crate::identity::MeterRef;
 use crate::level::Granularity;
 use crate::quantity::Quantity;
-use crate::sink::SinkRecord;
+use crate::sink::MeterName;
 
 /// What a record measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -192,11 +192,13 @@ pub enum Values {
     Mbus(Milli),
 }
 
-/// One reading of one meter at one instant and granularity.
+/// One reading of one meter at one instant and granularity. The reducer names the meter by a
+/// [`MeterRef`] (raw id and pseudonym); a sink's policy turns that into the one name the sink
+/// may see ([`SinkRecord`](crate::SinkRecord)).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Record {
+pub struct Record<M = MeterRef> {
     /// Whose meter.
-    pub meter: MeterRef,
+    pub meter: M,
     /// How fine.
     pub granularity: Granularity,
     /// What it measures.
@@ -225,7 +227,20 @@ pub enum Field {
     Count(u32),
 }
 
-impl Record {
+impl<M> Record<M> {
+    /// The same reading, with its meter named `meter`.
+    pub(crate) fn named<N>(&self, meter: N) -> Record<N> {
+        Record {
+            meter,
+            granularity: self.granularity,
+            kind: self.kind,
+            time: self.time,
+            quality: self.quality,
+            clock: self.clock,
+            values: self.values.clone(),
+        }
+    }
+
     /// Each present value with its quantity, in the order of the record JSON's `values`
     /// object (that of [`Quantity::ALL`]); every store names and types values through this
     /// one list. (An M-Bus counter on an electricity record, which the reducer never makes,
@@ -243,9 +258,9 @@ impl Record {
     }
 }
 
-struct ValuesJson<'a>(&'a Record);
+struct ValuesJson<'a, M>(&'a Record<M>);
 
-impl Serialize for ValuesJson<'_> {
+impl<M> Serialize for ValuesJson<'_, M> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(None)?;
         for (quantity, field) in self.0.fields() {
@@ -255,19 +270,21 @@ impl Serialize for ValuesJson<'_> {
     }
 }
 
-impl<'a> SinkRecord<'a> {
+impl Record<MeterName> {
     /// The record's `values` object on its own, for stores that keep the other fields in
     /// columns.
-    pub fn values_json(&self) -> impl Serialize + 'a {
-        ValuesJson(self.record())
+    pub fn values_json(&self) -> impl Serialize + '_ {
+        ValuesJson(self)
     }
 }
 
-impl Serialize for SinkRecord<'_> {
+/// architecture.md's record JSON. Only a record a sink's policy named can be serialised: a
+/// [`MeterRef`] is never written out.
+impl Serialize for Record<MeterName> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let r = self.record();
+        let r = self;
         let mut map = serializer.serialize_map(None)?;
-        map.serialize_entry("meter", &format_args!("{}", self.meter()))?;
+        map.serialize_entry("meter", &format_args!("{}", self.meter))?;
         map.serialize_entry("granularity", &r.granularity)?;
         map.serialize_entry("kind", &r.kind)?;
         map.serialize_entry("time", &format_args!("{}", r.time))?;

@@ -3,6 +3,7 @@
 //! is no other way to get a record out of this crate.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::identity::Identity;
 use crate::level::Granularity;
@@ -45,47 +46,35 @@ impl SinkPolicy {
         self.identity
     }
 
-    /// The record as this sink may see it, or `None` if it is finer than the ceiling.
-    pub fn admit<'a>(&self, record: &'a Record) -> Option<SinkRecord<'a>> {
-        (record.granularity <= self.ceiling).then_some(SinkRecord {
-            record,
-            identity: self.identity,
-        })
-    }
-}
-
-/// A record admitted to one sink. Serialises to architecture.md's record JSON.
-#[derive(Debug, Clone, Copy)]
-pub struct SinkRecord<'a> {
-    record: &'a Record,
-    identity: Identity,
-}
-
-impl<'a> SinkRecord<'a> {
-    /// The record (its meter's raw id stays hidden; use [`SinkRecord::meter`]).
-    pub fn record(&self) -> &'a Record {
-        self.record
-    }
-
-    /// The meter as this sink may name it.
-    pub fn meter(&self) -> MeterName<'a> {
-        match self.identity {
-            Identity::Raw => MeterName::Raw(self.record.meter.raw()),
-            Identity::Pseudonym => MeterName::Pseudonym(self.record.meter.pseudonym()),
+    /// The record as this sink may see it, named as the sink names meters, or `None` if it
+    /// is finer than the ceiling. What a sink's queue holds: a pseudonymous sink's copy
+    /// carries no raw id at all.
+    pub fn admit(&self, record: &Record) -> Option<SinkRecord> {
+        if record.granularity > self.ceiling {
+            return None;
         }
+        let meter = match self.identity {
+            Identity::Raw => MeterName::Raw(Arc::clone(record.meter.raw_shared())),
+            Identity::Pseudonym => MeterName::Pseudonym(record.meter.pseudonym()),
+        };
+        Some(record.named(meter))
     }
 }
+
+/// A record admitted to one sink: at or under its ceiling, its meter named as the sink may
+/// name it. Serialises to architecture.md's record JSON.
+pub type SinkRecord = Record<MeterName>;
 
 /// A meter's name on one sink.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MeterName<'a> {
-    /// The equipment id as sent (hex-encoded on Dutch meters).
-    Raw(&'a [u8]),
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum MeterName {
+    /// The equipment id as sent (hex-encoded on Dutch meters): owner (`live`) sinks only.
+    Raw(Arc<[u8]>),
     /// The HMAC pseudonym.
     Pseudonym(crate::identity::Pseudonym),
 }
 
-impl fmt::Display for MeterName<'_> {
+impl fmt::Display for MeterName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             MeterName::Raw(raw) => raw

@@ -14,15 +14,15 @@ use std::fmt::{self, Write as _};
 use p1guard_conduct::{Clock, Field, SinkRecord};
 
 /// Appends `record`'s line (with its newline) to `out`.
-pub fn encode(out: &mut String, record: &SinkRecord<'_>) {
-    let r = record.record();
+pub fn encode(out: &mut String, record: &SinkRecord) {
+    let r = record;
     // Kind and granularity names are fixed snake_case words: nothing to escape.
     let _ = write!(
         out,
         "{},granularity={},meter={} ",
         r.kind.name(),
         r.granularity.name(),
-        TagValue(record.meter())
+        TagValue(&record.meter)
     );
     for (quantity, field) in r.fields() {
         let name = quantity.name();

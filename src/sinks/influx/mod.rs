@@ -155,11 +155,7 @@ impl InfluxSink {
     }
 
     /// Writes records of one granularity, halving on 413 down to single records.
-    async fn write_group(
-        &mut self,
-        target: usize,
-        records: &[SinkRecord<'_>],
-    ) -> Result<(), Failed> {
+    async fn write_group(&mut self, target: usize, records: &[&SinkRecord]) -> Result<(), Failed> {
         let mut parts = vec![records];
         while let Some(part) = parts.pop() {
             let (status, retry_after, message) = match self.send(target, part).await {
@@ -196,7 +192,7 @@ impl InfluxSink {
     }
 
     /// One request with `records` into the bucket or retention policy `targets[target]`.
-    async fn send(&mut self, target: usize, records: &[SinkRecord<'_>]) -> Result<(), SendError> {
+    async fn send(&mut self, target: usize, records: &[&SinkRecord]) -> Result<(), SendError> {
         self.lines.clear();
         for record in records {
             line_protocol::encode(&mut self.lines, record);
@@ -231,16 +227,12 @@ enum Failed {
 impl Sink for InfluxSink {
     /// One request per granularity present (more if the server wants smaller bodies). A
     /// granularity the server refuses does not keep the others from being written.
-    async fn write(&mut self, records: &[SinkRecord<'_>]) -> anyhow::Result<()> {
+    async fn write(&mut self, records: &[SinkRecord]) -> anyhow::Result<()> {
         let mut refused: Option<Refused> = None;
         let mut group = Vec::with_capacity(records.len());
         for (target, granularity) in Granularity::ALL.into_iter().enumerate() {
             group.clear();
-            group.extend(
-                records
-                    .iter()
-                    .filter(|r| r.record().granularity == granularity),
-            );
+            group.extend(records.iter().filter(|r| r.granularity == granularity));
             if group.is_empty() {
                 continue;
             }

@@ -114,20 +114,19 @@ impl Discovery {
     /// first: Home Assistant links an M-Bus meter's device (`via_device`) only to a device
     /// that already exists. Only live records make entities: they are the ones Home
     /// Assistant shows.
-    pub fn announce(&mut self, records: &[SinkRecord<'_>], out: &mut Vec<Message>) {
+    pub fn announce(&mut self, records: &[SinkRecord], out: &mut Vec<Message>) {
         let live = records
             .iter()
-            .filter(|r| r.record().granularity == Granularity::Live);
-        let (electricity, mbus): (Vec<_>, Vec<_>) =
-            live.partition(|r| r.record().kind == Kind::Electricity);
+            .filter(|r| r.granularity == Granularity::Live);
+        let (electricity, mbus): (Vec<_>, Vec<_>) = live.partition(|r| r.kind == Kind::Electricity);
         for record in electricity.iter().chain(&mbus) {
             self.announce_record(record, out);
         }
     }
 
-    fn announce_record(&mut self, record: &SinkRecord<'_>, out: &mut Vec<Message>) {
-        let r = record.record();
-        let name = record.meter();
+    fn announce_record(&mut self, record: &SinkRecord, out: &mut Vec<Message>) {
+        let r = record;
+        let name = &record.meter;
         let meter = topic_level(&name.to_string());
         let new = out.len();
         for (quantity, _) in r.fields() {
@@ -157,7 +156,7 @@ impl Discovery {
 
     /// The config payload of one entity, or `None` for a quantity without one in this
     /// layout. `meter` names topics and ids; `name` is the meter's name on this sink.
-    fn config(&self, meter: &str, name: MeterName<'_>, quantity: Quantity) -> Option<Value> {
+    fn config(&self, meter: &str, name: &MeterName, quantity: Quantity) -> Option<Value> {
         let mut entity = entity_of(quantity);
         let (kind, field) = (quantity.kind(), quantity.name());
         let (state_topic, value_template) = match self.layout {
@@ -209,7 +208,7 @@ impl Discovery {
 /// The Home Assistant device an entity of `kind` belongs to: the electricity meter, or one
 /// device per M-Bus meter linked to it (`via_device`), as Home Assistant's own DSMR
 /// integration shows them.
-fn device(meter: &str, name: MeterName<'_>, kind: Kind) -> Value {
+fn device(meter: &str, name: &MeterName, kind: Kind) -> Value {
     let electricity = format!("p1guard_{meter}");
     let serial = serial(name);
     if kind == Kind::Electricity {
@@ -241,7 +240,7 @@ fn device(meter: &str, name: MeterName<'_>, kind: Kind) -> Value {
 /// How a meter is called in Home Assistant: a raw equipment id decoded to the serial printed
 /// on the meter (`4530303132...` is `E0012...`) when it is hex-encoded printable ASCII; a
 /// pseudonym, or an id sent as plain text, as it is.
-fn serial(name: MeterName<'_>) -> String {
+fn serial(name: &MeterName) -> String {
     let MeterName::Raw(raw) = name else {
         return name.to_string();
     };
@@ -292,19 +291,22 @@ mod tests {
 
     #[test]
     fn a_raw_hex_id_is_shown_as_the_serial_printed_on_the_meter() {
-        let raw = MeterName::Raw(b"4530303132333435363738393031323334");
-        assert_eq!(serial(raw), "E0012345678901234");
-        assert_eq!(serial(MeterName::Raw(b"1ESY1161234567")), "1ESY1161234567");
-        assert_eq!(serial(MeterName::Raw(b"0A0B")), "0A0B", "not printable");
+        let raw = |id: &[u8]| MeterName::Raw(id.into());
+        assert_eq!(
+            serial(&raw(b"4530303132333435363738393031323334")),
+            "E0012345678901234"
+        );
+        assert_eq!(serial(&raw(b"1ESY1161234567")), "1ESY1161234567");
+        assert_eq!(serial(&raw(b"0A0B")), "0A0B", "not printable");
     }
 
     #[test]
     fn an_mbus_meter_is_its_own_device_behind_the_electricity_meter() {
-        let name = MeterName::Raw(b"4530");
-        let gas = device("4530", name, Kind::Gas);
+        let name = MeterName::Raw(b"4530".as_slice().into());
+        let gas = device("4530", &name, Kind::Gas);
         assert_eq!(gas["via_device"], "p1guard_4530");
         assert_eq!(gas["identifiers"], json!(["p1guard_4530_gas"]));
-        let electricity = device("4530", name, Kind::Electricity);
+        let electricity = device("4530", &name, Kind::Electricity);
         assert!(electricity.get("via_device").is_none());
         assert_eq!(electricity["serial_number"], "E0");
     }

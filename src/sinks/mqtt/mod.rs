@@ -224,7 +224,7 @@ impl MqttSink {
 }
 
 impl Sink for MqttSink {
-    async fn write(&mut self, records: &[SinkRecord<'_>]) -> anyhow::Result<()> {
+    async fn write(&mut self, records: &[SinkRecord]) -> anyhow::Result<()> {
         self.await_connection().await?;
         self.outgoing.clear();
         if let Some(discovery) = &mut self.discovery {

@@ -65,13 +65,13 @@ impl Layout {
     }
 
     /// Appends the messages of `records` to `out`.
-    pub fn messages(&mut self, records: &[SinkRecord<'_>], out: &mut Vec<Message>) {
+    pub fn messages(&mut self, records: &[SinkRecord], out: &mut Vec<Message>) {
         let prefix = &self.prefix;
         match self.kind {
             TopicLayout::P1guard => {
                 for record in records {
-                    let r = record.record();
-                    let meter = topic_level(&record.meter().to_string());
+                    let r = record;
+                    let meter = topic_level(&record.meter.to_string());
                     let topic = state_topic(prefix, &meter, r.granularity, r.kind);
                     let payload = serde_json::to_vec(record).expect("a record serialises");
                     out.push(Message::retained(topic, payload));
@@ -133,8 +133,8 @@ pub fn dsmr_reader_name(quantity: Quantity) -> Option<(&'static str, f64)> {
 /// A live record as dsmr-reader's reading fields (kWh, kW, V, A, m³), for the scripts and
 /// dashboards written against its MQTT topics. Boundary records have no dsmr-reader
 /// equivalent and yield nothing.
-pub fn dsmr_reader_fields(record: &SinkRecord<'_>) -> Map<String, Value> {
-    let r = record.record();
+pub fn dsmr_reader_fields(record: &SinkRecord) -> Map<String, Value> {
+    let r = record;
     let mut fields = Map::new();
     if r.granularity != Granularity::Live {
         return fields;
