@@ -44,9 +44,12 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 
 /// A destination for records.
 pub trait Sink: Send + 'static {
-    /// Writes records (admitted by the sink's policy). An error means nothing of the batch
-    /// may be assumed written; the batch is offered again.
-    fn write(&mut self, records: &[SinkRecord]) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Writes records (admitted by the sink's policy). A [`WriteError::Retry`] means nothing
+    /// of the batch may be assumed written; the batch is offered again.
+    fn write(
+        &mut self,
+        records: &[SinkRecord],
+    ) -> impl Future<Output = Result<(), WriteError>> + Send;
 
     /// Housekeeping on a timer, such as deleting records past their retention.
     fn maintain(&mut self) -> impl Future<Output = anyhow::Result<()>> + Send {
@@ -109,17 +112,28 @@ impl Refused {
     }
 }
 
-/// A write the store could not take now and said when to try again (429 or 503 with
-/// `Retry-After`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("status {status}, retry after {delay:?}: {message}")]
-pub struct RetryAfter {
-    /// The store's hint.
-    pub delay: Duration,
-    /// The HTTP status.
-    pub status: u16,
-    /// What the store said.
-    pub message: String,
+/// How a write failed: what [`drive`] does next depends on it.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The store could not take the records now: the write is tried again after the backoff,
+    /// and not before `after` when the store said when (429 or 503 with `Retry-After`).
+    #[error("{error:#}")]
+    Retry {
+        /// What went wrong.
+        error: anyhow::Error,
+        /// The store's own hint.
+        after: Option<Duration>,
+    },
+    /// The store refused (some of) the records for good.
+    #[error("{0}")]
+    Refused(Refused),
+}
+
+/// Any other failure (a lost connection, a busy file) is worth another try.
+impl From<anyhow::Error> for WriteError {
+    fn from(error: anyhow::Error) -> WriteError {
+        WriteError::Retry { error, after: None }
+    }
 }
 
 /// What a sink's task is fed from, and reports to.
@@ -245,15 +259,16 @@ impl Writer<'_> {
         let name = &self.counters.name;
         let mut backoff = Backoff::new(Duration::from_millis(100), MAX_RETRY_DELAY);
         loop {
-            let Err(error) = sink.write(records).await else {
-                return Delivery::Written;
-            };
-            if let Some(refused) = error.downcast_ref::<Refused>() {
-                if let Some(suppressed) = self.refusals.allow(Instant::now()) {
-                    tracing::error!(sink = %name, suppressed, records = records.len(), "records dropped, the store {refused}");
+            let (error, after) = match sink.write(records).await {
+                Ok(()) => return Delivery::Written,
+                Err(WriteError::Refused(refused)) => {
+                    if let Some(suppressed) = self.refusals.allow(Instant::now()) {
+                        tracing::error!(sink = %name, suppressed, records = records.len(), "records dropped, the store {refused}");
+                    }
+                    return Delivery::Refused(refused);
                 }
-                return Delivery::Refused(refused.clone());
-            }
+                Err(WriteError::Retry { error, after }) => (error, after),
+            };
             if self.shutdown.is_cancelled()
                 && Instant::now()
                     >= *self
@@ -264,8 +279,8 @@ impl Writer<'_> {
                 return Delivery::GivenUp;
             }
             let mut delay = backoff.next_delay();
-            if let Some(hint) = error.downcast_ref::<RetryAfter>() {
-                delay = delay.max(hint.delay).min(MAX_RETRY_DELAY);
+            if let Some(after) = after {
+                delay = delay.max(after).min(MAX_RETRY_DELAY);
             }
             if let Some(suppressed) = self.failures.allow(Instant::now()) {
                 tracing::warn!(sink = %name, suppressed, "write failed, retrying in {delay:?}: {error:#}");

@@ -10,7 +10,7 @@ use jiff::Timestamp;
 use p1guard_conduct::{Granularity, SinkRecord};
 use rusqlite::{Connection, params};
 
-use super::Sink;
+use super::{Sink, WriteError};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS records (
@@ -100,9 +100,9 @@ impl SqliteSink {
 }
 
 impl Sink for SqliteSink {
-    async fn write(&mut self, records: &[SinkRecord]) -> anyhow::Result<()> {
+    async fn write(&mut self, records: &[SinkRecord]) -> Result<(), WriteError> {
         // SQLite blocks; let the runtime move this worker's other tasks elsewhere meanwhile.
-        tokio::task::block_in_place(|| self.insert(records)).context("writing records")
+        Ok(tokio::task::block_in_place(|| self.insert(records)).context("writing records")?)
     }
 
     async fn maintain(&mut self) -> anyhow::Result<()> {

@@ -2,9 +2,10 @@
 
 use std::io::{self, Write as _};
 
+use anyhow::Context as _;
 use p1guard_conduct::SinkRecord;
 
-use super::Sink;
+use super::{Sink, WriteError};
 
 /// Writes records to stdout, a batch at a time. If the reader goes away (a closed pipe)
 /// there is nobody left to deliver to: that is logged once and later records are discarded.
@@ -45,7 +46,7 @@ impl Default for StdoutSink {
 }
 
 impl Sink for StdoutSink {
-    async fn write(&mut self, records: &[SinkRecord]) -> anyhow::Result<()> {
+    async fn write(&mut self, records: &[SinkRecord]) -> Result<(), WriteError> {
         if self.reader_gone {
             return Ok(());
         }
@@ -55,7 +56,7 @@ impl Sink for StdoutSink {
                 self.reader_gone = true;
                 Ok(())
             }
-            result => Ok(result?),
+            result => Ok(result.context("writing to stdout")?),
         }
     }
 

@@ -20,7 +20,7 @@ use reqwest::header::{CONTENT_ENCODING, HeaderMap, HeaderValue};
 
 use self::v1::V1;
 use self::v2::V2;
-use super::{Refused, RetryAfter, Sink};
+use super::{Refused, Sink, WriteError};
 use crate::config::{InfluxApi, InfluxSettings};
 
 /// How long one request may take before it counts as failed (and is retried).
@@ -160,7 +160,7 @@ impl InfluxSink {
         while let Some(part) = parts.pop() {
             let (status, retry_after, message) = match self.send(target, part).await {
                 Ok(()) => continue,
-                Err(SendError::Other(error)) => return Err(Failed::Retry(error)),
+                Err(SendError::Other(error)) => return Err(Failed::Retry(error, None)),
                 Err(SendError::Status {
                     status,
                     retry_after,
@@ -176,15 +176,13 @@ impl InfluxSink {
                     return Err(Failed::Refused { status, message });
                 }
                 Verdict::RetryAfter(delay) => {
-                    let hint = RetryAfter {
-                        delay,
-                        status,
-                        message,
-                    };
-                    return Err(Failed::Retry(hint.into()));
+                    let error =
+                        anyhow::anyhow!("status {status}, retry after {delay:?}: {message}");
+                    return Err(Failed::Retry(error, Some(delay)));
                 }
                 Verdict::Retry => {
-                    return Err(Failed::Retry(anyhow::anyhow!("status {status}: {message}")));
+                    let error = anyhow::anyhow!("status {status}: {message}");
+                    return Err(Failed::Retry(error, None));
                 }
             }
         }
@@ -220,14 +218,14 @@ impl InfluxSink {
 enum Failed {
     /// Refused for good.
     Refused { status: u16, message: String },
-    /// For [`super::drive`] to retry ([`RetryAfter`] among them).
-    Retry(anyhow::Error),
+    /// For [`super::drive`] to retry, not before the server's hint if it gave one.
+    Retry(anyhow::Error, Option<Duration>),
 }
 
 impl Sink for InfluxSink {
     /// One request per granularity present (more if the server wants smaller bodies). A
     /// granularity the server refuses does not keep the others from being written.
-    async fn write(&mut self, records: &[SinkRecord]) -> anyhow::Result<()> {
+    async fn write(&mut self, records: &[SinkRecord]) -> Result<(), WriteError> {
         let mut refused: Option<Refused> = None;
         let mut group = Vec::with_capacity(records.len());
         for (target, granularity) in Granularity::ALL.into_iter().enumerate() {
@@ -249,12 +247,13 @@ impl Sink for InfluxSink {
                         .get_or_insert_default()
                         .push(granularity);
                 }
-                Err(Failed::Retry(error)) => {
-                    return Err(error.context(format!("writing {granularity} records")));
+                Err(Failed::Retry(error, after)) => {
+                    let error = error.context(format!("writing {granularity} records"));
+                    return Err(WriteError::Retry { error, after });
                 }
             }
         }
-        refused.map_or(Ok(()), |refused| Err(refused.into()))
+        refused.map_or(Ok(()), |refused| Err(WriteError::Refused(refused)))
     }
 
     async fn flush(&mut self) -> anyhow::Result<()> {

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 
 use self::discovery::Discovery;
 use self::topics::{Layout, Message};
-use super::Sink;
+use super::{Sink, WriteError};
 use crate::backoff::Backoff;
 use crate::config::MqttSettings;
 
@@ -224,7 +224,7 @@ impl MqttSink {
 }
 
 impl Sink for MqttSink {
-    async fn write(&mut self, records: &[SinkRecord]) -> anyhow::Result<()> {
+    async fn write(&mut self, records: &[SinkRecord]) -> Result<(), WriteError> {
         self.await_connection().await?;
         self.outgoing.clear();
         if let Some(discovery) = &mut self.discovery {
@@ -235,7 +235,7 @@ impl Sink for MqttSink {
         if self.outgoing.is_empty() {
             return Ok(());
         }
-        self.publish_outgoing().await
+        Ok(self.publish_outgoing().await?)
     }
 
     /// News from the connection: a new one, or Home Assistant restarting, is announced at
