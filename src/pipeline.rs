@@ -19,10 +19,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, SinkKind, SourceKind};
+use crate::config::{Config, SourceKind};
 use crate::log_limit::LogLimit;
 use crate::metrics::{Metrics, Outcome};
-use crate::sinks::{self, Batch, Batching, InfluxSink, MqttSink, SqliteSink, StdoutSink};
+use crate::sinks::{self, Batch, Batching, InfluxSink, MqttSink, SinkKind, SqliteSink, StdoutSink};
 use crate::sources::{self, Received};
 
 /// Frames waiting for the reduce task.

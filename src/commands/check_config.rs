@@ -3,11 +3,11 @@
 
 use std::process::ExitCode;
 
-use p1guard_conduct::{BillingCadence, Identity};
+use p1guard_conduct::BillingCadence;
 use tokio_serial::{DataBits, Parity, StopBits};
 
 use crate::cli::CheckConfigArgs;
-use crate::config::{self, InfluxApi, MqttSettings, SinkKind, SourceKind, TopicLayout};
+use crate::config::{self, SourceKind};
 use crate::pace::Speed;
 
 pub fn run(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
@@ -85,44 +85,7 @@ pub fn run(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
         );
     }
     for sink in &config.sinks {
-        let place = match &sink.kind {
-            SinkKind::Sqlite {
-                path: Some(path), ..
-            } => format!(" at {}", path.display()),
-            SinkKind::Sqlite { path: None, .. } => " in the state directory".to_owned(),
-            SinkKind::Stdout => String::new(),
-            SinkKind::Mqtt(MqttSettings {
-                broker,
-                prefix,
-                layout,
-                discovery_prefix,
-            }) => {
-                let topics = match layout {
-                    TopicLayout::P1guard => format!("{prefix}/<meter>/<granularity>/<kind>"),
-                    TopicLayout::DsmrReader => "dsmr/reading/<field>, dsmr/json".to_owned(),
-                };
-                let discovery = discovery_prefix
-                    .as_ref()
-                    .map_or(String::new(), |p| format!(", discovery under {p}/"));
-                format!(" on {}: {topics}{discovery}", broker.describe())
-            }
-            SinkKind::Influxdb(influx) => match &influx.api {
-                InfluxApi::V2 { org, .. } => format!(" at {} (v2 API, org {org})", influx.url),
-                InfluxApi::V1 { database, .. } => {
-                    format!(" at {} (v1 API, database {database})", influx.url)
-                }
-            },
-        };
-        println!(
-            "sink {} ({}){place}: up to {}, meters named by {}",
-            sink.name,
-            sink.kind.type_name(),
-            sink.policy.ceiling(),
-            match sink.policy.identity() {
-                Identity::Raw => "their equipment id",
-                Identity::Pseudonym => "pseudonym",
-            },
-        );
+        println!("{}", sink.describe());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -13,17 +13,16 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use p1guard_conduct::{
-    BillingCadence, ConsentTable, Granularity, Identity, Level, SinkPolicy, Timeline,
-};
+use p1guard_conduct::{BillingCadence, ConsentTable, Level, Timeline};
 use serde::de::DeserializeOwned;
 use toml::{Table, Value};
 
+use crate::broker::{Broker, Connection};
 use crate::decode::{CipherKeys, InputOptions};
 use crate::pace::Speed;
-use crate::sinks::Batching;
+use crate::sinks::{SinkConfig, SinkEntry, SinkKind, TopicLayout};
 
-pub use self::secret::Secret;
+pub use self::secret::{Secret, SecretRef};
 
 /// A validated configuration.
 #[derive(Debug)]
@@ -83,44 +82,6 @@ pub enum SourceKind {
     },
 }
 
-/// How to reach an MQTT broker.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Broker {
-    /// Host name or address.
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
-    /// TLS, and whose roots verify the broker.
-    pub tls: Option<TlsRoots>,
-    /// The session's client id.
-    pub client_id: String,
-    /// User name and password.
-    pub credentials: Option<(String, Secret)>,
-}
-
-impl Broker {
-    /// `mqtt[s]://host:port as client_id`, for logs (no password).
-    pub fn describe(&self) -> String {
-        let scheme = if self.tls.is_some() { "mqtts" } else { "mqtt" };
-        let Broker {
-            host,
-            port,
-            client_id,
-            ..
-        } = self;
-        format!("{scheme}://{host}:{port} as {client_id}")
-    }
-}
-
-/// What verifies a broker's certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TlsRoots {
-    /// The operating system's trusted roots.
-    System,
-    /// One CA's PEM file.
-    CaFile(PathBuf),
-}
-
 /// A serial line's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SerialSettings {
@@ -134,95 +95,6 @@ pub struct SerialSettings {
     pub parity: tokio_serial::Parity,
     /// 1 or 2.
     pub stop_bits: tokio_serial::StopBits,
-}
-
-/// One sink.
-#[derive(Debug, Clone)]
-pub struct SinkConfig {
-    /// Unique among sinks.
-    pub name: String,
-    /// Ceiling and identity.
-    pub policy: SinkPolicy,
-    /// Where it writes.
-    pub kind: SinkKind,
-}
-
-/// Where a sink writes.
-#[derive(Debug, Clone)]
-pub enum SinkKind {
-    /// The embedded SQLite store.
-    Sqlite {
-        /// The database file; the state directory's `p1guard.sqlite` if `None`.
-        path: Option<PathBuf>,
-        /// How long records of each granularity are kept, indexed like [`Granularity::ALL`].
-        retention: [Option<Duration>; 4],
-    },
-    /// JSON lines on standard output.
-    Stdout,
-    /// Records published to an MQTT broker.
-    Mqtt(MqttSettings),
-    /// An InfluxDB server.
-    Influxdb(InfluxSettings),
-}
-
-/// Where and how an MQTT sink publishes.
-#[derive(Debug, Clone)]
-pub struct MqttSettings {
-    /// The broker.
-    pub broker: Broker,
-    /// Topic prefix of records and availability.
-    pub prefix: String,
-    /// Which topics records go to.
-    pub layout: TopicLayout,
-    /// Home Assistant's discovery prefix, if discovery configs are published.
-    pub discovery_prefix: Option<String>,
-}
-
-/// Where an MQTT sink publishes records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TopicLayout {
-    /// `<prefix>/<meter>/<granularity>/<kind>`, the record as JSON.
-    P1guard,
-    /// dsmr-reader's `dsmr/reading/<field>` and `dsmr/json`, for the scripts written for it.
-    DsmrReader,
-}
-
-/// Where and how an InfluxDB sink writes.
-#[derive(Debug, Clone)]
-pub struct InfluxSettings {
-    /// The server, `http(s)://host:port`.
-    pub url: String,
-    /// Which write API, and where each granularity goes.
-    pub api: InfluxApi,
-    /// How records are gathered into requests.
-    pub batching: Batching,
-    /// Whether request bodies are gzipped.
-    pub gzip: bool,
-}
-
-/// An InfluxDB write API with its settings. Each granularity has its own bucket or
-/// retention policy (indexed like [`Granularity::ALL`]), so that the store's retention
-/// follows the code of conduct.
-#[derive(Debug, Clone)]
-pub enum InfluxApi {
-    /// `/api/v2/write`.
-    V2 {
-        /// The organisation.
-        org: String,
-        /// The API token, if the server wants one.
-        token: Option<Secret>,
-        /// Bucket per granularity.
-        buckets: [String; 4],
-    },
-    /// `/write`, InfluxDB 1.x's API.
-    V1 {
-        /// The database.
-        database: String,
-        /// Retention policy per granularity.
-        retention_policies: [String; 4],
-        /// Username and password for basic authentication.
-        credentials: Option<(String, Secret)>,
-    },
 }
 
 /// Every problem found in a configuration, one per line.
@@ -259,7 +131,7 @@ pub fn parse(
         .parse()
         .map_err(|e: toml::de::Error| Problems(vec![syntax_error(text, &e)]))?;
     let mut problems = env::apply(&mut document, vars);
-    let mut validator = Validator {
+    let mut validator = Checker {
         problems: &mut problems,
     };
     let config = validator.config(document);
@@ -283,19 +155,25 @@ fn syntax_error(text: &str, error: &toml::de::Error) -> String {
     format!("line {line}, column {column}: TOML syntax: {message}")
 }
 
-/// Collects problems while building a [`Config`]; the config built alongside problems is
-/// discarded.
-struct Validator<'p> {
+/// Collects problems while a [`Config`] is built from the document; a config built alongside
+/// problems is discarded. Each source and sink kind checks its own settings with it.
+pub struct Checker<'p> {
     problems: &'p mut Vec<String>,
 }
 
-impl Validator<'_> {
-    fn problem(&mut self, at: &str, message: impl fmt::Display) {
+impl Checker<'_> {
+    /// How many problems are noted so far.
+    pub fn count(&self) -> usize {
+        self.problems.len()
+    }
+
+    /// Notes a problem with the setting at `at`.
+    pub fn problem(&mut self, at: &str, message: impl fmt::Display) {
         self.problems.push(format!("{at}: {message}"));
     }
 
     /// Serde's reading of one section, or `None` with the problem noted.
-    fn read<T: DeserializeOwned>(&mut self, at: &str, value: Value) -> Option<T> {
+    pub fn read<T: DeserializeOwned>(&mut self, at: &str, value: Value) -> Option<T> {
         match value.try_into() {
             Ok(read) => Some(read),
             Err(error) => {
@@ -366,7 +244,7 @@ impl Validator<'_> {
             }
         });
         let sources = self.entries("sources", raw::Source::FIELDS, document.remove("sources"));
-        let sinks = self.entries("sinks", raw::Sink::FIELDS, document.remove("sinks"));
+        let sinks = self.entries("sinks", SinkEntry::FIELDS, document.remove("sinks"));
         for unknown in document.keys() {
             self.problem(
                 unknown,
@@ -394,7 +272,7 @@ impl Validator<'_> {
             .collect();
         let sinks: Vec<SinkConfig> = sinks
             .into_iter()
-            .filter_map(|(at, sink, kind)| self.sink(&at, sink, kind))
+            .filter_map(|(at, entry, settings)| SinkConfig::check(self, &at, entry, settings))
             .collect();
         self.unique("sources", sources.iter().map(|s| s.name.as_str()));
         self.unique("sinks", sinks.iter().map(|s| s.name.as_str()));
@@ -566,14 +444,19 @@ impl Validator<'_> {
                 password,
                 ca_file,
             } => {
-                let connection = raw::Connection {
+                let connection = Connection {
                     url,
                     client_id,
                     username,
                     password,
                     ca_file,
                 };
-                let broker = self.broker(at, source.name.as_deref().unwrap_or("mqtt"), connection);
+                let broker = Broker::check(
+                    self,
+                    at,
+                    source.name.as_deref().unwrap_or("mqtt"),
+                    connection,
+                );
                 if topic.is_empty() || topic.starts_with("$share/") {
                     self.problem(
                         at,
@@ -651,337 +534,6 @@ impl Validator<'_> {
             (None, false) => Some(CipherKeys::smarty(key)),
         }
     }
-
-    fn sink(&mut self, at: &str, sink: raw::Sink, kind: raw::SinkKind) -> Option<SinkConfig> {
-        let identity = match sink.identity.as_deref() {
-            None | Some("pseudonym") => Identity::Pseudonym,
-            Some("raw") => Identity::Raw,
-            Some(other) => {
-                self.problem(at, format!("identity {other:?}: expected pseudonym or raw"));
-                return None;
-            }
-        };
-        let policy = match SinkPolicy::new(sink.max_granularity, identity) {
-            Ok(policy) => policy,
-            Err(error) => {
-                self.problem(at, error);
-                return None;
-            }
-        };
-        let kind = match kind {
-            raw::SinkKind::Sqlite {
-                path,
-                retention_days,
-            } => {
-                let mut retention = DEFAULT_RETENTION_DAYS.map(|days| Some(days_to_duration(days)));
-                for (granularity, days) in retention_days {
-                    if days == 0 {
-                        self.problem(
-                            at,
-                            format!("retention_days.{granularity}: must be positive"),
-                        );
-                    }
-                    let index = Granularity::ALL.iter().position(|g| *g == granularity);
-                    if let Some(index) = index {
-                        retention[index] = Some(days_to_duration(days));
-                    }
-                }
-                SinkKind::Sqlite { path, retention }
-            }
-            raw::SinkKind::Stdout {} => SinkKind::Stdout,
-            raw::SinkKind::Mqtt {
-                url,
-                prefix,
-                layout,
-                discovery,
-                discovery_prefix,
-                client_id,
-                username,
-                password,
-                ca_file,
-            } => {
-                let connection = raw::Connection {
-                    url,
-                    client_id,
-                    username,
-                    password,
-                    ca_file,
-                };
-                let broker = self.broker(at, sink.name.as_deref().unwrap_or("mqtt"), connection);
-                let prefix = prefix.unwrap_or_else(|| "p1guard".to_owned());
-                if prefix.is_empty() || prefix.contains(['+', '#']) || prefix.ends_with('/') {
-                    self.problem(
-                        at,
-                        format!("prefix {prefix:?}: expected a topic without + # or a trailing /"),
-                    );
-                }
-                let layout = match layout.as_deref() {
-                    None | Some("p1guard") => TopicLayout::P1guard,
-                    Some("dsmr_reader") => TopicLayout::DsmrReader,
-                    Some(other) => {
-                        self.problem(
-                            at,
-                            format!("layout {other:?}: expected p1guard or dsmr_reader"),
-                        );
-                        TopicLayout::P1guard
-                    }
-                };
-                let live = policy.ceiling() == Granularity::Live;
-                if layout == TopicLayout::DsmrReader && !live {
-                    self.problem(
-                        at,
-                        "layout dsmr_reader carries live readings only: it needs max_granularity = \"live\"",
-                    );
-                }
-                if discovery == Some(true) && !live {
-                    self.problem(at, "discovery needs max_granularity = \"live\": Home Assistant shows live values");
-                }
-                let discovery_prefix = (discovery.unwrap_or(live) && live)
-                    .then(|| discovery_prefix.unwrap_or_else(|| "homeassistant".to_owned()));
-                SinkKind::Mqtt(MqttSettings {
-                    broker: broker?,
-                    prefix,
-                    layout,
-                    discovery_prefix,
-                })
-            }
-            raw::SinkKind::Influxdb(influx) => {
-                let raw::Influxdb {
-                    api,
-                    url,
-                    org,
-                    token,
-                    buckets,
-                    database,
-                    retention_policies,
-                    username,
-                    password,
-                    batch_records,
-                    flush_interval_ms,
-                    gzip,
-                } = *influx;
-                let problems_before = self.problems.len();
-                match reqwest::Url::parse(&url) {
-                    Ok(parsed)
-                        if matches!(parsed.scheme(), "http" | "https")
-                            && parsed.host().is_some() => {}
-                    _ => self.problem(at, format!("url {url:?}: expected http(s)://host:port")),
-                }
-                let mut secret = |what: &str, secret: Option<secret::SecretRef>| {
-                    let resolved = secret?.resolve();
-                    resolved
-                        .map_err(|e| self.problem(at, format!("{what}: {e}")))
-                        .ok()
-                };
-                let token = secret("token", token);
-                let password = secret("password", password);
-                let api = match api.as_str() {
-                    "v2" => {
-                        let v1_only = [
-                            ("database", database.is_some()),
-                            ("retention_policies", !retention_policies.is_empty()),
-                            ("username", username.is_some()),
-                            ("password", password.is_some()),
-                        ];
-                        self.only_with(at, "v1", v1_only);
-                        if org.as_deref().is_none_or(str::is_empty) {
-                            self.problem(at, "api v2 needs an org");
-                        }
-                        let buckets =
-                            self.names(at, "buckets", buckets, |g| format!("p1guard_{g}"));
-                        let org = org.unwrap_or_default();
-                        Some(InfluxApi::V2 {
-                            org,
-                            token,
-                            buckets,
-                        })
-                    }
-                    "v1" => {
-                        let v2_only = [
-                            ("org", org.is_some()),
-                            ("token", token.is_some()),
-                            ("buckets", !buckets.is_empty()),
-                        ];
-                        self.only_with(at, "v2", v2_only);
-                        let database = database.unwrap_or_else(|| "p1guard".into());
-                        if database.is_empty() {
-                            self.problem(at, "database is empty");
-                        }
-                        let retention_policies =
-                            self.names(at, "retention_policies", retention_policies, str::to_owned);
-                        let credentials = match (username, password) {
-                            (Some(username), Some(password)) => Some((username, password)),
-                            (None, None) => None,
-                            _ => {
-                                self.problem(at, "username and password go together");
-                                None
-                            }
-                        };
-                        Some(InfluxApi::V1 {
-                            database,
-                            retention_policies,
-                            credentials,
-                        })
-                    }
-                    other => {
-                        self.problem(at, format!("api {other:?}: expected v2 or v1"));
-                        None
-                    }
-                };
-                if batch_records == Some(0) {
-                    self.problem(at, "batch_records must be positive");
-                }
-                let batching = Batching {
-                    max_records: batch_records.unwrap_or(5000),
-                    max_wait: Duration::from_millis(flush_interval_ms.unwrap_or(1000)),
-                };
-                let api = api.filter(|_| self.problems.len() == problems_before)?;
-                SinkKind::Influxdb(InfluxSettings {
-                    url,
-                    api,
-                    batching,
-                    gzip: gzip.unwrap_or(true),
-                })
-            }
-        };
-        let name = sink.name.unwrap_or_else(|| kind.type_name().to_owned());
-        Some(SinkConfig { name, policy, kind })
-    }
-}
-
-impl Validator<'_> {
-    /// The broker of an MQTT source or sink named `name`.
-    fn broker(&mut self, at: &str, name: &str, connection: raw::Connection) -> Option<Broker> {
-        let raw::Connection {
-            url,
-            client_id,
-            username,
-            password,
-            ca_file,
-        } = connection;
-        let Some((host, port, tls)) = parse_mqtt_url(&url) else {
-            self.problem(
-                at,
-                format!("url {url:?}: expected mqtt://host[:port] or mqtts://host[:port]"),
-            );
-            return None;
-        };
-        let tls = match (tls, ca_file) {
-            (true, None) => Some(TlsRoots::System),
-            (true, Some(file)) => Some(TlsRoots::CaFile(file)),
-            (false, None) => None,
-            (false, Some(_)) => {
-                self.problem(at, "ca_file needs an mqtts:// url");
-                None
-            }
-        };
-        let password_given = password.is_some();
-        let password = password.and_then(|p| {
-            p.resolve()
-                .map_err(|e| self.problem(at, format!("password: {e}")))
-                .ok()
-        });
-        let credentials = match (username, password) {
-            (Some(user), Some(password)) => Some((user, password)),
-            (None, None) => None,
-            // Already reported: the password could not be read.
-            (Some(_), None) if password_given => None,
-            _ => {
-                self.problem(at, "username and password go together");
-                None
-            }
-        };
-        // The host in the default keeps workers that share a fleet from taking each other's
-        // session, and stays the same across restarts, as a persistent session needs.
-        let client_id = client_id.unwrap_or_else(|| format!("p1guard-{}-{name}", host_name()));
-        if client_id.is_empty() || client_id.len() > 65_535 {
-            self.problem(at, "client_id is empty or too long");
-        }
-        Some(Broker {
-            host: host.to_owned(),
-            port,
-            tls,
-            client_id,
-            credentials,
-        })
-    }
-
-    /// Notes each present setting of `settings` as belonging to the other `api`.
-    fn only_with<const N: usize>(&mut self, at: &str, api: &str, settings: [(&str, bool); N]) {
-        for (key, present) in settings {
-            if present {
-                self.problem(at, format!("{key} is a setting of api {api}"));
-            }
-        }
-    }
-
-    /// A name per granularity (indexed like [`Granularity::ALL`]): `named`'s, else
-    /// `default`'s.
-    fn names(
-        &mut self,
-        at: &str,
-        key: &str,
-        mut named: std::collections::BTreeMap<Granularity, String>,
-        default: impl Fn(&str) -> String,
-    ) -> [String; 4] {
-        Granularity::ALL.map(|granularity| {
-            let name = named
-                .remove(&granularity)
-                .unwrap_or_else(|| default(granularity.name()));
-            if name.is_empty() {
-                self.problem(at, format!("{key}.{granularity}: empty"));
-            }
-            name
-        })
-    }
-}
-
-/// This machine's name, for default MQTT client ids.
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_owned())
-        .ok()
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned())
-}
-
-/// `mqtt://host[:port]` or `mqtts://host[:port]` (an IPv6 host in brackets) as
-/// (host, port, tls).
-fn parse_mqtt_url(url: &str) -> Option<(&str, u16, bool)> {
-    let (authority, tls) = match url.split_once("://")? {
-        ("mqtt", rest) => (rest, false),
-        ("mqtts", rest) => (rest, true),
-        _ => return None,
-    };
-    let authority = authority.strip_suffix('/').unwrap_or(authority);
-    let (host, port) = match authority.strip_prefix('[') {
-        Some(bracketed) => {
-            let (host, after) = bracketed.split_once(']')?;
-            match after {
-                "" => (host, None),
-                _ => (host, Some(after.strip_prefix(':')?)),
-            }
-        }
-        None => match authority.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (authority, None),
-        },
-    };
-    let port = match port {
-        Some(port) => port.parse().ok()?,
-        None if tls => 8883,
-        None => 1883,
-    };
-    let valid = !host.is_empty() && !host.contains(['/', '@', '?', '#', ' ', '[', ']']);
-    valid.then_some((host, port, tls))
-}
-
-/// Retention of each granularity (billing, daily, quarter_hour, live) unless configured:
-/// privacy.md's defaults of 7 years, 24 months, 90 days and 7 days.
-const DEFAULT_RETENTION_DAYS: [u32; 4] = [7 * 365 + 2, 2 * 365, 90, 7];
-
-fn days_to_duration(days: u32) -> Duration {
-    Duration::from_secs(u64::from(days) * 86_400)
 }
 
 /// Serial settings per DSMR version (ecosystem.md).
@@ -1034,23 +586,14 @@ impl SourceKind {
     }
 }
 
-impl SinkKind {
-    /// `sqlite`, `stdout` or `influxdb`.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            SinkKind::Sqlite { .. } => "sqlite",
-            SinkKind::Stdout => "stdout",
-            SinkKind::Mqtt(_) => "mqtt",
-            SinkKind::Influxdb(_) => "influxdb",
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use jiff::Timestamp;
+    use p1guard_conduct::{Granularity, Identity};
 
     use super::*;
+    use crate::broker::{TlsRoots, host_name};
+    use crate::sinks::{Batching, InfluxApi, MqttSettings};
 
     fn no_env() -> Vec<(String, String)> {
         Vec::new()

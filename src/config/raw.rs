@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use p1guard_conduct::{BillingCadence, Granularity, Level};
+use p1guard_conduct::{BillingCadence, Level};
 use serde::Deserialize;
 
 use super::secret::SecretRef;
@@ -122,108 +122,4 @@ pub enum SourceKind {
         /// absent.
         ca_file: Option<PathBuf>,
     },
-}
-
-/// The settings every `[[sinks]]` entry has, whatever its type.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Sink {
-    /// Unique name in logs and metrics; the type if absent.
-    pub name: Option<String>,
-    /// The finest granularity this sink receives.
-    pub max_granularity: Granularity,
-    /// `pseudonym` (default) or `raw` (only with max_granularity live).
-    pub identity: Option<String>,
-}
-
-impl Sink {
-    /// The keys of [`Sink`].
-    pub const FIELDS: &[&str] = &["name", "max_granularity", "identity"];
-}
-
-/// The sink types and their settings.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum SinkKind {
-    /// The embedded store.
-    Sqlite {
-        /// The database file; `p1guard.sqlite` in the state directory if absent.
-        path: Option<PathBuf>,
-        /// Days to keep records of each granularity; privacy.md's defaults where absent.
-        #[serde(default)]
-        retention_days: BTreeMap<Granularity, u32>,
-    },
-    /// JSON lines on standard output.
-    Stdout {},
-    /// Records published to an MQTT broker.
-    Mqtt {
-        /// `mqtt://host[:port]` or `mqtts://host[:port]`.
-        url: String,
-        /// Topic prefix; `p1guard` if absent.
-        prefix: Option<String>,
-        /// `p1guard` (default) or `dsmr_reader`.
-        layout: Option<String>,
-        /// Home Assistant discovery; on by default for a live sink.
-        discovery: Option<bool>,
-        /// Home Assistant's discovery prefix; `homeassistant` if absent.
-        discovery_prefix: Option<String>,
-        /// The client id; `p1guard-<host>-<name>` if absent.
-        client_id: Option<String>,
-        /// User name for the broker.
-        username: Option<String>,
-        /// Password for the broker.
-        password: Option<SecretRef>,
-        /// PEM file of the CA that signed the broker's certificate; the system's roots if
-        /// absent.
-        ca_file: Option<PathBuf>,
-    },
-    /// An InfluxDB server (or another that speaks its write API).
-    Influxdb(Box<Influxdb>),
-}
-
-/// The connection settings MQTT sources and sinks share, gathered after reading.
-pub struct Connection {
-    /// `mqtt://host[:port]` or `mqtts://host[:port]`.
-    pub url: String,
-    /// The client id, if given.
-    pub client_id: Option<String>,
-    /// User name for the broker.
-    pub username: Option<String>,
-    /// Password for the broker.
-    pub password: Option<SecretRef>,
-    /// The CA's PEM file.
-    pub ca_file: Option<PathBuf>,
-}
-
-/// `[[sinks]]` `type = "influxdb"`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Influxdb {
-    /// `v2` (`/api/v2/write`, buckets) or `v1` (`/write`, database and retention
-    /// policies).
-    pub api: String,
-    /// `http://host:port` or `https://...`.
-    pub url: String,
-    /// v2: the organisation.
-    pub org: Option<String>,
-    /// v2: the API token; none for a server without authentication.
-    pub token: Option<SecretRef>,
-    /// v2: granularity -> bucket; `p1guard_<granularity>` where absent.
-    #[serde(default)]
-    pub buckets: BTreeMap<Granularity, String>,
-    /// v1: the database; `p1guard` if absent.
-    pub database: Option<String>,
-    /// v1: granularity -> retention policy; the granularity's name where absent.
-    #[serde(default)]
-    pub retention_policies: BTreeMap<Granularity, String>,
-    /// v1: basic authentication, with `password`.
-    pub username: Option<String>,
-    /// v1: the password of `username`.
-    pub password: Option<SecretRef>,
-    /// Records per request; 5000 if absent.
-    pub batch_records: Option<usize>,
-    /// How long a record may wait for others to fill a request; 1000 ms if absent.
-    pub flush_interval_ms: Option<u64>,
-    /// Compress request bodies; on if absent.
-    pub gzip: Option<bool>,
 }

@@ -17,18 +17,156 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use p1guard_conduct::{Granularity, SinkRecord};
+use p1guard_conduct::{Granularity, Identity, SinkPolicy, SinkRecord};
+use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::config::Checker;
 use crate::log_limit::LogLimit;
 use crate::metrics::{Metrics, SinkMetrics};
 
-pub use self::influx::InfluxSink;
-pub use self::mqtt::MqttSink;
-pub use self::sqlite::SqliteSink;
+pub use self::influx::{InfluxApi, InfluxConfig, InfluxSettings, InfluxSink};
+pub use self::mqtt::{MqttConfig, MqttSettings, MqttSink, TopicLayout};
+pub use self::sqlite::{SqliteConfig, SqliteSink};
 pub use self::stdout::StdoutSink;
+
+/// The settings every `[[sinks]]` entry has, whatever its type. (Serde cannot flatten and
+/// deny unknown fields at once, so an entry is split into these and its type's own.)
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkEntry {
+    /// Unique name in logs and metrics; the type if absent.
+    pub name: Option<String>,
+    /// The finest granularity this sink receives.
+    pub max_granularity: Granularity,
+    /// `pseudonym` (default) or `raw` (only with max_granularity live).
+    pub identity: Option<String>,
+}
+
+impl SinkEntry {
+    /// The keys of [`SinkEntry`].
+    pub const FIELDS: &[&str] = &["name", "max_granularity", "identity"];
+}
+
+/// Each sink type's own settings, as written.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkSettings {
+    /// The embedded store.
+    Sqlite(SqliteConfig),
+    /// JSON lines on standard output.
+    Stdout {},
+    /// Records published to an MQTT broker.
+    Mqtt(MqttConfig),
+    /// An InfluxDB server (or another that speaks its write API).
+    Influxdb(Box<InfluxConfig>),
+}
+
+/// One sink, checked.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    /// Unique among sinks.
+    pub name: String,
+    /// Ceiling and identity.
+    pub policy: SinkPolicy,
+    /// Where it writes.
+    pub kind: SinkKind,
+}
+
+/// Where a sink writes.
+#[derive(Debug, Clone)]
+pub enum SinkKind {
+    /// The embedded SQLite store.
+    Sqlite {
+        /// The database file; the state directory's `p1guard.sqlite` if `None`.
+        path: Option<std::path::PathBuf>,
+        /// How long records of each granularity are kept, indexed like [`Granularity::ALL`].
+        retention: [Option<Duration>; 4],
+    },
+    /// JSON lines on standard output.
+    Stdout,
+    /// Records published to an MQTT broker.
+    Mqtt(MqttSettings),
+    /// An InfluxDB server.
+    Influxdb(InfluxSettings),
+}
+
+impl SinkConfig {
+    /// The sink `entry` and `settings` describe, at `at` in the file, every problem noted.
+    pub fn check(
+        checker: &mut Checker<'_>,
+        at: &str,
+        entry: SinkEntry,
+        settings: SinkSettings,
+    ) -> Option<SinkConfig> {
+        let identity = match entry.identity.as_deref() {
+            None | Some("pseudonym") => Identity::Pseudonym,
+            Some("raw") => Identity::Raw,
+            Some(other) => {
+                checker.problem(at, format!("identity {other:?}: expected pseudonym or raw"));
+                return None;
+            }
+        };
+        let policy = match SinkPolicy::new(entry.max_granularity, identity) {
+            Ok(policy) => policy,
+            Err(error) => {
+                checker.problem(at, error);
+                return None;
+            }
+        };
+        let kind = match settings {
+            SinkSettings::Sqlite(sqlite) => {
+                let (path, retention) = sqlite.check(checker, at);
+                SinkKind::Sqlite { path, retention }
+            }
+            SinkSettings::Stdout {} => SinkKind::Stdout,
+            SinkSettings::Mqtt(mqtt) => {
+                let name = entry.name.as_deref().unwrap_or("mqtt");
+                SinkKind::Mqtt(mqtt.check(checker, at, name, policy)?)
+            }
+            SinkSettings::Influxdb(influx) => SinkKind::Influxdb(influx.check(checker, at)?),
+        };
+        let name = entry.name.unwrap_or_else(|| kind.type_name().to_owned());
+        Some(SinkConfig { name, policy, kind })
+    }
+
+    /// What `check-config` says of the sink.
+    pub fn describe(&self) -> String {
+        let place = match &self.kind {
+            SinkKind::Sqlite {
+                path: Some(path), ..
+            } => format!(" at {}", path.display()),
+            SinkKind::Sqlite { path: None, .. } => " in the state directory".to_owned(),
+            SinkKind::Stdout => String::new(),
+            SinkKind::Mqtt(mqtt) => mqtt.describe(),
+            SinkKind::Influxdb(influx) => influx.describe(),
+        };
+        format!(
+            "sink {} ({}){place}: up to {}, meters named by {}",
+            self.name,
+            self.kind.type_name(),
+            self.policy.ceiling(),
+            match self.policy.identity() {
+                Identity::Raw => "their equipment id",
+                Identity::Pseudonym => "pseudonym",
+            },
+        )
+    }
+}
+
+impl SinkKind {
+    /// `sqlite`, `stdout`, `mqtt` or `influxdb`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SinkKind::Sqlite { .. } => "sqlite",
+            SinkKind::Stdout => "stdout",
+            SinkKind::Mqtt(_) => "mqtt",
+            SinkKind::Influxdb(_) => "influxdb",
+        }
+    }
+}
 
 /// What one batch of telegrams yielded for one sink, already admitted by its policy.
 pub type Batch = Vec<SinkRecord>;

@@ -2,15 +2,56 @@
 //! time), so a replayed boundary overwrites itself instead of adding a duplicate. Records
 //! older than their granularity's retention are deleted on a timer.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use jiff::Timestamp;
 use p1guard_conduct::{Granularity, SinkRecord};
 use rusqlite::{Connection, params};
+use serde::Deserialize;
 
 use super::{Sink, WriteError};
+use crate::config::Checker;
+
+/// `[[sinks]]` `type = "sqlite"` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteConfig {
+    /// The database file; `p1guard.sqlite` in the state directory if absent.
+    pub path: Option<PathBuf>,
+    /// Days to keep records of each granularity; privacy.md's defaults where absent.
+    #[serde(default)]
+    pub retention_days: BTreeMap<Granularity, u32>,
+}
+
+/// Retention of each granularity (billing, daily, quarter_hour, live) unless configured:
+/// privacy.md's defaults of 7 years, 24 months, 90 days and 7 days.
+const DEFAULT_RETENTION_DAYS: [u32; 4] = [7 * 365 + 2, 2 * 365, 90, 7];
+
+impl SqliteConfig {
+    /// The store's file (the state directory's if `None`) and how long records of each
+    /// granularity are kept (indexed like [`Granularity::ALL`]), every problem noted.
+    pub fn check(
+        self,
+        checker: &mut Checker<'_>,
+        at: &str,
+    ) -> (Option<PathBuf>, [Option<Duration>; 4]) {
+        let days = |days: u32| Some(Duration::from_secs(u64::from(days) * 86_400));
+        let mut retention = DEFAULT_RETENTION_DAYS.map(days);
+        for (granularity, kept) in self.retention_days {
+            if kept == 0 {
+                checker.problem(
+                    at,
+                    format!("retention_days.{granularity}: must be positive"),
+                );
+            }
+            retention[granularity as usize] = days(kept);
+        }
+        (self.path, retention)
+    }
+}
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS records (

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Closed, Framing};
 use crate::backoff::Backoff;
-use crate::config::Broker;
+use crate::broker::Broker;
 use crate::log_limit::LogLimit;
 
 /// Requests waiting for the event loop: a subscription, a disconnect.

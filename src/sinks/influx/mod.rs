@@ -5,6 +5,7 @@
 //! other 4xx is refused for good, and everything else is retried. Writing a series and
 //! timestamp again overwrites it, so a retried write that was partly stored is harmless.
 
+mod config;
 mod line_protocol;
 mod v1;
 mod v2;
@@ -18,10 +19,10 @@ use flate2::write::GzEncoder;
 use p1guard_conduct::{Granularity, SinkRecord};
 use reqwest::header::{CONTENT_ENCODING, HeaderMap, HeaderValue};
 
+pub use self::config::{InfluxApi, InfluxConfig, InfluxSettings};
 use self::v1::V1;
 use self::v2::V2;
 use super::{Refused, Sink, WriteError};
-use crate::config::{InfluxApi, InfluxSettings};
 
 /// How long one request may take before it counts as failed (and is retried).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);

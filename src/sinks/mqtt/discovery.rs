@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use p1guard_conduct::{Granularity, Kind, MeterName, Quantity, SinkRecord, Unit};
 use serde_json::{Value, json};
 
+use super::config::TopicLayout;
 use super::topics::{Message, dsmr_reader_name, state_topic, topic_level};
-use crate::config::TopicLayout;
 
 /// How Home Assistant should treat one value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

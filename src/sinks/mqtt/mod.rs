@@ -8,6 +8,7 @@
 //! sink's bounded queue, which back-pressures the pipeline; a durable outbox can take that
 //! queue's place without changing this contract.
 
+mod config;
 mod discovery;
 mod topics;
 
@@ -20,11 +21,11 @@ use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+pub use self::config::{MqttConfig, MqttSettings, TopicLayout};
 use self::discovery::Discovery;
 use self::topics::{Layout, Message};
 use super::{Sink, WriteError};
 use crate::backoff::Backoff;
-use crate::config::MqttSettings;
 
 /// How long a write waits for a connection before failing (and being retried).
 const CONNECT_WAIT: Duration = Duration::from_secs(10);

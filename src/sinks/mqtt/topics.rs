@@ -3,7 +3,7 @@
 use p1guard_conduct::{Field, Granularity, Kind, Quantity, SinkRecord};
 use serde_json::{Map, Value, json};
 
-use crate::config::TopicLayout;
+use super::config::TopicLayout;
 
 /// One MQTT message to publish (QoS 1).
 #[derive(Debug, Clone, PartialEq, Eq)]
