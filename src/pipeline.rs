@@ -19,11 +19,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, SourceKind};
 use crate::log_limit::LogLimit;
 use crate::metrics::{Metrics, Outcome};
 use crate::sinks::{self, Batch, Batching, InfluxSink, MqttSink, SinkKind, SqliteSink, StdoutSink};
 use crate::sources::{self, Received};
+use crate::topology::config::{Config, SourceKind};
 
 /// Frames waiting for the reduce task.
 const FRAME_QUEUE: usize = 1024;

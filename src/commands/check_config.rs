@@ -7,8 +7,8 @@ use p1guard_conduct::BillingCadence;
 use tokio_serial::{DataBits, Parity, StopBits};
 
 use crate::cli::CheckConfigArgs;
-use crate::config::{self, SourceKind};
 use crate::pace::Speed;
+use crate::topology::config::{self, SourceKind};
 
 pub fn run(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
     let config = match config::load(&args.config) {

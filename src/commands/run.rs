@@ -13,7 +13,8 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::RunArgs;
-use crate::{config, identity_key, pipeline, systemd};
+use crate::topology::config;
+use crate::{identity_key, pipeline, systemd};
 
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let config = match config::load(&args.config) {

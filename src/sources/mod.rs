@@ -15,10 +15,10 @@ use p1guard_telegram::{Error, OwnedFrame};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{SourceConfig, SourceKind};
 use crate::decode::Deframer;
 use crate::log_limit::LogLimit;
 use crate::metrics::{Metrics, Outcome};
+use crate::topology::config::{SourceConfig, SourceKind};
 
 /// A frame on its way to the reduce task.
 #[derive(Debug)]

@@ -7,8 +7,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Closed, Framing};
 use crate::backoff::Backoff;
-use crate::config::SerialSettings;
 use crate::log_limit::LogLimit;
+use crate::topology::config::SerialSettings;
 
 pub async fn run(
     name: &str,

@@ -1,0 +1,1153 @@
+//! The daemon's configuration: the document's sections (identity, consent, metrics), its
+//! sources and sinks, each read by its own kind, and the checks that span them (unique
+//! names, one store per file, topics that cannot mix households). Built by
+//! [`crate::config`]'s checker, so every problem is reported at once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use p1guard_conduct::{BillingCadence, ConsentTable, Level, Timeline};
+use serde::Deserialize;
+use toml::Table;
+
+use crate::broker::{Broker, Connection};
+use crate::config::{self, Checker, Problems, SecretRef};
+use crate::decode::{CipherKeys, InputOptions};
+use crate::pace::Speed;
+use crate::sinks::{SinkConfig, SinkEntry, SinkKind, TopicLayout};
+
+/// A validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// The pseudonym key file; the state directory's `identity.key` if `None`.
+    pub identity_key: Option<PathBuf>,
+    /// Each meter's consent.
+    pub consent: ConsentTable,
+    /// Billing boundaries.
+    pub billing: BillingCadence,
+    /// Where telegrams come from.
+    pub sources: Vec<SourceConfig>,
+    /// Where records go.
+    pub sinks: Vec<SinkConfig>,
+    /// Where to serve `GET /metrics`, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Allowed, but probably not meant: said by `check-config` and logged at start.
+    pub warnings: Vec<String>,
+}
+
+/// One source.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// Unique among sources.
+    pub name: String,
+    /// Line repairs and decryption.
+    pub input: InputOptions,
+    /// What it reads.
+    pub kind: SourceKind,
+}
+
+/// What a source reads.
+#[derive(Debug, Clone)]
+pub enum SourceKind {
+    /// A serial port.
+    Serial(SerialSettings),
+    /// A TCP stream.
+    Tcp {
+        /// `host:port`.
+        address: String,
+        /// Reconnect after this long without data.
+        read_timeout: Duration,
+    },
+    /// Capture files.
+    Replay {
+        /// Read in order.
+        files: Vec<PathBuf>,
+        /// Pace.
+        speed: Speed,
+    },
+    /// Telegrams published to an MQTT broker.
+    Mqtt {
+        /// The broker.
+        broker: Broker,
+        /// The filter subscribed to, `$share/<group>/` included when shared.
+        subscription: String,
+    },
+}
+
+/// A serial line's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SerialSettings {
+    /// The device path.
+    pub device: PathBuf,
+    /// Bits per second.
+    pub baud: u32,
+    /// 7 or 8.
+    pub data_bits: tokio_serial::DataBits,
+    /// Parity.
+    pub parity: tokio_serial::Parity,
+    /// 1 or 2.
+    pub stop_bits: tokio_serial::StopBits,
+}
+
+/// Reads the configuration file at `path`, with the process's `P1GUARD_*` overrides.
+pub fn load(path: &Path) -> Result<Config, Problems> {
+    config::load(path, |checker, document| {
+        Reader { checker }.config(document)
+    })
+}
+
+/// Reads a configuration's text with the environment `vars`.
+pub fn parse(
+    text: &str,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, Problems> {
+    config::parse(text, vars, |checker, document| {
+        Reader { checker }.config(document)
+    })
+}
+
+/// `[identity]`: how meters are pseudonymised.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    /// The pseudonym key file (64 hex digits, created 0600 if missing).
+    pub key_file: Option<PathBuf>,
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// `address:port` to serve `GET /metrics` on, e.g. `127.0.0.1:9187`.
+    pub listen: String,
+}
+
+/// `[consent]`: the level of each meter.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Consent {
+    /// Level of meters not listed; billing (no consent needed) if absent.
+    pub default: Option<Level>,
+    /// Equipment id as the meter sends it -> level.
+    #[serde(default)]
+    pub meters: BTreeMap<String, Level>,
+    /// Billing boundaries: bi_monthly (default) or monthly.
+    pub billing_cadence: Option<BillingCadence>,
+}
+
+/// The settings every `[[sources]]` entry has, whatever its type. (Serde cannot flatten and
+/// deny unknown fields at once, so an entry is split into these and its type's own.)
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceEntry {
+    /// Unique name in logs and metrics; the type if absent.
+    pub name: Option<String>,
+    /// Insert the CR that LF-only captures have lost.
+    #[serde(default)]
+    pub lf_to_crlf: bool,
+    /// Clear bit 7 of every byte (7E1 read as 8N1); serial presets set it where needed.
+    pub clear_bit7: Option<bool>,
+    /// AES-128 key (32 hex digits) of an encrypting meter.
+    pub key: Option<SecretRef>,
+    /// Authentication key; Smarty's public one if absent.
+    pub auth_key: Option<SecretRef>,
+    /// The GCM tag covers no authentication key.
+    #[serde(default)]
+    pub no_auth_key: bool,
+}
+
+impl SourceEntry {
+    /// The keys of [`SourceEntry`].
+    pub const FIELDS: &[&str] = &[
+        "name",
+        "lf_to_crlf",
+        "clear_bit7",
+        "key",
+        "auth_key",
+        "no_auth_key",
+    ];
+}
+
+/// The source types and their settings.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceSettings {
+    /// A P1 cable.
+    Serial {
+        /// The device, e.g. `/dev/p1` or `/dev/serial/by-id/...`.
+        device: PathBuf,
+        /// `dsmr5` (default), `dsmr4` or `dsmr2`.
+        preset: Option<String>,
+        /// Overrides of the preset.
+        baud: Option<u32>,
+        /// 7 or 8.
+        data_bits: Option<u8>,
+        /// none, even or odd.
+        parity: Option<String>,
+        /// 1 or 2.
+        stop_bits: Option<u8>,
+    },
+    /// A TCP P1 dongle or ser2net.
+    Tcp {
+        /// `host:port`.
+        address: String,
+        /// Reconnect when nothing arrived for this long; 60 s if absent.
+        read_timeout_secs: Option<u64>,
+    },
+    /// Capture files.
+    Replay {
+        /// The captures, read one after the other.
+        files: Vec<PathBuf>,
+        /// `max` (default), `realtime`, or a factor.
+        speed: Option<String>,
+    },
+    /// A fleet's telegrams from an MQTT broker.
+    Mqtt {
+        /// `mqtt://host[:port]` or `mqtts://host[:port]`.
+        url: String,
+        /// Topic filter, e.g. `p1/+/telegram`.
+        topic: String,
+        /// Share the subscription with other workers of this group (`$share/<group>/...`).
+        shared_group: Option<String>,
+        /// The session's client id; `p1guard-<host>-<name>` if absent.
+        client_id: Option<String>,
+        /// User name for the broker.
+        username: Option<String>,
+        /// Password for the broker.
+        password: Option<SecretRef>,
+        /// PEM file of the CA that signed the broker's certificate; the system's roots if
+        /// absent.
+        ca_file: Option<PathBuf>,
+    },
+}
+
+/// Builds a [`Config`] with a [`Checker`], noting every problem on the way.
+struct Reader<'c, 'p> {
+    checker: &'c mut Checker<'p>,
+}
+
+impl<'p> Deref for Reader<'_, 'p> {
+    type Target = Checker<'p>;
+
+    fn deref(&self) -> &Checker<'p> {
+        self.checker
+    }
+}
+
+impl DerefMut for Reader<'_, '_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.checker
+    }
+}
+
+impl Reader<'_, '_> {
+    fn config(&mut self, mut document: Table) -> Config {
+        let identity: Identity = document
+            .remove("identity")
+            .and_then(|v| self.read("identity", v))
+            .unwrap_or_default();
+        let consent: Consent = document
+            .remove("consent")
+            .and_then(|v| self.read("consent", v))
+            .unwrap_or_default();
+        let metrics: Option<Metrics> = document
+            .remove("metrics")
+            .and_then(|v| self.read("metrics", v));
+        let metrics_listen = metrics.and_then(|m| match m.listen.parse::<SocketAddr>() {
+            Ok(address) => Some(address),
+            Err(_) => {
+                let listen = m.listen;
+                self.problem(
+                    "metrics",
+                    format!("listen {listen:?}: expected address:port"),
+                );
+                None
+            }
+        });
+        let sources = self.entries("sources", SourceEntry::FIELDS, document.remove("sources"));
+        let sinks = self.entries("sinks", SinkEntry::FIELDS, document.remove("sinks"));
+        for unknown in document.keys() {
+            self.problem(
+                unknown,
+                "unknown section (expected identity, consent, metrics, sources, sinks)",
+            );
+        }
+
+        let default = consent.default.unwrap_or(Level::Billing);
+        let consent_table = ConsentTable::new(Timeline::constant(default));
+        for (id, level) in consent.meters {
+            if id.is_empty()
+                || !id.bytes().all(|b| b.is_ascii_graphic())
+                || !consent_table.set(id.as_bytes(), Timeline::constant(level))
+            {
+                self.problem(
+                    "consent.meters",
+                    format!("{id:?}: a meter id is the equipment id as sent, printable ASCII"),
+                );
+            }
+        }
+
+        let sources: Vec<SourceConfig> = sources
+            .into_iter()
+            .filter_map(|(at, source, kind)| self.source(&at, source, kind))
+            .collect();
+        let sinks: Vec<SinkConfig> = sinks
+            .into_iter()
+            .filter_map(|(at, entry, settings)| {
+                SinkConfig::check(self.checker, &at, entry, settings)
+            })
+            .collect();
+        self.unique("sources", sources.iter().map(|s| s.name.as_str()));
+        self.unique("sinks", sinks.iter().map(|s| s.name.as_str()));
+        // Two stores in one file would mix their identities and prune each other's rows.
+        let stores = sinks.iter().filter_map(|s| match &s.kind {
+            SinkKind::Sqlite { path, .. } => Some(
+                path.as_deref()
+                    .map_or("the default store".into(), Path::to_string_lossy),
+            ),
+            SinkKind::Stdout | SinkKind::Mqtt(_) | SinkKind::Influxdb(_) => None,
+        });
+        let stores: Vec<_> = stores.collect();
+        let mut seen = BTreeSet::new();
+        for store in &stores {
+            if !seen.insert(store) {
+                self.problem("sinks", format!("two sqlite sinks share {store}"));
+            }
+        }
+        // A fleet (or several sources) shows more than one meter.
+        let fleet: Vec<&str> = sources
+            .iter()
+            .filter(|s| matches!(s.kind, SourceKind::Mqtt { .. }))
+            .map(|s| s.name.as_str())
+            .collect();
+        let many_meters = !fleet.is_empty() || sources.len() > 1;
+        for sink in &sinks {
+            if let SinkKind::Mqtt(settings) = &sink.kind
+                && settings.layout == TopicLayout::DsmrReader
+                && many_meters
+            {
+                self.problem(
+                    &format!("sinks.{}", sink.name),
+                    "layout dsmr_reader publishes every meter on the same topics, so one household would read another's: it needs a single meter (one serial, TCP or replay source)",
+                );
+            }
+        }
+        let mut warnings = Vec::new();
+        if !fleet.is_empty() && default > Level::Billing {
+            warnings.push(format!(
+                "consent.default = \"{default}\" gives every meter of the fleet (source {}) {default} readings, but daily and finer readings are opt-in per meter: list the meters that consented under [consent] meters",
+                fleet.join(", ")
+            ));
+        }
+        if sources.is_empty() && !self.has_problem_in("sources") {
+            self.problem("sources", "no [[sources]]: nothing to read");
+        }
+        if sinks.is_empty() && !self.has_problem_in("sinks") {
+            self.problem("sinks", "no [[sinks]]: nowhere to write");
+        }
+        Config {
+            identity_key: identity.key_file,
+            consent: consent_table,
+            billing: consent.billing_cadence.unwrap_or_default(),
+            sources,
+            sinks,
+            metrics_listen,
+            warnings,
+        }
+    }
+
+    fn unique<'a>(&mut self, section: &str, names: impl Iterator<Item = &'a str>) {
+        let mut seen = BTreeSet::new();
+        for name in names {
+            if !seen.insert(name) {
+                self.problem(section, format!("the name {name:?} is used twice"));
+            }
+        }
+    }
+
+    fn source(
+        &mut self,
+        at: &str,
+        source: SourceEntry,
+        kind: SourceSettings,
+    ) -> Option<SourceConfig> {
+        let problems_before = self.count();
+        let (kind, preset_clears_bit7) = match kind {
+            SourceSettings::Serial {
+                device,
+                preset,
+                baud,
+                data_bits,
+                parity,
+                stop_bits,
+            } => {
+                let preset = preset.as_deref().unwrap_or("dsmr5");
+                let Some(preset) = SerialPreset::by_name(preset) else {
+                    self.problem(
+                        at,
+                        format!("preset {preset:?}: expected dsmr5, dsmr4 or dsmr2"),
+                    );
+                    return None;
+                };
+                let mut settings = preset.settings(device);
+                if let Some(baud) = baud {
+                    if baud == 0 {
+                        self.problem(at, "baud must be positive");
+                    }
+                    settings.baud = baud;
+                }
+                match data_bits {
+                    None => {}
+                    Some(7) => settings.data_bits = tokio_serial::DataBits::Seven,
+                    Some(8) => settings.data_bits = tokio_serial::DataBits::Eight,
+                    Some(n) => self.problem(at, format!("data_bits {n}: expected 7 or 8")),
+                }
+                match parity.as_deref() {
+                    None => {}
+                    Some("none") => settings.parity = tokio_serial::Parity::None,
+                    Some("even") => settings.parity = tokio_serial::Parity::Even,
+                    Some("odd") => settings.parity = tokio_serial::Parity::Odd,
+                    Some(other) => {
+                        self.problem(at, format!("parity {other:?}: expected none, even or odd"));
+                    }
+                }
+                match stop_bits {
+                    None => {}
+                    Some(1) => settings.stop_bits = tokio_serial::StopBits::One,
+                    Some(2) => settings.stop_bits = tokio_serial::StopBits::Two,
+                    Some(n) => self.problem(at, format!("stop_bits {n}: expected 1 or 2")),
+                }
+                (SourceKind::Serial(settings), preset.clear_bit7)
+            }
+            SourceSettings::Tcp {
+                address,
+                read_timeout_secs,
+            } => {
+                let has_port = address
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+                if !has_port {
+                    self.problem(at, format!("address {address:?}: expected host:port"));
+                }
+                if read_timeout_secs == Some(0) {
+                    self.problem(at, "read_timeout_secs must be positive");
+                }
+                let read_timeout = Duration::from_secs(read_timeout_secs.unwrap_or(60));
+                let kind = SourceKind::Tcp {
+                    address,
+                    read_timeout,
+                };
+                (kind, false)
+            }
+            SourceSettings::Replay { files, speed } => {
+                if files.is_empty() {
+                    self.problem(at, "files is empty");
+                }
+                for file in &files {
+                    if let Err(error) = std::fs::metadata(file) {
+                        self.problem(at, format!("{}: {error}", file.display()));
+                    }
+                }
+                let speed = match speed.as_deref().map(str::parse::<Speed>) {
+                    None => Speed::Max,
+                    Some(Ok(speed)) => speed,
+                    Some(Err(error)) => {
+                        self.problem(at, error);
+                        Speed::Max
+                    }
+                };
+                (SourceKind::Replay { files, speed }, false)
+            }
+            SourceSettings::Mqtt {
+                url,
+                topic,
+                shared_group,
+                client_id,
+                username,
+                password,
+                ca_file,
+            } => {
+                let connection = Connection {
+                    url,
+                    client_id,
+                    username,
+                    password,
+                    ca_file,
+                };
+                let broker = Broker::check(
+                    self,
+                    at,
+                    source.name.as_deref().unwrap_or("mqtt"),
+                    connection,
+                );
+                if topic.is_empty() || topic.starts_with("$share/") {
+                    self.problem(
+                        at,
+                        format!(
+                            "topic {topic:?}: expected a topic filter (share it with shared_group)"
+                        ),
+                    );
+                }
+                let subscription = match shared_group {
+                    Some(group) if group.is_empty() || group.contains(['/', '+', '#']) => {
+                        self.problem(
+                            at,
+                            format!("shared_group {group:?}: expected a name without / + #"),
+                        );
+                        topic
+                    }
+                    Some(group) => format!("$share/{group}/{topic}"),
+                    None => topic,
+                };
+                let kind = SourceKind::Mqtt {
+                    broker: broker?,
+                    subscription,
+                };
+                (kind, false)
+            }
+        };
+        let name = source.name.unwrap_or_else(|| kind.type_name().to_owned());
+        let cipher = self.cipher(at, source.key, source.auth_key, source.no_auth_key);
+        let input = InputOptions {
+            lf_to_crlf: source.lf_to_crlf,
+            clear_bit7: source.clear_bit7.unwrap_or(preset_clears_bit7),
+            cipher,
+        };
+        (self.count() == problems_before).then_some(SourceConfig { name, input, kind })
+    }
+
+    fn cipher(
+        &mut self,
+        at: &str,
+        key: Option<SecretRef>,
+        auth_key: Option<SecretRef>,
+        no_auth_key: bool,
+    ) -> Option<CipherKeys> {
+        let mut read = |what: &str, secret: SecretRef| -> Option<[u8; 16]> {
+            let resolved = secret
+                .resolve()
+                .map_err(|e| self.problem(at, format!("{what}: {e}")));
+            let key = crate::hex::decode(resolved.ok()?.expose());
+            if key.is_none() {
+                self.problem(at, format!("{what}: expected 32 hex digits"));
+            }
+            key
+        };
+        let key = key.and_then(|k| read("key", k));
+        let auth_key = auth_key.and_then(|k| read("auth_key", k));
+        let Some(key) = key else {
+            if auth_key.is_some() || no_auth_key {
+                self.problem(at, "auth_key and no_auth_key need a key");
+            }
+            return None;
+        };
+        match (auth_key, no_auth_key) {
+            (Some(_), true) => {
+                self.problem(at, "auth_key and no_auth_key exclude each other");
+                None
+            }
+            (Some(auth_key), false) => Some(CipherKeys {
+                key,
+                auth_key: Some(auth_key),
+            }),
+            (None, true) => Some(CipherKeys {
+                key,
+                auth_key: None,
+            }),
+            (None, false) => Some(CipherKeys::smarty(key)),
+        }
+    }
+}
+
+/// Serial settings per DSMR version (ecosystem.md).
+#[derive(Debug, Clone, Copy)]
+struct SerialPreset {
+    baud: u32,
+    data_bits: tokio_serial::DataBits,
+    parity: tokio_serial::Parity,
+    clear_bit7: bool,
+}
+
+impl SerialPreset {
+    fn by_name(name: &str) -> Option<SerialPreset> {
+        use tokio_serial::{DataBits, Parity};
+        let preset = |baud, data_bits, parity, clear_bit7| SerialPreset {
+            baud,
+            data_bits,
+            parity,
+            clear_bit7,
+        };
+        match name {
+            "dsmr5" => Some(preset(115_200, DataBits::Eight, Parity::None, false)),
+            // Sources disagree on 8N1 vs 7E1: reading 8N1 and clearing bit 7 copes with both.
+            "dsmr4" => Some(preset(115_200, DataBits::Eight, Parity::None, true)),
+            "dsmr2" => Some(preset(9_600, DataBits::Seven, Parity::Even, false)),
+            _ => None,
+        }
+    }
+
+    fn settings(self, device: PathBuf) -> SerialSettings {
+        SerialSettings {
+            device,
+            baud: self.baud,
+            data_bits: self.data_bits,
+            parity: self.parity,
+            stop_bits: tokio_serial::StopBits::One,
+        }
+    }
+}
+
+impl SourceKind {
+    /// `serial`, `tcp` or `replay`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SourceKind::Serial(_) => "serial",
+            SourceKind::Tcp { .. } => "tcp",
+            SourceKind::Replay { .. } => "replay",
+            SourceKind::Mqtt { .. } => "mqtt",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use jiff::Timestamp;
+    use p1guard_conduct::{Granularity, Identity};
+
+    use super::*;
+    use crate::broker::{TlsRoots, host_name};
+    use crate::config::Secret;
+    use crate::sinks::{Batching, InfluxApi, MqttSettings};
+
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    #[test]
+    fn a_serial_source_takes_its_preset_and_overrides() {
+        let config = parse(
+            r#"
+            [consent]
+            default = "daily"
+            meters = { "4530303435303034303130313639373135" = "live" }
+
+            [[sources]]
+            type = "serial"
+            device = "/dev/p1"
+            preset = "dsmr4"
+
+            [[sources]]
+            name = "old meter"
+            type = "serial"
+            device = "/dev/ttyUSB1"
+            preset = "dsmr2"
+            baud = 19200
+
+            [[sinks]]
+            type = "stdout"
+            max_granularity = "live"
+            identity = "raw"
+            "#,
+            no_env(),
+        )
+        .unwrap();
+        assert_eq!(config.consent.default_at(Timestamp::now()), Level::Daily);
+        assert_eq!(config.consent.listed(), 1);
+        let SourceKind::Serial(dsmr4) = &config.sources[0].kind else {
+            panic!("serial expected");
+        };
+        assert_eq!(dsmr4.baud, 115_200);
+        assert_eq!(dsmr4.data_bits, tokio_serial::DataBits::Eight);
+        assert!(
+            config.sources[0].input.clear_bit7,
+            "DSMR 4 reads 8N1 and clears bit 7"
+        );
+        let SourceKind::Serial(dsmr2) = &config.sources[1].kind else {
+            panic!("serial expected");
+        };
+        assert_eq!(
+            (dsmr2.baud, dsmr2.data_bits, dsmr2.parity),
+            (
+                19_200,
+                tokio_serial::DataBits::Seven,
+                tokio_serial::Parity::Even
+            )
+        );
+        assert_eq!(config.sources[1].name, "old meter");
+        assert_eq!(config.sinks[0].policy.identity(), Identity::Raw);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let problems = parse(
+            r#"
+            [consent]
+            default = "hourly"
+
+            [[sources]]
+            type = "tcp"
+            address = "dongle.local"
+
+            [[sources]]
+            type = "serial"
+            device = "/dev/p1"
+            preset = "dsmr9"
+
+            [[sources]]
+            type = "replay"
+            files = ["/nonexistent/capture.txt"]
+            speed = "warp"
+
+            [[sinks]]
+            type = "sqlite"
+            max_granularity = "quarter_hour"
+            identity = "raw"
+
+            [[sinks]]
+            type = "stdout"
+            max_granularity = "live"
+            colour = true
+
+            [mqtt]
+            host = "localhost"
+
+            [metrics]
+            listen = "everywhere"
+            "#,
+            no_env(),
+        )
+        .unwrap_err();
+        let text = problems.to_string();
+        for expected in [
+            "consent: unknown variant `hourly`",
+            "sources[0]: address \"dongle.local\": expected host:port",
+            "sources[1]: preset \"dsmr9\"",
+            "sources[2]: /nonexistent/capture.txt: No such file",
+            "sources[2]: speed \"warp\"",
+            "sinks[0]: raw meter identity is only allowed on sinks whose max_granularity is live",
+            "sinks[1]: unknown field `colour`",
+            "mqtt: unknown section",
+            "metrics: listen \"everywhere\": expected address:port",
+        ] {
+            assert!(
+                text.contains(expected),
+                "{expected:?} missing from:\n{text}"
+            );
+        }
+        assert_eq!(problems.0.len(), 9, "{text}");
+    }
+
+    #[test]
+    fn mqtt_sources_and_sinks_take_a_broker_url_and_topics() {
+        let secret = std::env::temp_dir().join(format!("p1guard-broker-{}", std::process::id()));
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let config = parse(
+            &r#"
+            [[sources]]
+            name = "fleet"
+            type = "mqtt"
+            url = "mqtts://broker.example:8884"
+            topic = "p1/+/telegram"
+            shared_group = "workers"
+            client_id = "worker-1"
+            username = "p1guard"
+            password = { file = "SECRET" }
+
+            [[sinks]]
+            type = "mqtt"
+            url = "mqtt://[::1]"
+            max_granularity = "live"
+            "#
+            .replace("SECRET", &secret.to_string_lossy()),
+            no_env(),
+        )
+        .unwrap();
+        std::fs::remove_file(&secret).unwrap();
+        let SourceKind::Mqtt {
+            broker,
+            subscription,
+        } = &config.sources[0].kind
+        else {
+            panic!("{config:?}")
+        };
+        assert_eq!(subscription, "$share/workers/p1/+/telegram");
+        assert_eq!(
+            (broker.host.as_str(), broker.port),
+            ("broker.example", 8884)
+        );
+        assert_eq!(broker.tls, Some(TlsRoots::System));
+        assert_eq!(broker.client_id, "worker-1");
+        let (user, password) = broker.credentials.as_ref().unwrap();
+        assert_eq!((user.as_str(), password.expose()), ("p1guard", "s3cret"));
+        assert!(!format!("{config:?}").contains("s3cret"));
+
+        let SinkKind::Mqtt(MqttSettings {
+            broker,
+            prefix,
+            layout,
+            discovery_prefix,
+        }) = &config.sinks[0].kind
+        else {
+            panic!("{config:?}")
+        };
+        assert_eq!(
+            (broker.host.as_str(), broker.port, &broker.tls),
+            ("::1", 1883, &None)
+        );
+        assert_eq!(broker.client_id, format!("p1guard-{}-mqtt", host_name()));
+        assert_eq!(
+            (prefix.as_str(), *layout),
+            ("p1guard", TopicLayout::P1guard)
+        );
+        assert_eq!(
+            discovery_prefix.as_deref(),
+            Some("homeassistant"),
+            "on for a live sink"
+        );
+
+        // dsmr-reader's topics, for one household's meter.
+        let config = parse(
+            r#"
+            [[sources]]
+            type = "tcp"
+            address = "dongle.local:2000"
+
+            [[sinks]]
+            name = "dsmr"
+            type = "mqtt"
+            url = "mqtt://localhost"
+            layout = "dsmr_reader"
+            prefix = "dsmr"
+            max_granularity = "live"
+            discovery = false
+            "#,
+            no_env(),
+        )
+        .unwrap();
+        let SinkKind::Mqtt(MqttSettings {
+            layout,
+            discovery_prefix,
+            ..
+        }) = &config.sinks[0].kind
+        else {
+            panic!("{config:?}")
+        };
+        assert_eq!(
+            (*layout, discovery_prefix),
+            (TopicLayout::DsmrReader, &None)
+        );
+    }
+
+    #[test]
+    fn mqtt_settings_are_checked() {
+        let problems = parse(
+            r#"
+            [[sources]]
+            type = "mqtt"
+            url = "tcp://broker:1883"
+            topic = "$share/g/p1/#"
+
+            [[sources]]
+            type = "mqtt"
+            url = "mqtt://broker:1883"
+            topic = "p1/#"
+            shared_group = "a/b"
+            ca_file = "/etc/ca.pem"
+            username = "p1guard"
+
+            [[sinks]]
+            type = "mqtt"
+            url = "mqtt://broker:port"
+            max_granularity = "daily"
+            discovery = true
+            layout = "homie"
+            prefix = "p1/#"
+
+            [[sinks]]
+            type = "mqtt"
+            url = "mqtt://broker"
+            layout = "dsmr_reader"
+            max_granularity = "quarter_hour"
+            "#,
+            no_env(),
+        )
+        .unwrap_err();
+        let text = problems.to_string();
+        for expected in [
+            "sources[0]: url \"tcp://broker:1883\": expected mqtt://host[:port] or mqtts://host[:port]",
+            "sources[0]: topic \"$share/g/p1/#\": expected a topic filter (share it with shared_group)",
+            "sources[1]: ca_file needs an mqtts:// url",
+            "sources[1]: username and password go together",
+            "sources[1]: shared_group \"a/b\": expected a name without / + #",
+            "sinks[0]: url \"mqtt://broker:port\"",
+            "sinks[0]: prefix \"p1/#\"",
+            "sinks[0]: layout \"homie\"",
+            "sinks[0]: discovery needs max_granularity = \"live\"",
+            "sinks[1]: layout dsmr_reader carries live readings only",
+        ] {
+            assert!(
+                text.contains(expected),
+                "{expected:?} missing from:\n{text}"
+            );
+        }
+        assert_eq!(problems.0.len(), 10, "{text}");
+    }
+
+    #[test]
+    fn a_fleet_gets_no_shared_topics_and_a_generous_default_is_questioned() {
+        let fleet = |default: &str, layout: &str| {
+            parse(
+                &format!(
+                    r#"
+                    [consent]
+                    default = "{default}"
+
+                    [[sources]]
+                    name = "fleet"
+                    type = "mqtt"
+                    url = "mqtt://broker:1883"
+                    topic = "p1/+/telegram"
+
+                    [[sinks]]
+                    name = "app"
+                    type = "mqtt"
+                    url = "mqtt://broker:1883"
+                    layout = "{layout}"
+                    max_granularity = "live"
+                    discovery = false
+                    "#
+                ),
+                no_env(),
+            )
+        };
+        let problems = fleet("billing", "dsmr_reader").unwrap_err().to_string();
+        assert!(
+            problems
+                .contains("sinks.app: layout dsmr_reader publishes every meter on the same topics"),
+            "{problems}"
+        );
+        assert!(fleet("billing", "p1guard").unwrap().warnings.is_empty());
+        let warnings = fleet("daily", "p1guard").unwrap().warnings;
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("opt-in per meter"), "{warnings:?}");
+    }
+
+    #[test]
+    fn secrets_are_read_from_their_file_and_never_shown() {
+        let key = "AE3A2A8A6B1F3C4D5E6F708192A3B4C5";
+        let dir = std::env::temp_dir().join(format!("p1guard-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("key");
+        std::fs::write(&file, format!("{key}\n")).unwrap();
+        let text = format!(
+            r#"
+            [[sources]]
+            type = "tcp"
+            address = "192.0.2.7:8088"
+            key = {{ file = {:?} }}
+
+            [[sinks]]
+            type = "stdout"
+            max_granularity = "daily"
+            "#,
+            file.display().to_string()
+        );
+        let config = parse(&text, no_env()).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+        let cipher = config.sources[0].input.cipher.expect("a key");
+        assert_eq!(cipher.key[0], 0xAE);
+        assert!(format!("{config:?}").contains("cipher: Some(CipherKeys([redacted]))"));
+    }
+
+    #[test]
+    fn environment_overrides_apply_before_validation() {
+        let text = r#"
+            [[sources]]
+            type = "tcp"
+            address = "192.0.2.7:8088"
+
+            [[sinks]]
+            type = "stdout"
+            max_granularity = "daily"
+        "#;
+        let vars = [
+            ("P1GUARD_SINKS__0__MAX_GRANULARITY", "quarter_hour"),
+            ("P1GUARD_CONSENT__DEFAULT", "none"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let config = parse(text, vars).unwrap();
+        assert_eq!(config.sinks[0].policy.ceiling(), Granularity::QuarterHour);
+        assert_eq!(config.consent.default_at(Timestamp::now()), Level::None);
+    }
+
+    #[test]
+    fn influxdb_sinks_take_their_api_settings_and_defaults() {
+        let dir = std::env::temp_dir().join(format!("p1guard-influx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (token, password) = (dir.join("token"), dir.join("password"));
+        std::fs::write(&token, "t0ken\n").unwrap();
+        std::fs::write(&password, "s3cret").unwrap();
+        let text = format!(
+            r#"
+            [[sources]]
+            type = "tcp"
+            address = "192.0.2.7:8088"
+
+            [[sinks]]
+            name = "cloud"
+            type = "influxdb"
+            api = "v2"
+            url = "https://influx.example:8086"
+            org = "energy"
+            token = {{ file = {:?} }}
+            buckets = {{ daily = "days" }}
+            max_granularity = "daily"
+
+            [[sinks]]
+            name = "home"
+            type = "influxdb"
+            api = "v1"
+            url = "http://127.0.0.1:8086"
+            username = "p1"
+            password = {{ file = {:?} }}
+            retention_policies = {{ live = "a_week" }}
+            batch_records = 100
+            flush_interval_ms = 0
+            gzip = false
+            max_granularity = "live"
+            "#,
+            token.display().to_string(),
+            password.display().to_string()
+        );
+        let config = parse(&text, no_env()).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+        let SinkKind::Influxdb(cloud) = &config.sinks[0].kind else {
+            panic!("influxdb expected");
+        };
+        assert_eq!(cloud.url, "https://influx.example:8086");
+        assert!(cloud.gzip);
+        assert_eq!(
+            cloud.batching,
+            Batching {
+                max_records: 5000,
+                max_wait: Duration::from_secs(1)
+            }
+        );
+        let InfluxApi::V2 {
+            org,
+            token,
+            buckets,
+        } = &cloud.api
+        else {
+            panic!("v2 expected");
+        };
+        assert_eq!(org, "energy");
+        assert_eq!(token.as_ref().map(Secret::expose), Some("t0ken"));
+        assert_eq!(
+            buckets,
+            &[
+                "p1guard_billing",
+                "days",
+                "p1guard_quarter_hour",
+                "p1guard_live"
+            ]
+        );
+        let SinkKind::Influxdb(home) = &config.sinks[1].kind else {
+            panic!("influxdb expected");
+        };
+        assert!(!home.gzip);
+        assert_eq!(
+            home.batching,
+            Batching {
+                max_records: 100,
+                max_wait: Duration::ZERO
+            }
+        );
+        let InfluxApi::V1 {
+            database,
+            retention_policies,
+            credentials,
+        } = &home.api
+        else {
+            panic!("v1 expected");
+        };
+        assert_eq!(database, "p1guard");
+        assert_eq!(
+            retention_policies,
+            &["billing", "daily", "quarter_hour", "a_week"]
+        );
+        let (username, password) = credentials.as_ref().expect("credentials");
+        assert_eq!((username.as_str(), password.expose()), ("p1", "s3cret"));
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("t0ken") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn influxdb_settings_are_checked() {
+        let problems = parse(
+            r#"
+            [[sources]]
+            type = "tcp"
+            address = "192.0.2.7:8088"
+
+            [[sinks]]
+            type = "influxdb"
+            api = "v2"
+            url = "influx.example:8086"
+            database = "p1guard"
+            batch_records = 0
+            max_granularity = "daily"
+
+            [[sinks]]
+            type = "influxdb"
+            api = "v1"
+            url = "ftp://influx.example"
+            org = "energy"
+            username = "p1"
+            retention_policies = { daily = "" }
+            max_granularity = "daily"
+
+            [[sinks]]
+            type = "influxdb"
+            api = "v3"
+            url = "http://influx.example"
+            max_granularity = "daily"
+
+            [[sinks]]
+            type = "influxdb"
+            api = "v2"
+            url = "http://influx.example"
+            org = "energy"
+            bucket = "p1guard"
+            max_granularity = "daily"
+            "#,
+            no_env(),
+        )
+        .unwrap_err();
+        let text = problems.to_string();
+        for expected in [
+            "sinks[0]: url \"influx.example:8086\": expected http(s)://host:port",
+            "sinks[0]: database is a setting of api v1",
+            "sinks[0]: api v2 needs an org",
+            "sinks[0]: batch_records must be positive",
+            "sinks[1]: url \"ftp://influx.example\": expected http(s)://host:port",
+            "sinks[1]: org is a setting of api v2",
+            "sinks[1]: retention_policies.daily: empty",
+            "sinks[1]: username and password go together",
+            "sinks[2]: api \"v3\": expected v2 or v1",
+            "sinks[3]: unknown field `bucket`",
+        ] {
+            assert!(
+                text.contains(expected),
+                "{expected:?} missing from:\n{text}"
+            );
+        }
+        assert_eq!(problems.0.len(), 10, "{text}");
+    }
+}

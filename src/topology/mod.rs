@@ -1,0 +1,3 @@
+//! Building the pipeline from the configuration.
+
+pub mod config;
