@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use p1guard_conduct::{Counters, Granularity};
-use p1guard_telegram::ErrorKind;
+use p1guard_telegram::{ErrorKind, Telegram};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
 use prometheus_client::metrics::MetricType;
@@ -18,7 +18,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 /// How a telegram fared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Framed, CRC valid (or none), parsed.
+    /// Framed, CRC valid (or none, where the version requires none), parsed.
     Ok,
     /// The CRC did not match.
     CrcError,
@@ -26,15 +26,19 @@ pub enum Outcome {
     ParseError,
     /// An encrypted frame that failed to decrypt.
     DecryptionError,
+    /// Parsed and reduced like [`Outcome::Ok`], but without the CRC its version requires
+    /// (DSMR 4 or 5, e-MUCS): nothing verified it ([`Telegram::crc_missing`]).
+    CrcMissing,
 }
 
 impl Outcome {
     /// Every outcome, in the order of [`SourceMetrics::telegrams`].
-    pub const ALL: [Outcome; 4] = [
+    pub const ALL: [Outcome; 5] = [
         Outcome::Ok,
         Outcome::CrcError,
         Outcome::ParseError,
         Outcome::DecryptionError,
+        Outcome::CrcMissing,
     ];
 
     /// The metric label.
@@ -44,6 +48,16 @@ impl Outcome {
             Outcome::CrcError => "crc_error",
             Outcome::ParseError => "parse_error",
             Outcome::DecryptionError => "decryption_error",
+            Outcome::CrcMissing => "crc_missing",
+        }
+    }
+
+    /// The outcome of a frame that parsed.
+    pub fn parsed(telegram: &Telegram<'_>) -> Outcome {
+        if telegram.crc_missing() {
+            Outcome::CrcMissing
+        } else {
+            Outcome::Ok
         }
     }
 
@@ -67,7 +81,7 @@ pub struct SourceMetrics {
     /// The source's configured name.
     pub name: String,
     /// Telegrams by [`Outcome`].
-    pub telegrams: [AtomicU64; 4],
+    pub telegrams: [AtomicU64; 5],
     /// Unix seconds of the last good telegram received (0 before the first).
     pub last_telegram: AtomicI64,
     /// Whether the device is open, the connection up, or the replay reading.
@@ -322,11 +336,59 @@ mod tests {
         }));
         metrics.sources[0].count(Outcome::of(ErrorKind::Truncated));
         let counts = Outcome::ALL.map(|o| metrics.sources[0].telegrams(o));
-        assert_eq!(counts, [1, 1, 1, 0]);
+        assert_eq!(counts, [1, 1, 1, 0, 0]);
         assert!(
             metrics.summary().contains(
                 "source p1: telegrams ok 1, crc_error 1, parse_error 1, decryption_error 0"
             )
         );
+    }
+
+    /// Parses `text` (one telegram) and counts it as the reduce task does.
+    fn count_parsed(source: &SourceMetrics, text: &[u8]) {
+        let mut framer = p1guard_telegram::Framer::new(Default::default());
+        framer.push(text);
+        framer.finish();
+        let frame = framer.next_frame().unwrap().unwrap();
+        let mut parser = p1guard_telegram::Parser::new();
+        source.count(Outcome::parsed(&parser.parse(&frame).unwrap()));
+    }
+
+    #[test]
+    fn a_telegram_without_the_crc_its_version_requires_is_counted_apart() {
+        let metrics = Metrics::new(["p1"], ["store"]);
+        let source = &metrics.sources[0];
+        let dsmr5 = b"/ISk5\\2MT382-1000\r\n\r\n1-3:0.2.8(50)\r\n1-0:1.8.1(000001.000*kWh)\r\n!";
+        count_parsed(source, &[&dsmr5[..], b"\r\n"].concat());
+        let crc = p1guard_telegram::crc16(dsmr5);
+        count_parsed(
+            source,
+            &[&dsmr5[..], format!("{crc:04X}\r\n").as_bytes()].concat(),
+        );
+        count_parsed(
+            source,
+            b"/ISk5\\2MT382-1000\r\n\r\n1-0:1.8.1(00001.000*kWh)\r\n!\r\n",
+        );
+        assert_eq!(source.telegrams(Outcome::CrcMissing), 1);
+        assert_eq!(
+            source.telegrams(Outcome::Ok),
+            2,
+            "DSMR 5 with its CRC, DSMR 2.2"
+        );
+        assert!(metrics.summary().contains(
+            "source p1: telegrams ok 2, crc_error 0, parse_error 0, decryption_error 0, crc_missing 1"
+        ));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry(metrics)).unwrap();
+        assert!(
+            text.contains(r#"p1guard_telegrams_total{source="p1",result="crc_missing"} 1"#),
+            "{text}"
+        );
+    }
+
+    fn registry(metrics: Metrics) -> prometheus_client::registry::Registry {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(metrics));
+        registry
     }
 }

@@ -14,7 +14,7 @@ use libfuzzer_sys::fuzz_target;
 use p1guard_telegram::dlms::{CipherFramer, Decryptor, SMARTY_AUTH_KEY};
 use p1guard_telegram::{
     Direction, EnergyRegister, ErrorKind, Frame, Framer, FramerConfig, MeterTime, Obis, Parser,
-    Phase, Telegram, Value, crc16,
+    Phase, Telegram, Value, codes, crc16,
 };
 
 /// The key of the Smarty test vector in /work/shared/captures, so that seed decrypts.
@@ -180,6 +180,22 @@ fn exercise(telegram: &Telegram<'_>, frame: &Frame<'_>) {
         let count = object.values().len();
         for (i, value) in object.values().enumerate() {
             assert_eq!(object.value(i), Some(value));
+            if let Value::Time(time) = value
+                && time.dst().is_none()
+            {
+                let code = object.obis();
+                let mbus = [
+                    codes::MBUS_READING,
+                    codes::MBUS_READING_EMUCS,
+                    codes::MBUS_READING_DSMR3,
+                ];
+                let time_code =
+                    code == codes::TIME || mbus.iter().any(|c| c.on_channel(code.b) == code);
+                assert!(
+                    i == 0 && time_code,
+                    "an unflagged time only where a time is expected"
+                );
+            }
             touch_value(value);
         }
         assert_eq!(object.value(count), None);
@@ -253,6 +269,8 @@ fn exercise(telegram: &Telegram<'_>, frame: &Frame<'_>) {
         object.contains_key("errors"),
         !telegram.line_errors().is_empty()
     );
+    assert!(!telegram.crc_missing() || telegram.crc().is_none());
+    assert_eq!(object.contains_key("flags"), telegram.crc_missing());
 }
 
 fn touch_value(value: Value<'_>) {
@@ -265,10 +283,7 @@ fn touch_value(value: Value<'_>) {
                 assert!(!unit.is_empty() && unit.bytes().all(|b| b.is_ascii_alphanumeric()));
             }
         }
-        Value::Time(time) => {
-            assert!(time.dst().is_some(), "a time value carries its S/W flag");
-            touch_time(time);
-        }
+        Value::Time(time) => touch_time(time),
         Value::Text(_) => {
             let _ = value.count();
         }
@@ -290,6 +305,7 @@ fn touch_time(time: MeterTime) {
         }
         Err(flag) => {
             let _ = flag.name();
+            assert!(!time.flag_contradicts_date(), "only an instant contradicts");
         }
     }
 }

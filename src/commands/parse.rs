@@ -45,6 +45,7 @@ struct Report<W: Write> {
     frames: u64,
     valid: u64,
     without_crc: u64,
+    crc_missing: u64,
     errors: BTreeMap<&'static str, u64>,
     meters: BTreeSet<Vec<u8>>,
 }
@@ -57,6 +58,7 @@ impl<W: Write> Report<W> {
             frames: 0,
             valid: 0,
             without_crc: 0,
+            crc_missing: 0,
             errors: BTreeMap::new(),
             meters: BTreeSet::new(),
         }
@@ -75,6 +77,7 @@ impl<W: Write> Report<W> {
                 }
                 self.valid += u64::from(telegram.line_errors().is_empty());
                 self.without_crc += u64::from(telegram.crc().is_none());
+                self.crc_missing += u64::from(telegram.crc_missing());
                 if let Some(id) = telegram.equipment_id()
                     && !self.meters.contains(id)
                 {
@@ -101,6 +104,7 @@ impl<W: Write> Report<W> {
             writeln!(out, "frames           {}", self.frames)?;
             writeln!(out, "valid            {}", self.valid)?;
             writeln!(out, "without CRC      {}", self.without_crc)?;
+            writeln!(out, "CRC missing      {}", self.crc_missing)?;
             writeln!(out, "errors           {errors}{}", detail(&by_kind))?;
             writeln!(out, "discarded bytes  {discarded}")?;
             writeln!(out, "meters           {}{}", meters.len(), detail(&meters))?;

@@ -1,6 +1,7 @@
 //! `p1guard parse` over every public capture: each reaches the outcome PROVENANCE.md implies.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 
 use serde_json::Value;
 
@@ -10,7 +11,8 @@ const SMARTY_KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 const LUX_SPEC_KEY: &str = "0123456789abcdef0123456789abcdef";
 const LUX_SPEC_AUTH_KEY: &str = "ffeeddccbbaa99887766554433221100";
 
-/// How one frame came out: `valid` (CRC verified), `no_crc`, or an error kind.
+/// How one frame came out: `valid` (CRC verified), `no_crc`, `crc_missing` (no CRC although
+/// its version requires one), or an error kind.
 fn outcomes(stdout: &[u8]) -> Vec<String> {
     let text = std::str::from_utf8(stdout).expect("UTF-8 output");
     text.lines()
@@ -23,8 +25,11 @@ fn outcomes(stdout: &[u8]) -> Vec<String> {
                 json.get("errors").is_none(),
                 "no line errors expected in {line}"
             );
+            let flags = json.get("flags").and_then(Value::as_array);
+            let crc_missing = flags.is_some_and(|f| f.iter().any(|f| f == "crc_missing"));
             match json["crc"]["valid"] {
                 Value::Bool(true) => "valid".into(),
+                _ if json["crc"].is_null() && crc_missing => "crc_missing".into(),
                 _ if json["crc"].is_null() => "no_crc".into(),
                 _ => panic!("unexpected crc field in {line}"),
             }
@@ -86,12 +91,13 @@ const CORPUS: &[(&str, &[&str], &[&str])] = &[
         &[],
         &["valid", "valid"],
     ),
+    // DSMR 4.0 and 4.2 (`1-3:0.2.8(40)`, `(42)`) whose CRC the source left out.
     (
         "esphome-dsmr_parser_parser_test_all_fields.txt",
         &[],
-        &["no_crc"],
+        &["crc_missing"],
     ),
-    ("gotsmart_frame_test_xmx42.txt", &[], &["no_crc"]),
+    ("gotsmart_frame_test_xmx42.txt", &[], &["crc_missing"]),
     (
         "esphome-dsmr_parser_encrypted_packet_smarty_vector.bin",
         &["--key", SMARTY_KEY],
@@ -121,7 +127,9 @@ fn every_capture_reaches_its_documented_outcome() {
         args.push(path.to_str().expect("UTF-8 path"));
         let output = p1guard(&args);
         let got = outcomes(&output.stdout);
-        let clean = expected.iter().all(|o| *o == "valid" || *o == "no_crc");
+        let clean = expected
+            .iter()
+            .all(|o| ["valid", "no_crc", "crc_missing"].contains(o));
         if got != expected || output.status.code() != Some(if clean { 0 } else { 1 }) {
             failures.push(format!(
                 "{file} {flags:?}: got {got:?} exit {:?}, expected {expected:?}",
@@ -207,6 +215,43 @@ fn summary_counts_frames_errors_and_meters() {
     assert_eq!(field("errors"), "7  (crc_mismatch 1, truncated 6)");
     assert_eq!(field("meters"), "0");
     assert_eq!(output.status.code(), Some(1));
+}
+
+#[test]
+fn summary_counts_telegrams_without_the_crc_their_version_requires() {
+    // DSMR 5 without CRC, DSMR 2.2 without CRC (none required), DSMR 5 with its CRC.
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/telegram/tests/golden");
+    let stream: Vec<u8> = ["crc_missing.txt", "dsmr22_no_crc.txt", "dsmr5_nl.txt"]
+        .iter()
+        .flat_map(|fixture| std::fs::read(golden.join(fixture)).unwrap())
+        .collect();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_p1guard"))
+        .args(["parse", "--summary"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(&stream).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    let field = |name: &str| {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} in {text}"));
+        line[name.len()..].trim().to_owned()
+    };
+    assert_eq!(field("frames"), "3");
+    assert_eq!(field("valid"), "3");
+    assert_eq!(field("without CRC"), "2");
+    assert_eq!(field("CRC missing"), "1");
+    assert_eq!(field("errors"), "0");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "a missing CRC is not an error"
+    );
 }
 
 #[test]

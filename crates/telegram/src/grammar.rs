@@ -1,8 +1,10 @@
 //! The COSEM line grammar, written with nom. It knows shapes, not codes: any `A-B:C.D.E`
-//! followed by `(...)` groups is an object, and each group is typed by its shape alone.
+//! followed by `(...)` groups is an object, and each group is typed by its shape alone. The one
+//! exception, times without an `S`/`W` flag, is the parser's to apply where a time is expected
+//! ([`unflagged_time`]).
 
 use nom::bytes::complete::take_while1;
-use nom::character::complete::{char, digit1, u8};
+use nom::character::complete::{char, digit1, satisfy, u8};
 use nom::combinator::opt;
 use nom::sequence::preceded;
 use nom::{IResult, Parser};
@@ -10,7 +12,9 @@ use nom::{IResult, Parser};
 use crate::obis::Obis;
 use crate::value::{Decimal, MeterTime};
 
-/// `A-B:C.D.E` with an optional `*F`.
+/// `A-B:C.D.E` with an optional `*F`, or `.F` as DSMR 4.2.2's own example writes it
+/// (`1-0:31.7.0.255`). Both separators mean the same: `.255` is the code without `F`, as `*255`
+/// is, and any other `.F` is that `F`, as `*F` is.
 pub(crate) fn obis(input: &[u8]) -> IResult<&[u8], Obis> {
     // Each field is a decimal of at most 255: nom's `u8` fails on overflow.
     (
@@ -19,7 +23,7 @@ pub(crate) fn obis(input: &[u8]) -> IResult<&[u8], Obis> {
         preceded(char(':'), u8),
         preceded(char('.'), u8),
         preceded(char('.'), u8),
-        opt(preceded(char('*'), u8)),
+        opt(preceded(satisfy(|c| c == '*' || c == '.'), u8)),
     )
         .map(|(a, b, c, d, e, f)| Obis {
             a,
@@ -61,7 +65,8 @@ pub(crate) enum Shape<'a> {
 }
 
 /// Types the content of one `(...)` group. A number needs a decimal point or a unit, so that
-/// ids and hex messages made only of digits stay text; a time needs its `S`/`W` flag.
+/// ids and hex messages made only of digits stay text; a time needs its `S`/`W` flag (either
+/// case).
 pub(crate) fn shape(content: &[u8]) -> Shape<'_> {
     if content.is_empty() {
         return Shape::Empty;
@@ -94,6 +99,16 @@ pub(crate) fn shape(content: &[u8]) -> Shape<'_> {
         }
         _ => Shape::Text,
     }
+}
+
+/// A time without an `S`/`W` flag: twelve digits whose fields fit a clock reading (month 1-12,
+/// day 1-31, hour 0-23, minute and second 0-59). Only for a group where a time is expected:
+/// elsewhere twelve digits may well be an id or a counter, which [`shape`] leaves as text.
+pub(crate) fn unflagged_time(content: &[u8]) -> Option<MeterTime> {
+    if content.len() != 12 {
+        return None;
+    }
+    MeterTime::from_digits(content).filter(MeterTime::fields_fit)
 }
 
 /// What comes next on an object line.
@@ -147,6 +162,29 @@ mod tests {
     }
 
     #[test]
+    fn a_dotted_f_is_read_as_star_f() {
+        // DSMR 4.2.2's own example writes `1-0:31.7.0.255(001*A)`.
+        assert_eq!(
+            obis(b"1-0:31.7.0.255(").unwrap().1,
+            Obis::new(1, 0, 31, 7, 0)
+        );
+        assert_eq!(
+            obis(b"1-0:31.7.0.255(").unwrap().1,
+            obis(b"1-0:31.7.0*255(").unwrap().1
+        );
+        // Any other F is kept, as after `*`.
+        assert_eq!(obis(b"1-0:1.8.0.1(").unwrap().1.f, 1);
+        assert_eq!(
+            obis(b"1-0:1.8.0.1(").unwrap().1,
+            obis(b"1-0:1.8.0*1(").unwrap().1
+        );
+        // Still at most 255, and one F only.
+        assert!(!matches!(obis(b"1-0:1.8.0.256("), Ok((b"(", _))));
+        assert!(!matches!(obis(b"1-0:1.8.0.255*255("), Ok((b"(", _))));
+        assert!(!matches!(obis(b"1-0:1.8.0.("), Ok((b"(", _))));
+    }
+
+    #[test]
     fn groups_may_hold_parentheses() {
         let groups = |mut line: &'static [u8]| {
             let mut out = Vec::new();
@@ -185,6 +223,38 @@ mod tests {
         assert_eq!(shape(b"1.0.smth smth-123"), Shape::Text);
         assert_eq!(shape(b"161107190000"), Shape::Text);
         assert!(matches!(shape(b"632525252525W"), Shape::Time(_)));
+        assert!(matches!(shape(b"101209113020w"), Shape::Time(_)));
         assert_eq!(shape(b""), Shape::Empty);
+    }
+
+    #[test]
+    fn twelve_digits_are_a_time_only_where_a_time_is_expected_and_the_fields_fit() {
+        let unflagged = |text: &[u8]| unflagged_time(text).is_some_and(|t| t.dst().is_none());
+        assert!(unflagged(b"161107190000"));
+        assert!(
+            unflagged(b"000101000001"),
+            "a placeholder date has fitting fields"
+        );
+        assert!(unflagged(b"991231235959"));
+        // Fields out of range: an id or a counter, not a time.
+        for text in [
+            &b"000000000000"[..],
+            b"161307190000",
+            b"161100190000",
+            b"161132190000",
+            b"161107240000",
+            b"161107196000",
+            b"161107190060",
+            b"303132333435", // hex-encoded ASCII digits never have a month 1-12
+        ] {
+            assert_eq!(unflagged_time(text), None, "{}", text.escape_ascii());
+        }
+        // Where no time is expected, twelve digits stay text whatever they look like.
+        assert_eq!(shape(b"161107190000"), Shape::Text);
+        // Other lengths and flagged times are not unflagged times; flagged ones are times
+        // anywhere.
+        assert_eq!(unflagged_time(b"1611071900"), None);
+        assert_eq!(unflagged_time(b"161107190000W"), None);
+        assert!(matches!(shape(b"161107190000W"), Shape::Time(_)));
     }
 }

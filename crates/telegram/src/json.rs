@@ -1,5 +1,13 @@
 //! JSON in the shape of p1guard's `parse` contract (architecture.md): one object per
 //! telegram, OBIS codes as keys, numbers in the unit the meter sent, times in RFC 3339 UTC.
+//!
+//! Flags are snake_case names, each shown only where it applies:
+//! - on a time value, `"flag"`: `impossible_time`, `placeholder_time` or `unflagged_time` (the
+//!   value is then the digits as sent, see [`TimeFlag`](crate::TimeFlag)), or
+//!   `flag_contradicts_date` (the value is the instant the meter's `S`/`W` flag gives, see
+//!   [`MeterTime::flag_contradicts_date`](crate::MeterTime::flag_contradicts_date));
+//! - on a telegram, `"flags"` after `"crc"`: a list, for now only `crc_missing` (see
+//!   [`Telegram::crc_missing`]).
 
 use std::fmt::{self, Write as _};
 
@@ -57,7 +65,12 @@ impl Serialize for Value<'_> {
                 }
             }
             Value::Time(time) => match time.utc() {
-                Ok(instant) => map.serialize_entry("value", &format_args!("{instant}"))?,
+                Ok(instant) => {
+                    map.serialize_entry("value", &format_args!("{instant}"))?;
+                    if time.flag_contradicts_date() {
+                        map.serialize_entry("flag", FLAG_CONTRADICTS_DATE)?;
+                    }
+                }
                 Err(flag) => {
                     map.serialize_entry("value", &format_args!("{time}"))?;
                     map.serialize_entry("flag", flag.name())?;
@@ -67,6 +80,12 @@ impl Serialize for Value<'_> {
         map.end()
     }
 }
+
+/// The flag of a time whose `S`/`W` flag contradicts its date.
+const FLAG_CONTRADICTS_DATE: &str = "flag_contradicts_date";
+
+/// The flag of a telegram without the CRC its version requires.
+const CRC_MISSING: &str = "crc_missing";
 
 struct Values<'t>(Object<'t>);
 
@@ -101,6 +120,9 @@ impl Serialize for Telegram<'_> {
         let mut map = serializer.serialize_map(None)?;
         map.serialize_entry("header", &Latin1(self.header()))?;
         map.serialize_entry("crc", &self.crc().map(Crc))?;
+        if self.crc_missing() {
+            map.serialize_entry("flags", &[CRC_MISSING])?;
+        }
         let time = self.time().and_then(|t| t.utc().ok());
         map.serialize_entry("time", &time.map(|t| t.to_string()))?;
         map.serialize_entry("objects", &Objects(*self))?;

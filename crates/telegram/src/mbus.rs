@@ -2,7 +2,7 @@
 
 use crate::obis::codes;
 use crate::telegram::Telegram;
-use crate::value::{MeterTime, Number};
+use crate::value::{MeterTime, Number, Value};
 
 /// What an M-Bus device measures, from its device type (`0-n:24.1.0`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -74,8 +74,14 @@ impl<'t> MbusDevice<'t> {
             })
             .or_else(|| {
                 // DSMR 2.2/3: (capture time)(..)(..)(..)(obis)(unit) then (value) on the next line.
+                // The capture time is unflagged: a time if its fields fit, else text that is
+                // still read as an (impossible) time, such as `000000000000`.
                 let object = on(codes::MBUS_READING_DSMR3)?;
-                let captured = MeterTime::from_digits(object.value(0)?.text()?)?;
+                let captured = match object.value(0)? {
+                    Value::Time(time) => time,
+                    Value::Text(text) => MeterTime::from_digits(text)?,
+                    Value::Empty | Value::Number(_) => return None,
+                };
                 let mut value = object.value(6)?.number()?;
                 if value.unit.is_none() {
                     value.unit = object

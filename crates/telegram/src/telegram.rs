@@ -65,6 +65,16 @@ struct RawObject {
 
 /// Parses frames into [`Telegram`]s. It keeps its buffers from one telegram to the next, so
 /// that parsing allocates nothing once it has seen the largest telegram of a stream.
+///
+/// Each `(...)` group is typed by its shape ([`Value`]), with one exception for times without
+/// an `S`/`W` flag (DSMR 2.2 and 3): twelve digits `YYMMDDhhmmss` are a [`Value::Time`] (its
+/// [`MeterTime::utc`] fails with [`TimeFlag::Unflagged`]) only where a time is expected and if
+/// the fields fit a clock reading (month 1-12, day 1-31, hour 0-23, minute and second 0-59).
+/// A time is expected in the first group of the meter clock `0-0:1.0.0` and of the M-Bus
+/// readings `0-n:24.2.1`, `0-n:24.2.3` and `0-n:24.3.0`. Anywhere else, and where the fields do
+/// not fit (`000000000000`), twelve digits stay [`Value::Text`]: they may be an id or a counter.
+///
+/// [`TimeFlag::Unflagged`]: crate::TimeFlag::Unflagged
 #[derive(Debug, Default)]
 pub struct Parser {
     objects: Vec<RawObject>,
@@ -169,6 +179,11 @@ impl Parser {
             });
             rest = after;
         }
+        if let Some(&RawValue::Text(span)) = self.values.get(mark)
+            && span.end - span.start == 12
+        {
+            self.type_unflagged_time(frame, mark, obis);
+        }
         let values_end = self.values.len() as u32;
         match (obis, self.objects.last_mut()) {
             (Some(obis), _) => self.objects.push(RawObject {
@@ -182,6 +197,41 @@ impl Parser {
         }
         Ok(())
     }
+
+    /// Makes a line's first group (at `first`), text of twelve characters, a time if they are
+    /// digits that fit a clock reading and the code is one whose first group is a time (see
+    /// [`Parser`]). Rare, and kept out of line so that the loop over groups stays as tight as
+    /// it was without it.
+    #[cold]
+    #[inline(never)]
+    fn type_unflagged_time(&mut self, frame: &[u8], first: usize, obis: Option<Obis>) {
+        if let Some(&RawValue::Text(span)) = self.values.get(first)
+            && obis.is_some_and(first_group_is_a_time)
+            && let Some(time) = grammar::unflagged_time(span.get(frame))
+        {
+            self.values[first] = RawValue::Time(time);
+        }
+    }
+}
+
+/// Whether the code's first group is a time: the meter clock and the M-Bus readings.
+fn first_group_is_a_time(obis: Obis) -> bool {
+    let channel = obis.b;
+    obis == codes::TIME
+        || [
+            codes::MBUS_READING,
+            codes::MBUS_READING_EMUCS,
+            codes::MBUS_READING_DSMR3,
+        ]
+        .into_iter()
+        .any(|code| obis == code.on_channel(channel))
+}
+
+/// Whether a version (`1-3:0.2.8` or e-MUCS `0-0:96.1.4`) is one whose telegrams carry a CRC:
+/// DSMR 4.0 and later (`40`, `42`, `50`), and e-MUCS, whose versions start with the DSMR
+/// version they build on (`50217`: DSMR 5.0.2).
+fn version_requires_crc(version: &[u8]) -> bool {
+    matches!(version, [b'4'..=b'9', rest @ ..] if rest.iter().all(u8::is_ascii_digit))
 }
 
 fn trim_cr(line: &[u8]) -> &[u8] {
@@ -289,6 +339,14 @@ impl<'t> Telegram<'t> {
     /// The verified CRC, or `None` for CRC-less versions.
     pub fn crc(&self) -> Option<u16> {
         self.crc
+    }
+
+    /// Whether the telegram has no CRC although its version requires one: it declares DSMR 4
+    /// or 5 (`1-3:0.2.8(40)`, `(42)`, `(50)`) or an e-MUCS version (`0-0:96.1.4(50217)`), all of
+    /// which end in `!XXXX`. Such a telegram is parsed as any other, but nothing verified that
+    /// its bytes arrived intact.
+    pub fn crc_missing(&self) -> bool {
+        self.crc.is_none() && self.version().is_some_and(version_requires_crc)
     }
 
     /// The identification after `/`, such as `ISk5\2MT382-1000`.

@@ -2,7 +2,8 @@
 
 use std::fmt;
 
-use jiff::{Timestamp, civil, tz::Offset};
+use jiff::civil::{self, Weekday};
+use jiff::{Timestamp, tz::Offset};
 
 /// An exact decimal as the meter wrote it: `mantissa / 10^scale`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,7 +71,8 @@ impl Number<'_> {
     }
 }
 
-/// Summer or winter time, as the meter's `S`/`W` flag says.
+/// Summer or winter time, as the meter's `S`/`W` flag says. Some meters (Landis+Gyr E350,
+/// DSMR 4) write the flag in lower case; `s` and `w` mean the same.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Dst {
     /// `S`: UTC+2.
@@ -81,6 +83,10 @@ pub enum Dst {
 
 /// A meter clock reading `YYMMDDhhmmss` with its `S`/`W` flag, kept as sent so that an
 /// impossible date is a value to report rather than a failure to parse.
+///
+/// What is known about it beyond the digits: [`MeterTime::utc`] says why there is no instant
+/// ([`TimeFlag`]), and [`MeterTime::flag_contradicts_date`] whether the instant rests on a flag
+/// that the date contradicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MeterTime {
     fields: [u8; 6],
@@ -113,11 +119,13 @@ impl TimeFlag {
 }
 
 impl MeterTime {
-    /// Reads `YYMMDDhhmmss` optionally followed by `S` or `W`; `None` if it is not that shape.
+    /// Reads `YYMMDDhhmmss` optionally followed by `S` or `W` (or `s`, `w`: the same flags in
+    /// lower case); `None` if it is not that shape. Any two digits are accepted in each field,
+    /// so that an impossible date is still a value.
     pub fn from_digits(text: &[u8]) -> Option<MeterTime> {
         let (digits, dst) = match text {
-            [digits @ .., b'S'] => (digits, Some(Dst::Summer)),
-            [digits @ .., b'W'] => (digits, Some(Dst::Winter)),
+            [digits @ .., b'S' | b's'] => (digits, Some(Dst::Summer)),
+            [digits @ .., b'W' | b'w'] => (digits, Some(Dst::Winter)),
             digits => (digits, None),
         };
         if digits.len() != 12 || !digits.iter().all(u8::is_ascii_digit) {
@@ -133,6 +141,17 @@ impl MeterTime {
     /// The flag, if the meter sent one.
     pub fn dst(&self) -> Option<Dst> {
         self.dst
+    }
+
+    /// Whether each field is in its range: month 1-12, day 1-31, hour 0-23, minute and second
+    /// 0-59. This is the shape of a clock reading, not a calendar check (`310231...` fits).
+    pub(crate) fn fields_fit(&self) -> bool {
+        let [_, month, day, hour, minute, second] = self.fields;
+        (1..=12).contains(&month)
+            && (1..=31).contains(&day)
+            && hour <= 23
+            && minute <= 59
+            && second <= 59
     }
 
     /// The wall-clock time, if it is a possible date. Two-digit years 70-99 are 19xx.
@@ -166,10 +185,39 @@ impl MeterTime {
             .to_timestamp(civil)
             .map_err(|_| TimeFlag::Impossible)
     }
+
+    /// Whether the `S`/`W` flag contradicts the date: `S` for an instant outside European
+    /// summer time, `W` for one inside it. Summer time runs from the last Sunday of March,
+    /// 01:00 UTC, to the last Sunday of October, 01:00 UTC, and the check is exact: in the hour
+    /// that October repeats (02:00-02:59 local) both flags are right, and in the hour that March
+    /// skips (02:00-02:59 local) neither is.
+    ///
+    /// The flag is still what [`MeterTime::utc`] uses (a meter whose clock is an hour off in
+    /// its summer time setting is still an hour off, and guessing would hide it); this only
+    /// says that the instant is doubtful. Always `false` for a time without an instant.
+    pub fn flag_contradicts_date(&self) -> bool {
+        let (Ok(instant), Some(dst)) = (self.utc(), self.dst) else {
+            return false;
+        };
+        european_summer_time(instant).is_some_and(|summer| summer != (dst == Dst::Summer))
+    }
+}
+
+/// Whether `instant` falls in European summer time (CEST), by the EU rule in force since 1996.
+fn european_summer_time(instant: Timestamp) -> Option<bool> {
+    let year = Offset::UTC.to_datetime(instant).year();
+    let switch = |month| {
+        let sunday = civil::Date::new(year, month, 31)
+            .ok()?
+            .nth_weekday_of_month(-1, Weekday::Sunday)
+            .ok()?;
+        Offset::UTC.to_timestamp(sunday.at(1, 0, 0, 0)).ok()
+    };
+    Some((switch(3)?..switch(10)?).contains(&instant))
 }
 
 impl fmt::Display for MeterTime {
-    /// As the meter wrote it: `YYMMDDhhmmss` and the flag.
+    /// As the meter wrote it: `YYMMDDhhmmss` and the flag, always in upper case.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for field in self.fields {
             write!(f, "{field:02}")?;
@@ -189,7 +237,8 @@ pub enum Value<'a> {
     Empty,
     /// Digits with a decimal point or a unit: `(001.19*kW)`, `(0.998)`, `(-03.618*kW)`.
     Number(Number<'a>),
-    /// `YYMMDDhhmmssS` or `...W`.
+    /// `YYMMDDhhmmssS` or `...W` (`s`, `w` too) anywhere; or `YYMMDDhhmmss` without a flag
+    /// where a time is expected and its fields fit (see [`Parser`](crate::Parser)).
     Time(MeterTime),
     /// Anything else, as sent: ids, hex-encoded messages, tariff codes, OBIS references.
     Text(&'a [u8]),
@@ -255,6 +304,58 @@ mod tests {
         assert_eq!(utc("000101000001W"), Err(TimeFlag::Placeholder));
         assert_eq!(utc("700101010000W"), Err(TimeFlag::Placeholder));
         assert_eq!(utc("161107190000"), Err(TimeFlag::Unflagged));
+    }
+
+    #[test]
+    fn lower_case_flags_read_as_upper_case() {
+        // Landis+Gyr E350 (DSMR 4) writes the flag in lower case.
+        assert_eq!(utc("101209113020w"), Ok("2010-12-09T10:30:20Z".into()));
+        assert_eq!(utc("200512135409s"), Ok("2020-05-12T11:54:09Z".into()));
+        let lower = MeterTime::from_digits(b"101209113020w").unwrap();
+        assert_eq!(lower.dst(), Some(Dst::Winter));
+        assert_eq!(Some(lower), MeterTime::from_digits(b"101209113020W"));
+        assert_eq!(MeterTime::from_digits(b"101209113020x"), None);
+    }
+
+    fn contradicts(text: &str) -> bool {
+        let time = MeterTime::from_digits(text.as_bytes()).unwrap();
+        let contradicts = time.flag_contradicts_date();
+        if contradicts {
+            assert!(time.utc().is_ok(), "{text}: the flag is still used");
+        }
+        contradicts
+    }
+
+    #[test]
+    fn a_flag_that_contradicts_the_date_is_used_and_reported() {
+        assert!(contradicts("240713141530W"), "W in July");
+        assert!(contradicts("240115101010S"), "S in January");
+        assert_eq!(utc("240713141530W"), Ok("2024-07-13T13:15:30Z".into()));
+        assert!(!contradicts("240713141530S"));
+        assert!(!contradicts("240115101010W"));
+        // Summer time starts on 2024-03-31 at 01:00 UTC: 02:00 W becomes 03:00 S, and
+        // 02:00-02:59 local does not exist.
+        assert!(!contradicts("240331015959W"));
+        assert!(contradicts("240331020000W"));
+        assert!(contradicts("240331023000S"));
+        assert!(!contradicts("240331030000S"));
+        // It ends on 2024-10-27 at 01:00 UTC: 03:00 S becomes 02:00 W, so 02:00-02:59 local
+        // comes twice and either flag is right for that hour.
+        assert!(!contradicts("241027020000S"));
+        assert!(!contradicts("241027025959S"));
+        assert!(contradicts("241027030000S"));
+        assert!(!contradicts("241027020000W"));
+        assert!(!contradicts("241027025959W"));
+        assert!(contradicts("241027015959W"));
+        // Different Sundays in other years: 2026-03-29 and 2026-10-25.
+        assert!(contradicts("260329020000W"));
+        assert!(!contradicts("260328020000W"));
+        assert!(contradicts("261025030000S"));
+        assert!(!contradicts("261024030000S"));
+        // Only a time with an instant can contradict its date.
+        assert!(!contradicts("161107190000"));
+        assert!(!contradicts("000101000001S"));
+        assert!(!contradicts("632525252525S"));
     }
 
     #[test]
