@@ -340,13 +340,15 @@ impl<C: Consent> Reducer<C> {
             self.counters.without_meter_id += 1;
             return;
         };
-        let (time, clock) = match telegram.time().map(|t| t.utc()) {
-            None => (arrival.at(), Clock::Receiver),
-            Some(Ok(time)) if arrival.trusts(time.as_second()) => (time, Clock::Meter),
-            Some(_) => {
-                self.counters.bad_time += 1;
-                return;
-            }
+        let (t, clock) = match telegram.time() {
+            None => (arrival.at().as_second(), Clock::Receiver),
+            Some(time) => match meter_instant(time, &self.config.calendar) {
+                Some(t) if arrival.trusts(t) => (t, Clock::Meter),
+                _ => {
+                    self.counters.bad_time += 1;
+                    return;
+                }
+            },
         };
         let slot = match self.index.get(id) {
             Some(&slot) => slot as usize,
@@ -362,7 +364,6 @@ impl<C: Consent> Reducer<C> {
                 self.states.len() - 1
             }
         };
-        let t = time.as_second();
         if let Some(held) = self.held.remove(&(slot as u32)) {
             if held.t < t && t - held.t <= CLOCK_JUMP_SECONDS {
                 self.states[slot] = held.state;
@@ -569,7 +570,7 @@ impl<C: Consent> Step<'_, C> {
             };
             let unit = if kind == Kind::Heat { "GJ" } else { "m3" };
             let (Some(t), Some(value)) = (
-                capture_instant(reading.captured, &self.config.calendar),
+                meter_instant(reading.captured, &self.config.calendar),
                 reading.value.in_unit(unit).map(to_milli),
             ) else {
                 continue;
@@ -637,14 +638,14 @@ fn kind_of(kind: MbusKind) -> Kind {
     }
 }
 
-/// An M-Bus capture time as an instant. DSMR 2.2 and 3 send no S/W flag; their local time is
-/// placed in Europe/Amsterdam, except in the repeated hour of October, which is skipped
-/// rather than guessed.
-fn capture_instant(captured: MeterTime, calendar: &Calendar) -> Option<i64> {
-    match captured.utc() {
+/// A meter time (the meter's clock, an M-Bus capture) as an instant. Times without an S/W
+/// flag (DSMR 2.2 and 3) are local time, placed in Europe/Amsterdam, except in the repeated
+/// hour of October, which is skipped rather than guessed.
+fn meter_instant(time: MeterTime, calendar: &Calendar) -> Option<i64> {
+    match time.utc() {
         Ok(instant) => Some(instant.as_second()),
         Err(TimeFlag::Unflagged) => {
-            let ambiguous = calendar.zone().to_ambiguous_timestamp(captured.civil()?);
+            let ambiguous = calendar.zone().to_ambiguous_timestamp(time.civil()?);
             Some(ambiguous.unambiguous().ok()?.as_second())
         }
         Err(_) => None,

@@ -545,3 +545,28 @@ fn an_id_with_control_bytes_names_no_meter() {
     assert!(records.is_empty());
     assert_eq!(reducer.counters().without_meter_id, 1);
 }
+
+#[test]
+fn a_meter_clock_without_a_flag_is_local_time() {
+    // DSMR 2.2/3-like meters that send a clock without S/W: 12:00 in June is 10:00 UTC.
+    let text = format!(
+        "/XMX5XMXABCE000046099\r\n\r\n0-0:1.0.0(260601120000)\r\n0-0:96.1.1({METER_ID})\r\n\
+         1-0:1.8.1(000001.000*kWh)\r\n!"
+    );
+    let crc = p1guard_telegram::crc16(text.as_bytes());
+    let telegrams = [format!("{text}{crc:04X}\r\n").into_bytes()];
+    let (records, reducer) = reduce_with(
+        config(Granularity::Live),
+        Timeline::constant(Level::Live),
+        &telegrams,
+    );
+    assert_eq!(reducer.counters().bad_time, 0);
+    assert_eq!(
+        live_times(&records, Kind::Electricity),
+        ["2026-06-01T10:00:00Z"]
+    );
+    assert_eq!(
+        times(&records, Granularity::QuarterHour),
+        ["2026-06-01T10:00:00Z"]
+    );
+}
