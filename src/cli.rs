@@ -35,8 +35,10 @@ pub enum Command {
     /// Run the daemon: sources, code of conduct and sinks as the configuration says.
     ///
     /// Stops cleanly on SIGTERM or SIGINT (everything read is written first), or when every
-    /// source has ended (replays). Exit status: 0, or 2 if the configuration is invalid or a
-    /// sink cannot be opened.
+    /// source has ended (replays). Exit status: 0 after a clean stop; 2 if the configuration is
+    /// invalid (a restart would not help); 1 if a source or a sink cannot be set up at start
+    /// (an MQTT CA file missing or without a certificate, a store that cannot be opened), or
+    /// for any later failure (worth a restart).
     Run(RunArgs),
     /// Check a configuration: list every problem (exit 2), or say what it would run.
     CheckConfig(CheckConfigArgs),

@@ -128,10 +128,40 @@ impl Deframer {
         }
         self.framer.next_frame()
     }
+
+    /// Reads `input` to its end as one stream, handing every frame, or the error of one that
+    /// failed to frame or decrypt, to `each`. Returns the number of bytes read.
+    pub fn read_to_end(
+        &mut self,
+        mut input: impl Read,
+        mut each: impl FnMut(Result<Frame<'_>, Error>) -> io::Result<()>,
+    ) -> io::Result<u64> {
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut bytes_read = 0u64;
+        loop {
+            let n = match input.read(&mut chunk) {
+                Ok(n) => n,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            };
+            bytes_read += n as u64;
+            if n == 0 {
+                self.finish();
+            } else {
+                self.push(&chunk[..n]);
+            }
+            while let Some(frame) = self.next_frame() {
+                each(frame)?;
+            }
+            if n == 0 {
+                return Ok(bytes_read);
+            }
+        }
+    }
 }
 
-/// Bytes in, parsed telegrams out: a [`Deframer`] and a parser, for the commands that read a
-/// whole input in one go.
+/// Bytes in, parsed telegrams out: a [`Deframer`] and a parser, for the commands that print
+/// telegrams as parsed (`p1guard parse`).
 pub struct Decoder {
     deframer: Deframer,
     parser: Parser,
@@ -155,29 +185,12 @@ impl Decoder {
     /// failed, to `sink`. Returns the number of bytes read.
     pub fn decode(
         &mut self,
-        mut input: impl Read,
+        input: impl Read,
         mut sink: impl FnMut(Result<Telegram<'_>, Error>) -> io::Result<()>,
     ) -> io::Result<u64> {
-        let mut chunk = vec![0u8; 64 * 1024];
-        let mut bytes_read = 0u64;
-        loop {
-            let n = match input.read(&mut chunk) {
-                Ok(n) => n,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(error) => return Err(error),
-            };
-            bytes_read += n as u64;
-            if n == 0 {
-                self.deframer.finish();
-            } else {
-                self.deframer.push(&chunk[..n]);
-            }
-            while let Some(frame) = self.deframer.next_frame() {
-                sink(frame.and_then(|frame| self.parser.parse(&frame)))?;
-            }
-            if n == 0 {
-                return Ok(bytes_read);
-            }
-        }
+        let parser = &mut self.parser;
+        self.deframer.read_to_end(input, |frame| {
+            sink(frame.and_then(|frame| parser.parse(&frame)))
+        })
     }
 }

@@ -18,7 +18,6 @@ pub mod log_limit;
 pub mod metrics;
 pub mod metrics_server;
 pub mod pace;
-pub mod pipeline;
 pub mod sinks;
 pub mod sources;
 pub mod state;

@@ -4,6 +4,7 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
+use p1guard_telegram::{Frame, Parser};
 
 /// How fast a replay runs, relative to the meters' clocks.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -48,6 +49,8 @@ impl FromStr for Speed {
 pub struct Pacer {
     speed: Speed,
     origin: Option<(Timestamp, Instant)>,
+    /// Reads the meter time of frames; used only when paced.
+    parser: Parser,
 }
 
 impl Pacer {
@@ -56,12 +59,19 @@ impl Pacer {
         Pacer {
             speed,
             origin: None,
+            parser: Parser::new(),
         }
     }
 
-    /// Whether telegram times matter at all.
-    pub fn is_paced(&self) -> bool {
-        self.speed != Speed::Max
+    /// How long to wait from `now` before passing on `frame`, by its meter time. A frame
+    /// that does not parse, or has no meter time in UTC, is not waited for; at
+    /// [`Speed::Max`] nothing is, and no frame is parsed.
+    pub fn frame_delay(&mut self, frame: &Frame<'_>, now: Instant) -> Option<Duration> {
+        if self.speed == Speed::Max {
+            return None;
+        }
+        let at = self.parser.parse(frame).ok()?.time()?.utc().ok()?;
+        self.delay(at, now)
     }
 
     /// How long to wait from `now` before passing on a telegram of meter time `at`.
@@ -109,5 +119,34 @@ mod tests {
             Pacer::new(Speed::Max).delay(t("2026-03-29T10:00:00Z"), now),
             None
         );
+    }
+
+    #[test]
+    fn frames_are_due_by_the_meter_time_they_carry() {
+        let stream = [
+            "/ISk5\\2MT382-1000\r\n\r\n0-0:1.0.0(260329120000S)\r\n!",
+            "/ISk5\\2MT382-1000\r\n\r\n0-0:1.0.0(260329120020S)\r\n!",
+            "garbage /ISk5\\2MT382-1000\r\n\r\n0-0:1.0.0(no time)\r\n!",
+        ]
+        .map(|telegram| {
+            let crc = p1guard_telegram::crc16(telegram.as_bytes());
+            format!("{telegram}{crc:04X}\r\n")
+        })
+        .concat();
+        let mut framer = p1guard_telegram::Framer::new(Default::default());
+        framer.push(stream.as_bytes());
+        let mut frames = Vec::new();
+        while let Some(frame) = framer.next_frame() {
+            frames.push(p1guard_telegram::OwnedFrame::from(frame.unwrap()));
+        }
+        let now = Instant::now();
+        let mut pacer = Pacer::new(Speed::Factor(10.0));
+        let delays = frames
+            .iter()
+            .map(|frame| pacer.frame_delay(&frame.as_frame(), now))
+            .collect::<Vec<_>>();
+        assert_eq!(delays, [None, Some(Duration::from_secs(2)), None]);
+        let mut max = Pacer::new(Speed::Max);
+        assert_eq!(max.frame_delay(&frames[1].as_frame(), now), None);
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, BufWriter, Write};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -13,10 +14,11 @@ use p1guard_conduct::{
 };
 
 use crate::cli::ReplayArgs;
-use crate::decode::{self, Decoder};
+use crate::decode::{self, Deframer};
 use crate::identity_key;
-use crate::metrics::per_granularity;
+use crate::metrics::{Metrics, per_granularity};
 use crate::pace::Pacer;
+use crate::topology::reduce::FrameReducer;
 
 pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     let policy = SinkPolicy::new(args.max_granularity, args.identity.into())?;
@@ -31,7 +33,11 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         finest: args.max_granularity,
         max_gaps: MaxGaps::default(),
     };
-    let mut reducer = Reducer::new(config, consent, key);
+    let reducer = Reducer::new(config, consent, key);
+    // One source, as the daemon's reduce task sees a replay source.
+    let metrics = Arc::new(Metrics::new(["replay"], []));
+    let mut reducer = FrameReducer::new(reducer, metrics, vec![Arrival::Recorded]);
+    let options = (&args.input_args).into();
     let mut out = BufWriter::new(io::stdout().lock());
     let mut records = Vec::new();
     let mut pacer = Pacer::new(args.speed);
@@ -39,21 +45,20 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
 
     for file in &args.files {
         let input = decode::open(file)?;
-        let mut decoder = Decoder::new(&(&args.input_args).into());
-        let result = decoder.decode(input, |outcome| {
-            let telegram = match outcome {
-                Ok(telegram) => telegram,
-                Err(error) => {
-                    *errors.entry(error.kind.name()).or_default() += 1;
-                    return Ok(());
+        let result = Deframer::new(&options).read_to_end(input, |next| {
+            let reduced = match next {
+                Ok(frame) => {
+                    if let Some(delay) = pacer.frame_delay(&frame, Instant::now()) {
+                        out.flush()?; // a watcher sees records as they are made
+                        std::thread::sleep(delay);
+                    }
+                    reducer.reduce(0, &frame, Timestamp::now(), &mut records)
                 }
+                Err(error) => Err(error),
             };
-            let due = telegram.time().and_then(|t| t.utc().ok());
-            if let Some(delay) = due.and_then(|at| pacer.delay(at, Instant::now())) {
-                out.flush()?; // a watcher sees records as they are made
-                std::thread::sleep(delay);
+            if let Err(error) = reduced {
+                *errors.entry(error.kind.name()).or_default() += 1;
             }
-            reducer.reduce(&telegram, Arrival::Recorded(Timestamp::now()), &mut records);
             for record in records.drain(..) {
                 if let Some(admitted) = policy.admit(&record) {
                     serde_json::to_writer(&mut out, &admitted)?;
@@ -71,6 +76,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     }
     out.flush()?;
 
+    let reducer = reducer.reducer();
     let counters = reducer.counters();
     let errors: Vec<String> = errors
         .iter()

@@ -3,7 +3,8 @@
 //! counters are printed.
 //!
 //! Exit status: 0 after a clean stop, 2 for an invalid configuration (systemd should not
-//! restart into the same mistake), 1 for anything else (worth a restart).
+//! restart into the same mistake), 1 for anything else (worth a restart): a source or sink
+//! that cannot be set up at start, whichever it is, a task that failed, a second signal.
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -13,8 +14,8 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::RunArgs;
-use crate::topology::config;
-use crate::{identity_key, pipeline, systemd};
+use crate::topology::{self, config};
+use crate::{identity_key, sources, systemd};
 
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let config = match config::load(&args.config) {
@@ -38,6 +39,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn serve(config: config::Config) -> anyhow::Result<()> {
+    // Sources are set up here, sinks opened by the pipeline: both before READY=1, and either
+    // failing ends p1guard the same way.
+    for source in &config.sources {
+        sources::check(source).with_context(|| format!("source {}: setting up", source.name))?;
+    }
     let key_path = match &config.identity_key {
         Some(path) => path.clone(),
         None => identity_key::default_path()?,
@@ -56,7 +62,7 @@ fn serve(config: config::Config) -> anyhow::Result<()> {
             tracing::info!("running");
             systemd::ready(&shutdown);
         };
-        let metrics = pipeline::run(config, key, shutdown.clone(), ready).await;
+        let metrics = topology::run(config, key, shutdown.clone(), ready).await;
         shutdown.cancel();
         metrics
     })?;

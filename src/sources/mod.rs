@@ -66,6 +66,17 @@ pub async fn run(
     }
 }
 
+/// Sets up, without connecting, what a source needs before it starts (an MQTT source's client
+/// options, TLS roots included), so that a source that could never run stops p1guard at start
+/// as a sink that cannot be opened does. Devices, peers and brokers that are not there yet
+/// are waited for instead; replay files were checked with the configuration.
+pub fn check(config: &SourceConfig) -> anyhow::Result<()> {
+    match &config.kind {
+        SourceKind::Mqtt { broker, .. } => mqtt::options(broker).map(drop),
+        SourceKind::Serial(_) | SourceKind::Tcp { .. } | SourceKind::Replay { .. } => Ok(()),
+    }
+}
+
 /// A source's framing state: its [`Deframer`], the channel to the reduce task, and the
 /// counting and rate-limited logging of frames that fail to frame or decrypt.
 pub struct Framing {

@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, Incoming, QoS};
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use tokio_util::sync::CancellationToken;
 
 use super::{Closed, Framing};
@@ -25,6 +25,16 @@ const REQUEST_CAPACITY: usize = 16;
 /// How long to wait for the client's disconnect to reach the broker when stopping.
 const DISCONNECT_WAIT: Duration = Duration::from_secs(2);
 
+/// The client's options: a persistent session on `broker`. Fails if TLS cannot be set up (a
+/// CA file missing or holding no certificate, no trusted roots on the system).
+pub fn options(broker: &Broker) -> anyhow::Result<MqttOptions> {
+    let mut options = crate::broker::options(broker)?;
+    options
+        .set_clean_session(false)
+        .set_request_channel_capacity(REQUEST_CAPACITY);
+    Ok(options)
+}
+
 pub async fn run(
     name: &str,
     broker: &Broker,
@@ -32,16 +42,14 @@ pub async fn run(
     mut framing: Framing,
     shutdown: &CancellationToken,
 ) -> Result<(), Closed> {
-    let mut options = match crate::broker::options(broker) {
+    // Checked at start (`super::check`); this fails only if the CA file went since.
+    let options = match options(broker) {
         Ok(options) => options,
         Err(error) => {
             tracing::error!(source = %name, "cannot set up the MQTT client: {error:#}");
             return Ok(());
         }
     };
-    options
-        .set_clean_session(false)
-        .set_request_channel_capacity(REQUEST_CAPACITY);
     let (client, mut events) = AsyncClient::new(options, REQUEST_CAPACITY);
     let mut backoff = Backoff::reconnect();
     let mut failures = LogLimit::per_minute();

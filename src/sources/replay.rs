@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use p1guard_telegram::{OwnedFrame, Parser};
+use p1guard_telegram::OwnedFrame;
 use tokio::io::AsyncReadExt as _;
 use tokio_util::sync::CancellationToken;
 
@@ -27,14 +27,7 @@ pub async fn run(
         .sum();
     let progress = progress_bar(total);
     let mut pacer = Pacer::new(speed);
-    let mut parser = Parser::new();
-    let mut pace = |frame: &OwnedFrame| {
-        if !pacer.is_paced() {
-            return None;
-        }
-        let at = parser.parse(&frame.as_frame()).ok()?.time()?.utc().ok()?;
-        pacer.delay(at, Instant::now())
-    };
+    let mut pace = |frame: &OwnedFrame| pacer.frame_delay(&frame.as_frame(), Instant::now());
     let mut buf = vec![0u8; 64 * 1024];
     framing.set_connected(true);
     for file in files {

@@ -575,3 +575,82 @@ fn the_example_configs_are_valid() {
         );
     }
 }
+
+/// A source and a sink that pass the configuration's checks but cannot be set up at start:
+/// p1guard stops before it is ready, with the same status whichever it is, 1 (worth a
+/// restart), not 2 (a configuration error systemd should not restart into) nor 0.
+#[test]
+fn a_source_or_a_sink_that_cannot_be_set_up_exits_1_alike() {
+    let dir = scratch("run-setup-failures");
+    let not_pem = dir.join("not-a-ca.pem");
+    std::fs::write(&not_pem, "not a certificate\n").unwrap();
+    let store = dir.join("store-is-a-directory");
+    std::fs::create_dir(&store).unwrap();
+    let capture = write_capture(
+        &dir,
+        Style::Dsmr5,
+        "2026-06-01T00:00:00Z",
+        "2026-06-01T00:01:00Z",
+    );
+    // Nobody listens there: the setup fails before any connection is tried.
+    let broker = crate::free_address();
+    let fleet = |ca_file: &Path| {
+        format!(
+            r#"
+            [[sources]]
+            name = "fleet"
+            type = "mqtt"
+            url = "mqtts://{broker}"
+            topic = "p1/+/telegram"
+            ca_file = {ca_file:?}
+
+            [[sinks]]
+            name = "screen"
+            type = "stdout"
+            max_granularity = "billing"
+            "#
+        )
+    };
+    let cases = [
+        (
+            "source fleet: setting up",
+            "missing-ca.pem",
+            fleet(&dir.join("missing-ca.pem")),
+        ),
+        (
+            "source fleet: setting up",
+            "holds no certificate",
+            fleet(&not_pem),
+        ),
+        (
+            "sink store:",
+            "store-is-a-directory",
+            replay_config(&capture, &store, "max"),
+        ),
+    ];
+    for (failed, why, config) in cases {
+        let path = dir.join("p1guard.toml");
+        std::fs::write(&path, &config).unwrap();
+        let checked = p1guard(&["check-config", path.to_str().unwrap()]);
+        assert!(
+            checked.status.success(),
+            "{failed}: the configuration is valid: {}",
+            String::from_utf8_lossy(&checked.stderr)
+        );
+
+        let finished = Daemon::start(&dir, &config).wait();
+        assert_eq!(
+            finished.status.code(),
+            Some(1),
+            "{failed}: {}",
+            finished.stderr
+        );
+        let error = finished
+            .stderr
+            .lines()
+            .find(|line| line.contains(failed))
+            .unwrap_or_else(|| panic!("{failed:?} missing from:\n{}", finished.stderr));
+        assert!(error.contains(why), "{why:?} missing from {error:?}");
+        assert!(!finished.stderr.contains("running"), "{}", finished.stderr);
+    }
+}

@@ -1,0 +1,181 @@
+//! Frames to records, the one way for the daemon's reduce task and `p1guard replay`: parse,
+//! count how each frame fared, log bad telegrams at most five times a minute per source, and
+//! apply the code of conduct.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use jiff::Timestamp;
+use p1guard_conduct::{Arrival, Consent, Record, Reducer};
+use p1guard_telegram::{Error, Frame, Parser};
+
+use crate::log_limit::LogLimit;
+use crate::metrics::{Metrics, Outcome};
+
+/// How a source's receive clock judges its meters' clocks: [`Arrival::Direct`] for a serial
+/// line or TCP stream, [`Arrival::Relayed`] for a broker, [`Arrival::Recorded`] for a replay.
+pub type ArrivalOf = fn(Timestamp) -> Arrival;
+
+/// A parser and the code of conduct's [`Reducer`], fed frames from any number of sources.
+pub struct FrameReducer<C> {
+    parser: Parser,
+    reducer: Reducer<C>,
+    metrics: Arc<Metrics>,
+    /// Per source, in the order of [`Metrics::sources`].
+    sources: Vec<Source>,
+}
+
+/// What the frame reducer keeps per source.
+struct Source {
+    arrival: ArrivalOf,
+    log_limit: LogLimit,
+}
+
+impl<C: Consent> FrameReducer<C> {
+    /// A frame reducer counting into `metrics`, whose sources are judged by `arrivals`
+    /// (one per source, in the same order).
+    ///
+    /// # Panics
+    ///
+    /// If `arrivals` and `metrics` disagree on the number of sources.
+    pub fn new(reducer: Reducer<C>, metrics: Arc<Metrics>, arrivals: Vec<ArrivalOf>) -> Self {
+        assert_eq!(
+            arrivals.len(),
+            metrics.sources.len(),
+            "one arrival per source"
+        );
+        let sources = arrivals
+            .into_iter()
+            .map(|arrival| Source {
+                arrival,
+                log_limit: LogLimit::per_minute(),
+            })
+            .collect();
+        FrameReducer {
+            parser: Parser::new(),
+            reducer,
+            metrics,
+            sources,
+        }
+    }
+
+    /// Parses `frame`, which source `source` received at `at`, counts how it fared, and adds
+    /// the records the code of conduct makes of it to `records`. A frame that fails to parse
+    /// is counted, logged (rate-limited) and returned as the error; a telegram kept without a
+    /// bad line is logged the same way.
+    pub fn reduce(
+        &mut self,
+        source: usize,
+        frame: &Frame<'_>,
+        at: Timestamp,
+        records: &mut Vec<Record>,
+    ) -> Result<(), Error> {
+        let metrics = &self.metrics.sources[source];
+        let Source { arrival, log_limit } = &mut self.sources[source];
+        let telegram = match self.parser.parse(frame) {
+            Ok(telegram) => telegram,
+            Err(error) => {
+                metrics.count(Outcome::of(error.kind));
+                if let Some(suppressed) = log_limit.allow(Instant::now()) {
+                    tracing::warn!(source = %metrics.name, suppressed, "skipped a bad telegram: {error}");
+                }
+                return Err(error);
+            }
+        };
+        metrics.count(Outcome::parsed(&telegram));
+        metrics.last_telegram.store(at.as_second(), Relaxed);
+        if let Some(error) = telegram.line_errors().first()
+            && let Some(suppressed) = log_limit.allow(Instant::now())
+        {
+            tracing::warn!(source = %metrics.name, suppressed, "kept a telegram without its bad line: {error}");
+        }
+        self.reducer.reduce(&telegram, arrival(at), records);
+        Ok(())
+    }
+
+    /// The code of conduct's reducer: its counters and meters.
+    pub fn reducer(&self) -> &Reducer<C> {
+        &self.reducer
+    }
+
+    /// Copies the reducer's counters into [`Metrics::reducer`], for the metrics endpoint and
+    /// the summary at shutdown.
+    pub fn publish_counters(&self) {
+        if let Ok(mut counters) = self.metrics.reducer.lock() {
+            counters.clone_from(self.reducer.counters());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use p1guard_conduct::{
+        BillingCadence, Calendar, Granularity, IdentityKey, Level, MaxGaps, ReducerConfig, Timeline,
+    };
+    use p1guard_telegram::{ErrorKind, Framer, FramerConfig, crc16};
+
+    use super::*;
+
+    /// A DSMR 5 telegram of meter time `time` (`YYMMDDhhmmssS|W`), with its CRC.
+    fn telegram(time: &str) -> Vec<u8> {
+        let body = format!(
+            "/ISk5\\2MT382-1000\r\n\r\n1-3:0.2.8(50)\r\n0-0:1.0.0({time})\r\n\
+             0-0:96.1.1(4530303533303030303132333435363231)\r\n\
+             1-0:1.8.1(000001.000*kWh)\r\n1-0:1.7.0(00.500*kW)\r\n!"
+        );
+        let crc = crc16(body.as_bytes());
+        format!("{body}{crc:04X}\r\n").into_bytes()
+    }
+
+    fn frame_reducer(sources: &[&str]) -> FrameReducer<Timeline> {
+        let config = ReducerConfig {
+            calendar: Calendar::netherlands(BillingCadence::BiMonthly),
+            finest: Granularity::Live,
+            max_gaps: MaxGaps::default(),
+        };
+        let consent = Timeline::new(Level::Live, Vec::new());
+        let reducer = Reducer::new(config, consent, IdentityKey::from_bytes([7; 32]));
+        let metrics = Arc::new(Metrics::new(sources.iter().copied(), []));
+        let arrivals = sources.iter().map(|_| Arrival::Recorded as ArrivalOf);
+        FrameReducer::new(reducer, metrics, arrivals.collect())
+    }
+
+    #[test]
+    fn frames_are_parsed_counted_and_reduced_per_source() {
+        let mut reducer = frame_reducer(&["a", "b"]);
+        let mut bad = telegram("260601120010S");
+        let at_crc = bad.len() - 6;
+        bad[at_crc] ^= 0x01; // a wrong CRC digit
+        let stream = [telegram("260601120000S"), bad].concat();
+        let mut framer = Framer::new(FramerConfig::default());
+        framer.push(&stream);
+        let at: Timestamp = "2026-06-01T10:00:05Z".parse().unwrap();
+        let mut records = Vec::new();
+
+        let good = framer.next_frame().unwrap().unwrap();
+        assert_eq!(reducer.reduce(1, &good, at, &mut records), Ok(()));
+        assert!(!records.is_empty(), "a live record");
+        let bad = framer.next_frame().unwrap().unwrap();
+        let error = reducer.reduce(1, &bad, at, &mut records).unwrap_err();
+        assert!(
+            matches!(error.kind, ErrorKind::CrcMismatch { .. }),
+            "{error}"
+        );
+
+        let metrics = &reducer.metrics;
+        let b = &metrics.sources[1];
+        assert_eq!(b.telegrams(Outcome::Ok), 1);
+        assert_eq!(b.telegrams(Outcome::CrcError), 1);
+        assert_eq!(b.last_telegram.load(Relaxed), at.as_second());
+        assert_eq!(metrics.sources[0].telegrams(Outcome::Ok), 0);
+        assert_eq!(reducer.reducer().counters().telegrams, 1);
+        assert_eq!(
+            metrics.reducer.lock().unwrap().telegrams,
+            0,
+            "not yet published"
+        );
+        reducer.publish_counters();
+        assert_eq!(metrics.reducer.lock().unwrap().telegrams, 1);
+    }
+}
