@@ -98,51 +98,57 @@ proptest! {
     }
 }
 
-fn captures_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/captures");
-    assert!(
-        dir.is_dir(),
-        "the shared captures are expected at {}",
-        dir.display()
-    );
-    dir
-}
+/// What reads the recorded telegrams of other projects (`../shared/captures`): skipped by
+/// `scripts/test`, and said so, in a clone without them.
+mod corpus {
+    use super::*;
 
-/// Every capture and fixture back to back: real meters, garbage, truncations, CRC errors.
-fn concatenated_stream() -> Vec<u8> {
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-    let mut files: Vec<PathBuf> = [captures_dir(), golden]
-        .iter()
-        .flat_map(|dir| std::fs::read_dir(dir).expect("readable directory"))
-        .map(|entry| entry.expect("readable entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "txt" || e == "bin"))
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .flat_map(|f| std::fs::read(f).expect("readable file"))
-        .collect()
-}
+    fn captures_dir() -> PathBuf {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/captures");
+        assert!(
+            dir.is_dir(),
+            "the shared captures are expected at {}",
+            dir.display()
+        );
+        dir
+    }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(200))]
+    /// Every capture and fixture back to back: real meters, garbage, truncations, CRC errors.
+    fn concatenated_stream() -> Vec<u8> {
+        let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+        let mut files: Vec<PathBuf> = [captures_dir(), golden]
+            .iter()
+            .flat_map(|dir| std::fs::read_dir(dir).expect("readable directory"))
+            .map(|entry| entry.expect("readable entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "txt" || e == "bin"))
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .flat_map(|f| std::fs::read(f).expect("readable file"))
+            .collect()
+    }
 
-    #[test]
-    fn any_chunking_yields_the_same_frames(
-        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..200),
-        config in config(),
-    ) {
-        let stream = concatenated_stream();
-        let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(stream.len() + 1)).collect();
-        cuts.sort_unstable();
-        let mut chunks = Vec::new();
-        let mut from = 0;
-        for cut in cuts.into_iter().chain([stream.len()]) {
-            chunks.push(&stream[from..cut]);
-            from = cut;
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn any_chunking_yields_the_same_frames(
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..200),
+            config in config(),
+        ) {
+            let stream = concatenated_stream();
+            let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(stream.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut chunks = Vec::new();
+            let mut from = 0;
+            for cut in cuts.into_iter().chain([stream.len()]) {
+                chunks.push(&stream[from..cut]);
+                from = cut;
+            }
+            let whole = outcomes(config, [&stream[..]]);
+            prop_assert!(whole.len() > 40, "the stream holds the captures' frames");
+            prop_assert_eq!(outcomes(config, chunks), whole);
         }
-        let whole = outcomes(config, [&stream[..]]);
-        prop_assert!(whole.len() > 40, "the stream holds the captures' frames");
-        prop_assert_eq!(outcomes(config, chunks), whole);
     }
 }
