@@ -4,11 +4,9 @@
 use std::process::ExitCode;
 
 use p1guard_conduct::BillingCadence;
-use tokio_serial::{DataBits, Parity, StopBits};
 
 use crate::cli::CheckConfigArgs;
-use crate::pace::Speed;
-use crate::topology::config::{self, SourceKind};
+use crate::topology::config;
 
 pub fn run(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
     let config = match config::load(&args.config) {
@@ -32,57 +30,7 @@ pub fn run(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
         },
     );
     for source in &config.sources {
-        let what = match &source.kind {
-            SourceKind::Serial(serial) => {
-                let data_bits = match serial.data_bits {
-                    DataBits::Five => 5,
-                    DataBits::Six => 6,
-                    DataBits::Seven => 7,
-                    DataBits::Eight => 8,
-                };
-                let parity = match serial.parity {
-                    Parity::None => 'N',
-                    Parity::Even => 'E',
-                    Parity::Odd => 'O',
-                };
-                let stop_bits = match serial.stop_bits {
-                    StopBits::One => 1,
-                    StopBits::Two => 2,
-                };
-                let bit7 = if source.input.clear_bit7 {
-                    ", bit 7 cleared"
-                } else {
-                    ""
-                };
-                format!(
-                    "{} at {} {data_bits}{parity}{stop_bits}{bit7}",
-                    serial.device.display(),
-                    serial.baud
-                )
-            }
-            SourceKind::Tcp { address, .. } => address.clone(),
-            SourceKind::Replay { files, speed } => {
-                let speed = match speed {
-                    Speed::Max => "as fast as possible".to_owned(),
-                    Speed::Factor(factor) => format!("{factor}× real time"),
-                };
-                format!("{} file(s), {speed}", files.len())
-            }
-            SourceKind::Mqtt {
-                broker,
-                subscription,
-            } => format!("{subscription} on {}", broker.describe()),
-        };
-        let encrypted = if source.input.cipher.is_some() {
-            ", decrypting"
-        } else {
-            ""
-        };
-        println!(
-            "source {} ({}): {what}{encrypted}",
-            source.name,
-            source.kind.type_name()
-        );
+        println!("{}", source.describe());
     }
     for sink in &config.sinks {
         println!("{}", sink.describe());

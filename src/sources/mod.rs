@@ -1,24 +1,252 @@
 //! Sources: thin async drivers that read bytes from the outside world, frame them, and pass
 //! whole frames on. Parsing and everything after it happens in the pipeline's reduce task.
+//! Each kind's file holds its settings as written, their checks and its driver; this one the
+//! settings every source shares and the dispatch by type.
 
 mod mqtt;
 mod replay;
 mod serial;
 mod tcp;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use p1guard_telegram::{Error, OwnedFrame};
+use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::decode::Deframer;
+use self::mqtt::MqttSourceConfig;
+use self::replay::ReplayConfig;
+pub use self::serial::{SerialConfig, SerialSettings};
+use self::tcp::TcpConfig;
+use crate::broker::Broker;
+use crate::config::{Checker, SecretRef};
+use crate::decode::{CipherKeys, Deframer, InputOptions};
 use crate::log_limit::LogLimit;
 use crate::metrics::{Metrics, Outcome};
-use crate::topology::config::{SourceConfig, SourceKind};
+use crate::pace::Speed;
+
+/// One source.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// Unique among sources.
+    pub name: String,
+    /// Line repairs and decryption.
+    pub input: InputOptions,
+    /// What it reads.
+    pub kind: SourceKind,
+}
+
+/// What a source reads.
+#[derive(Debug, Clone)]
+pub enum SourceKind {
+    /// A serial port.
+    Serial(SerialSettings),
+    /// A TCP stream.
+    Tcp {
+        /// `host:port`.
+        address: String,
+        /// Reconnect after this long without data.
+        read_timeout: Duration,
+    },
+    /// Capture files.
+    Replay {
+        /// Read in order.
+        files: Vec<PathBuf>,
+        /// Pace.
+        speed: Speed,
+    },
+    /// Telegrams published to an MQTT broker.
+    Mqtt {
+        /// The broker.
+        broker: Broker,
+        /// The filter subscribed to, `$share/<group>/` included when shared.
+        subscription: String,
+    },
+}
+
+/// The settings every `[[sources]]` entry has, whatever its type. (Serde cannot flatten and
+/// deny unknown fields at once, so an entry is split into these and its type's own.)
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceEntry {
+    /// Unique name in logs and metrics; the type if absent.
+    pub name: Option<String>,
+    /// Insert the CR that LF-only captures have lost.
+    #[serde(default)]
+    pub lf_to_crlf: bool,
+    /// Clear bit 7 of every byte (7E1 read as 8N1); serial presets set it where needed.
+    pub clear_bit7: Option<bool>,
+    /// AES-128 key (32 hex digits) of an encrypting meter.
+    pub key: Option<SecretRef>,
+    /// Authentication key; Smarty's public one if absent.
+    pub auth_key: Option<SecretRef>,
+    /// The GCM tag covers no authentication key.
+    #[serde(default)]
+    pub no_auth_key: bool,
+}
+
+impl SourceEntry {
+    /// The keys of [`SourceEntry`].
+    pub const FIELDS: &[&str] = &[
+        "name",
+        "lf_to_crlf",
+        "clear_bit7",
+        "key",
+        "auth_key",
+        "no_auth_key",
+    ];
+}
+
+/// Each source type's own settings, as written.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceSettings {
+    /// A P1 cable.
+    Serial(SerialConfig),
+    /// A TCP P1 dongle or ser2net.
+    Tcp(TcpConfig),
+    /// Capture files.
+    Replay(ReplayConfig),
+    /// A fleet's telegrams from an MQTT broker.
+    Mqtt(MqttSourceConfig),
+}
+
+impl SourceConfig {
+    /// The source `entry` and `settings` describe, at `at` in the file, every problem noted.
+    pub fn check(
+        checker: &mut Checker<'_>,
+        at: &str,
+        source: SourceEntry,
+        settings: SourceSettings,
+    ) -> Option<SourceConfig> {
+        let problems_before = checker.count();
+        let (kind, preset_clears_bit7) = match settings {
+            SourceSettings::Serial(serial) => {
+                let (settings, clears_bit7) = serial.check(checker, at)?;
+                (SourceKind::Serial(settings), clears_bit7)
+            }
+            SourceSettings::Tcp(tcp) => {
+                let (address, read_timeout) = tcp.check(checker, at);
+                let kind = SourceKind::Tcp {
+                    address,
+                    read_timeout,
+                };
+                (kind, false)
+            }
+            SourceSettings::Replay(replay) => {
+                let (files, speed) = replay.check(checker, at);
+                (SourceKind::Replay { files, speed }, false)
+            }
+            SourceSettings::Mqtt(mqtt) => {
+                let name = source.name.as_deref().unwrap_or("mqtt");
+                let (broker, subscription) = mqtt.check(checker, at, name)?;
+                let kind = SourceKind::Mqtt {
+                    broker,
+                    subscription,
+                };
+                (kind, false)
+            }
+        };
+        let name = source.name.unwrap_or_else(|| kind.type_name().to_owned());
+        let cipher = cipher(checker, at, source.key, source.auth_key, source.no_auth_key);
+        let input = InputOptions {
+            lf_to_crlf: source.lf_to_crlf,
+            clear_bit7: source.clear_bit7.unwrap_or(preset_clears_bit7),
+            cipher,
+        };
+        (checker.count() == problems_before).then_some(SourceConfig { name, input, kind })
+    }
+
+    /// What `check-config` says of the source.
+    pub fn describe(&self) -> String {
+        let what = match &self.kind {
+            SourceKind::Serial(serial) => {
+                let bit7 = if self.input.clear_bit7 {
+                    ", bit 7 cleared"
+                } else {
+                    ""
+                };
+                format!("{}{bit7}", serial.describe())
+            }
+            SourceKind::Tcp { address, .. } => address.clone(),
+            SourceKind::Replay { files, speed } => replay::describe(files, *speed),
+            SourceKind::Mqtt {
+                broker,
+                subscription,
+            } => format!("{subscription} on {}", broker.describe()),
+        };
+        let encrypted = if self.input.cipher.is_some() {
+            ", decrypting"
+        } else {
+            ""
+        };
+        format!(
+            "source {} ({}): {what}{encrypted}",
+            self.name,
+            self.kind.type_name()
+        )
+    }
+}
+
+impl SourceKind {
+    /// `serial`, `tcp` or `replay`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SourceKind::Serial(_) => "serial",
+            SourceKind::Tcp { .. } => "tcp",
+            SourceKind::Replay { .. } => "replay",
+            SourceKind::Mqtt { .. } => "mqtt",
+        }
+    }
+}
+
+/// The keys of an encrypting meter, every problem noted.
+fn cipher(
+    checker: &mut Checker<'_>,
+    at: &str,
+    key: Option<SecretRef>,
+    auth_key: Option<SecretRef>,
+    no_auth_key: bool,
+) -> Option<CipherKeys> {
+    let mut read = |what: &str, secret: SecretRef| -> Option<[u8; 16]> {
+        let resolved = secret
+            .resolve()
+            .map_err(|e| checker.problem(at, format!("{what}: {e}")));
+        let key = crate::hex::decode(resolved.ok()?.expose());
+        if key.is_none() {
+            checker.problem(at, format!("{what}: expected 32 hex digits"));
+        }
+        key
+    };
+    let key = key.and_then(|k| read("key", k));
+    let auth_key = auth_key.and_then(|k| read("auth_key", k));
+    let Some(key) = key else {
+        if auth_key.is_some() || no_auth_key {
+            checker.problem(at, "auth_key and no_auth_key need a key");
+        }
+        return None;
+    };
+    match (auth_key, no_auth_key) {
+        (Some(_), true) => {
+            checker.problem(at, "auth_key and no_auth_key exclude each other");
+            None
+        }
+        (Some(auth_key), false) => Some(CipherKeys {
+            key,
+            auth_key: Some(auth_key),
+        }),
+        (None, true) => Some(CipherKeys {
+            key,
+            auth_key: None,
+        }),
+        (None, false) => Some(CipherKeys::smarty(key)),
+    }
+}
 
 /// A frame on its way to the reduce task.
 #[derive(Debug)]

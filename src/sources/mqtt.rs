@@ -9,14 +9,17 @@
 //! it costs a write per message, which on a 2-core machine took a third of p1guard's time and
 //! held the broker back.)
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::{Closed, Framing};
 use crate::backoff::Backoff;
-use crate::broker::Broker;
+use crate::broker::{Broker, Connection};
+use crate::config::{Checker, SecretRef};
 use crate::log_limit::LogLimit;
 
 /// Requests waiting for the event loop: a subscription, a disconnect.
@@ -24,6 +27,74 @@ const REQUEST_CAPACITY: usize = 16;
 
 /// How long to wait for the client's disconnect to reach the broker when stopping.
 const DISCONNECT_WAIT: Duration = Duration::from_secs(2);
+
+/// `[[sources]]` `type = "mqtt"` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSourceConfig {
+    /// `mqtt://host[:port]` or `mqtts://host[:port]`.
+    pub url: String,
+    /// Topic filter, e.g. `p1/+/telegram`.
+    pub topic: String,
+    /// Share the subscription with other workers of this group (`$share/<group>/...`).
+    pub shared_group: Option<String>,
+    /// The session's client id; `p1guard-<host>-<name>` if absent.
+    pub client_id: Option<String>,
+    /// User name for the broker.
+    pub username: Option<String>,
+    /// Password for the broker.
+    pub password: Option<SecretRef>,
+    /// PEM file of the CA that signed the broker's certificate; the system's roots if
+    /// absent.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl MqttSourceConfig {
+    /// The broker and the filter subscribed to (`$share/<group>/` included), for the source
+    /// `name`; every problem noted.
+    pub fn check(
+        self,
+        checker: &mut Checker<'_>,
+        at: &str,
+        name: &str,
+    ) -> Option<(Broker, String)> {
+        let MqttSourceConfig {
+            url,
+            topic,
+            shared_group,
+            client_id,
+            username,
+            password,
+            ca_file,
+        } = self;
+        let connection = Connection {
+            url,
+            client_id,
+            username,
+            password,
+            ca_file,
+        };
+        let broker = Broker::check(checker, at, name, connection);
+        if topic.is_empty() || topic.starts_with("$share/") {
+            checker.problem(
+                at,
+                format!("topic {topic:?}: expected a topic filter (share it with shared_group)"),
+            );
+        }
+        let subscription = match shared_group {
+            Some(group) if group.is_empty() || group.contains(['/', '+', '#']) => {
+                checker.problem(
+                    at,
+                    format!("shared_group {group:?}: expected a name without / + #"),
+                );
+                topic
+            }
+            Some(group) => format!("$share/{group}/{topic}"),
+            None => topic,
+        };
+        Some((broker?, subscription))
+    }
+}
 
 /// The client's options: a persistent session on `broker`. Fails if TLS cannot be set up (a
 /// CA file missing or holding no certificate, no trusted roots on the system).

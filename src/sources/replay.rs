@@ -7,11 +7,56 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use p1guard_telegram::OwnedFrame;
+use serde::Deserialize;
 use tokio::io::AsyncReadExt as _;
 use tokio_util::sync::CancellationToken;
 
 use super::{Closed, Framing};
+use crate::config::Checker;
 use crate::pace::{Pacer, Speed};
+
+/// `[[sources]]` `type = "replay"` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayConfig {
+    /// The captures, read one after the other.
+    pub files: Vec<PathBuf>,
+    /// `max` (default), `realtime`, or a factor.
+    pub speed: Option<String>,
+}
+
+impl ReplayConfig {
+    /// The files (each readable now) and the pace, every problem noted.
+    pub fn check(self, checker: &mut Checker<'_>, at: &str) -> (Vec<PathBuf>, Speed) {
+        let ReplayConfig { files, speed } = self;
+        if files.is_empty() {
+            checker.problem(at, "files is empty");
+        }
+        for file in &files {
+            if let Err(error) = std::fs::metadata(file) {
+                checker.problem(at, format!("{}: {error}", file.display()));
+            }
+        }
+        let speed = match speed.as_deref().map(str::parse::<Speed>) {
+            None => Speed::Max,
+            Some(Ok(speed)) => speed,
+            Some(Err(error)) => {
+                checker.problem(at, error);
+                Speed::Max
+            }
+        };
+        (files, speed)
+    }
+}
+
+/// The files and pace, for `check-config`.
+pub fn describe(files: &[PathBuf], speed: Speed) -> String {
+    let speed = match speed {
+        Speed::Max => "as fast as possible".to_owned(),
+        Speed::Factor(factor) => format!("{factor}× real time"),
+    };
+    format!("{} file(s), {speed}", files.len())
+}
 
 pub async fn run(
     name: &str,

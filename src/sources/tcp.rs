@@ -3,15 +3,50 @@
 
 use std::time::Duration;
 
+use serde::Deserialize;
 use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::{Closed, Framing};
 use crate::backoff::Backoff;
+use crate::config::Checker;
 use crate::log_limit::LogLimit;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `[[sources]]` `type = "tcp"` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpConfig {
+    /// `host:port`.
+    pub address: String,
+    /// Reconnect when nothing arrived for this long; 60 s if absent.
+    pub read_timeout_secs: Option<u64>,
+}
+
+impl TcpConfig {
+    /// The address and read timeout, every problem noted.
+    pub fn check(self, checker: &mut Checker<'_>, at: &str) -> (String, Duration) {
+        let TcpConfig {
+            address,
+            read_timeout_secs,
+        } = self;
+        let has_port = address
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !has_port {
+            checker.problem(at, format!("address {address:?}: expected host:port"));
+        }
+        if read_timeout_secs == Some(0) {
+            checker.problem(at, "read_timeout_secs must be positive");
+        }
+        (
+            address,
+            Duration::from_secs(read_timeout_secs.unwrap_or(60)),
+        )
+    }
+}
 
 pub async fn run(
     name: &str,

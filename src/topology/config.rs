@@ -7,17 +7,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use p1guard_conduct::{BillingCadence, ConsentTable, Level, Timeline};
 use serde::Deserialize;
 use toml::Table;
 
-use crate::broker::{Broker, Connection};
-use crate::config::{self, Checker, Problems, SecretRef};
-use crate::decode::{CipherKeys, InputOptions};
-use crate::pace::Speed;
+use crate::config::{self, Checker, Problems};
 use crate::sinks::{SinkConfig, SinkEntry, SinkKind, TopicLayout};
+use crate::sources::{SourceConfig, SourceEntry, SourceKind};
 
 /// A validated configuration.
 #[derive(Debug)]
@@ -36,60 +33,6 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Allowed, but probably not meant: said by `check-config` and logged at start.
     pub warnings: Vec<String>,
-}
-
-/// One source.
-#[derive(Debug, Clone)]
-pub struct SourceConfig {
-    /// Unique among sources.
-    pub name: String,
-    /// Line repairs and decryption.
-    pub input: InputOptions,
-    /// What it reads.
-    pub kind: SourceKind,
-}
-
-/// What a source reads.
-#[derive(Debug, Clone)]
-pub enum SourceKind {
-    /// A serial port.
-    Serial(SerialSettings),
-    /// A TCP stream.
-    Tcp {
-        /// `host:port`.
-        address: String,
-        /// Reconnect after this long without data.
-        read_timeout: Duration,
-    },
-    /// Capture files.
-    Replay {
-        /// Read in order.
-        files: Vec<PathBuf>,
-        /// Pace.
-        speed: Speed,
-    },
-    /// Telegrams published to an MQTT broker.
-    Mqtt {
-        /// The broker.
-        broker: Broker,
-        /// The filter subscribed to, `$share/<group>/` included when shared.
-        subscription: String,
-    },
-}
-
-/// A serial line's settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SerialSettings {
-    /// The device path.
-    pub device: PathBuf,
-    /// Bits per second.
-    pub baud: u32,
-    /// 7 or 8.
-    pub data_bits: tokio_serial::DataBits,
-    /// Parity.
-    pub parity: tokio_serial::Parity,
-    /// 1 or 2.
-    pub stop_bits: tokio_serial::StopBits,
 }
 
 /// Reads the configuration file at `path`, with the process's `P1GUARD_*` overrides.
@@ -136,92 +79,6 @@ pub struct Consent {
     pub meters: BTreeMap<String, Level>,
     /// Billing boundaries: bi_monthly (default) or monthly.
     pub billing_cadence: Option<BillingCadence>,
-}
-
-/// The settings every `[[sources]]` entry has, whatever its type. (Serde cannot flatten and
-/// deny unknown fields at once, so an entry is split into these and its type's own.)
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceEntry {
-    /// Unique name in logs and metrics; the type if absent.
-    pub name: Option<String>,
-    /// Insert the CR that LF-only captures have lost.
-    #[serde(default)]
-    pub lf_to_crlf: bool,
-    /// Clear bit 7 of every byte (7E1 read as 8N1); serial presets set it where needed.
-    pub clear_bit7: Option<bool>,
-    /// AES-128 key (32 hex digits) of an encrypting meter.
-    pub key: Option<SecretRef>,
-    /// Authentication key; Smarty's public one if absent.
-    pub auth_key: Option<SecretRef>,
-    /// The GCM tag covers no authentication key.
-    #[serde(default)]
-    pub no_auth_key: bool,
-}
-
-impl SourceEntry {
-    /// The keys of [`SourceEntry`].
-    pub const FIELDS: &[&str] = &[
-        "name",
-        "lf_to_crlf",
-        "clear_bit7",
-        "key",
-        "auth_key",
-        "no_auth_key",
-    ];
-}
-
-/// The source types and their settings.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum SourceSettings {
-    /// A P1 cable.
-    Serial {
-        /// The device, e.g. `/dev/p1` or `/dev/serial/by-id/...`.
-        device: PathBuf,
-        /// `dsmr5` (default), `dsmr4` or `dsmr2`.
-        preset: Option<String>,
-        /// Overrides of the preset.
-        baud: Option<u32>,
-        /// 7 or 8.
-        data_bits: Option<u8>,
-        /// none, even or odd.
-        parity: Option<String>,
-        /// 1 or 2.
-        stop_bits: Option<u8>,
-    },
-    /// A TCP P1 dongle or ser2net.
-    Tcp {
-        /// `host:port`.
-        address: String,
-        /// Reconnect when nothing arrived for this long; 60 s if absent.
-        read_timeout_secs: Option<u64>,
-    },
-    /// Capture files.
-    Replay {
-        /// The captures, read one after the other.
-        files: Vec<PathBuf>,
-        /// `max` (default), `realtime`, or a factor.
-        speed: Option<String>,
-    },
-    /// A fleet's telegrams from an MQTT broker.
-    Mqtt {
-        /// `mqtt://host[:port]` or `mqtts://host[:port]`.
-        url: String,
-        /// Topic filter, e.g. `p1/+/telegram`.
-        topic: String,
-        /// Share the subscription with other workers of this group (`$share/<group>/...`).
-        shared_group: Option<String>,
-        /// The session's client id; `p1guard-<host>-<name>` if absent.
-        client_id: Option<String>,
-        /// User name for the broker.
-        username: Option<String>,
-        /// Password for the broker.
-        password: Option<SecretRef>,
-        /// PEM file of the CA that signed the broker's certificate; the system's roots if
-        /// absent.
-        ca_file: Option<PathBuf>,
-    },
 }
 
 /// Builds a [`Config`] with a [`Checker`], noting every problem on the way.
@@ -292,7 +149,9 @@ impl Reader<'_, '_> {
 
         let sources: Vec<SourceConfig> = sources
             .into_iter()
-            .filter_map(|(at, source, kind)| self.source(&at, source, kind))
+            .filter_map(|(at, entry, settings)| {
+                SourceConfig::check(self.checker, &at, entry, settings)
+            })
             .collect();
         let sinks: Vec<SinkConfig> = sinks
             .into_iter()
@@ -367,253 +226,12 @@ impl Reader<'_, '_> {
             }
         }
     }
-
-    fn source(
-        &mut self,
-        at: &str,
-        source: SourceEntry,
-        kind: SourceSettings,
-    ) -> Option<SourceConfig> {
-        let problems_before = self.count();
-        let (kind, preset_clears_bit7) = match kind {
-            SourceSettings::Serial {
-                device,
-                preset,
-                baud,
-                data_bits,
-                parity,
-                stop_bits,
-            } => {
-                let preset = preset.as_deref().unwrap_or("dsmr5");
-                let Some(preset) = SerialPreset::by_name(preset) else {
-                    self.problem(
-                        at,
-                        format!("preset {preset:?}: expected dsmr5, dsmr4 or dsmr2"),
-                    );
-                    return None;
-                };
-                let mut settings = preset.settings(device);
-                if let Some(baud) = baud {
-                    if baud == 0 {
-                        self.problem(at, "baud must be positive");
-                    }
-                    settings.baud = baud;
-                }
-                match data_bits {
-                    None => {}
-                    Some(7) => settings.data_bits = tokio_serial::DataBits::Seven,
-                    Some(8) => settings.data_bits = tokio_serial::DataBits::Eight,
-                    Some(n) => self.problem(at, format!("data_bits {n}: expected 7 or 8")),
-                }
-                match parity.as_deref() {
-                    None => {}
-                    Some("none") => settings.parity = tokio_serial::Parity::None,
-                    Some("even") => settings.parity = tokio_serial::Parity::Even,
-                    Some("odd") => settings.parity = tokio_serial::Parity::Odd,
-                    Some(other) => {
-                        self.problem(at, format!("parity {other:?}: expected none, even or odd"));
-                    }
-                }
-                match stop_bits {
-                    None => {}
-                    Some(1) => settings.stop_bits = tokio_serial::StopBits::One,
-                    Some(2) => settings.stop_bits = tokio_serial::StopBits::Two,
-                    Some(n) => self.problem(at, format!("stop_bits {n}: expected 1 or 2")),
-                }
-                (SourceKind::Serial(settings), preset.clear_bit7)
-            }
-            SourceSettings::Tcp {
-                address,
-                read_timeout_secs,
-            } => {
-                let has_port = address
-                    .rsplit_once(':')
-                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-                if !has_port {
-                    self.problem(at, format!("address {address:?}: expected host:port"));
-                }
-                if read_timeout_secs == Some(0) {
-                    self.problem(at, "read_timeout_secs must be positive");
-                }
-                let read_timeout = Duration::from_secs(read_timeout_secs.unwrap_or(60));
-                let kind = SourceKind::Tcp {
-                    address,
-                    read_timeout,
-                };
-                (kind, false)
-            }
-            SourceSettings::Replay { files, speed } => {
-                if files.is_empty() {
-                    self.problem(at, "files is empty");
-                }
-                for file in &files {
-                    if let Err(error) = std::fs::metadata(file) {
-                        self.problem(at, format!("{}: {error}", file.display()));
-                    }
-                }
-                let speed = match speed.as_deref().map(str::parse::<Speed>) {
-                    None => Speed::Max,
-                    Some(Ok(speed)) => speed,
-                    Some(Err(error)) => {
-                        self.problem(at, error);
-                        Speed::Max
-                    }
-                };
-                (SourceKind::Replay { files, speed }, false)
-            }
-            SourceSettings::Mqtt {
-                url,
-                topic,
-                shared_group,
-                client_id,
-                username,
-                password,
-                ca_file,
-            } => {
-                let connection = Connection {
-                    url,
-                    client_id,
-                    username,
-                    password,
-                    ca_file,
-                };
-                let broker = Broker::check(
-                    self,
-                    at,
-                    source.name.as_deref().unwrap_or("mqtt"),
-                    connection,
-                );
-                if topic.is_empty() || topic.starts_with("$share/") {
-                    self.problem(
-                        at,
-                        format!(
-                            "topic {topic:?}: expected a topic filter (share it with shared_group)"
-                        ),
-                    );
-                }
-                let subscription = match shared_group {
-                    Some(group) if group.is_empty() || group.contains(['/', '+', '#']) => {
-                        self.problem(
-                            at,
-                            format!("shared_group {group:?}: expected a name without / + #"),
-                        );
-                        topic
-                    }
-                    Some(group) => format!("$share/{group}/{topic}"),
-                    None => topic,
-                };
-                let kind = SourceKind::Mqtt {
-                    broker: broker?,
-                    subscription,
-                };
-                (kind, false)
-            }
-        };
-        let name = source.name.unwrap_or_else(|| kind.type_name().to_owned());
-        let cipher = self.cipher(at, source.key, source.auth_key, source.no_auth_key);
-        let input = InputOptions {
-            lf_to_crlf: source.lf_to_crlf,
-            clear_bit7: source.clear_bit7.unwrap_or(preset_clears_bit7),
-            cipher,
-        };
-        (self.count() == problems_before).then_some(SourceConfig { name, input, kind })
-    }
-
-    fn cipher(
-        &mut self,
-        at: &str,
-        key: Option<SecretRef>,
-        auth_key: Option<SecretRef>,
-        no_auth_key: bool,
-    ) -> Option<CipherKeys> {
-        let mut read = |what: &str, secret: SecretRef| -> Option<[u8; 16]> {
-            let resolved = secret
-                .resolve()
-                .map_err(|e| self.problem(at, format!("{what}: {e}")));
-            let key = crate::hex::decode(resolved.ok()?.expose());
-            if key.is_none() {
-                self.problem(at, format!("{what}: expected 32 hex digits"));
-            }
-            key
-        };
-        let key = key.and_then(|k| read("key", k));
-        let auth_key = auth_key.and_then(|k| read("auth_key", k));
-        let Some(key) = key else {
-            if auth_key.is_some() || no_auth_key {
-                self.problem(at, "auth_key and no_auth_key need a key");
-            }
-            return None;
-        };
-        match (auth_key, no_auth_key) {
-            (Some(_), true) => {
-                self.problem(at, "auth_key and no_auth_key exclude each other");
-                None
-            }
-            (Some(auth_key), false) => Some(CipherKeys {
-                key,
-                auth_key: Some(auth_key),
-            }),
-            (None, true) => Some(CipherKeys {
-                key,
-                auth_key: None,
-            }),
-            (None, false) => Some(CipherKeys::smarty(key)),
-        }
-    }
-}
-
-/// Serial settings per DSMR version (ecosystem.md).
-#[derive(Debug, Clone, Copy)]
-struct SerialPreset {
-    baud: u32,
-    data_bits: tokio_serial::DataBits,
-    parity: tokio_serial::Parity,
-    clear_bit7: bool,
-}
-
-impl SerialPreset {
-    fn by_name(name: &str) -> Option<SerialPreset> {
-        use tokio_serial::{DataBits, Parity};
-        let preset = |baud, data_bits, parity, clear_bit7| SerialPreset {
-            baud,
-            data_bits,
-            parity,
-            clear_bit7,
-        };
-        match name {
-            "dsmr5" => Some(preset(115_200, DataBits::Eight, Parity::None, false)),
-            // Sources disagree on 8N1 vs 7E1: reading 8N1 and clearing bit 7 copes with both.
-            "dsmr4" => Some(preset(115_200, DataBits::Eight, Parity::None, true)),
-            "dsmr2" => Some(preset(9_600, DataBits::Seven, Parity::Even, false)),
-            _ => None,
-        }
-    }
-
-    fn settings(self, device: PathBuf) -> SerialSettings {
-        SerialSettings {
-            device,
-            baud: self.baud,
-            data_bits: self.data_bits,
-            parity: self.parity,
-            stop_bits: tokio_serial::StopBits::One,
-        }
-    }
-}
-
-impl SourceKind {
-    /// `serial`, `tcp` or `replay`.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            SourceKind::Serial(_) => "serial",
-            SourceKind::Tcp { .. } => "tcp",
-            SourceKind::Replay { .. } => "replay",
-            SourceKind::Mqtt { .. } => "mqtt",
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use jiff::Timestamp;
     use p1guard_conduct::{Granularity, Identity};
 

@@ -21,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::sinks::{self, Batch, Batching, InfluxSink, MqttSink, SinkKind, SqliteSink, StdoutSink};
-use crate::sources::{self, Received};
+use crate::sources::{self, Received, SourceKind};
 
-use self::config::{Config, SourceKind};
+use self::config::Config;
 use self::reduce::{ArrivalOf, FrameReducer};
 
 /// Frames waiting for the reduce task.
