@@ -16,8 +16,9 @@ use p1guard_conduct::{
 use crate::cli::ReplayArgs;
 use crate::decode::{self, Deframer};
 use crate::identity_key;
-use crate::metrics::{Metrics, per_granularity};
 use crate::pace::Pacer;
+use crate::sources::SourceId;
+use crate::telemetry::metrics::{Metrics, per_granularity};
 use crate::topology::reduce::FrameReducer;
 
 pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
@@ -52,7 +53,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
                         out.flush()?; // a watcher sees records as they are made
                         std::thread::sleep(delay);
                     }
-                    reducer.reduce(0, &frame, Timestamp::now(), &mut records)
+                    reducer.reduce(SourceId(0), &frame, Timestamp::now(), &mut records)
                 }
                 Err(error) => Err(error),
             };

@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::Checker;
-use crate::log_limit::LogLimit;
-use crate::metrics::{Metrics, SinkMetrics};
+use crate::telemetry::log_limit::LogLimit;
+use crate::telemetry::metrics::SinkMetrics;
 
 pub use self::influx::{InfluxApi, InfluxConfig, InfluxSettings, InfluxSink};
 pub use self::mqtt::{MqttConfig, MqttSettings, MqttSink, TopicLayout};
@@ -280,10 +280,8 @@ pub struct Feed {
     pub batching: Batching,
     /// Batches from the reduce task.
     pub batches: mpsc::Receiver<Batch>,
-    /// Where the sink's counters are.
-    pub metrics: Arc<Metrics>,
-    /// The sink's place in [`Metrics::sinks`].
-    pub index: usize,
+    /// The sink's counters.
+    pub counters: Arc<SinkMetrics>,
     /// Fires when the process is stopping.
     pub shutdown: CancellationToken,
 }
@@ -294,13 +292,12 @@ pub async fn drive(mut sink: impl Sink, feed: Feed) {
     let Feed {
         batching,
         mut batches,
-        metrics,
-        index,
+        counters,
         shutdown,
     } = feed;
     let mut writer = Writer {
         max_records: batching.max_records.max(1),
-        counters: &metrics.sinks[index],
+        counters: &counters,
         shutdown,
         failures: LogLimit::per_minute(),
         refusals: LogLimit::per_minute(),

@@ -26,9 +26,9 @@ use self::tcp::TcpConfig;
 use crate::broker::Broker;
 use crate::config::{Checker, SecretRef};
 use crate::decode::{CipherKeys, Deframer, InputOptions};
-use crate::log_limit::LogLimit;
-use crate::metrics::{Metrics, Outcome};
 use crate::pace::Speed;
+use crate::telemetry::log_limit::LogLimit;
+use crate::telemetry::metrics::{Metrics, Outcome, SourceMetrics};
 
 /// One source.
 #[derive(Debug, Clone)]
@@ -248,11 +248,16 @@ fn cipher(
     }
 }
 
+/// Which source, by its place in the configuration (and in [`Metrics::sources`]): what the
+/// reduce task keeps per source is looked up by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceId(pub usize);
+
 /// A frame on its way to the reduce task.
 #[derive(Debug)]
 pub struct Received {
-    /// Index of the source in the configuration (and in [`Metrics::sources`]).
-    pub source: usize,
+    /// The source it came from.
+    pub source: SourceId,
     /// The frame, not yet CRC-checked or parsed.
     pub frame: OwnedFrame,
     /// When its last byte arrived: the date of telegrams without a meter clock.
@@ -265,13 +270,13 @@ pub struct Closed;
 
 /// Runs one source until it ends (a replay's last file) or `shutdown` fires.
 pub async fn run(
-    index: usize,
+    source: SourceId,
     config: SourceConfig,
     frames: mpsc::Sender<Received>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    let framing = Framing::new(index, &config, frames, metrics);
+    let framing = Framing::new(source, &config, frames, metrics);
     let name = config.name;
     let ended = match config.kind {
         SourceKind::Serial(settings) => serial::run(&name, &settings, framing, &shutdown).await,
@@ -308,16 +313,19 @@ pub fn check(config: &SourceConfig) -> anyhow::Result<()> {
 /// A source's framing state: its [`Deframer`], the channel to the reduce task, and the
 /// counting and rate-limited logging of frames that fail to frame or decrypt.
 pub struct Framing {
-    source: usize,
+    source: SourceId,
     deframer: Deframer,
     frames: mpsc::Sender<Received>,
+    /// The source's counters.
+    counters: Arc<SourceMetrics>,
+    /// The pipeline's, for the queue's depth.
     metrics: Arc<Metrics>,
     log_limit: LogLimit,
 }
 
 impl Framing {
     fn new(
-        source: usize,
+        source: SourceId,
         config: &SourceConfig,
         frames: mpsc::Sender<Received>,
         metrics: Arc<Metrics>,
@@ -326,20 +334,19 @@ impl Framing {
             source,
             deframer: Deframer::new(&config.input),
             frames,
+            counters: Arc::clone(&metrics.sources[source.0]),
             metrics,
             log_limit: LogLimit::per_minute(),
         }
     }
 
     fn name(&self) -> &str {
-        &self.metrics.sources[self.source].name
+        &self.counters.name
     }
 
     /// Marks the source connected or not, for metrics.
     fn set_connected(&self, connected: bool) {
-        self.metrics.sources[self.source]
-            .connected
-            .store(connected, Relaxed);
+        self.counters.connected.store(connected, Relaxed);
     }
 
     /// Frames `chunk` and sends every complete frame on; waits while the reduce task is busy.
@@ -406,7 +413,7 @@ impl Framing {
 
     /// Counts and (rate-limited) logs a frame that failed before parsing.
     fn reject(&mut self, error: Error) {
-        self.metrics.sources[self.source].count(Outcome::of(error.kind));
+        self.counters.count(Outcome::of(error.kind));
         if let Some(suppressed) = self.log_limit.allow(Instant::now()) {
             tracing::warn!(source = %self.name(), suppressed, "skipped a bad frame: {error}");
         }

@@ -20,7 +20,7 @@ use super::{Closed, Framing};
 use crate::backoff::Backoff;
 use crate::broker::{Broker, Connection};
 use crate::config::{Checker, SecretRef};
-use crate::log_limit::LogLimit;
+use crate::telemetry::log_limit::LogLimit;
 
 /// Requests waiting for the event loop: a subscription, a disconnect.
 const REQUEST_CAPACITY: usize = 16;

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Closed, Framing};
 use crate::backoff::Backoff;
 use crate::config::Checker;
-use crate::log_limit::LogLimit;
+use crate::telemetry::log_limit::LogLimit;
 
 /// `[[sources]]` `type = "serial"` as written.
 #[derive(Debug, Deserialize)]

@@ -19,9 +19,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
 use crate::sinks::{self, Batch, Batching, InfluxSink, MqttSink, SinkKind, SqliteSink, StdoutSink};
-use crate::sources::{self, Received, SourceKind};
+use crate::sources::{self, Received, SourceId, SourceKind};
+use crate::telemetry::metrics::{Metrics, SinkMetrics};
 
 use self::config::Config;
 use self::reduce::{ArrivalOf, FrameReducer};
@@ -47,7 +47,7 @@ pub async fn run(
         config.sinks.iter().map(|s| s.name.as_str()),
     ));
     if let Some(address) = config.metrics_listen {
-        crate::metrics_server::start(address, metrics.clone(), shutdown.clone()).await?;
+        crate::telemetry::server::start(address, metrics.clone(), shutdown.clone()).await?;
     }
     let finest = config
         .sinks
@@ -67,8 +67,7 @@ pub async fn run(
         let feed = sinks::Feed {
             batching,
             batches: receiver,
-            metrics: metrics.clone(),
-            index,
+            counters: Arc::clone(&metrics.sinks[index]),
             shutdown: shutdown.clone(),
         };
         match sink.kind {
@@ -95,7 +94,11 @@ pub async fn run(
                 sink_tasks.spawn(sinks::drive(influx, feed));
             }
         }
-        to_sinks.push((sink.policy, batches));
+        to_sinks.push(Outlet {
+            policy: sink.policy,
+            queue: batches,
+            counters: Arc::clone(&metrics.sinks[index]),
+        });
     }
 
     let reducer_config = ReducerConfig {
@@ -117,7 +120,7 @@ pub async fn run(
     let mut source_tasks = JoinSet::new();
     for (index, source) in config.sources.into_iter().enumerate() {
         let task = sources::run(
-            index,
+            SourceId(index),
             source,
             frames.clone(),
             metrics.clone(),
@@ -159,6 +162,13 @@ fn default_store() -> anyhow::Result<PathBuf> {
     Ok(crate::state::dir()?.join("p1guard.sqlite"))
 }
 
+/// Where the reduce task hands a sink its records: through the sink's policy, into its queue.
+struct Outlet {
+    policy: SinkPolicy,
+    queue: mpsc::Sender<Batch>,
+    counters: Arc<SinkMetrics>,
+}
+
 /// What a source's receive clock says about its meters' clocks: a serial line or TCP stream
 /// delivers telegrams as they are sent, a broker may hold them, a replay has no clock.
 fn arrival(source: &SourceKind) -> ArrivalOf {
@@ -176,7 +186,7 @@ async fn reduce<C: Consent>(
     mut frames: mpsc::Receiver<Received>,
     reducer: Reducer<C>,
     arrivals: Vec<ArrivalOf>,
-    sinks: Vec<(SinkPolicy, mpsc::Sender<Batch>)>,
+    sinks: Vec<Outlet>,
     metrics: Arc<Metrics>,
 ) {
     let mut reducer = FrameReducer::new(reducer, metrics.clone(), arrivals);
@@ -196,13 +206,18 @@ async fn reduce<C: Consent>(
             continue;
         }
         // Each sink's queue gets only what its policy admits, named as it names meters.
-        for ((policy, sink), counters) in sinks.iter().zip(&metrics.sinks) {
+        for Outlet {
+            policy,
+            queue,
+            counters,
+        } in &sinks
+        {
             let batch: Batch = records.iter().filter_map(|r| policy.admit(r)).collect();
             if batch.is_empty() {
                 continue;
             }
             counters.queued.fetch_add(1, Relaxed);
-            if sink.send(batch).await.is_err() {
+            if queue.send(batch).await.is_err() {
                 counters.queued.fetch_sub(1, Relaxed);
                 tracing::error!(sink = %counters.name, "sink stopped; its records are lost");
             }

@@ -10,8 +10,9 @@ use jiff::Timestamp;
 use p1guard_conduct::{Arrival, Consent, Record, Reducer};
 use p1guard_telegram::{Error, Frame, Parser};
 
-use crate::log_limit::LogLimit;
-use crate::metrics::{Metrics, Outcome};
+use crate::sources::SourceId;
+use crate::telemetry::log_limit::LogLimit;
+use crate::telemetry::metrics::{Metrics, Outcome, SourceMetrics};
 
 /// How a source's receive clock judges its meters' clocks: [`Arrival::Direct`] for a serial
 /// line or TCP stream, [`Arrival::Relayed`] for a broker, [`Arrival::Recorded`] for a replay.
@@ -30,6 +31,7 @@ pub struct FrameReducer<C> {
 struct Source {
     arrival: ArrivalOf,
     log_limit: LogLimit,
+    counters: Arc<SourceMetrics>,
 }
 
 impl<C: Consent> FrameReducer<C> {
@@ -47,9 +49,11 @@ impl<C: Consent> FrameReducer<C> {
         );
         let sources = arrivals
             .into_iter()
-            .map(|arrival| Source {
+            .zip(&metrics.sources)
+            .map(|(arrival, counters)| Source {
                 arrival,
                 log_limit: LogLimit::per_minute(),
+                counters: Arc::clone(counters),
             })
             .collect();
         FrameReducer {
@@ -66,13 +70,16 @@ impl<C: Consent> FrameReducer<C> {
     /// bad line is logged the same way.
     pub fn reduce(
         &mut self,
-        source: usize,
+        source: SourceId,
         frame: &Frame<'_>,
         at: Timestamp,
         records: &mut Vec<Record>,
     ) -> Result<(), Error> {
-        let metrics = &self.metrics.sources[source];
-        let Source { arrival, log_limit } = &mut self.sources[source];
+        let Source {
+            arrival,
+            log_limit,
+            counters: metrics,
+        } = &mut self.sources[source.0];
         let telegram = match self.parser.parse(frame) {
             Ok(telegram) => telegram,
             Err(error) => {
@@ -154,10 +161,12 @@ mod tests {
         let mut records = Vec::new();
 
         let good = framer.next_frame().unwrap().unwrap();
-        assert_eq!(reducer.reduce(1, &good, at, &mut records), Ok(()));
+        assert_eq!(reducer.reduce(SourceId(1), &good, at, &mut records), Ok(()));
         assert!(!records.is_empty(), "a live record");
         let bad = framer.next_frame().unwrap().unwrap();
-        let error = reducer.reduce(1, &bad, at, &mut records).unwrap_err();
+        let error = reducer
+            .reduce(SourceId(1), &bad, at, &mut records)
+            .unwrap_err();
         assert!(
             matches!(error.kind, ErrorKind::CrcMismatch { .. }),
             "{error}"

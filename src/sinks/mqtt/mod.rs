@@ -293,7 +293,7 @@ async fn run_connection(
     status: Option<String>,
 ) {
     let mut backoff = Backoff::reconnect();
-    let mut failures = crate::log_limit::LogLimit::per_minute();
+    let mut failures = crate::telemetry::log_limit::LogLimit::per_minute();
     loop {
         let delivery = match events.poll().await {
             Ok(Event::Incoming(Incoming::ConnAck(_))) => {

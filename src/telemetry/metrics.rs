@@ -1,11 +1,11 @@
 //! What the pipeline has done, shared between its tasks: telegrams per source and result,
 //! records per sink and granularity, the reducer's counters. Printed at shutdown and served
-//! to Prometheus (see [`crate::metrics_server`]); meters are never named here, so no meter id
+//! to Prometheus (see [`super::server`]); meters are never named here, so no meter id
 //! can become a label.
 
 use std::fmt::{self, Write as _};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 
 use p1guard_conduct::{Counters, Granularity};
 use p1guard_telegram::{ErrorKind, Telegram};
@@ -116,10 +116,10 @@ pub struct SinkMetrics {
 /// Every counter of one pipeline.
 #[derive(Debug)]
 pub struct Metrics {
-    /// Per source, in configuration order.
-    pub sources: Vec<SourceMetrics>,
-    /// Per sink, in configuration order.
-    pub sinks: Vec<SinkMetrics>,
+    /// Per source, in configuration order; each source's task holds its own handle.
+    pub sources: Vec<Arc<SourceMetrics>>,
+    /// Per sink, in configuration order; each sink's task holds its own handle.
+    pub sinks: Vec<Arc<SinkMetrics>>,
     /// The reducer's counters, as of its last batch.
     pub reducer: Mutex<Counters>,
     /// Frames waiting for the reduce task.
@@ -135,20 +135,24 @@ impl Metrics {
         Metrics {
             sources: sources
                 .into_iter()
-                .map(|name| SourceMetrics {
-                    name: name.to_owned(),
-                    telegrams: Default::default(),
-                    last_telegram: AtomicI64::new(0),
-                    connected: AtomicBool::new(false),
+                .map(|name| {
+                    Arc::new(SourceMetrics {
+                        name: name.to_owned(),
+                        telegrams: Default::default(),
+                        last_telegram: AtomicI64::new(0),
+                        connected: AtomicBool::new(false),
+                    })
                 })
                 .collect(),
             sinks: sinks
                 .into_iter()
-                .map(|name| SinkMetrics {
-                    name: name.to_owned(),
-                    records: Default::default(),
-                    lost: Default::default(),
-                    queued: AtomicI64::new(0),
+                .map(|name| {
+                    Arc::new(SinkMetrics {
+                        name: name.to_owned(),
+                        records: Default::default(),
+                        lost: Default::default(),
+                        queued: AtomicI64::new(0),
+                    })
                 })
                 .collect(),
             reducer: Mutex::default(),
