@@ -17,9 +17,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use p1guard_conduct::{Granularity, Identity, SinkPolicy, SinkRecord};
 use serde::Deserialize;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
@@ -153,6 +155,55 @@ impl SinkConfig {
                 Identity::Pseudonym => "pseudonym",
             },
         )
+    }
+}
+
+impl SinkConfig {
+    /// Opens the sink and starts its task in `tasks`, fed from `batches`. Fails if the sink
+    /// cannot be set up at all (a store that cannot be opened, TLS that cannot be built).
+    pub fn start(
+        self,
+        batches: mpsc::Receiver<Batch>,
+        counters: Arc<SinkMetrics>,
+        shutdown: CancellationToken,
+        tasks: &mut JoinSet<()>,
+    ) -> anyhow::Result<()> {
+        let SinkConfig { name, kind, .. } = self;
+        let batching = match &kind {
+            SinkKind::Influxdb(settings) => settings.batching,
+            SinkKind::Sqlite { .. } | SinkKind::Stdout | SinkKind::Mqtt(_) => Batching::IMMEDIATE,
+        };
+        let feed = Feed {
+            batching,
+            batches,
+            counters,
+            shutdown,
+        };
+        match kind {
+            SinkKind::Sqlite { path, retention } => {
+                let path = match path {
+                    Some(path) => path,
+                    None => crate::state::dir()?.join("p1guard.sqlite"),
+                };
+                let store = SqliteSink::open(&path, retention)
+                    .with_context(|| format!("sink {name}: opening {}", path.display()))?;
+                tasks.spawn(drive(store, feed));
+            }
+            SinkKind::Stdout => {
+                tasks.spawn(drive(StdoutSink::new(), feed));
+            }
+            SinkKind::Mqtt(settings) => {
+                let client = MqttSink::connect(&name, settings)
+                    .with_context(|| format!("sink {name}: setting up"))?;
+                tasks.spawn(drive(client, feed));
+            }
+            SinkKind::Influxdb(settings) => {
+                let influx = InfluxSink::new(settings)
+                    .with_context(|| format!("sink {name}: setting up"))?;
+                tasks.spawn(drive(influx, feed));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -194,7 +194,7 @@ impl SourceConfig {
 }
 
 impl SourceKind {
-    /// `serial`, `tcp` or `replay`.
+    /// `serial`, `tcp`, `replay` or `mqtt`.
     pub fn type_name(&self) -> &'static str {
         match self {
             SourceKind::Serial(_) => "serial",

@@ -6,11 +6,9 @@
 pub mod config;
 pub mod reduce;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use anyhow::Context as _;
 use p1guard_conduct::{
     Arrival, Calendar, Consent, Granularity, IdentityKey, MaxGaps, Reducer, ReducerConfig,
     SinkPolicy,
@@ -19,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::sinks::{self, Batch, Batching, InfluxSink, MqttSink, SinkKind, SqliteSink, StdoutSink};
+use crate::sinks::Batch;
 use crate::sources::{self, Received, SourceId, SourceKind};
 use crate::telemetry::metrics::{Metrics, SinkMetrics};
 
@@ -60,42 +58,11 @@ pub async fn run(
     let mut to_sinks = Vec::new();
     for (index, sink) in config.sinks.into_iter().enumerate() {
         let (batches, receiver) = mpsc::channel(BATCH_QUEUE);
-        let batching = match &sink.kind {
-            SinkKind::Influxdb(settings) => settings.batching,
-            SinkKind::Sqlite { .. } | SinkKind::Stdout | SinkKind::Mqtt(_) => Batching::IMMEDIATE,
-        };
-        let feed = sinks::Feed {
-            batching,
-            batches: receiver,
-            counters: Arc::clone(&metrics.sinks[index]),
-            shutdown: shutdown.clone(),
-        };
-        match sink.kind {
-            SinkKind::Sqlite { path, retention } => {
-                let path = match path {
-                    Some(path) => path,
-                    None => default_store()?,
-                };
-                let store = SqliteSink::open(&path, retention)
-                    .with_context(|| format!("sink {}: opening {}", sink.name, path.display()))?;
-                sink_tasks.spawn(sinks::drive(store, feed));
-            }
-            SinkKind::Stdout => {
-                sink_tasks.spawn(sinks::drive(StdoutSink::new(), feed));
-            }
-            SinkKind::Mqtt(settings) => {
-                let client = MqttSink::connect(&sink.name, settings)
-                    .with_context(|| format!("sink {}: setting up", sink.name))?;
-                sink_tasks.spawn(sinks::drive(client, feed));
-            }
-            SinkKind::Influxdb(settings) => {
-                let influx = InfluxSink::new(settings)
-                    .with_context(|| format!("sink {}: setting up", sink.name))?;
-                sink_tasks.spawn(sinks::drive(influx, feed));
-            }
-        }
+        let counters = Arc::clone(&metrics.sinks[index]);
+        let policy = sink.policy;
+        sink.start(receiver, counters, shutdown.clone(), &mut sink_tasks)?;
         to_sinks.push(Outlet {
-            policy: sink.policy,
+            policy,
             queue: batches,
             counters: Arc::clone(&metrics.sinks[index]),
         });
@@ -155,11 +122,6 @@ pub async fn run(
         None => Ok(metrics),
         Some(error) => Err(error),
     }
-}
-
-/// `p1guard.sqlite` in the state directory.
-fn default_store() -> anyhow::Result<PathBuf> {
-    Ok(crate::state::dir()?.join("p1guard.sqlite"))
 }
 
 /// Where the reduce task hands a sink its records: through the sink's policy, into its queue.
