@@ -21,9 +21,13 @@ pub fn run(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
         eprintln!("{}: warning: {warning}", args.config.display());
     }
     println!(
-        "consent: {} by default, {} meter(s) listed; billing readings {}",
-        config.consent.default_at(jiff::Timestamp::now()),
+        "consent: {} by default, {} meter(s) listed, then the registry {}; billing readings {}",
+        config.consent.default_level(),
         config.consent.listed(),
+        config
+            .registry
+            .as_ref()
+            .map_or("in the state directory".into(), |p| p.display().to_string()),
         match config.billing {
             BillingCadence::BiMonthly => "bi-monthly",
             BillingCadence::Monthly => "monthly",

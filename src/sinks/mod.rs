@@ -45,11 +45,13 @@ pub struct SinkEntry {
     pub max_granularity: Granularity,
     /// `pseudonym` (default) or `raw` (only with max_granularity live).
     pub identity: Option<String>,
+    /// The purpose the sink serves, whose consent its records need; `default` if absent.
+    pub purpose: Option<String>,
 }
 
 impl SinkEntry {
     /// The keys of [`SinkEntry`].
-    pub const FIELDS: &[&str] = &["name", "max_granularity", "identity"];
+    pub const FIELDS: &[&str] = &["name", "max_granularity", "identity", "purpose"];
 }
 
 /// Each sink type's own settings, as written.
@@ -71,8 +73,10 @@ pub enum SinkSettings {
 pub struct SinkConfig {
     /// Unique among sinks.
     pub name: String,
-    /// Ceiling and identity.
+    /// Ceiling, identity and purpose.
     pub policy: SinkPolicy,
+    /// The name of the purpose it serves (the policy holds its index).
+    pub purpose: String,
     /// Where it writes.
     pub kind: SinkKind,
 }
@@ -118,6 +122,17 @@ impl SinkConfig {
                 return None;
             }
         };
+        let purpose = entry.purpose.unwrap_or_else(|| "default".to_owned());
+        let purpose_ok = !purpose.is_empty()
+            && purpose
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !purpose_ok {
+            checker.problem(
+                at,
+                format!("purpose {purpose:?}: expected a name of a-z, 0-9, _ and -"),
+            );
+        }
         let kind = match settings {
             SinkSettings::Sqlite(sqlite) => {
                 let (path, retention) = sqlite.check(checker, at);
@@ -131,7 +146,12 @@ impl SinkConfig {
             SinkSettings::Influxdb(influx) => SinkKind::Influxdb(influx.check(checker, at)?),
         };
         let name = entry.name.unwrap_or_else(|| kind.type_name().to_owned());
-        Some(SinkConfig { name, policy, kind })
+        Some(SinkConfig {
+            name,
+            policy,
+            purpose,
+            kind,
+        })
     }
 
     /// What `check-config` says of the sink.
@@ -146,10 +166,11 @@ impl SinkConfig {
             SinkKind::Influxdb(influx) => influx.describe(),
         };
         format!(
-            "sink {} ({}){place}: up to {}, meters named by {}",
+            "sink {} ({}){place}: up to {} under the consent for purpose {}, meters named by {}",
             self.name,
             self.kind.type_name(),
             self.policy.ceiling(),
+            self.purpose,
             match self.policy.identity() {
                 Identity::Raw => "their equipment id",
                 Identity::Pseudonym => "pseudonym",

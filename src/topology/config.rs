@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 
-use p1guard_conduct::{BillingCadence, ConsentTable, Level, Timeline};
+use jiff::Timestamp;
+use p1guard_conduct::{BillingCadence, Change, ConsentTable, Level, MAX_PURPOSES, Scope};
 use serde::Deserialize;
 use toml::Table;
 
@@ -21,8 +22,12 @@ use crate::sources::{SourceConfig, SourceEntry, SourceKind};
 pub struct Config {
     /// The pseudonym key file; the state directory's `identity.key` if `None`.
     pub identity_key: Option<PathBuf>,
-    /// Each meter's consent.
+    /// Each meter's consent: the configured levels, to which the registry's events are added.
     pub consent: ConsentTable,
+    /// The consent registry's file; the state directory's `consent.sqlite` if `None`.
+    pub registry: Option<PathBuf>,
+    /// Whether a withdrawal erases the stored records it no longer allows.
+    pub purge_on_withdrawal: bool,
     /// Billing boundaries.
     pub billing: BillingCadence,
     /// Where telegrams come from.
@@ -68,17 +73,23 @@ pub struct Metrics {
     pub listen: String,
 }
 
-/// `[consent]`: the level of each meter.
+/// `[consent]`: the level of each meter. A meter's level for a purpose is that of its
+/// latest registry event for the purpose in force; before its first, its `meters` entry, and
+/// for a meter not listed, `default`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Consent {
     /// Level of meters not listed; billing (no consent needed) if absent.
     pub default: Option<Level>,
-    /// Equipment id as the meter sends it -> level.
+    /// Equipment id as the meter sends it -> level, for every purpose.
     #[serde(default)]
     pub meters: BTreeMap<String, Level>,
     /// Billing boundaries: bi_monthly (default) or monthly.
     pub billing_cadence: Option<BillingCadence>,
+    /// The registry's SQLite file; `consent.sqlite` in the state directory if absent.
+    pub registry: Option<PathBuf>,
+    /// Erase the stored records a withdrawal no longer allows; on if absent.
+    pub purge_on_withdrawal: Option<bool>,
 }
 
 /// Builds a [`Config`] with a [`Checker`], noting every problem on the way.
@@ -133,12 +144,41 @@ impl Reader<'_, '_> {
             );
         }
 
+        let sources: Vec<SourceConfig> = sources
+            .into_iter()
+            .filter_map(|(at, entry, settings)| {
+                SourceConfig::check(self.checker, &at, entry, settings)
+            })
+            .collect();
+        let mut sinks: Vec<SinkConfig> = sinks
+            .into_iter()
+            .filter_map(|(at, entry, settings)| {
+                SinkConfig::check(self.checker, &at, entry, settings)
+            })
+            .collect();
+
         let default = consent.default.unwrap_or(Level::Billing);
-        let consent_table = ConsentTable::new(Timeline::constant(default));
+        let purposes: BTreeSet<&str> = sinks.iter().map(|s| s.purpose.as_str()).collect();
+        if purposes.len() + usize::from(!purposes.contains("default")) > MAX_PURPOSES {
+            self.problem(
+                "sinks",
+                format!("more than {MAX_PURPOSES} purposes: sinks serve {purposes:?}"),
+            );
+        }
+        let consent_table = ConsentTable::new(default, purposes);
+        for sink in &mut sinks {
+            let purpose = consent_table.purpose(&sink.purpose).unwrap_or_default();
+            sink.policy = sink.policy.serving(purpose);
+        }
         for (id, level) in consent.meters {
+            let configured = Change {
+                from: Timestamp::MIN,
+                level,
+                scope: Scope::Every,
+            };
             if id.is_empty()
                 || !id.bytes().all(|b| b.is_ascii_graphic())
-                || !consent_table.set(id.as_bytes(), Timeline::constant(level))
+                || consent_table.add(id.as_bytes(), configured).is_err()
             {
                 self.problem(
                     "consent.meters",
@@ -146,19 +186,6 @@ impl Reader<'_, '_> {
                 );
             }
         }
-
-        let sources: Vec<SourceConfig> = sources
-            .into_iter()
-            .filter_map(|(at, entry, settings)| {
-                SourceConfig::check(self.checker, &at, entry, settings)
-            })
-            .collect();
-        let sinks: Vec<SinkConfig> = sinks
-            .into_iter()
-            .filter_map(|(at, entry, settings)| {
-                SinkConfig::check(self.checker, &at, entry, settings)
-            })
-            .collect();
         self.unique("sources", sources.iter().map(|s| s.name.as_str()));
         self.unique("sinks", sinks.iter().map(|s| s.name.as_str()));
         // Two stores in one file would mix their identities and prune each other's rows.
@@ -210,6 +237,8 @@ impl Reader<'_, '_> {
         Config {
             identity_key: identity.key_file,
             consent: consent_table,
+            registry: consent.registry,
+            purge_on_withdrawal: consent.purge_on_withdrawal.unwrap_or(true),
             billing: consent.billing_cadence.unwrap_or_default(),
             sources,
             sinks,
@@ -232,7 +261,6 @@ impl Reader<'_, '_> {
 mod tests {
     use std::time::Duration;
 
-    use jiff::Timestamp;
     use p1guard_conduct::{Granularity, Identity};
 
     use super::*;
@@ -272,7 +300,7 @@ mod tests {
             no_env(),
         )
         .unwrap();
-        assert_eq!(config.consent.default_at(Timestamp::now()), Level::Daily);
+        assert_eq!(config.consent.default_level(), Level::Daily);
         assert_eq!(config.consent.listed(), 1);
         let SourceKind::Serial(dsmr4) = &config.sources[0].kind else {
             panic!("serial expected");
@@ -598,7 +626,7 @@ mod tests {
         .map(|(k, v)| (k.to_owned(), v.to_owned()));
         let config = parse(text, vars).unwrap();
         assert_eq!(config.sinks[0].policy.ceiling(), Granularity::QuarterHour);
-        assert_eq!(config.consent.default_at(Timestamp::now()), Level::None);
+        assert_eq!(config.consent.default_level(), Level::None);
     }
 
     #[test]

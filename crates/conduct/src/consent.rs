@@ -1,23 +1,90 @@
-//! Where consent comes from: a lookup `(meter, instant) -> level`, so that a change takes
-//! effect exactly at its effective time, also when old data is replayed later.
+//! Where consent comes from: a lookup `(meter, instant) -> level per purpose`, so that a
+//! change takes effect exactly at its effective time, also when old data is replayed later,
+//! and a record reaches a destination only under the consent for the purpose it serves.
 
-use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
+use hashbrown::HashTable;
 use jiff::Timestamp;
 
 use crate::identity::normalise_equipment_id;
-use crate::level::Level;
+use crate::level::{Granularity, Level};
+
+/// How many purposes one process serves at most: a purpose set is a 16-bit mask.
+pub const MAX_PURPOSES: usize = 16;
+
+/// A purpose a destination serves, as an index into the process's list of purposes
+/// ([`ConsentTable::purpose`]). `PurposeId::DEFAULT` is the purpose named `default`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct PurposeId(u8);
+
+impl PurposeId {
+    /// The purpose of a sink that names none.
+    pub const DEFAULT: PurposeId = PurposeId(0);
+
+    /// The index in the process's list of purposes.
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
+/// A set of purposes: those under which a record may leave the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct PurposeSet(u16);
+
+impl PurposeSet {
+    /// No purpose.
+    pub const NONE: PurposeSet = PurposeSet(0);
+    /// Every purpose.
+    pub const ALL: PurposeSet = PurposeSet(u16::MAX);
+
+    /// Whether `purpose` is in the set.
+    pub fn contains(self, purpose: PurposeId) -> bool {
+        self.0 & (1 << purpose.0) != 0
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// The levels in force for one meter at one instant, purpose by purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Levels([Level; MAX_PURPOSES]);
+
+impl Levels {
+    /// `level` for every purpose.
+    pub const fn uniform(level: Level) -> Levels {
+        Levels([level; MAX_PURPOSES])
+    }
+
+    /// The level for `purpose`.
+    pub fn of(&self, purpose: PurposeId) -> Level {
+        self.0[purpose.index()]
+    }
+
+    /// The purposes under which a record of `granularity` may leave.
+    pub fn allowing(&self, granularity: Granularity) -> PurposeSet {
+        let mut set = 0u16;
+        for (index, level) in self.0.iter().enumerate() {
+            if level.allows(granularity) {
+                set |= 1 << index;
+            }
+        }
+        PurposeSet(set)
+    }
+}
 
 /// The consent in force for a meter at an instant. `meter` is the equipment identifier as
 /// [`normalise_equipment_id`](crate::normalise_equipment_id) leaves it.
 pub trait Consent {
-    /// The level in force for `meter` at `at`.
-    fn level(&self, meter: &[u8], at: Timestamp) -> Level;
+    /// The levels in force for `meter` at `at`, purpose by purpose.
+    fn levels(&self, meter: &[u8], at: Timestamp) -> Levels;
 }
 
-/// One level for every meter, changing at given instants: the shape of a single household's
-/// consent history, and of `p1guard replay --consent L --consent-change T=L`.
+/// One level for every meter and purpose, changing at given instants: the shape of a single
+/// household's consent history, and of `p1guard replay --consent L --consent-change T=L`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Timeline {
     initial: Level,
@@ -47,15 +114,40 @@ impl Timeline {
 }
 
 impl Consent for Timeline {
-    fn level(&self, _meter: &[u8], at: Timestamp) -> Level {
-        self.at(at)
+    fn levels(&self, _meter: &[u8], at: Timestamp) -> Levels {
+        Levels::uniform(self.at(at))
     }
 }
 
+/// Which purposes a consent change is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// One purpose.
+    Purpose(PurposeId),
+    /// Every purpose, present and future (an erasure, a configured level).
+    Every,
+}
+
+/// One change of a meter's consent, as the table keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    /// From when (inclusive).
+    pub from: Timestamp,
+    /// The new level.
+    pub level: Level,
+    /// For which purposes.
+    pub scope: Scope,
+}
+
 /// Every meter's consent over time, shared: the reducer asks it on the hot path while whoever
-/// keeps consent (the configuration, a registry) changes it in place, so a running daemon sees
-/// a change without a restart. Clones share one table. Meters without a timeline of their own
-/// follow the default one.
+/// keeps consent (the configuration, the registry) adds changes, so a running daemon sees a
+/// change without a restart. Clones share one table.
+///
+/// A meter's level for a purpose at an instant is that of its latest change in force then
+/// (for that purpose or for every purpose; of two at one instant, the one added last);
+/// before its first change, the table's default. Compact, as a fleet's registry is millions
+/// of meters: ids live in one arena, changes in another, and the index holds only a slot
+/// number per meter.
 #[derive(Debug, Clone)]
 pub struct ConsentTable {
     shared: Arc<RwLock<Table>>,
@@ -63,53 +155,264 @@ pub struct ConsentTable {
 
 #[derive(Debug)]
 struct Table {
-    default: Timeline,
-    /// By normalised equipment id.
-    meters: HashMap<Box<[u8]>, Timeline>,
+    default: Level,
+    purposes: Vec<String>,
+    /// Slot numbers into `meters`, hashed by the meter's id.
+    index: HashTable<u32>,
+    hasher: hashbrown::DefaultHashBuilder,
+    meters: Vec<Meter>,
+    /// Every meter's normalised id, back to back.
+    ids: Vec<u8>,
+    /// Every meter's changes, each meter's contiguous and in force order.
+    changes: Vec<Stored>,
+}
+
+/// Where a meter's id and changes are.
+#[derive(Debug, Clone, Copy)]
+struct Meter {
+    id_start: u32,
+    id_len: u16,
+    changes_len: u16,
+    changes_start: u32,
+}
+
+/// A change in 16 bytes: its instant in seconds, level and purpose index
+/// ([`EVERY_PURPOSE`] for every purpose).
+#[derive(Debug, Clone, Copy)]
+struct Stored {
+    from: i64,
+    level: Level,
+    purpose: u8,
+}
+
+const EVERY_PURPOSE: u8 = u8::MAX;
+
+/// Why a change could not be added.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChangeError {
+    /// The id is empty or holds control bytes.
+    #[error("not a meter id: empty, or with control characters")]
+    NotAnId,
+    /// One meter with more changes than a table keeps.
+    #[error("a meter with more than 65535 consent changes")]
+    TooManyChanges,
+    /// More meters or bytes of id than a table keeps.
+    #[error("the consent table is full")]
+    Full,
 }
 
 impl ConsentTable {
-    /// `default` for every meter until one is given a timeline of its own.
-    pub fn new(default: Timeline) -> ConsentTable {
+    /// `default` for every meter and purpose until a change is added; `purposes` are the
+    /// purposes served, `default` first whether named or not (at most [`MAX_PURPOSES`],
+    /// duplicates ignored).
+    pub fn new<'a>(default: Level, purposes: impl IntoIterator<Item = &'a str>) -> ConsentTable {
+        let mut names = vec!["default".to_owned()];
+        for name in purposes {
+            if !names.iter().any(|n| n == name) && names.len() < MAX_PURPOSES {
+                names.push(name.to_owned());
+            }
+        }
         let table = Table {
             default,
-            meters: HashMap::new(),
+            purposes: names,
+            index: HashTable::new(),
+            hasher: hashbrown::DefaultHashBuilder::default(),
+            meters: Vec::new(),
+            ids: Vec::new(),
+            changes: Vec::new(),
         };
         ConsentTable {
             shared: Arc::new(RwLock::new(table)),
         }
     }
 
-    /// Gives the meter `id` (as sent or printed, any case) its own timeline, replacing any it
-    /// had. `false` for an id that names no meter (empty, control bytes).
-    pub fn set(&self, id: &[u8], timeline: Timeline) -> bool {
+    /// The purpose named `name`, if served.
+    pub fn purpose(&self, name: &str) -> Option<PurposeId> {
+        let table = self.read();
+        let index = table.purposes.iter().position(|n| n == name)?;
+        Some(PurposeId(index as u8))
+    }
+
+    /// The purposes served, in [`PurposeId`] order.
+    pub fn purposes(&self) -> Vec<String> {
+        self.read().purposes.clone()
+    }
+
+    /// Adds a change for the meter `id` (as sent, any case).
+    pub fn add(&self, id: &[u8], change: Change) -> Result<(), ChangeError> {
         let mut normalised = Vec::new();
-        let Some(id) = normalise_equipment_id(id, &mut normalised) else {
-            return false;
-        };
+        let id = normalise_equipment_id(id, &mut normalised).ok_or(ChangeError::NotAnId)?;
         let mut table = self.shared.write().unwrap_or_else(PoisonError::into_inner);
-        table.meters.insert(Box::from(id), timeline);
-        true
+        table.add(id, change)
     }
 
-    /// The level of meters without a timeline of their own, at `at`.
-    pub fn default_at(&self, at: Timestamp) -> Level {
-        let table = self.shared.read().unwrap_or_else(PoisonError::into_inner);
-        table.default.at(at)
+    /// Adds many changes under one lock: loading a registry.
+    pub fn add_all<'a>(
+        &self,
+        changes: impl IntoIterator<Item = (&'a [u8], Change)>,
+    ) -> Result<(), ChangeError> {
+        let mut normalised = Vec::new();
+        let mut table = self.shared.write().unwrap_or_else(PoisonError::into_inner);
+        for (id, change) in changes {
+            let id = normalise_equipment_id(id, &mut normalised).ok_or(ChangeError::NotAnId)?;
+            table.add(id, change)?;
+        }
+        Ok(())
     }
 
-    /// How many meters have a timeline of their own.
+    /// The level of meters without changes.
+    pub fn default_level(&self) -> Level {
+        self.read().default
+    }
+
+    /// The level for `meter` (normalised or not) and `purpose` at `at`.
+    pub fn level(&self, meter: &[u8], purpose: PurposeId, at: Timestamp) -> Level {
+        let mut normalised = Vec::new();
+        match normalise_equipment_id(meter, &mut normalised) {
+            Some(id) => self.levels(id, at).of(purpose),
+            None => self.read().default,
+        }
+    }
+
+    /// How many meters have changes of their own.
     pub fn listed(&self) -> usize {
-        let table = self.shared.read().unwrap_or_else(PoisonError::into_inner);
-        table.meters.len()
+        self.read().meters.len()
+    }
+
+    /// Bytes the table holds per listed meter, spare capacity included.
+    pub fn bytes_per_meter(&self) -> usize {
+        let table = self.read();
+        // The index's usable capacity is 7/8 of its slots, each with a control byte.
+        let bytes = table.index.capacity() * 8 / 7 * (size_of::<u32>() + 1)
+            + table.meters.capacity() * size_of::<Meter>()
+            + table.ids.capacity()
+            + table.changes.capacity() * size_of::<Stored>();
+        bytes / table.meters.len().max(1)
+    }
+
+    /// Gives spare capacity back, after a load.
+    pub fn shrink_to_fit(&self) {
+        let mut table = self.shared.write().unwrap_or_else(PoisonError::into_inner);
+        let Table {
+            index,
+            hasher,
+            meters,
+            ids,
+            changes,
+            ..
+        } = &mut *table;
+        index.shrink_to_fit(|&slot| hash_of(hasher, meter_id(ids, meters[slot as usize])));
+        meters.shrink_to_fit();
+        ids.shrink_to_fit();
+        changes.shrink_to_fit();
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Table> {
+        // A writer that panicked left a whole table behind (adds are single operations).
+        self.shared.read().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn hash_of(hasher: &hashbrown::DefaultHashBuilder, id: &[u8]) -> u64 {
+    use std::hash::BuildHasher as _;
+    hasher.hash_one(id)
+}
+
+fn meter_id(ids: &[u8], meter: Meter) -> &[u8] {
+    let start = meter.id_start as usize;
+    &ids[start..start + usize::from(meter.id_len)]
+}
+
+impl Table {
+    fn slot(&self, id: &[u8]) -> Option<u32> {
+        let hash = hash_of(&self.hasher, id);
+        let (ids, meters) = (&self.ids, &self.meters);
+        self.index
+            .find(hash, |&slot| meter_id(ids, meters[slot as usize]) == id)
+            .copied()
+    }
+
+    fn add(&mut self, id: &[u8], change: Change) -> Result<(), ChangeError> {
+        let purpose = match change.scope {
+            Scope::Every => EVERY_PURPOSE,
+            Scope::Purpose(purpose) => purpose.0,
+        };
+        let stored = Stored {
+            from: change.from.as_second(),
+            level: change.level,
+            purpose,
+        };
+        let slot = match self.slot(id) {
+            Some(slot) => slot as usize,
+            None => {
+                let id_len = u16::try_from(id.len()).map_err(|_| ChangeError::NotAnId)?;
+                let id_start = u32::try_from(self.ids.len()).map_err(|_| ChangeError::Full)?;
+                let slot = u32::try_from(self.meters.len()).map_err(|_| ChangeError::Full)?;
+                let changes_start =
+                    u32::try_from(self.changes.len()).map_err(|_| ChangeError::Full)?;
+                self.ids.extend_from_slice(id);
+                self.meters.push(Meter {
+                    id_start,
+                    id_len,
+                    changes_len: 0,
+                    changes_start,
+                });
+                let hash = hash_of(&self.hasher, id);
+                let (ids, meters, hasher) = (&self.ids, &self.meters, &self.hasher);
+                self.index.insert_unique(hash, slot, |&s| {
+                    hash_of(hasher, meter_id(ids, meters[s as usize]))
+                });
+                slot as usize
+            }
+        };
+        let meter = &mut self.meters[slot];
+        let len = usize::from(meter.changes_len);
+        let changes_len = meter
+            .changes_len
+            .checked_add(1)
+            .ok_or(ChangeError::TooManyChanges)?;
+        let start = meter.changes_start as usize;
+        // A meter's changes stay contiguous: unless they end the arena, they move to its end.
+        if start + len != self.changes.len() {
+            let new_start = u32::try_from(self.changes.len()).map_err(|_| ChangeError::Full)?;
+            self.changes.extend_from_within(start..start + len);
+            meter.changes_start = new_start;
+        }
+        meter.changes_len = changes_len;
+        let start = meter.changes_start as usize;
+        self.changes.push(stored);
+        // In force order: by instant, and (the sort being stable) in the order added.
+        self.changes[start..].sort_by_key(|c| c.from);
+        Ok(())
+    }
+
+    fn levels(&self, id: &[u8], at: i64) -> Levels {
+        let served = self.purposes.len();
+        let mut levels = Levels::uniform(Level::None);
+        levels.0[..served].fill(self.default);
+        let Some(slot) = self.slot(id) else {
+            return levels;
+        };
+        let meter = self.meters[slot as usize];
+        let start = meter.changes_start as usize;
+        let changes = &self.changes[start..start + usize::from(meter.changes_len)];
+        for change in changes.iter().take_while(|c| c.from <= at) {
+            match change.purpose {
+                EVERY_PURPOSE => levels.0[..served].fill(change.level),
+                purpose => {
+                    if let Some(level) = levels.0[..served].get_mut(usize::from(purpose)) {
+                        *level = change.level;
+                    }
+                }
+            }
+        }
+        levels
     }
 }
 
 impl Consent for ConsentTable {
-    fn level(&self, meter: &[u8], at: Timestamp) -> Level {
-        // A writer that panicked left a whole table behind (inserts are single operations).
-        let table = self.shared.read().unwrap_or_else(PoisonError::into_inner);
-        table.meters.get(meter).unwrap_or(&table.default).at(at)
+    fn levels(&self, meter: &[u8], at: Timestamp) -> Levels {
+        self.read().levels(meter, at.as_second())
     }
 }
 
@@ -117,9 +420,12 @@ impl Consent for ConsentTable {
 mod tests {
     use super::*;
 
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn a_change_takes_effect_exactly_at_its_instant() {
-        let t = |s: &str| s.parse::<Timestamp>().unwrap();
         let timeline = Timeline::new(
             Level::Daily,
             vec![
@@ -134,30 +440,117 @@ mod tests {
     }
 
     #[test]
-    fn each_listed_meter_has_its_timeline_and_the_rest_the_default() {
-        let t = |s: &str| s.parse::<Timestamp>().unwrap();
-        let table = ConsentTable::new(Timeline::constant(Level::Billing));
+    fn each_meter_follows_its_changes_purpose_by_purpose_and_the_rest_the_default() {
+        let table = ConsentTable::new(Level::Billing, ["insight", "default", "tariff"]);
         let reader = table.clone();
-        assert!(table.set(b" 4b38a5 ", Timeline::constant(Level::None)));
-        assert!(!table.set(b"45\x0030", Timeline::constant(Level::Live)));
-        let withdrawn = Timeline::new(Level::Live, vec![(t("2026-06-01T10:00:00Z"), Level::Daily)]);
-        table.set(b"4530", withdrawn);
-
-        let now = t("2026-06-01T12:00:00Z");
+        let insight = table.purpose("insight").unwrap();
+        let tariff = table.purpose("tariff").unwrap();
+        assert_eq!(table.purpose("default"), Some(PurposeId::DEFAULT));
+        assert_eq!(table.purposes(), ["default", "insight", "tariff"]);
+        let every = |from, level| Change {
+            from: t(from),
+            level,
+            scope: Scope::Every,
+        };
+        let one = |purpose, from, level| Change {
+            from: t(from),
+            level,
+            scope: Scope::Purpose(purpose),
+        };
+        table
+            .add(b" 4b38a5 ", every("2026-01-01T00:00:00Z", Level::None))
+            .unwrap();
         assert_eq!(
-            reader.level(b"4B38A5", now),
+            table.add(b"45\x0030", every("2026-01-01T00:00:00Z", Level::Live)),
+            Err(ChangeError::NotAnId)
+        );
+        table
+            .add(b"4530", one(insight, "2026-06-01T08:00:00Z", Level::Live))
+            .unwrap();
+        table
+            .add(
+                b"4531",
+                one(tariff, "2026-06-01T00:00:00Z", Level::QuarterHour),
+            )
+            .unwrap();
+        // Added later, but in force earlier: the order is the instants'.
+        table
+            .add(b"4530", one(tariff, "2026-05-01T00:00:00Z", Level::Daily))
+            .unwrap();
+        table
+            .add(b"4530", every("2026-06-01T10:00:00Z", Level::Billing))
+            .unwrap();
+        table
+            .add(b"4530", one(insight, "2026-06-01T10:00:00Z", Level::Daily))
+            .unwrap();
+
+        let level = |id: &[u8], purpose, at| reader.level(id, purpose, t(at));
+        assert_eq!(
+            level(b"4B38A5", PurposeId::DEFAULT, "2026-06-01T12:00:00Z"),
             Level::None,
             "normalised, and shared"
         );
         assert_eq!(
-            reader.level(b"4530", t("2026-06-01T09:59:59Z")),
-            Level::Live
+            level(b"4B38A5", tariff, "2025-12-31T23:59:59Z"),
+            Level::Billing
         );
-        assert_eq!(reader.level(b"4530", now), Level::Daily);
-        assert_eq!(reader.level(b"4531", now), Level::Billing);
         assert_eq!(
-            (reader.listed(), reader.default_at(now)),
-            (2, Level::Billing)
+            level(b"4530", insight, "2026-06-01T07:59:59Z"),
+            Level::Billing
         );
+        assert_eq!(level(b"4530", insight, "2026-06-01T08:00:00Z"), Level::Live);
+        assert_eq!(level(b"4530", tariff, "2026-05-02T00:00:00Z"), Level::Daily);
+        assert_eq!(
+            level(b"4530", PurposeId::DEFAULT, "2026-05-02T00:00:00Z"),
+            Level::Billing
+        );
+        // Two changes at one instant: the one added last wins.
+        assert_eq!(
+            level(b"4530", insight, "2026-06-01T10:00:00Z"),
+            Level::Daily
+        );
+        assert_eq!(
+            level(b"4530", tariff, "2026-06-01T10:00:00Z"),
+            Level::Billing
+        );
+        assert_eq!(
+            level(b"4531", tariff, "2026-06-01T10:00:00Z"),
+            Level::QuarterHour
+        );
+        assert_eq!(
+            level(b"4532", tariff, "2026-06-01T10:00:00Z"),
+            Level::Billing
+        );
+        assert_eq!(reader.listed(), 3);
+
+        let levels = reader.levels(b"4530", t("2026-06-01T09:00:00Z"));
+        let set = levels.allowing(Granularity::QuarterHour);
+        assert!(set.contains(insight) && !set.contains(tariff));
+        assert!(
+            !set.contains(PurposeId(5)),
+            "a purpose not served is allowed nothing"
+        );
+    }
+
+    #[test]
+    fn a_meter_with_one_change_costs_well_under_100_bytes() {
+        let table = ConsentTable::new(Level::Billing, []);
+        let changes: Vec<(Vec<u8>, Change)> = (0..100_000u64)
+            .map(|n| {
+                let id = format!("45303035343030303031{n:014}").into_bytes();
+                let change = Change {
+                    from: Timestamp::from_second(1_700_000_000 + n as i64).unwrap(),
+                    level: Level::Daily,
+                    scope: Scope::Purpose(PurposeId::DEFAULT),
+                };
+                (id, change)
+            })
+            .collect();
+        table
+            .add_all(changes.iter().map(|(id, c)| (id.as_slice(), *c)))
+            .unwrap();
+        table.shrink_to_fit();
+        let bytes = table.bytes_per_meter();
+        assert!(bytes < 80, "{bytes} bytes per meter");
     }
 }

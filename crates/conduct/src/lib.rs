@@ -5,7 +5,9 @@
 //! hour) and live records, each only if the consent in force at the record's own instant
 //! allows it; a [`SinkPolicy`] lets a record through to a destination only at or under the
 //! destination's ceiling, naming the meter by an HMAC pseudonym unless the destination is the
-//! owner's own `live` sink. Pure: no I/O, no clock.
+//! owner's own `live` sink. Consent is per purpose: a record carries the purposes whose
+//! consent allowed it, and reaches only the destinations serving one of them. Pure: no I/O,
+//! no clock.
 //!
 //! Choices where privacy.md is silent, as a privacy officer would sign them:
 //! - A telegram without an equipment identifier yields nothing (it cannot be attributed to a
@@ -34,7 +36,10 @@ mod reducer;
 mod sink;
 
 pub use crate::calendar::{BillingCadence, Calendar};
-pub use crate::consent::{Consent, ConsentTable, Timeline};
+pub use crate::consent::{
+    Change, ChangeError, Consent, ConsentTable, Levels, MAX_PURPOSES, PurposeId, PurposeSet, Scope,
+    Timeline,
+};
 pub use crate::identity::{Identity, IdentityKey, MeterRef, Pseudonym, normalise_equipment_id};
 pub use crate::level::{Granularity, Level, UnknownName};
 pub use crate::quantity::{Quantity, Unit};

@@ -4,6 +4,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 
+use crate::consent::PurposeSet;
 use crate::identity::MeterRef;
 use crate::level::Granularity;
 use crate::quantity::Quantity;
@@ -211,6 +212,9 @@ pub struct Record<M = MeterRef> {
     pub clock: Clock,
     /// The readings.
     pub values: Values,
+    /// The purposes whose consent, at the instant the record is judged at, allows it: the
+    /// destinations it may reach are those serving one of them. Not part of the record JSON.
+    pub purposes: PurposeSet,
 }
 
 fn milli_to_f64(milli: Milli) -> f64 {
@@ -238,6 +242,7 @@ impl<M> Record<M> {
             quality: self.quality,
             clock: self.clock,
             values: self.values.clone(),
+            purposes: self.purposes,
         }
     }
 
@@ -350,6 +355,7 @@ mod tests {
             quality: Quality::Measured,
             clock: Clock::Meter,
             values,
+            purposes: PurposeSet::ALL,
         };
         let mut expected = Quantity::ALL.to_vec();
         let electricity: Vec<_> = record.fields().map(|(q, _)| q).collect();

@@ -14,9 +14,9 @@ use jiff::Timestamp;
 use p1guard_telegram::{Direction, MbusKind, MeterTime, Phase, Telegram, TimeFlag};
 
 use crate::calendar::{Calendar, Period};
-use crate::consent::Consent;
+use crate::consent::{Consent, PurposeSet};
 use crate::identity::{IdentityKey, MeterRef, normalise_equipment_id};
-use crate::level::{Granularity, Level};
+use crate::level::Granularity;
 use crate::record::{
     Clock, Kind, LiveValues, Milli, PhaseValues, Quality, Record, Registers, Values,
 };
@@ -414,9 +414,10 @@ impl<C: Consent> Step<'_, C> {
         self.mbus(state, telegram, t);
     }
 
-    fn level(&self, meter: &MeterRef, t: i64) -> Level {
+    /// The purposes whose consent allows `granularity` for `meter` at `t`.
+    fn allowing(&self, meter: &MeterRef, t: i64, granularity: Granularity) -> PurposeSet {
         let at = Timestamp::from_second(t).unwrap_or(Timestamp::MIN);
-        self.consent.level(meter.raw(), at)
+        self.consent.levels(meter.raw(), at).allowing(granularity)
     }
 
     /// The first boundary of `schedule` strictly after `t`.
@@ -447,7 +448,7 @@ impl<C: Consent> Step<'_, C> {
         schedules: [(Granularity, Boundaries, i64); 3],
         previous: Option<Observation<V>>,
         current: Observation<V>,
-        mut emit: impl FnMut(&mut Self, Granularity, i64, Quality, V),
+        mut emit: impl FnMut(&mut Self, Granularity, i64, Quality, V, PurposeSet),
     ) {
         for (granularity, schedule, max_gap) in schedules {
             if granularity > self.config.finest {
@@ -466,11 +467,12 @@ impl<C: Consent> Step<'_, C> {
                     }
                     _ => None,
                 };
-                let allowed = self.level(meter, boundary).allows(granularity);
+                let purposes = self.allowing(meter, boundary, granularity);
+                let allowed = !purposes.is_empty();
                 let g = granularity as usize;
                 match (reading, allowed) {
                     (Some((quality, value)), true) => {
-                        emit(self, granularity, boundary, quality, value)
+                        emit(self, granularity, boundary, quality, value, purposes)
                     }
                     (Some(_), false) => self.counters.withheld[g] += 1,
                     (None, true) => self.counters.missing[g] += 1,
@@ -515,7 +517,7 @@ impl<C: Consent> Step<'_, C> {
                 schedules,
                 state.electricity,
                 current,
-                |step, granularity, b, quality, value| {
+                |step, granularity, b, quality, value, purposes| {
                     step.push(Record {
                         meter: meter.clone(),
                         granularity,
@@ -527,13 +529,15 @@ impl<C: Consent> Step<'_, C> {
                             registers: value.to_registers(),
                             live: None,
                         },
+                        purposes,
                     });
                 },
             );
             state.electricity = Some(current);
         }
         if self.config.finest == Granularity::Live {
-            if self.level(&state.meter, t).allows(Granularity::Live) {
+            let purposes = self.allowing(&state.meter, t, Granularity::Live);
+            if !purposes.is_empty() {
                 self.push(Record {
                     meter: state.meter.clone(),
                     granularity: Granularity::Live,
@@ -545,6 +549,7 @@ impl<C: Consent> Step<'_, C> {
                         registers,
                         live: Some(Box::new(live_values(telegram))),
                     },
+                    purposes,
                 });
             } else {
                 self.counters.withheld[Granularity::Live as usize] += 1;
@@ -586,7 +591,7 @@ impl<C: Consent> Step<'_, C> {
             }
             let current = Observation { t, value };
             let meter = &state.meter;
-            let record = |granularity, b: i64, quality, value| Record {
+            let record = |granularity, b: i64, quality, value, purposes| Record {
                 meter: meter.clone(),
                 granularity,
                 kind,
@@ -594,20 +599,28 @@ impl<C: Consent> Step<'_, C> {
                 quality,
                 clock: Clock::Meter,
                 values: Values::Mbus(value),
+                purposes,
             };
             self.boundaries(
                 meter,
                 schedules,
                 previous,
                 current,
-                |step, granularity, b, quality, value| {
-                    step.push(record(granularity, b, quality, value));
+                |step, granularity, b, quality, value, purposes| {
+                    step.push(record(granularity, b, quality, value, purposes));
                 },
             );
             if self.config.finest == Granularity::Live {
                 // Live records are judged at their telegram's time, dated by the capture.
-                if self.level(meter, telegram_t).allows(Granularity::Live) {
-                    self.push(record(Granularity::Live, t, Quality::Measured, value));
+                let purposes = self.allowing(meter, telegram_t, Granularity::Live);
+                if !purposes.is_empty() {
+                    self.push(record(
+                        Granularity::Live,
+                        t,
+                        Quality::Measured,
+                        value,
+                        purposes,
+                    ));
                 } else {
                     self.counters.withheld[Granularity::Live as usize] += 1;
                 }

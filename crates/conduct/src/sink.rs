@@ -1,20 +1,23 @@
-//! Fan-out: what each destination may receive. A record reaches a sink only at or under the
-//! sink's granularity ceiling, and names its meter the way the sink's identity allows; there
-//! is no other way to get a record out of this crate.
+//! Fan-out: what each destination may receive. A record reaches a sink only if the consent
+//! for the purpose the sink serves allowed it and it is at or under the sink's granularity
+//! ceiling, and it names its meter the way the sink's identity allows; there is no other way
+//! to get a record out of this crate.
 
 use std::fmt;
 use std::sync::Arc;
 
+use crate::consent::PurposeId;
 use crate::identity::Identity;
 use crate::level::Granularity;
 use crate::record::Record;
 
-/// A sink's ceiling and identity, checked together: raw meter ids only go to `live` sinks,
-/// which are the household's own.
+/// A sink's ceiling, identity and purpose, checked together: raw meter ids only go to `live`
+/// sinks, which are the household's own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SinkPolicy {
     ceiling: Granularity,
     identity: Identity,
+    purpose: PurposeId,
 }
 
 /// A sink configuration the code of conduct does not allow.
@@ -28,12 +31,26 @@ pub enum PolicyError {
 }
 
 impl SinkPolicy {
-    /// A policy, if the code of conduct allows it.
+    /// A policy for the `default` purpose, if the code of conduct allows it.
     pub fn new(ceiling: Granularity, identity: Identity) -> Result<SinkPolicy, PolicyError> {
         if identity == Identity::Raw && ceiling != Granularity::Live {
             return Err(PolicyError::RawIdentityBelowLive(ceiling));
         }
-        Ok(SinkPolicy { ceiling, identity })
+        Ok(SinkPolicy {
+            ceiling,
+            identity,
+            purpose: PurposeId::DEFAULT,
+        })
+    }
+
+    /// The same policy for a sink serving `purpose`.
+    pub fn serving(self, purpose: PurposeId) -> SinkPolicy {
+        SinkPolicy { purpose, ..self }
+    }
+
+    /// The purpose the sink serves.
+    pub fn purpose(&self) -> PurposeId {
+        self.purpose
     }
 
     /// The finest granularity the sink receives.
@@ -46,11 +63,11 @@ impl SinkPolicy {
         self.identity
     }
 
-    /// The record as this sink may see it, named as the sink names meters, or `None` if it
-    /// is finer than the ceiling. What a sink's queue holds: a pseudonymous sink's copy
-    /// carries no raw id at all.
+    /// The record as this sink may see it, named as the sink names meters, or `None` if the
+    /// consent for the sink's purpose did not allow it or it is finer than the ceiling. What
+    /// a sink's queue holds: a pseudonymous sink's copy carries no raw id at all.
     pub fn admit(&self, record: &Record) -> Option<SinkRecord> {
-        if record.granularity > self.ceiling {
+        if record.granularity > self.ceiling || !record.purposes.contains(self.purpose) {
             return None;
         }
         let meter = match self.identity {
@@ -111,6 +128,7 @@ mod tests {
                 },
                 live: None,
             },
+            purposes: crate::consent::PurposeSet::ALL,
         }
     }
 

@@ -6,8 +6,8 @@
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use p1guard_conduct::{
-    Arrival, BillingCadence, Calendar, Consent, Granularity, IdentityKey, Kind, Level, MaxGaps,
-    Quality, Record, Reducer, ReducerConfig, Timeline, Values,
+    Arrival, BillingCadence, Calendar, Consent, Granularity, IdentityKey, Kind, Level, Levels,
+    MaxGaps, Quality, Record, Reducer, ReducerConfig, Timeline, Values,
 };
 use p1guard_telegram::{Framer, FramerConfig, Parser, crc16};
 
@@ -488,11 +488,11 @@ fn a_meter_back_from_a_long_outage_is_believed_once_its_next_telegram_confirms_t
 struct NoneFor(&'static [u8]);
 
 impl Consent for NoneFor {
-    fn level(&self, meter: &[u8], _at: Timestamp) -> Level {
+    fn levels(&self, meter: &[u8], _at: Timestamp) -> Levels {
         if meter == self.0 {
-            Level::None
+            Levels::uniform(Level::None)
         } else {
-            Level::Live
+            Levels::uniform(Level::Live)
         }
     }
 }

@@ -81,6 +81,7 @@ mod tests {
             quality: Quality::Measured,
             clock: Clock::Meter,
             values,
+            purposes: p1guard_conduct::PurposeSet::ALL,
         }
     }
 
