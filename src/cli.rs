@@ -42,6 +42,159 @@ pub enum Command {
     Run(RunArgs),
     /// Check a configuration: list every problem (exit 2), or say what it would run.
     CheckConfig(CheckConfigArgs),
+    /// Record consent in the registry: grant, withdraw, history, import.
+    #[command(subcommand)]
+    Consent(ConsentCommand),
+    /// Erase every record of a meter in every store, except billing records inside the fiscal
+    /// retention; print the answer (JSON) and write it to the erasure ledger.
+    Erase(EraseArgs),
+    /// Erase again, in every store, whatever the erasure ledger says was erased: after a
+    /// backup was restored. Idempotent.
+    ReapplyErasures(ConfigArg),
+    /// Everything held about a meter: its records in every store that can be read back, its
+    /// consent history and its erasures.
+    Export(ExportArgs),
+    /// Check every store that can be read back against the registry, the ceilings, the
+    /// retention and the erasure ledger.
+    ///
+    /// Exit status: 0 when every record is allowed, 1 when not, 2 for a configuration problem.
+    Audit(ConfigArg),
+}
+
+/// `--config`, for the commands that need nothing else.
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The configuration file (TOML), as for `run`.
+    #[arg(
+        long,
+        short,
+        value_name = "FILE",
+        default_value = "/etc/p1guard/p1guard.toml"
+    )]
+    pub config: PathBuf,
+}
+
+/// `p1guard consent ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConsentCommand {
+    /// Record a consent: the meter's level for a purpose from an instant on.
+    Grant(GrantArgs),
+    /// Record a withdrawal, and erase the stored records it no longer allows.
+    Withdraw(WithdrawArgs),
+    /// Print a meter's consent events, oldest first, as JSON lines.
+    History(MeterArgs),
+    /// Record many consents from a CSV file: meter,level,effective_from,reference[,purpose].
+    /// All rows or none.
+    Import(ImportArgs),
+}
+
+/// A meter, as the rights commands take it.
+#[derive(Debug, Args)]
+pub struct MeterArgs {
+    /// The configuration file and its registry.
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The equipment id as the meter sends it (hex, any case) or as printed on the meter.
+    #[arg(long, value_name = "ID")]
+    pub meter: String,
+}
+
+/// `p1guard consent grant`.
+#[derive(Debug, Args)]
+pub struct GrantArgs {
+    /// The configuration and the meter.
+    #[command(flatten)]
+    pub meter: MeterArgs,
+    /// The level consented to: none, billing, daily, quarter_hour or live.
+    #[arg(long, value_name = "LEVEL")]
+    pub level: Level,
+    /// What the consent is for: the `purpose` of the sinks it opens.
+    #[arg(long, default_value = "default")]
+    pub purpose: String,
+    /// From when (RFC 3339); now if absent.
+    #[arg(long, value_name = "RFC3339")]
+    pub from: Option<Timestamp>,
+    /// The supplier's consent key or request number.
+    #[arg(long)]
+    pub reference: Option<String>,
+}
+
+/// `p1guard consent withdraw`.
+#[derive(Debug, Args)]
+pub struct WithdrawArgs {
+    /// The configuration and the meter.
+    #[command(flatten)]
+    pub meter: MeterArgs,
+    /// The level left after the withdrawal.
+    #[arg(long, value_name = "LEVEL", default_value = "billing")]
+    pub to: Level,
+    /// The purpose withdrawn from.
+    #[arg(long, default_value = "default")]
+    pub purpose: String,
+    /// From when (RFC 3339); now if absent.
+    #[arg(long, value_name = "RFC3339")]
+    pub from: Option<Timestamp>,
+    /// The withdrawal's request number.
+    #[arg(long)]
+    pub reference: Option<String>,
+}
+
+/// `p1guard consent import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The configuration file and its registry.
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// CSV rows `meter,level,effective_from,reference[,purpose]`; a header row is skipped.
+    #[arg(value_name = "FILE.csv")]
+    pub file: PathBuf,
+}
+
+/// `p1guard erase`.
+#[derive(Debug, Args)]
+pub struct EraseArgs {
+    /// The configuration and the meter.
+    #[command(flatten)]
+    pub meter: MeterArgs,
+    /// The erasure request's number.
+    #[arg(long)]
+    pub reference: Option<String>,
+    /// The meter's level from now on, for every purpose: billing, or none when the contract
+    /// has ended.
+    #[arg(long, value_enum, default_value_t = ErasedTo::Billing)]
+    pub to: ErasedTo,
+}
+
+/// `erase --to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ErasedTo {
+    /// Billing readings go on (no consent needed).
+    Billing,
+    /// Nothing at all.
+    None,
+}
+
+/// `p1guard export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The configuration and the meter.
+    #[command(flatten)]
+    pub meter: MeterArgs,
+    /// `json` (one object) or `csv` (one row per record).
+    #[arg(long, value_enum, default_value_t = ExportFormat::Json)]
+    pub format: ExportFormat,
+    /// Where to write; standard output if absent.
+    #[arg(long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+}
+
+/// `export --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// `{"meter", "records", "consent", "erasures"}`.
+    Json,
+    /// One row per record.
+    Csv,
 }
 
 /// `p1guard run`.

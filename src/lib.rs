@@ -15,6 +15,8 @@ pub mod decode;
 pub mod hex;
 pub mod identity_key;
 pub mod pace;
+pub mod registry;
+pub mod rights;
 pub mod sinks;
 pub mod sources;
 pub mod state;

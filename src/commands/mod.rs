@@ -1,8 +1,10 @@
 //! One module per subcommand.
 
 mod check_config;
+mod consent;
 mod parse;
 mod replay;
+mod rights;
 mod run;
 
 use std::process::ExitCode;
@@ -16,5 +18,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replay(args) => replay::run(&args),
         Command::Run(args) => run::run(&args),
         Command::CheckConfig(args) => check_config::run(&args),
+        Command::Consent(command) => consent::run(command),
+        Command::Erase(args) => rights::erase(&args),
+        Command::ReapplyErasures(args) => rights::reapply(&args),
+        Command::Export(args) => rights::export(&args),
+        Command::Audit(args) => rights::audit(&args),
     }
 }

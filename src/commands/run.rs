@@ -14,6 +14,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::RunArgs;
+use crate::registry::{self, Purging, Registry};
 use crate::topology::{self, config};
 use crate::{identity_key, sources, systemd};
 
@@ -49,6 +50,20 @@ fn serve(config: config::Config) -> anyhow::Result<()> {
         None => identity_key::default_path()?,
     };
     let key = identity_key::load_or_create(&key_path)?;
+    let registry_path = Registry::path(config.registry.as_ref())?;
+    let registry = Registry::open(&registry_path)?;
+    let loaded = registry
+        .load_into(&config.consent, 0)
+        .with_context(|| format!("reading the consent registry {}", registry_path.display()))?;
+    config.consent.shrink_to_fit();
+    tracing::info!(
+        meters = config.consent.listed(),
+        "consent: the configuration's levels and the registry's events are in force"
+    );
+    let purging = config.purge_on_withdrawal.then(|| Purging {
+        sinks: config.sinks.clone(),
+        key: key.clone(),
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -58,12 +73,20 @@ fn serve(config: config::Config) -> anyhow::Result<()> {
         let shutdown = CancellationToken::new();
         let signals = Signals::listen().context("cannot listen for SIGTERM/SIGINT")?;
         tokio::spawn(signals.stop(shutdown.clone()));
+        let follower = tokio::spawn(registry::follow(
+            registry,
+            config.consent.clone(),
+            loaded,
+            purging,
+            shutdown.clone(),
+        ));
         let ready = || {
             tracing::info!("running");
             systemd::ready(&shutdown);
         };
         let metrics = topology::run(config, key, shutdown.clone(), ready).await;
         shutdown.cancel();
+        let _ = follower.await;
         metrics
     })?;
     systemd::stopping();

@@ -30,7 +30,7 @@ use crate::telemetry::log_limit::LogLimit;
 use crate::telemetry::metrics::SinkMetrics;
 
 pub use self::influx::{InfluxApi, InfluxConfig, InfluxSettings, InfluxSink};
-pub use self::mqtt::{MqttConfig, MqttSettings, MqttSink, TopicLayout};
+pub use self::mqtt::{MqttConfig, MqttSettings, MqttSink, RetainedMessages, TopicLayout};
 pub use self::sqlite::{SqliteConfig, SqliteSink};
 pub use self::stdout::StdoutSink;
 
@@ -242,6 +242,22 @@ impl SinkKind {
 
 /// What one batch of telegrams yielded for one sink, already admitted by its policy.
 pub type Batch = Vec<SinkRecord>;
+
+/// Days billing records are kept: the tax authority's 7 years (and the leap days in them).
+pub const FISCAL_RETENTION_DAYS: u32 = 7 * 365 + 2;
+
+/// [`FISCAL_RETENTION_DAYS`] as a duration: billing records younger than this are kept
+/// through an erasure.
+pub const FISCAL_RETENTION: Duration = Duration::from_secs(FISCAL_RETENTION_DAYS as u64 * 86_400);
+
+/// Retention of each granularity (billing, daily, quarter_hour, live) unless configured:
+/// privacy.md's defaults of 7 years, 24 months, 90 days and 7 days.
+pub const DEFAULT_RETENTION_DAYS: [u32; 4] = [FISCAL_RETENTION_DAYS, 2 * 365, 90, 7];
+
+/// privacy.md's default retention of `granularity`.
+pub fn default_retention(granularity: Granularity) -> Duration {
+    Duration::from_secs(u64::from(DEFAULT_RETENTION_DAYS[granularity as usize]) * 86_400)
+}
 
 /// How often sinks run their housekeeping (retention).
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);

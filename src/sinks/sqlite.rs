@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use super::{Sink, WriteError};
 use crate::config::Checker;
+use crate::rights::{Held, Purge, Purged};
 
 /// `[[sinks]]` `type = "sqlite"` as written.
 #[derive(Debug, Deserialize)]
@@ -26,10 +27,6 @@ pub struct SqliteConfig {
     pub retention_days: BTreeMap<Granularity, u32>,
 }
 
-/// Retention of each granularity (billing, daily, quarter_hour, live) unless configured:
-/// privacy.md's defaults of 7 years, 24 months, 90 days and 7 days.
-const DEFAULT_RETENTION_DAYS: [u32; 4] = [7 * 365 + 2, 2 * 365, 90, 7];
-
 impl SqliteConfig {
     /// The store's file (the state directory's if `None`) and how long records of each
     /// granularity are kept (indexed like [`Granularity::ALL`]), every problem noted.
@@ -39,7 +36,7 @@ impl SqliteConfig {
         at: &str,
     ) -> (Option<PathBuf>, [Option<Duration>; 4]) {
         let days = |days: u32| Some(Duration::from_secs(u64::from(days) * 86_400));
-        let mut retention = DEFAULT_RETENTION_DAYS.map(days);
+        let mut retention = super::DEFAULT_RETENTION_DAYS.map(days);
         for (granularity, kept) in self.retention_days {
             if kept == 0 {
                 checker.problem(
@@ -137,6 +134,101 @@ impl SqliteSink {
             )?;
         }
         Ok(deleted)
+    }
+}
+
+/// The rights commands' side: what the store holds, read back and erased.
+impl SqliteSink {
+    /// Every meter name with records.
+    pub fn stored_meters(&self) -> anyhow::Result<Vec<String>> {
+        let mut query = self
+            .connection
+            .prepare("SELECT DISTINCT meter FROM records")?;
+        let meters = query.query_map([], |row| row.get(0))?;
+        Ok(meters.collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes what `purge` covers, in one transaction; secure_delete overwrites the rows.
+    pub fn purge(&mut self, purge: &Purge) -> anyhow::Result<Purged> {
+        let transaction = self.connection.transaction()?;
+        let mut purged = Purged::default();
+        for meter in &purge.meters {
+            for &granularity in &purge.granularities {
+                let until = purge.dated_until.map_or(i64::MAX, |t| t.as_second());
+                let kept_from = match granularity {
+                    Granularity::Billing => {
+                        purge.keep_billing_from.map_or(i64::MAX, |t| t.as_second())
+                    }
+                    _ => i64::MAX,
+                };
+                purged.erased += transaction.execute(
+                    "DELETE FROM records WHERE meter = ?1 AND granularity = ?2
+                     AND time <= ?3 AND time < ?4",
+                    params![meter, granularity.name(), until, kept_from],
+                )? as u64;
+                purged.kept += transaction.query_row::<i64, _, _>(
+                    "SELECT count(*) FROM records WHERE meter = ?1 AND granularity = ?2
+                     AND time <= ?3 AND time >= ?4",
+                    params![meter, granularity.name(), until, kept_from],
+                    |row| row.get(0),
+                )? as u64;
+            }
+        }
+        transaction.commit()?;
+        if purged.erased > 0 {
+            // Fold the WAL into the file, so no copy of the erased rows lingers in it.
+            self.connection
+                .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+        }
+        Ok(purged)
+    }
+
+    /// The records of `meters`, or every record, in the record JSON.
+    pub fn read(&self, meters: Option<&[String]>) -> anyhow::Result<Vec<Held>> {
+        let mut query = self.connection.prepare(
+            "SELECT meter, granularity, kind, time, quality, clock, readings FROM records
+             WHERE ?1 IS NULL OR meter = ?1 ORDER BY meter, time, granularity, kind",
+        )?;
+        let mut held = Vec::new();
+        let filters: Vec<Option<&str>> = match meters {
+            None => vec![None],
+            Some(meters) => meters.iter().map(|m| Some(m.as_str())).collect(),
+        };
+        for filter in filters {
+            let rows = query.query_map([filter], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, i64>(3)?,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, String>(5)?,
+                    row.get::<_, String>(6)?,
+                ))
+            })?;
+            for row in rows {
+                let (meter, granularity, kind, time, quality, clock, readings) = row?;
+                let time = Timestamp::from_second(time)?;
+                let mut record = serde_json::json!({
+                    "meter": meter,
+                    "granularity": granularity,
+                    "kind": kind,
+                    "time": time.to_string(),
+                    "quality": quality,
+                });
+                if clock != "meter" {
+                    record["clock"] = clock.into();
+                }
+                record["values"] = serde_json::from_str(&readings)?;
+                held.push(Held {
+                    meter,
+                    granularity: granularity.parse()?,
+                    time,
+                    record,
+                });
+            }
+        }
+        Ok(held)
     }
 }
 

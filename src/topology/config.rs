@@ -24,6 +24,8 @@ pub struct Config {
     pub identity_key: Option<PathBuf>,
     /// Each meter's consent: the configured levels, to which the registry's events are added.
     pub consent: ConsentTable,
+    /// The meters `[consent] meters` lists, normalised (as sent, upper case).
+    pub listed_meters: Vec<String>,
     /// The consent registry's file; the state directory's `consent.sqlite` if `None`.
     pub registry: Option<PathBuf>,
     /// Whether a withdrawal erases the stored records it no longer allows.
@@ -170,7 +172,9 @@ impl Reader<'_, '_> {
             let purpose = consent_table.purpose(&sink.purpose).unwrap_or_default();
             sink.policy = sink.policy.serving(purpose);
         }
+        let mut listed_meters = Vec::new();
         for (id, level) in consent.meters {
+            listed_meters.push(id.trim().to_ascii_uppercase());
             let configured = Change {
                 from: Timestamp::MIN,
                 level,
@@ -237,6 +241,7 @@ impl Reader<'_, '_> {
         Config {
             identity_key: identity.key_file,
             consent: consent_table,
+            listed_meters,
             registry: consent.registry,
             purge_on_withdrawal: consent.purge_on_withdrawal.unwrap_or(true),
             billing: consent.billing_cadence.unwrap_or_default(),

@@ -7,6 +7,7 @@
 
 mod config;
 mod line_protocol;
+mod rights;
 mod v1;
 mod v2;
 

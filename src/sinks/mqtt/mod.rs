@@ -10,6 +10,7 @@
 
 mod config;
 mod discovery;
+mod retained;
 mod topics;
 
 use std::collections::HashSet;
@@ -23,6 +24,7 @@ use tokio::task::JoinHandle;
 
 pub use self::config::{MqttConfig, MqttSettings, TopicLayout};
 use self::discovery::Discovery;
+pub use self::retained::RetainedMessages;
 use self::topics::{Layout, Message};
 use super::{Sink, WriteError};
 use crate::backoff::Backoff;

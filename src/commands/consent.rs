@@ -1,0 +1,175 @@
+//! `p1guard consent grant|withdraw|history|import`: the consent registry by hand. A grant or
+//! withdrawal in force at once also erases, in the stores serving its purpose, the records
+//! the new level no longer allows (`purge_on_withdrawal`); one effective later is left to the
+//! running daemon, which purges at its instant.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use jiff::Timestamp;
+use p1guard_conduct::Level;
+
+use super::rights::{Setting, runtime};
+use crate::cli::{ConsentCommand, GrantArgs, ImportArgs, MeterArgs, WithdrawArgs};
+use crate::registry::{EVERY_PURPOSE, EventSource, NewEvent};
+use crate::rights::{Subject, meter_id, purge_withdrawn};
+
+pub fn run(command: ConsentCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ConsentCommand::Grant(GrantArgs {
+            meter,
+            level,
+            purpose,
+            from,
+            reference,
+        }) => record(&meter, level, purpose, from, reference),
+        ConsentCommand::Withdraw(WithdrawArgs {
+            meter,
+            to,
+            purpose,
+            from,
+            reference,
+        }) => record(&meter, to, purpose, from, reference),
+        ConsentCommand::History(args) => history(&args),
+        ConsentCommand::Import(args) => import(&args),
+    }
+}
+
+/// Records one event and purges what it no longer allows.
+fn record(
+    args: &MeterArgs,
+    level: Level,
+    purpose: String,
+    from: Option<Timestamp>,
+    reference: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let Some(mut setting) = Setting::open(&args.config.config)? else {
+        return Ok(ExitCode::from(2));
+    };
+    check_purpose(&purpose)?;
+    let now = crate::rights::now();
+    let meter = meter_id(&args.meter)?;
+    let effective_from = from.unwrap_or(now);
+    let event = NewEvent {
+        meter: meter.clone(),
+        level,
+        purpose: purpose.clone(),
+        effective_from,
+        reference,
+        source: EventSource::Cli,
+    };
+    let seq = setting.registry.append(&[event], now)?;
+    if !setting.serves(&purpose) {
+        eprintln!(
+            "p1guard: no sink serves purpose {purpose:?}: recorded, but it opens no destination"
+        );
+    }
+    let subject = Subject::new(meter, &setting.key);
+    let mut answer = serde_json::json!({
+        "recorded": seq,
+        "meter": subject.pseudonym,
+        "level": level,
+        "purpose": purpose,
+        "effective_from": effective_from,
+    });
+    if setting.config.purge_on_withdrawal && effective_from <= now {
+        let purged = runtime()?.block_on(purge_withdrawn(
+            &setting.config.sinks,
+            &setting.key,
+            &subject,
+            &purpose,
+            level,
+            now,
+        ))?;
+        answer["purged"] = serde_json::to_value(purged)?;
+    } else if setting.config.purge_on_withdrawal {
+        answer["purge"] = "at its effective instant, by the running daemon".into();
+    }
+    println!("{answer}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A purpose is a sink's purpose name, or `*` for all.
+fn check_purpose(purpose: &str) -> anyhow::Result<()> {
+    let named = !purpose.is_empty()
+        && purpose
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    anyhow::ensure!(
+        named || purpose == EVERY_PURPOSE,
+        "purpose {purpose:?}: expected a name of a-z, 0-9, _ and -, or * for every purpose"
+    );
+    Ok(())
+}
+
+fn history(args: &MeterArgs) -> anyhow::Result<ExitCode> {
+    let Some(setting) = Setting::open(&args.config.config)? else {
+        return Ok(ExitCode::from(2));
+    };
+    let meter = meter_id(&args.meter)?;
+    for event in setting.registry.history(&meter)? {
+        println!("{}", serde_json::to_string(&event)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads every row first: a file with a bad row records nothing, and says every bad row.
+fn import(args: &ImportArgs) -> anyhow::Result<ExitCode> {
+    let Some(mut setting) = Setting::open(&args.config.config)? else {
+        return Ok(ExitCode::from(2));
+    };
+    let file = std::fs::File::open(&args.file)
+        .with_context(|| format!("cannot open {}", args.file.display()))?;
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(std::io::BufReader::with_capacity(1 << 20, file));
+    let mut events = Vec::new();
+    let mut problems = Vec::new();
+    let mut row = csv::StringRecord::new();
+    while reader.read_record(&mut row)? {
+        let line = row.position().map_or(0, |p| p.line());
+        if line == 1 && row.get(0) == Some("meter") {
+            continue; // the header
+        }
+        match event_of(&row) {
+            Ok(event) => events.push(event),
+            Err(problem) => problems.push(format!("line {line}: {problem}")),
+        }
+    }
+    if !problems.is_empty() {
+        let shown = problems.len().min(20);
+        eprintln!(
+            "p1guard: {}: {} bad row(s), nothing recorded:\n  {}",
+            args.file.display(),
+            problems.len(),
+            problems[..shown].join("\n  ")
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    setting.registry.append(&events, crate::rights::now())?;
+    println!("{{\"recorded\":{}}}", events.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn event_of(row: &csv::StringRecord) -> anyhow::Result<NewEvent> {
+    anyhow::ensure!(
+        matches!(row.len(), 4 | 5),
+        "expected meter,level,effective_from,reference[,purpose], got {} fields",
+        row.len()
+    );
+    let purpose = row.get(4).filter(|p| !p.is_empty()).unwrap_or("default");
+    check_purpose(purpose)?;
+    let reference = row.get(3).filter(|r| !r.is_empty()).map(str::to_owned);
+    Ok(NewEvent {
+        meter: meter_id(&row[0])?,
+        level: row[1].parse()?,
+        purpose: purpose.to_owned(),
+        effective_from: row[2]
+            .parse()
+            .with_context(|| format!("effective_from {:?}: expected RFC 3339", &row[2]))?,
+        reference,
+        source: EventSource::Import,
+    })
+}

@@ -1,0 +1,234 @@
+//! `p1guard erase|reapply-erasures|export|audit`: the data subject's rights over every
+//! configured store.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use p1guard_conduct::{IdentityKey, Level, Quantity};
+use serde_json::{Value, json};
+
+use crate::cli::{ConfigArg, EraseArgs, ErasedTo, ExportArgs, ExportFormat};
+use crate::registry::{EVERY_PURPOSE, EventSource, NewEvent, Registry};
+use crate::rights::{self, Subject, meter_id};
+use crate::topology::config::{self, Config};
+
+/// What every rights command works with: the configuration, the pseudonym key and the
+/// registry.
+pub struct Setting {
+    pub config: Config,
+    pub key: IdentityKey,
+    pub registry: Registry,
+}
+
+impl Setting {
+    /// `None` (after saying why) when the configuration is invalid: exit status 2.
+    pub fn open(path: &Path) -> anyhow::Result<Option<Setting>> {
+        let config = match config::load(path) {
+            Ok(config) => config,
+            Err(problems) => {
+                eprint!("p1guard: {}: {problems}", path.display());
+                return Ok(None);
+            }
+        };
+        let key_path = match &config.identity_key {
+            Some(path) => path.clone(),
+            None => crate::identity_key::default_path()?,
+        };
+        let key = crate::identity_key::load_or_create(&key_path)?;
+        let registry = Registry::open(&Registry::path(config.registry.as_ref())?)?;
+        Ok(Some(Setting {
+            config,
+            key,
+            registry,
+        }))
+    }
+
+    /// Whether a sink serves `purpose` (`*`: any).
+    pub fn serves(&self, purpose: &str) -> bool {
+        purpose == EVERY_PURPOSE || self.config.sinks.iter().any(|s| s.purpose == purpose)
+    }
+}
+
+/// The commands' runtime: one thread, they wait on one store at a time.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+pub fn erase(args: &EraseArgs) -> anyhow::Result<ExitCode> {
+    let Some(mut setting) = Setting::open(&args.meter.config.config)? else {
+        return Ok(ExitCode::from(2));
+    };
+    let now = crate::rights::now();
+    let meter = meter_id(&args.meter.meter)?;
+    let subject = Subject::new(meter.clone(), &setting.key);
+    let level = match args.to {
+        ErasedTo::Billing => Level::Billing,
+        ErasedTo::None => Level::None,
+    };
+    // Nothing new accumulates: the level goes down for every purpose first.
+    setting.registry.append(
+        &[NewEvent {
+            meter,
+            level,
+            purpose: EVERY_PURPOSE.to_owned(),
+            effective_from: now,
+            reference: args.reference.clone(),
+            source: EventSource::Cli,
+        }],
+        now,
+    )?;
+    let stores = runtime()?.block_on(rights::erase(
+        &setting.config.sinks,
+        &setting.key,
+        &subject,
+        now,
+        now,
+    ))?;
+    let answer = json!({
+        "meter": subject.pseudonym,
+        "requested_at": now,
+        "reference": args.reference,
+        "stores": stores,
+        "consent": {"level": level, "purpose": EVERY_PURPOSE, "from": now},
+    });
+    let seq = setting.registry.record_erasure(
+        &subject.pseudonym,
+        now,
+        args.reference.as_deref(),
+        &answer["stores"],
+    )?;
+    let mut answer = answer;
+    answer["ledger_entry"] = seq.into();
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn reapply(args: &ConfigArg) -> anyhow::Result<ExitCode> {
+    let Some(setting) = Setting::open(&args.config)? else {
+        return Ok(ExitCode::from(2));
+    };
+    let now = crate::rights::now();
+    let runtime = runtime()?;
+    for erasure in setting.registry.erasures(None)? {
+        let subject = Subject {
+            id: None,
+            pseudonym: erasure.pseudonym.clone(),
+        };
+        let stores = runtime.block_on(rights::erase(
+            &setting.config.sinks,
+            &setting.key,
+            &subject,
+            erasure.requested_at,
+            now,
+        ))?;
+        let line = json!({
+            "ledger_entry": erasure.seq,
+            "meter": erasure.pseudonym,
+            "requested_at": erasure.requested_at,
+            "stores": stores,
+        });
+        println!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn export(args: &ExportArgs) -> anyhow::Result<ExitCode> {
+    let Some(setting) = Setting::open(&args.meter.config.config)? else {
+        return Ok(ExitCode::from(2));
+    };
+    let meter = meter_id(&args.meter.meter)?;
+    let subject = Subject::new(meter.clone(), &setting.key);
+    let records = runtime()?.block_on(rights::records_of(
+        &setting.config.sinks,
+        &setting.key,
+        &subject,
+    ))?;
+    let mut out: Box<dyn std::io::Write> = match &args.output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    match args.format {
+        ExportFormat::Json => {
+            let export = json!({
+                "meter": subject.pseudonym,
+                "records": records,
+                "consent": setting.registry.history(&meter)?,
+                "erasures": setting.registry.erasures(Some(&subject.pseudonym))?,
+            });
+            serde_json::to_writer(&mut out, &export)?;
+            writeln!(out)?;
+        }
+        ExportFormat::Csv => write_csv(&mut out, &records)?,
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One row per record: its identity columns, then one column per value any record has, in
+/// the record JSON's order.
+fn write_csv(out: &mut dyn std::io::Write, records: &[Value]) -> anyhow::Result<()> {
+    let mut present: Vec<&str> = Quantity::ALL
+        .iter()
+        .map(|q| q.name())
+        .filter(|name| records.iter().any(|r| r["values"].get(name).is_some()))
+        .collect();
+    present.dedup(); // gas and water both read volume_m3
+    let mut writer = csv::Writer::from_writer(out);
+    let fixed = ["meter", "granularity", "kind", "time", "quality", "clock"];
+    writer.write_record(fixed.iter().chain(&present))?;
+    for record in records {
+        let text = |value: &Value| match value {
+            Value::String(text) => text.clone(),
+            Value::Null => String::new(),
+            other => other.to_string(),
+        };
+        let mut row: Vec<String> = fixed[..5].iter().map(|f| text(&record[f])).collect();
+        row.push(record.get("clock").map_or("meter".into(), text));
+        row.extend(present.iter().map(|name| text(&record["values"][name])));
+        writer.write_record(&row)?;
+    }
+    writer.flush()?;
+    Ok(())
+}
+
+pub fn audit(args: &ConfigArg) -> anyhow::Result<ExitCode> {
+    let Some(setting) = Setting::open(&args.config)? else {
+        return Ok(ExitCode::from(2));
+    };
+    let consent = setting.config.consent.clone();
+    setting.registry.load_into(&consent, 0)?;
+    let mut meters = setting.registry.meters()?;
+    meters.extend(setting.config.listed_meters.iter().cloned());
+    let erasures = setting.registry.erasures(None)?;
+    let (violations, checked) = runtime()?.block_on(rights::audit(
+        &setting.config.sinks,
+        &setting.key,
+        &consent,
+        &meters,
+        &erasures,
+        crate::rights::now(),
+    ))?;
+    let mut out = std::io::stdout().lock();
+    for violation in &violations {
+        writeln!(out, "{}", serde_json::to_string(violation)?)?;
+    }
+    let summary = json!({
+        "clean": violations.is_empty(),
+        "violations": violations.len(),
+        "stores": checked,
+    });
+    writeln!(out, "{summary}")?;
+    Ok(if violations.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

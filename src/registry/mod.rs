@@ -1,0 +1,454 @@
+//! The consent registry: an append-only log of consent events per meter and the erasure
+//! ledger, in one SQLite file. History is never rewritten: a correction is a new event, and
+//! triggers refuse UPDATE and DELETE on both tables, also from a hand-held `sqlite3`.
+//!
+//! Meters are kept as the equipment id normalised (as sent, upper case): the registry is the
+//! supplier's record of whose consent it holds. The erasure ledger names meters only by
+//! pseudonym, so that erased ids are not kept in clear.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use jiff::Timestamp;
+use p1guard_conduct::{Change, ChangeError, ConsentTable, Level, Scope};
+use rusqlite::{Connection, OptionalExtension as _, params};
+use serde::Serialize;
+
+mod follow;
+pub use self::follow::{Purging, follow};
+
+/// The purpose of an event for every purpose (an erasure, a configured level).
+pub const EVERY_PURPOSE: &str = "*";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS consent_events (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    meter          TEXT    NOT NULL, -- equipment id as sent, normalised (trimmed, upper case)
+    level          TEXT    NOT NULL CHECK (level IN ('none', 'billing', 'daily', 'quarter_hour', 'live')),
+    purpose        TEXT    NOT NULL, -- the purpose a sink serves, or '*' for every purpose
+    effective_from INTEGER NOT NULL, -- Unix seconds UTC, inclusive
+    recorded_at    INTEGER NOT NULL, -- Unix seconds UTC
+    reference      TEXT,             -- the supplier's consent key or request number
+    source         TEXT    NOT NULL CHECK (source IN ('cli', 'import', 'api'))
+);
+CREATE INDEX IF NOT EXISTS consent_events_by_meter ON consent_events (meter, seq);
+CREATE TRIGGER IF NOT EXISTS consent_events_are_never_updated
+BEFORE UPDATE ON consent_events
+BEGIN SELECT RAISE(ABORT, 'consent_events is append-only: record a correction as a new event'); END;
+CREATE TRIGGER IF NOT EXISTS consent_events_are_never_deleted
+BEFORE DELETE ON consent_events
+BEGIN SELECT RAISE(ABORT, 'consent_events is append-only: record a correction as a new event'); END;
+
+CREATE TABLE IF NOT EXISTS erasures (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    pseudonym    TEXT    NOT NULL, -- never the equipment id in clear
+    requested_at INTEGER NOT NULL, -- Unix seconds UTC: records dated up to here were erased
+    reference    TEXT,             -- the data subject's request number
+    answer       TEXT    NOT NULL  -- JSON: per store what was erased and what was kept
+);
+CREATE INDEX IF NOT EXISTS erasures_by_pseudonym ON erasures (pseudonym);
+CREATE TRIGGER IF NOT EXISTS erasures_are_never_updated
+BEFORE UPDATE ON erasures
+BEGIN SELECT RAISE(ABORT, 'the erasure ledger is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS erasures_are_never_deleted
+BEFORE DELETE ON erasures
+BEGIN SELECT RAISE(ABORT, 'the erasure ledger is append-only'); END;
+";
+
+/// Where an event came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventSource {
+    /// `p1guard consent grant|withdraw`, `p1guard erase`.
+    Cli,
+    /// `p1guard consent import`.
+    Import,
+    /// Another program writing the registry.
+    Api,
+}
+
+impl EventSource {
+    fn name(self) -> &'static str {
+        match self {
+            EventSource::Cli => "cli",
+            EventSource::Import => "import",
+            EventSource::Api => "api",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<EventSource> {
+        match name {
+            "cli" => Some(EventSource::Cli),
+            "import" => Some(EventSource::Import),
+            "api" => Some(EventSource::Api),
+            _ => None,
+        }
+    }
+}
+
+/// A consent event to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// The equipment id, normalised.
+    pub meter: String,
+    /// The level from `effective_from` on.
+    pub level: Level,
+    /// A purpose, or [`EVERY_PURPOSE`].
+    pub purpose: String,
+    /// From when (inclusive).
+    pub effective_from: Timestamp,
+    /// The supplier's consent key or request number.
+    pub reference: Option<String>,
+    /// Who recorded it.
+    pub source: EventSource,
+}
+
+/// A recorded consent event, as `consent history` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Event {
+    /// Its place in the log.
+    pub seq: i64,
+    /// The equipment id, normalised.
+    pub meter: String,
+    /// The level from `effective_from` on.
+    pub level: Level,
+    /// A purpose, or `*` for every purpose.
+    pub purpose: String,
+    /// From when (inclusive).
+    pub effective_from: Timestamp,
+    /// When it was recorded.
+    pub recorded_at: Timestamp,
+    /// The supplier's consent key or request number.
+    pub reference: Option<String>,
+    /// Who recorded it.
+    pub source: EventSource,
+}
+
+/// An erasure ledger entry.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Erasure {
+    /// Its place in the ledger.
+    pub seq: i64,
+    /// The meter's pseudonym.
+    pub pseudonym: String,
+    /// When the erasure was asked for: records dated up to it were erased.
+    pub requested_at: Timestamp,
+    /// The data subject's request number.
+    pub reference: Option<String>,
+    /// Per store, what was erased and what was kept.
+    pub answer: serde_json::Value,
+}
+
+/// The registry file.
+pub struct Registry {
+    connection: Connection,
+}
+
+impl Registry {
+    /// Opens (creating if needed) the registry at `path`.
+    pub fn open(path: &Path) -> anyhow::Result<Registry> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let connection = Connection::open(path)
+            .with_context(|| format!("cannot open the consent registry {}", path.display()))?;
+        // WAL: the daemon reads new events while a command appends them.
+        connection.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
+        connection.pragma_update(None, "synchronous", "FULL")?;
+        connection.busy_timeout(Duration::from_secs(10))?;
+        connection
+            .execute_batch(SCHEMA)
+            .with_context(|| format!("{} is not a consent registry", path.display()))?;
+        Ok(Registry { connection })
+    }
+
+    /// The registry file a configuration names: its own, or the state directory's.
+    pub fn path(configured: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+        match configured {
+            Some(path) => Ok(path.clone()),
+            None => Ok(crate::state::dir()?.join("consent.sqlite")),
+        }
+    }
+
+    /// Appends events, all or none; returns the last one's `seq`.
+    pub fn append(&mut self, events: &[NewEvent], now: Timestamp) -> anyhow::Result<i64> {
+        let transaction = self.connection.transaction()?;
+        {
+            let mut insert = transaction.prepare_cached(
+                "INSERT INTO consent_events
+                 (meter, level, purpose, effective_from, recorded_at, reference, source)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for event in events {
+                insert.execute(params![
+                    event.meter,
+                    event.level.name(),
+                    event.purpose,
+                    event.effective_from.as_second(),
+                    now.as_second(),
+                    event.reference,
+                    event.source.name(),
+                ])?;
+            }
+        }
+        let last = transaction.last_insert_rowid();
+        transaction.commit()?;
+        Ok(last)
+    }
+
+    /// Adds to `table` every event after `after` (a `seq`), in order; returns the last `seq`
+    /// seen. Events for purposes the table does not serve are passed over.
+    pub fn load_into(&self, table: &ConsentTable, after: i64) -> anyhow::Result<i64> {
+        let mut query = self.connection.prepare_cached(
+            "SELECT seq, meter, level, purpose, effective_from FROM consent_events
+             WHERE seq > ?1 ORDER BY seq",
+        )?;
+        let mut rows = query.query([after])?;
+        let mut last = after;
+        let mut changes: Vec<(String, Change)> = Vec::new();
+        while let Some(row) = rows.next()? {
+            let seq: i64 = row.get(0)?;
+            last = seq;
+            let level = Level::from_str(row.get_ref(2)?.as_str()?)?;
+            let purpose = row.get_ref(3)?.as_str()?;
+            let scope = if purpose == EVERY_PURPOSE {
+                Scope::Every
+            } else {
+                match table.purpose(purpose) {
+                    Some(purpose) => Scope::Purpose(purpose),
+                    None => continue,
+                }
+            };
+            let from = Timestamp::from_second(row.get(4)?).unwrap_or(Timestamp::MIN);
+            let change = Change { from, level, scope };
+            changes.push((row.get(1)?, change));
+            if changes.len() == 65_536 {
+                add(table, &mut changes)?;
+            }
+        }
+        add(table, &mut changes)?;
+        Ok(last)
+    }
+
+    /// The `seq` of the last event, 0 if none.
+    pub fn last_seq(&self) -> anyhow::Result<i64> {
+        Ok(self.connection.query_row(
+            "SELECT coalesce(max(seq), 0) FROM consent_events",
+            [],
+            |row| row.get(0),
+        )?)
+    }
+
+    /// Every event after `after`, in order.
+    pub fn events_after(&self, after: i64) -> anyhow::Result<Vec<Event>> {
+        self.events("WHERE seq > ?1 ORDER BY seq", after.to_string())
+    }
+
+    /// The meter's events, oldest first.
+    pub fn history(&self, meter: &str) -> anyhow::Result<Vec<Event>> {
+        self.events("WHERE meter = ?1 ORDER BY seq", meter.to_owned())
+    }
+
+    fn events(&self, filter: &str, argument: String) -> anyhow::Result<Vec<Event>> {
+        let mut query = self.connection.prepare(&format!(
+            "SELECT seq, meter, level, purpose, effective_from, recorded_at, reference, source
+             FROM consent_events {filter}"
+        ))?;
+        let rows = query.query_map([argument], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, String>(3)?,
+                row.get::<_, i64>(4)?,
+                row.get::<_, i64>(5)?,
+                row.get::<_, Option<String>>(6)?,
+                row.get::<_, String>(7)?,
+            ))
+        })?;
+        let mut events = Vec::new();
+        for row in rows {
+            let (seq, meter, level, purpose, from, recorded, reference, source) = row?;
+            events.push(Event {
+                seq,
+                meter,
+                level: level.parse()?,
+                purpose,
+                effective_from: Timestamp::from_second(from)?,
+                recorded_at: Timestamp::from_second(recorded)?,
+                reference,
+                source: EventSource::from_name(&source)
+                    .with_context(|| format!("event {seq}: unknown source {source:?}"))?,
+            });
+        }
+        Ok(events)
+    }
+
+    /// Every meter with events.
+    pub fn meters(&self) -> anyhow::Result<Vec<String>> {
+        let mut query = self
+            .connection
+            .prepare("SELECT DISTINCT meter FROM consent_events")?;
+        let rows = query.query_map([], |row| row.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The purposes the meter has events for, `*` excepted.
+    pub fn purposes_of(&self, meter: &str) -> anyhow::Result<Vec<String>> {
+        let mut query = self.connection.prepare(
+            "SELECT DISTINCT purpose FROM consent_events WHERE meter = ?1 AND purpose <> '*'",
+        )?;
+        let rows = query.query_map([meter], |row| row.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Appends an erasure to the ledger.
+    pub fn record_erasure(
+        &self,
+        pseudonym: &str,
+        requested_at: Timestamp,
+        reference: Option<&str>,
+        answer: &serde_json::Value,
+    ) -> anyhow::Result<i64> {
+        self.connection.execute(
+            "INSERT INTO erasures (pseudonym, requested_at, reference, answer)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![
+                pseudonym,
+                requested_at.as_second(),
+                reference,
+                answer.to_string()
+            ],
+        )?;
+        Ok(self.connection.last_insert_rowid())
+    }
+
+    /// Every erasure, oldest first; only the meter's if `pseudonym` is given.
+    pub fn erasures(&self, pseudonym: Option<&str>) -> anyhow::Result<Vec<Erasure>> {
+        let mut query = self.connection.prepare(
+            "SELECT seq, pseudonym, requested_at, reference, answer FROM erasures
+             WHERE ?1 IS NULL OR pseudonym = ?1 ORDER BY seq",
+        )?;
+        let rows = query.query_map([pseudonym], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, i64>(2)?,
+                row.get::<_, Option<String>>(3)?,
+                row.get::<_, String>(4)?,
+            ))
+        })?;
+        let mut erasures = Vec::new();
+        for row in rows {
+            let (seq, pseudonym, requested_at, reference, answer) = row?;
+            erasures.push(Erasure {
+                seq,
+                pseudonym,
+                requested_at: Timestamp::from_second(requested_at)?,
+                reference,
+                answer: serde_json::from_str(&answer)?,
+            });
+        }
+        Ok(erasures)
+    }
+
+    /// The latest erasure of the meter, if any.
+    pub fn last_erasure(&self, pseudonym: &str) -> anyhow::Result<Option<Timestamp>> {
+        let at: Option<i64> = self
+            .connection
+            .query_row(
+                "SELECT max(requested_at) FROM erasures WHERE pseudonym = ?1",
+                [pseudonym],
+                |row| row.get(0),
+            )
+            .optional()?
+            .flatten();
+        Ok(at.and_then(|at| Timestamp::from_second(at).ok()))
+    }
+}
+
+fn add(table: &ConsentTable, changes: &mut Vec<(String, Change)>) -> anyhow::Result<()> {
+    table
+        .add_all(changes.iter().map(|(id, c)| (id.as_bytes(), *c)))
+        .map_err(|error: ChangeError| anyhow::anyhow!("a registry event: {error}"))?;
+    changes.clear();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use p1guard_conduct::PurposeId;
+
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!(
+            "p1guard-registry-{name}-{}.sqlite",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&path);
+        path
+    }
+
+    fn event(meter: &str, level: Level, purpose: &str, from: &str) -> NewEvent {
+        NewEvent {
+            meter: meter.into(),
+            level,
+            purpose: purpose.into(),
+            effective_from: from.parse().unwrap(),
+            reference: Some("K-1".into()),
+            source: EventSource::Cli,
+        }
+    }
+
+    #[test]
+    fn events_load_incrementally_and_history_is_never_rewritten() {
+        let path = scratch("log");
+        let mut registry = Registry::open(&path).unwrap();
+        let now: Timestamp = "2026-06-01T12:00:00Z".parse().unwrap();
+        registry
+            .append(
+                &[
+                    event("4530", Level::Live, "insight", "2026-06-01T00:00:00Z"),
+                    event("4531", Level::Daily, "unserved", "2026-06-01T00:00:00Z"),
+                ],
+                now,
+            )
+            .unwrap();
+        let table = ConsentTable::new(Level::Billing, ["insight"]);
+        let insight = table.purpose("insight").unwrap();
+        let seen = registry.load_into(&table, 0).unwrap();
+        assert_eq!(seen, 2);
+        let at = "2026-06-02T00:00:00Z".parse().unwrap();
+        assert_eq!(table.level(b"4530", insight, at), Level::Live);
+        assert_eq!(table.level(b"4530", PurposeId::DEFAULT, at), Level::Billing);
+        assert_eq!(table.listed(), 1, "a purpose not served is passed over");
+
+        registry
+            .append(
+                &[event("4530", Level::Billing, "*", "2026-06-01T06:00:00Z")],
+                now,
+            )
+            .unwrap();
+        assert_eq!(registry.load_into(&table, seen).unwrap(), 3);
+        assert_eq!(table.level(b"4530", insight, at), Level::Billing);
+
+        let history = registry.history("4530").unwrap();
+        assert_eq!(history.len(), 2);
+        assert_eq!(history[0].recorded_at, now);
+        for edit in [
+            "UPDATE consent_events SET level = 'live'",
+            "DELETE FROM consent_events WHERE seq = 1",
+            "UPDATE erasures SET reference = 'x'",
+            "DELETE FROM erasures",
+        ] {
+            let error = registry.connection.execute(edit, []).unwrap_err();
+            assert!(error.to_string().contains("append-only"), "{edit}: {error}");
+        }
+        assert_eq!(registry.history("4530").unwrap(), history);
+        std::fs::remove_file(&path).unwrap();
+    }
+}

@@ -1,0 +1,186 @@
+//! The audit: every store that can be read back, checked record by record against the
+//! registry, the sink's ceiling, the retention and the erasure ledger.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use p1guard_conduct::{ConsentTable, Identity, IdentityKey, normalise_equipment_id};
+use serde::Serialize;
+
+use super::store::Store;
+use crate::registry::Erasure;
+use crate::sinks::SinkConfig;
+
+/// Retention is enforced by housekeeping on a timer: a record this much past its retention
+/// is not yet a violation.
+const HOUSEKEEPING_SLACK: Duration = Duration::from_secs(2 * 3600);
+
+/// Records are never dated further ahead than this.
+const FUTURE_TOLERANCE: SignedDuration = SignedDuration::from_hours(24);
+
+/// One record a store should not hold, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    /// The sink's name.
+    pub store: String,
+    /// The meter as the store names it; on a pseudonymous store, a raw id is shown by its
+    /// pseudonym only.
+    pub meter: String,
+    /// The record's granularity.
+    pub granularity: String,
+    /// The record's kind.
+    pub kind: String,
+    /// The record's instant.
+    pub time: Timestamp,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// What one store held, checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Checked {
+    /// The sink's name.
+    pub store: String,
+    /// Records read back; `None` for a store that cannot be read back.
+    pub records: Option<u64>,
+    /// Of them, violations.
+    pub violations: u64,
+}
+
+/// Checks every store of `sinks`; returns the violations and what each store held.
+pub async fn audit(
+    sinks: &[SinkConfig],
+    key: &IdentityKey,
+    consent: &ConsentTable,
+    registry_meters: &[String],
+    erasures: &[Erasure],
+    now: Timestamp,
+) -> anyhow::Result<(Vec<Violation>, Vec<Checked>)> {
+    // Pseudonymous stores name meters by pseudonym: the registry's ids, mapped back.
+    let ids: HashMap<String, &str> = registry_meters
+        .iter()
+        .map(|id| (key.pseudonym(id.as_bytes()).to_string(), id.as_str()))
+        .collect();
+    let mut erased: HashMap<&str, Timestamp> = HashMap::new();
+    for erasure in erasures {
+        let at = erased
+            .entry(erasure.pseudonym.as_str())
+            .or_insert(erasure.requested_at);
+        *at = (*at).max(erasure.requested_at);
+    }
+    let mut violations = Vec::new();
+    let mut checked = Vec::new();
+    let mut normalised = Vec::new();
+    for config in sinks {
+        let mut store = Store::open(config).await?;
+        let held = store.read(None).await?;
+        let fiscal =
+            SignedDuration::try_from(store.billing_retention()).unwrap_or(SignedDuration::MAX);
+        store.close().await;
+        let Some(held) = held else {
+            checked.push(Checked {
+                store: config.name.clone(),
+                records: None,
+                violations: 0,
+            });
+            continue;
+        };
+        let before = violations.len();
+        let purpose = config.policy.purpose();
+        for record in &held {
+            let mut problems = Vec::new();
+            // Who: the pseudonym, and the id when the store (raw) or the registry says it.
+            let (pseudonym, id) = match config.policy.identity() {
+                Identity::Pseudonym => {
+                    if !is_pseudonym(&record.meter) {
+                        problems.push("a raw meter id in a pseudonymous store".to_owned());
+                    }
+                    (
+                        record.meter.clone(),
+                        ids.get(&record.meter).map(|id| id.to_string()),
+                    )
+                }
+                Identity::Raw => {
+                    let id = normalise_equipment_id(record.meter.as_bytes(), &mut normalised)
+                        .map(|id| String::from_utf8_lossy(id).into_owned())
+                        .unwrap_or_default();
+                    (key.pseudonym(id.as_bytes()).to_string(), Some(id))
+                }
+            };
+            let g = record.granularity;
+            if g > config.policy.ceiling() {
+                problems.push(format!(
+                    "finer than the sink's ceiling ({})",
+                    config.policy.ceiling()
+                ));
+            }
+            let level = match &id {
+                Some(id) => consent.level(id.as_bytes(), purpose, record.time),
+                None => consent.default_level(),
+            };
+            if !level.allows(g) {
+                problems.push(format!(
+                    "consent for purpose {} at that instant was {level}",
+                    config.purpose
+                ));
+            }
+            let retention = store_retention(config, g) + HOUSEKEEPING_SLACK;
+            let retention = SignedDuration::try_from(retention).unwrap_or(SignedDuration::MAX);
+            if record.time < now.checked_sub(retention).unwrap_or(Timestamp::MIN) {
+                problems.push(format!("older than the {g} retention"));
+            }
+            if record.time > now.checked_add(FUTURE_TOLERANCE).unwrap_or(Timestamp::MAX) {
+                problems.push("dated more than a day ahead".to_owned());
+            }
+            if let Some(&erased_at) = erased.get(pseudonym.as_str()) {
+                let kept = g == p1guard_conduct::Granularity::Billing
+                    && record.time >= now.checked_sub(fiscal).unwrap_or(Timestamp::MIN);
+                if record.time <= erased_at && !kept {
+                    problems.push(format!("erased on {erased_at} (erasure ledger)"));
+                }
+            }
+            if !problems.is_empty() {
+                let meter = match config.policy.identity() {
+                    Identity::Pseudonym if !is_pseudonym(&record.meter) => {
+                        format!("pseudonym {}", key.pseudonym(record.meter.as_bytes()))
+                    }
+                    _ => record.meter.clone(),
+                };
+                violations.push(Violation {
+                    store: config.name.clone(),
+                    meter,
+                    granularity: g.name().to_owned(),
+                    kind: record.record["kind"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    time: record.time,
+                    reason: problems.join("; "),
+                });
+            }
+        }
+        checked.push(Checked {
+            store: config.name.clone(),
+            records: Some(held.len() as u64),
+            violations: (violations.len() - before) as u64,
+        });
+    }
+    Ok((violations, checked))
+}
+
+/// A pseudonym is 32 lower-case hex digits.
+fn is_pseudonym(name: &str) -> bool {
+    name.len() == 32 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// How long the store keeps records of `granularity`: its configured retention, else
+/// privacy.md's default.
+fn store_retention(config: &SinkConfig, granularity: p1guard_conduct::Granularity) -> Duration {
+    match &config.kind {
+        crate::sinks::SinkKind::Sqlite { retention, .. } => {
+            retention[granularity as usize].unwrap_or(Duration::MAX)
+        }
+        _ => crate::sinks::default_retention(granularity),
+    }
+}

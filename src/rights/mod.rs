@@ -1,0 +1,234 @@
+//! The data subject's rights over what the stores hold: withdrawal's purge, erasure (and its
+//! re-application after a backup is restored), access (export), and the audit that proves
+//! the stores hold nothing they should not. Each works on every configured sink through
+//! [`Store`]; the consent registry and the erasure ledger are [`crate::registry`].
+
+mod audit;
+mod store;
+
+use std::collections::BTreeSet;
+
+use jiff::{SignedDuration, Timestamp};
+use p1guard_conduct::{Granularity, Identity, IdentityKey, Level, normalise_equipment_id};
+use serde::Serialize;
+
+pub use self::audit::{Violation, audit};
+pub use self::store::{Held, Purge, Purged, Store};
+use crate::registry::EVERY_PURPOSE;
+use crate::sinks::SinkConfig;
+
+/// Now, to the second: the instants the registry and the ledger keep.
+pub fn now() -> Timestamp {
+    Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// The equipment id as the meter sends it (hex, normalised) from an id as sent (hex, any
+/// case) or as printed on the meter (`E0054000012345678`): an id that is hex of even length
+/// and decodes to printable characters is taken as sent; any other is hex-encoded.
+pub fn meter_id(given: &str) -> anyhow::Result<String> {
+    let given = given.trim();
+    let mut normalised = Vec::new();
+    let Some(id) = normalise_equipment_id(given.as_bytes(), &mut normalised) else {
+        anyhow::bail!("{given:?} is not a meter id");
+    };
+    let decoded: Option<Vec<u8>> = (id.len() % 2 == 0)
+        .then(|| {
+            id.chunks(2)
+                .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
+                .collect()
+        })
+        .flatten();
+    if decoded.is_some_and(|bytes| bytes.iter().all(u8::is_ascii_graphic)) {
+        return Ok(String::from_utf8_lossy(id).into_owned());
+    }
+    Ok(given.bytes().map(|b| format!("{b:02X}")).collect())
+}
+
+/// One meter, named both ways.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    /// The equipment id as sent, normalised; unknown when only the ledger names the meter.
+    pub id: Option<String>,
+    /// Its pseudonym.
+    pub pseudonym: String,
+}
+
+impl Subject {
+    /// The meter `id` (normalised, as sent).
+    pub fn new(id: String, key: &IdentityKey) -> Subject {
+        let pseudonym = key.pseudonym(id.as_bytes()).to_string();
+        Subject {
+            id: Some(id),
+            pseudonym,
+        }
+    }
+
+    /// The names the meter has in `store`: its pseudonym, or on a raw-identity store its
+    /// id (found among the store's meters by pseudonym when only the ledger names it).
+    pub async fn names_in(
+        &self,
+        store: &mut Store,
+        key: &IdentityKey,
+    ) -> anyhow::Result<Vec<String>> {
+        match (store.identity(), &self.id) {
+            (Identity::Pseudonym, _) => Ok(vec![self.pseudonym.clone()]),
+            (Identity::Raw, Some(id)) => Ok(vec![id.clone()]),
+            (Identity::Raw, None) => {
+                let mut normalised = Vec::new();
+                let meters = store.meters().await?;
+                Ok(meters
+                    .into_iter()
+                    .filter(|name| {
+                        normalise_equipment_id(name.as_bytes(), &mut normalised)
+                            .is_some_and(|id| key.pseudonym(id).to_string() == self.pseudonym)
+                    })
+                    .collect())
+            }
+        }
+    }
+}
+
+/// What one store did, as the answer to a privacy officer says it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreAnswer {
+    /// The sink's name.
+    pub store: String,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// What was erased and kept.
+    #[serde(flatten)]
+    pub purged: Purged,
+    /// Why records were kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kept_because: Option<String>,
+}
+
+/// Erases, in every store whose purpose is `purpose` (every store for `*`), the records of
+/// `subject` that `level` no longer allows; billing records inside the fiscal retention are
+/// kept.
+pub async fn purge_withdrawn(
+    sinks: &[SinkConfig],
+    key: &IdentityKey,
+    subject: &Subject,
+    purpose: &str,
+    level: Level,
+    now: Timestamp,
+) -> anyhow::Result<Vec<StoreAnswer>> {
+    let granularities: Vec<Granularity> = Granularity::ALL
+        .into_iter()
+        .filter(|g| !level.allows(*g))
+        .collect();
+    let mut answers = Vec::new();
+    if granularities.is_empty() {
+        return Ok(answers);
+    }
+    for config in sinks {
+        if purpose != EVERY_PURPOSE && config.purpose != purpose {
+            continue;
+        }
+        let mut store = Store::open(config).await?;
+        if store.keeps_records() {
+            let purge = Purge {
+                meters: subject.names_in(&mut store, key).await?,
+                granularities: granularities.clone(),
+                dated_until: None,
+                keep_billing_from: Some(fiscal_cutoff(&store, now)),
+            };
+            let purged = store_purge(&mut store, &purge).await?;
+            answers.push(answer(&store, purged));
+        }
+        store.close().await;
+    }
+    Ok(answers)
+}
+
+/// Erases, in every store, every record of `subject` dated up to `requested_at` except the
+/// billing records inside the fiscal retention at `now`.
+pub async fn erase(
+    sinks: &[SinkConfig],
+    key: &IdentityKey,
+    subject: &Subject,
+    requested_at: Timestamp,
+    now: Timestamp,
+) -> anyhow::Result<Vec<StoreAnswer>> {
+    let mut answers = Vec::new();
+    for config in sinks {
+        let mut store = Store::open(config).await?;
+        if store.keeps_records() {
+            let purge = Purge {
+                meters: subject.names_in(&mut store, key).await?,
+                granularities: Granularity::ALL.to_vec(),
+                dated_until: Some(requested_at),
+                keep_billing_from: Some(fiscal_cutoff(&store, now)),
+            };
+            let purged = store_purge(&mut store, &purge).await?;
+            answers.push(answer(&store, purged));
+        } else {
+            answers.push(StoreAnswer {
+                store: store.name.clone(),
+                kind: store.type_name(),
+                purged: Purged {
+                    note: Some("keeps nothing: records were only printed".into()),
+                    ..Purged::default()
+                },
+                kept_because: None,
+            });
+        }
+        store.close().await;
+    }
+    Ok(answers)
+}
+
+async fn store_purge(store: &mut Store, purge: &Purge) -> anyhow::Result<Purged> {
+    let name = store.name.clone();
+    store
+        .purge(purge)
+        .await
+        .map_err(|error| error.context(format!("sink {name}: erasing")))
+}
+
+/// Billing records dated at or after this are inside the store's fiscal retention.
+fn fiscal_cutoff(store: &Store, now: Timestamp) -> Timestamp {
+    let retention =
+        SignedDuration::try_from(store.billing_retention()).unwrap_or(SignedDuration::MAX);
+    now.checked_sub(retention).unwrap_or(Timestamp::MIN)
+}
+
+fn answer(store: &Store, purged: Purged) -> StoreAnswer {
+    let years = store.billing_retention().as_secs() / (365 * 86_400);
+    let kept_because = (purged.kept > 0).then(|| {
+        format!("billing readings inside the fiscal retention ({years} years) are kept for the tax authority")
+    });
+    StoreAnswer {
+        store: store.name.clone(),
+        kind: store.type_name(),
+        purged,
+        kept_because,
+    }
+}
+
+/// Everything the stores hold of `subject`, de-duplicated (a record in two stores is one
+/// record), ordered by time.
+pub async fn records_of(
+    sinks: &[SinkConfig],
+    key: &IdentityKey,
+    subject: &Subject,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut seen = BTreeSet::new();
+    let mut records = Vec::new();
+    for config in sinks {
+        let mut store = Store::open(config).await?;
+        let names = subject.names_in(&mut store, key).await?;
+        if let Some(held) = store.read(Some(&names)).await? {
+            for held in held {
+                if seen.insert(held.record.to_string()) {
+                    records.push(held);
+                }
+            }
+        }
+        store.close().await;
+    }
+    records.sort_by_key(|held| (held.time, held.granularity));
+    Ok(records.into_iter().map(|held| held.record).collect())
+}

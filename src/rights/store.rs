@@ -1,0 +1,174 @@
+//! The stores the rights commands reach: every configured sink, opened for reading back and
+//! erasing rather than for writing. Each kind's own code lives with the sink (sqlite.rs,
+//! mqtt/retained.rs, influx/); this is only the dispatch, and the vocabulary they share.
+
+use jiff::Timestamp;
+use p1guard_conduct::{Granularity, Identity};
+use serde::Serialize;
+
+use crate::sinks::{InfluxSink, RetainedMessages, SinkConfig, SinkKind, SqliteSink};
+
+/// What to erase from one store: the records of some meters (as the store names them), of
+/// some granularities, dated up to an instant, except billing records still inside the
+/// fiscal retention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Purge {
+    /// The meter's names in this store: its pseudonym, or on a raw-identity store its id.
+    pub meters: Vec<String>,
+    /// The granularities to erase.
+    pub granularities: Vec<Granularity>,
+    /// Only records dated at or before this instant; every record if `None`.
+    pub dated_until: Option<Timestamp>,
+    /// Billing records dated at or after this instant are kept (fiscal retention).
+    pub keep_billing_from: Option<Timestamp>,
+}
+
+impl Purge {
+    /// Whether a record of `granularity` dated `time` is to be erased.
+    pub fn covers(&self, granularity: Granularity, time: Timestamp) -> bool {
+        self.granularities.contains(&granularity)
+            && self.dated_until.is_none_or(|until| time <= until)
+            && !self.keeps(granularity, time)
+    }
+
+    /// Whether a record of `granularity` dated `time` is kept by the fiscal exception.
+    pub fn keeps(&self, granularity: Granularity, time: Timestamp) -> bool {
+        granularity == Granularity::Billing
+            && self.granularities.contains(&granularity)
+            && self.keep_billing_from.is_some_and(|from| time >= from)
+            && self.dated_until.is_none_or(|until| time <= until)
+    }
+}
+
+/// What one store did with a purge.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Purged {
+    /// Records (or retained messages, or series) erased.
+    pub erased: u64,
+    /// Records kept because the law requires them (billing inside the fiscal retention).
+    pub kept: u64,
+    /// What the store cannot do, or did differently (a store that erases whole series).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// One record read back from a store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Held {
+    /// The meter as the store names it.
+    pub meter: String,
+    /// Its granularity.
+    pub granularity: Granularity,
+    /// The record's instant.
+    pub time: Timestamp,
+    /// The record as architecture.md's record JSON (as far as the store keeps it).
+    pub record: serde_json::Value,
+}
+
+/// A configured sink, opened to read back and erase.
+pub struct Store {
+    /// The sink's name.
+    pub name: String,
+    /// The sink's configuration (ceiling, identity, purpose, kind).
+    pub config: SinkConfig,
+    kind: Opened,
+}
+
+enum Opened {
+    Sqlite(SqliteSink),
+    Mqtt(Box<RetainedMessages>),
+    Influx(InfluxSink),
+    /// Standard output keeps nothing.
+    Nothing,
+}
+
+impl Store {
+    /// Opens the store behind `config`.
+    pub async fn open(config: &SinkConfig) -> anyhow::Result<Store> {
+        let kind = match &config.kind {
+            SinkKind::Sqlite { path, retention } => {
+                let path = match path {
+                    Some(path) => path.clone(),
+                    None => crate::state::dir()?.join("p1guard.sqlite"),
+                };
+                Opened::Sqlite(SqliteSink::open(&path, *retention)?)
+            }
+            SinkKind::Stdout => Opened::Nothing,
+            SinkKind::Mqtt(settings) => Opened::Mqtt(Box::new(
+                RetainedMessages::connect(&config.name, settings).await?,
+            )),
+            SinkKind::Influxdb(settings) => Opened::Influx(InfluxSink::new(settings.clone())?),
+        };
+        Ok(Store {
+            name: config.name.clone(),
+            config: config.clone(),
+            kind,
+        })
+    }
+
+    /// `sqlite`, `mqtt`, `influxdb` or `stdout`.
+    pub fn type_name(&self) -> &'static str {
+        self.config.kind.type_name()
+    }
+
+    /// How the store names meters.
+    pub fn identity(&self) -> Identity {
+        self.config.policy.identity()
+    }
+
+    /// Whether the store keeps anything at all.
+    pub fn keeps_records(&self) -> bool {
+        !matches!(self.kind, Opened::Nothing)
+    }
+
+    /// How long the store keeps billing records: the fiscal retention.
+    pub fn billing_retention(&self) -> std::time::Duration {
+        match &self.config.kind {
+            SinkKind::Sqlite { retention, .. } => {
+                retention[Granularity::Billing as usize].unwrap_or(crate::sinks::FISCAL_RETENTION)
+            }
+            _ => crate::sinks::FISCAL_RETENTION,
+        }
+    }
+
+    /// Every meter name the store holds records of.
+    pub async fn meters(&mut self) -> anyhow::Result<Vec<String>> {
+        match &mut self.kind {
+            Opened::Sqlite(store) => store.stored_meters(),
+            Opened::Mqtt(store) => store.stored_meters().await,
+            Opened::Influx(store) => store.stored_meters().await,
+            Opened::Nothing => Ok(Vec::new()),
+        }
+    }
+
+    /// Erases what `purge` covers.
+    pub async fn purge(&mut self, purge: &Purge) -> anyhow::Result<Purged> {
+        if purge.meters.is_empty() {
+            return Ok(Purged::default());
+        }
+        match &mut self.kind {
+            Opened::Sqlite(store) => store.purge(purge),
+            Opened::Mqtt(store) => store.purge(purge).await,
+            Opened::Influx(store) => store.purge(purge).await,
+            Opened::Nothing => Ok(Purged::default()),
+        }
+    }
+
+    /// The records of `meters` (every record if `None`), or `None` if the store cannot be
+    /// read back.
+    pub async fn read(&mut self, meters: Option<&[String]>) -> anyhow::Result<Option<Vec<Held>>> {
+        match &mut self.kind {
+            Opened::Sqlite(store) => store.read(meters).map(Some),
+            Opened::Mqtt(store) => store.read(meters).await.map(Some),
+            Opened::Influx(store) => store.read(meters).await,
+            Opened::Nothing => Ok(None),
+        }
+    }
+
+    /// Lets go of connections.
+    pub async fn close(self) {
+        if let Opened::Mqtt(store) = self.kind {
+            store.close().await;
+        }
+    }
+}

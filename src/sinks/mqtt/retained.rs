@@ -1,0 +1,246 @@
+//! The rights commands' side of an MQTT sink: the broker keeps the last record of each state
+//! topic and every discovery config, retained. They are read by subscribing (a broker sends
+//! what it retains at once) and erased by an empty retained publish on each topic.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use jiff::Timestamp;
+use p1guard_conduct::Granularity;
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, QoS};
+
+use super::config::{MqttSettings, TopicLayout};
+use super::topics::topic_level;
+use crate::rights::{Held, Purge, Purged};
+
+/// How long the broker may take to answer at all.
+const ANSWER_WAIT: Duration = Duration::from_secs(10);
+
+/// After the subscription is acknowledged, the retained messages are in flight: they are
+/// taken to be complete once none came for this long.
+const QUIET: Duration = Duration::from_millis(500);
+
+/// A short-lived connection to a sink's broker, for reading and erasing retained messages.
+pub struct RetainedMessages {
+    client: AsyncClient,
+    events: EventLoop,
+    prefix: String,
+    layout: TopicLayout,
+    discovery_prefix: Option<String>,
+}
+
+impl RetainedMessages {
+    /// Connects to the broker of the sink `name`, as the sink's client id with `-rights`.
+    pub async fn connect(name: &str, settings: &MqttSettings) -> anyhow::Result<Self> {
+        let mut broker = settings.broker.clone();
+        broker.client_id = format!("{}-rights", broker.client_id);
+        let mut options = crate::broker::options(&broker)?;
+        options.set_clean_session(true);
+        let (client, mut events) = AsyncClient::new(options, 1024);
+        let connected = tokio::time::timeout(ANSWER_WAIT, async {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Incoming::ConnAck(_))) => return Ok(()),
+                    Ok(_) => {}
+                    Err(error) => return Err(crate::broker::describe(&error)),
+                }
+            }
+        });
+        match connected.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => bail!("sink {name}: {}: {error}", broker.describe()),
+            Err(_) => bail!("sink {name}: {}: no answer", broker.describe()),
+        }
+        let discovery_prefix = settings
+            .discovery_prefix
+            .clone()
+            .filter(|_| settings.layout == TopicLayout::P1guard);
+        Ok(RetainedMessages {
+            client,
+            events,
+            prefix: settings.prefix.clone(),
+            layout: settings.layout,
+            discovery_prefix,
+        })
+    }
+
+    /// Every retained message under `filters`, by topic.
+    async fn retained(&mut self, filters: &[String]) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
+        for filter in filters {
+            self.client.subscribe(filter, QoS::AtLeastOnce).await?;
+        }
+        let mut acknowledged = 0;
+        let mut found = BTreeMap::new();
+        loop {
+            let wait = if acknowledged == filters.len() {
+                QUIET
+            } else {
+                ANSWER_WAIT
+            };
+            let event = match tokio::time::timeout(wait, self.events.poll()).await {
+                Err(_) if acknowledged == filters.len() => break,
+                Err(_) => bail!("the broker did not acknowledge the subscription"),
+                Ok(event) => event.map_err(|e| anyhow::anyhow!(crate::broker::describe(&e)))?,
+            };
+            match event {
+                Event::Incoming(Incoming::SubAck(_)) => acknowledged += 1,
+                Event::Incoming(Incoming::Publish(message))
+                    if message.retain && !message.payload.is_empty() =>
+                {
+                    found.insert(message.topic.clone(), message.payload.to_vec());
+                }
+                _ => {}
+            }
+        }
+        for filter in filters {
+            self.client.unsubscribe(filter).await?;
+        }
+        Ok(found)
+    }
+
+    /// Empties each of `topics` (an empty retained publish) and waits for the broker.
+    async fn clear(&mut self, topics: &[String]) -> anyhow::Result<()> {
+        let mut unacknowledged = 0usize;
+        for topic in topics {
+            self.client
+                .publish(topic, QoS::AtLeastOnce, true, Vec::new())
+                .await?;
+            unacknowledged += 1;
+            // The client's request queue is bounded: drain acknowledgements as we go.
+            while unacknowledged >= 512 {
+                unacknowledged -= self.next_ack().await?;
+            }
+        }
+        while unacknowledged > 0 {
+            unacknowledged -= self.next_ack().await?;
+        }
+        Ok(())
+    }
+
+    /// 1 when the next event is a PUBACK, else 0.
+    async fn next_ack(&mut self) -> anyhow::Result<usize> {
+        let event = tokio::time::timeout(ANSWER_WAIT, self.events.poll())
+            .await
+            .context("the broker acknowledged nothing")?
+            .map_err(|e| anyhow::anyhow!(crate::broker::describe(&e)))?;
+        Ok(usize::from(matches!(
+            event,
+            Event::Incoming(Incoming::PubAck(_))
+        )))
+    }
+
+    /// The state topics' filter for `meter` (`+` for every meter).
+    fn state_filter(&self, meter: &str) -> String {
+        match self.layout {
+            TopicLayout::P1guard => format!("{}/{meter}/+/+", self.prefix),
+            // One household's meter, unnamed in its topics.
+            TopicLayout::DsmrReader => format!("{}/#", self.prefix),
+        }
+    }
+
+    /// Every meter name with retained records.
+    pub async fn stored_meters(&mut self) -> anyhow::Result<Vec<String>> {
+        if self.layout == TopicLayout::DsmrReader {
+            return Ok(Vec::new());
+        }
+        let filter = self.state_filter("+");
+        let topics = self.retained(&[filter]).await?;
+        let mut meters: Vec<String> = topics
+            .keys()
+            .filter_map(|t| t.strip_prefix(&format!("{}/", self.prefix)))
+            .filter_map(|rest| rest.split('/').next())
+            .map(str::to_owned)
+            .collect();
+        meters.dedup();
+        Ok(meters)
+    }
+
+    /// The retained records of `meters` (every meter if `None`).
+    pub async fn read(&mut self, meters: Option<&[String]>) -> anyhow::Result<Vec<Held>> {
+        if self.layout == TopicLayout::DsmrReader {
+            return Ok(Vec::new()); // dsmr-reader's topics hold values, not records
+        }
+        let filters: Vec<String> = match meters {
+            None => vec![self.state_filter("+")],
+            Some(meters) => meters
+                .iter()
+                .map(|m| self.state_filter(&topic_level(m)))
+                .collect(),
+        };
+        let messages = self.retained(&filters).await?;
+        Ok(messages
+            .values()
+            .filter_map(|payload| held(payload))
+            .collect())
+    }
+
+    /// Empties every retained topic of the purge's meters that it covers.
+    pub async fn purge(&mut self, purge: &Purge) -> anyhow::Result<Purged> {
+        let mut purged = Purged::default();
+        let mut doomed = Vec::new();
+        let live = purge.granularities.contains(&Granularity::Live);
+        for meter in &purge.meters {
+            let meter = topic_level(meter);
+            let mut filters = vec![self.state_filter(&meter)];
+            if let Some(discovery) = self.discovery_prefix.as_ref().filter(|_| live) {
+                filters.push(format!("{discovery}/sensor/p1guard_{meter}/+/config"));
+            }
+            let messages = self.retained(&filters).await?;
+            for (topic, payload) in messages {
+                if topic.ends_with("/config") {
+                    doomed.push(topic); // discovery: the live entities of the meter
+                    continue;
+                }
+                let covered = match (self.layout, held(&payload)) {
+                    (TopicLayout::DsmrReader, _) => live,
+                    (TopicLayout::P1guard, Some(record)) => {
+                        if purge.keeps(record.granularity, record.time) {
+                            purged.kept += 1;
+                        }
+                        purge.covers(record.granularity, record.time)
+                    }
+                    // Not a record of ours: a granularity in its topic says what it is.
+                    (TopicLayout::P1guard, None) => topic
+                        .rsplit('/')
+                        .nth(1)
+                        .and_then(|g| g.parse::<Granularity>().ok())
+                        .is_some_and(|g| purge.granularities.contains(&g)),
+                };
+                if covered {
+                    doomed.push(topic);
+                }
+            }
+        }
+        self.clear(&doomed).await?;
+        purged.erased = doomed.len() as u64;
+        Ok(purged)
+    }
+
+    /// Disconnects.
+    pub async fn close(mut self) {
+        let _ = self.client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Ok(event) = self.events.poll().await {
+                if matches!(event, Event::Outgoing(Outgoing::Disconnect)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// A retained record, if the payload is one.
+fn held(payload: &[u8]) -> Option<Held> {
+    let record: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    let meter = record["meter"].as_str()?.to_owned();
+    let granularity = record["granularity"].as_str()?.parse().ok()?;
+    let time = record["time"].as_str()?.parse::<Timestamp>().ok()?;
+    Some(Held {
+        meter,
+        granularity,
+        time,
+        record,
+    })
+}
