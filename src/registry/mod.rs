@@ -438,6 +438,10 @@ mod tests {
 
         let history = registry.history("4530").unwrap();
         assert_eq!(history.len(), 2);
+        let answer = serde_json::json!([{"store": "store", "erased": 3}]);
+        registry
+            .record_erasure("9b31f0c0fa12763d69e2a6c088f529a3", now, None, &answer)
+            .unwrap();
         assert_eq!(history[0].recorded_at, now);
         for edit in [
             "UPDATE consent_events SET level = 'live'",

@@ -1,6 +1,8 @@
 //! The privacy invariants, as properties over generated multi-day telegram streams with
-//! random gaps, random consent histories and random sink policies:
-//! - no record finer than the consent in force at its instant, or than the sink's ceiling;
+//! random gaps, random consent registries (events per purpose, and for every purpose) and
+//! two sinks serving different purposes under random policies:
+//! - no record finer than the consent in force at its instant for the sink's purpose, or than
+//!   the sink's ceiling;
 //! - and every electricity record they and the observations allow does come out, at exactly
 //!   the boundaries an independent reading of privacy.md's rules finds;
 //! - no raw meter id (and no M-Bus id) on a pseudonymous sink;
@@ -12,8 +14,8 @@ use std::collections::BTreeSet;
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp, ToSpan};
 use p1guard_conduct::{
-    Arrival, BillingCadence, CLOCK_JUMP_SECONDS, Calendar, Granularity, Identity, IdentityKey,
-    Level, MaxGaps, Reducer, ReducerConfig, SinkPolicy, Timeline, Values,
+    Arrival, BillingCadence, CLOCK_JUMP_SECONDS, Calendar, Change, ConsentTable, Granularity,
+    Identity, IdentityKey, Level, MaxGaps, Reducer, ReducerConfig, Scope, SinkPolicy, Values,
 };
 use p1guard_simulator::{Gap, MeterSpec, Simulator, Style};
 use p1guard_telegram::{Framer, FramerConfig, Parser};
@@ -27,8 +29,11 @@ fn hex(text: &str) -> String {
     text.bytes().map(|b| format!("{b:02X}")).collect()
 }
 
+/// The purposes the two sinks serve.
+const PURPOSES: [&str; 2] = ["default", "insight"];
+
 /// A generated scenario: one meter over some days, silent in some gaps, under a consent
-/// history, printed to one sink.
+/// history, printed to two sinks, one per purpose.
 #[derive(Debug, Clone)]
 struct Scenario {
     style: Style,
@@ -36,8 +41,47 @@ struct Scenario {
     start: Timestamp,
     hours: i64,
     gaps: Vec<Gap>,
-    consent: Timeline,
-    policy: SinkPolicy,
+    consent: History,
+    policies: [SinkPolicy; 2],
+}
+
+/// A registry's events for the meter, in the order recorded: (effective instant, level, the
+/// purpose's index in [`PURPOSES`] or `None` for every purpose), over a configured default.
+#[derive(Debug, Clone)]
+struct History {
+    default: Level,
+    events: Vec<(Timestamp, Level, Option<usize>)>,
+}
+
+impl History {
+    /// privacy.md's rule, read independently of the table: the latest event in force for the
+    /// purpose (or for every purpose), of two at one instant the one recorded last.
+    fn at(&self, purpose: usize, at: Timestamp) -> Level {
+        let mut in_force: Vec<(usize, &(Timestamp, Level, Option<usize>))> = self
+            .events
+            .iter()
+            .enumerate()
+            .filter(|(_, (from, _, p))| *from <= at && p.is_none_or(|p| p == purpose))
+            .collect();
+        in_force.sort_by_key(|(recorded, (from, _, _))| (*from, *recorded));
+        in_force
+            .last()
+            .map_or(self.default, |(_, (_, level, _))| *level)
+    }
+
+    /// The consent table the daemon would build: the default, then each event as recorded.
+    fn table(&self) -> ConsentTable {
+        let table = ConsentTable::new(self.default, PURPOSES);
+        for &(from, level, purpose) in &self.events {
+            let scope = match purpose {
+                None => Scope::Every,
+                Some(p) => Scope::Purpose(table.purpose(PURPOSES[p]).unwrap()),
+            };
+            let change = Change { from, level, scope };
+            table.add(hex(EQUIPMENT_ID).as_bytes(), change).unwrap();
+        }
+        table
+    }
 }
 
 /// Instants in 2026 near the days that matter: DST changes, billing boundaries, plain days.
@@ -55,6 +99,15 @@ fn start() -> impl Strategy<Value = Timestamp> {
 
 fn level() -> impl Strategy<Value = Level> {
     prop::sample::select(&Level::ALL[..])
+}
+
+fn policies() -> impl Strategy<Value = [SinkPolicy; 2]> {
+    (policy(), policy()).prop_map(|(default, insight)| {
+        let insight_purpose = ConsentTable::new(Level::None, PURPOSES)
+            .purpose(PURPOSES[1])
+            .unwrap();
+        [default, insight.serving(insight_purpose)]
+    })
 }
 
 fn policy() -> impl Strategy<Value = SinkPolicy> {
@@ -76,11 +129,11 @@ fn scenario(max_hours: i64) -> impl Strategy<Value = Scenario> {
         6..=max_hours,
         prop::collection::vec((0.0..1.0f64, 1i64..4 * 3600), 0..4),
         level(),
-        prop::collection::vec((0.0..1.0f64, level()), 0..4),
-        policy(),
+        prop::collection::vec((-0.2..1.0f64, level(), prop::option::of(0..2usize)), 0..6),
+        policies(),
     )
         .prop_map(
-            |(style, seed, start, hours, gaps, initial, changes, policy)| {
+            |(style, seed, start, hours, gaps, initial, changes, policies)| {
                 let span = hours * 3600;
                 let at = |fraction: f64| {
                     start + SignedDuration::from_secs((fraction * span as f64) as i64)
@@ -92,9 +145,9 @@ fn scenario(max_hours: i64) -> impl Strategy<Value = Scenario> {
                         to: at(from) + SignedDuration::from_secs(length),
                     })
                     .collect();
-                let changes = changes
+                let events = changes
                     .into_iter()
-                    .map(|(when, level)| (at(when), level))
+                    .map(|(when, level, purpose)| (at(when), level, purpose))
                     .collect();
                 // DSMR 5 sends ten times the telegrams: keep its runs shorter.
                 let hours = if style == Style::Dsmr5 {
@@ -108,8 +161,11 @@ fn scenario(max_hours: i64) -> impl Strategy<Value = Scenario> {
                     start,
                     hours,
                     gaps,
-                    consent: Timeline::new(initial, changes),
-                    policy,
+                    consent: History {
+                        default: initial,
+                        events,
+                    },
+                    policies,
                 }
             },
         )
@@ -150,18 +206,19 @@ fn telegrams(s: &Scenario) -> (Vec<u8>, Vec<(i64, i64)>) {
     (stream, observations)
 }
 
-/// The stream through framer, parser, reducer and the sink policy, pushed in `chunks`.
-fn replay(s: &Scenario, stream: &[u8], chunk_sizes: &[usize]) -> Vec<(Value, String)> {
+/// The stream through framer, parser, reducer and the sinks' policies, pushed in `chunks`:
+/// each sink's lines.
+fn replay(s: &Scenario, stream: &[u8], chunk_sizes: &[usize]) -> [Vec<(Value, String)>; 2] {
     let config = ReducerConfig {
         calendar: Calendar::netherlands(BillingCadence::BiMonthly),
-        finest: s.policy.ceiling(),
+        finest: s.policies.iter().map(|p| p.ceiling()).max().unwrap(),
         max_gaps: MaxGaps::default(),
     };
-    let mut reducer = Reducer::new(config, s.consent.clone(), IdentityKey::from_bytes([42; 32]));
+    let mut reducer = Reducer::new(config, s.consent.table(), IdentityKey::from_bytes([42; 32]));
     let mut framer = Framer::new(FramerConfig::default());
     let mut parser = Parser::new();
     let mut records = Vec::new();
-    let mut lines = Vec::new();
+    let mut lines = [Vec::new(), Vec::new()];
     let mut rest = stream;
     for &size in chunk_sizes.iter().cycle() {
         if rest.is_empty() {
@@ -178,16 +235,18 @@ fn replay(s: &Scenario, stream: &[u8], chunk_sizes: &[usize]) -> Vec<(Value, Str
                 &mut records,
             );
             for record in records.drain(..) {
-                let Some(admitted) = s.policy.admit(&record) else {
-                    continue;
-                };
                 if record.granularity != Granularity::Live
                     && let Values::Electricity { live, .. } = &record.values
                 {
                     assert!(live.is_none(), "boundary records carry registers only");
                 }
-                let line = serde_json::to_string(&admitted).expect("JSON");
-                lines.push((serde_json::from_str(&line).expect("valid JSON"), line));
+                for (policy, lines) in s.policies.iter().zip(&mut lines) {
+                    let Some(admitted) = policy.admit(&record) else {
+                        continue;
+                    };
+                    let line = serde_json::to_string(&admitted).expect("JSON");
+                    lines.push((serde_json::from_str(&line).expect("valid JSON"), line));
+                }
             }
         }
     }
@@ -214,8 +273,13 @@ fn confirmed(observations: &[(i64, i64)]) -> Vec<(i64, i64)> {
 /// from the rules themselves: boundaries every 15 minutes and at local midnights (billing on
 /// the first of odd months), each filled by an observation on it or by two observations
 /// around it no farther apart than the granularity's gap, each kept only where the consent
-/// at the boundary and the sink's ceiling allow it; live records at every telegram.
-fn allowed_electricity(s: &Scenario, observations: &[(i64, i64)]) -> BTreeSet<(Granularity, i64)> {
+/// at the boundary for the sink's purpose and its ceiling allow it; live records at every
+/// telegram.
+fn allowed_electricity(
+    s: &Scenario,
+    sink: usize,
+    observations: &[(i64, i64)],
+) -> BTreeSet<(Granularity, i64)> {
     let times: Vec<i64> = confirmed(observations).iter().map(|o| o.0).collect();
     let (Some(&first), Some(&last)) = (times.first(), times.last()) else {
         return BTreeSet::new();
@@ -251,9 +315,9 @@ fn allowed_electricity(s: &Scenario, observations: &[(i64, i64)]) -> BTreeSet<(G
         day = day.checked_add(1.day()).unwrap();
     }
     let allowed = |granularity: Granularity, at: i64| {
-        granularity <= s.policy.ceiling()
+        granularity <= s.policies[sink].ceiling()
             && s.consent
-                .at(Timestamp::from_second(at).unwrap())
+                .at(sink, Timestamp::from_second(at).unwrap())
                 .allows(granularity)
     };
     let boundaries = candidates
@@ -281,14 +345,16 @@ proptest! {
     #[test]
     fn nothing_leaves_finer_than_consent_and_ceiling_allow(s in scenario(60)) {
         let (stream, observations) = telegrams(&s);
-        let lines = replay(&s, &stream, &[64 * 1024]);
-        for (record, line) in &lines {
+        let sinks = replay(&s, &stream, &[64 * 1024]);
+        for (sink, (policy, lines)) in s.policies.iter().zip(&sinks).enumerate() {
+        for (record, line) in lines {
             let granularity = granularity_of(record);
             let at: Timestamp = record["time"].as_str().unwrap().parse().unwrap();
-            prop_assert!(granularity <= s.policy.ceiling(), "above the ceiling: {line}");
-            prop_assert!(s.consent.at(at).allows(granularity), "consent at {at} is {}: {line}", s.consent.at(at));
+            prop_assert!(granularity <= policy.ceiling(), "above the ceiling: {line}");
+            let level = s.consent.at(sink, at);
+            prop_assert!(level.allows(granularity), "consent for {} at {at} is {level}: {line}", PURPOSES[sink]);
             let meter = record["meter"].as_str().unwrap();
-            match s.policy.identity() {
+            match policy.identity() {
                 Identity::Raw => prop_assert_eq!(meter, hex(EQUIPMENT_ID)),
                 Identity::Pseudonym => {
                     prop_assert!(meter.len() == 32 && meter.bytes().all(|b| b.is_ascii_hexdigit()));
@@ -304,21 +370,24 @@ proptest! {
                 prop_assert!(before <= value && value <= next, "{value} not within [{before}, {next}]: {line}");
             }
         }
+        }
     }
 
     #[test]
     fn everything_consent_ceiling_and_observations_allow_comes_out(s in scenario(60)) {
         let (stream, observations) = telegrams(&s);
-        let lines = replay(&s, &stream, &[64 * 1024]);
-        let mut out = BTreeSet::new();
-        for (record, line) in lines.iter().filter(|(r, _)| r["kind"] == "electricity") {
-            let at: Timestamp = record["time"].as_str().unwrap().parse().unwrap();
-            prop_assert!(out.insert((granularity_of(record), at.as_second())), "twice: {line}");
+        let sinks = replay(&s, &stream, &[64 * 1024]);
+        for (sink, lines) in sinks.iter().enumerate() {
+            let mut out = BTreeSet::new();
+            for (record, line) in lines.iter().filter(|(r, _)| r["kind"] == "electricity") {
+                let at: Timestamp = record["time"].as_str().unwrap().parse().unwrap();
+                prop_assert!(out.insert((granularity_of(record), at.as_second())), "twice: {line}");
+            }
+            let allowed = allowed_electricity(&s, sink, &observations);
+            let missing: Vec<_> = allowed.difference(&out).take(5).collect();
+            let extra: Vec<_> = out.difference(&allowed).take(5).collect();
+            prop_assert!(missing.is_empty() && extra.is_empty(), "sink {sink}: missing {missing:?}, not allowed {extra:?}");
         }
-        let allowed = allowed_electricity(&s, &observations);
-        let missing: Vec<_> = allowed.difference(&out).take(5).collect();
-        let extra: Vec<_> = out.difference(&allowed).take(5).collect();
-        prop_assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}, not allowed {extra:?}");
     }
 
     #[test]
@@ -327,9 +396,12 @@ proptest! {
         chunks in prop::collection::vec(1usize..5000, 1..16),
     ) {
         let (stream, _) = telegrams(&s);
-        let whole: Vec<String> = replay(&s, &stream, &[stream.len()]).into_iter().map(|(_, l)| l).collect();
-        let chunked: Vec<String> = replay(&s, &stream, &chunks).into_iter().map(|(_, l)| l).collect();
-        let again: Vec<String> = replay(&s, &stream, &[stream.len()]).into_iter().map(|(_, l)| l).collect();
+        let lines = |sinks: [Vec<(Value, String)>; 2]| -> Vec<String> {
+            sinks.into_iter().flatten().map(|(_, l)| l).collect()
+        };
+        let whole = lines(replay(&s, &stream, &[stream.len()]));
+        let chunked = lines(replay(&s, &stream, &chunks));
+        let again = lines(replay(&s, &stream, &[stream.len()]));
         prop_assert_eq!(&chunked, &whole);
         prop_assert_eq!(&again, &whole);
     }
