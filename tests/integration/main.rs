@@ -8,6 +8,7 @@ mod mosquitto;
 mod mqtt;
 mod parse;
 mod replay;
+mod rights;
 mod run;
 mod supplier;
 
