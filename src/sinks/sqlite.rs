@@ -246,8 +246,10 @@ impl Sink for SqliteSink {
         Ok(())
     }
 
+    /// Deletes what expired meanwhile, then folds the WAL into the file (every write is a
+    /// committed transaction already).
     async fn flush(&mut self) -> anyhow::Result<()> {
-        // Every write is a committed transaction; a checkpoint folds the WAL into the file.
+        self.maintain().await?;
         tokio::task::block_in_place(|| {
             self.connection
                 .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
@@ -297,7 +299,7 @@ mod tests {
             let telegram = parser.parse(&frame.unwrap()).unwrap();
             reducer.reduce(
                 &telegram,
-                Arrival::Recorded(Timestamp::UNIX_EPOCH),
+                Arrival::Recorded(Timestamp::MAX),
                 &mut records,
             );
         }

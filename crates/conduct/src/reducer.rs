@@ -116,8 +116,9 @@ pub enum Arrival {
     /// Relayed by a broker that may have held it (MQTT): it can be old, but a meter time more
     /// than [`MAX_CLOCK_SKEW_SECONDS`] after this instant is not trusted.
     Relayed(Timestamp),
-    /// Read back from a recording: only the telegrams themselves say when they were, and
-    /// this instant dates those without a clock, so that replay stays deterministic.
+    /// Read back from a recording at this instant: the telegrams may be years old, but a
+    /// record is never dated in the future, so a meter time more than
+    /// [`MAX_CLOCK_SKEW_SECONDS`] after it is not trusted. It dates telegrams without a clock.
     Recorded(Timestamp),
 }
 
@@ -134,8 +135,7 @@ impl Arrival {
         let skew = |at: Timestamp| meter - at.as_second();
         match self {
             Arrival::Direct(at) => skew(at).abs() <= MAX_CLOCK_SKEW_SECONDS,
-            Arrival::Relayed(at) => skew(at) <= MAX_CLOCK_SKEW_SECONDS,
-            Arrival::Recorded(_) => true,
+            Arrival::Relayed(at) | Arrival::Recorded(at) => skew(at) <= MAX_CLOCK_SKEW_SECONDS,
         }
     }
 }
@@ -708,6 +708,24 @@ mod tests {
         assert_eq!(1000.towards(1001, 1, 3), 1000);
         assert_eq!(1001.towards(1000, 1, 2), 1000);
         assert_eq!(5.towards(5, 7, 9), 5);
+    }
+
+    #[test]
+    fn no_source_trusts_a_meter_time_more_than_a_day_ahead() {
+        let at = Timestamp::from_second(1_800_000_000).unwrap();
+        let ahead = |seconds| at.as_second() + seconds;
+        for arrival in [
+            Arrival::Direct(at),
+            Arrival::Relayed(at),
+            Arrival::Recorded(at),
+        ] {
+            assert!(arrival.trusts(ahead(MAX_CLOCK_SKEW_SECONDS)), "{arrival:?}");
+            assert!(!arrival.trusts(ahead(MAX_CLOCK_SKEW_SECONDS + 1)), "{arrival:?}");
+        }
+        // A recording or a broker may hold telegrams for years; a live line may not.
+        assert!(Arrival::Recorded(at).trusts(ahead(-5 * 365 * 86_400)));
+        assert!(Arrival::Relayed(at).trusts(ahead(-5 * 365 * 86_400)));
+        assert!(!Arrival::Direct(at).trusts(ahead(-MAX_CLOCK_SKEW_SECONDS - 1)));
     }
 
     #[test]

@@ -84,7 +84,7 @@ fn reduce_with<C: Consent>(
         let telegram = parser.parse(&frame).expect("valid telegram");
         reducer.reduce(
             &telegram,
-            Arrival::Recorded(Timestamp::UNIX_EPOCH),
+            Arrival::Recorded(Timestamp::MAX),
             &mut records,
         );
     }

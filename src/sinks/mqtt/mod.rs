@@ -69,6 +69,9 @@ pub struct MqttSink {
     availability: String,
     discovery: Option<Discovery>,
     outgoing: Vec<Message>,
+    /// The sink's name and settings, for the housekeeping connection.
+    name: String,
+    settings: MqttSettings,
 }
 
 impl MqttSink {
@@ -79,7 +82,7 @@ impl MqttSink {
             prefix,
             layout,
             discovery_prefix,
-        } = settings;
+        } = settings.clone();
         let availability = format!("{prefix}/status");
         let mut options = crate::broker::options(&broker)?;
         options
@@ -115,6 +118,8 @@ impl MqttSink {
             availability,
             discovery,
             outgoing: Vec::new(),
+            name: name.to_owned(),
+            settings,
         })
     }
 
@@ -262,6 +267,18 @@ impl Sink for MqttSink {
         self.publish_outgoing()
             .await
             .context("announcing availability and discovery")
+    }
+
+    /// Clears retained records past their retention, over a connection of its own.
+    async fn maintain(&mut self) -> anyhow::Result<()> {
+        let mut retained = RetainedMessages::connect(&self.name, &self.settings).await?;
+        let expired = retained.expire(jiff::Timestamp::now()).await;
+        retained.close().await;
+        let expired = expired?;
+        if expired > 0 {
+            tracing::info!(sink = %self.name, expired, "cleared retained records past their retention");
+        }
+        Ok(())
     }
 
     /// Marks the sink `offline` (what the Last Will would say) and disconnects. Without a

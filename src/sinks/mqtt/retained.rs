@@ -217,6 +217,29 @@ impl RetainedMessages {
         Ok(purged)
     }
 
+    /// Empties every retained record older than its granularity's retention (privacy.md's
+    /// defaults); returns how many.
+    pub async fn expire(&mut self, now: Timestamp) -> anyhow::Result<u64> {
+        if self.layout == TopicLayout::DsmrReader {
+            return Ok(0); // live values only, replaced every telegram
+        }
+        let messages = self.retained(&[self.state_filter("+")]).await?;
+        let expired = |payload: &[u8]| {
+            held(payload).is_some_and(|record| {
+                let retention = crate::sinks::default_retention(record.granularity);
+                let retention = jiff::SignedDuration::try_from(retention).unwrap_or_default();
+                now.checked_sub(retention).is_ok_and(|cutoff| record.time < cutoff)
+            })
+        };
+        let doomed: Vec<String> = messages
+            .into_iter()
+            .filter(|(_, payload)| expired(payload))
+            .map(|(topic, _)| topic)
+            .collect();
+        self.clear(&doomed).await?;
+        Ok(doomed.len() as u64)
+    }
+
     /// Disconnects.
     pub async fn close(mut self) {
         let _ = self.client.disconnect().await;
