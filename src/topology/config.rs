@@ -332,6 +332,64 @@ mod tests {
     }
 
     #[test]
+    fn each_sink_serves_a_purpose_and_the_registry_is_configured() {
+        let config = parse(
+            r#"
+            [consent]
+            registry = "/var/lib/p1guard/consent.sqlite"
+            purge_on_withdrawal = false
+
+            [[sources]]
+            type = "tcp"
+            address = "dongle.local:2000"
+
+            [[sinks]]
+            name = "archive"
+            type = "stdout"
+            max_granularity = "daily"
+
+            [[sinks]]
+            name = "app"
+            type = "stdout"
+            max_granularity = "quarter_hour"
+            purpose = "insight"
+            "#,
+            no_env(),
+        )
+        .unwrap();
+        let purposes: Vec<_> = config.sinks.iter().map(|s| s.policy.purpose()).collect();
+        assert_eq!(purposes[0], p1guard_conduct::PurposeId::DEFAULT);
+        assert_eq!(Some(purposes[1]), config.consent.purpose("insight"));
+        assert_ne!(purposes[0], purposes[1]);
+        assert_eq!(
+            config.registry.as_deref(),
+            Some(Path::new("/var/lib/p1guard/consent.sqlite"))
+        );
+        assert!(!config.purge_on_withdrawal);
+
+        let sinks: String = (0..17)
+            .map(|n| {
+                format!(
+                    "[[sinks]]\nname = \"s{n}\"\ntype = \"stdout\"\nmax_granularity = \"daily\"\npurpose = \"p{n}\"\n"
+                )
+            })
+            .collect();
+        let problems = parse(
+            &format!(
+                "[[sources]]\ntype = \"tcp\"\naddress = \"d:1\"\n{sinks}[[sinks]]\ntype = \"stdout\"\nmax_granularity = \"daily\"\npurpose = \"Insight App\"\n"
+            ),
+            no_env(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(problems.contains("more than 16 purposes"), "{problems}");
+        assert!(
+            problems.contains(r#"purpose "Insight App": expected a name of a-z, 0-9, _ and -"#),
+            "{problems}"
+        );
+    }
+
+    #[test]
     fn every_problem_is_reported_at_once() {
         let problems = parse(
             r#"
