@@ -12,7 +12,7 @@ use p1guard_conduct::Level;
 use super::rights::{Setting, runtime};
 use crate::cli::{ConsentCommand, GrantArgs, ImportArgs, MeterArgs, WithdrawArgs};
 use crate::registry::{EVERY_PURPOSE, EventSource, NewEvent};
-use crate::rights::{Subject, meter_id, purge_withdrawn};
+use crate::rights::{Subject, Withdrawal, meter_id, purge_withdrawn};
 
 pub fn run(command: ConsentCommand) -> anyhow::Result<ExitCode> {
     match command {
@@ -73,12 +73,15 @@ fn record(
         "effective_from": effective_from,
     });
     if setting.config.purge_on_withdrawal && effective_from <= now {
+        let withdrawal = Withdrawal {
+            subject: subject.clone(),
+            purpose: purpose.clone(),
+            level,
+        };
         let purged = runtime()?.block_on(purge_withdrawn(
             &setting.config.sinks,
             &setting.key,
-            &subject,
-            &purpose,
-            level,
+            &[withdrawal],
             now,
         ))?;
         answer["purged"] = serde_json::to_value(purged)?;
@@ -148,8 +151,42 @@ fn import(args: &ImportArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::FAILURE);
     }
-    setting.registry.append(&events, crate::rights::now())?;
-    println!("{{\"recorded\":{}}}", events.len());
+    // Which rows lower a meter's consent is judged against the registry as it stood.
+    let now = crate::rights::now();
+    let table = setting.config.consent.clone();
+    let purge = setting.config.purge_on_withdrawal;
+    if purge {
+        setting.registry.load_into(&table, 0)?;
+    }
+    let mut withdrawals = Vec::new();
+    for event in events.iter().filter(|e| purge && e.effective_from <= now) {
+        if Withdrawal::lowers(
+            &table,
+            &event.meter,
+            &event.purpose,
+            event.level,
+            event.effective_from,
+        ) {
+            withdrawals.push(Withdrawal {
+                subject: Subject::new(event.meter.clone(), &setting.key),
+                purpose: event.purpose.clone(),
+                level: event.level,
+            });
+        }
+    }
+    setting.registry.append(&events, now)?;
+    let mut answer = serde_json::json!({ "recorded": events.len() });
+    if !withdrawals.is_empty() {
+        let purged = runtime()?.block_on(purge_withdrawn(
+            &setting.config.sinks,
+            &setting.key,
+            &withdrawals,
+            now,
+        ))?;
+        answer["withdrawals"] = withdrawals.len().into();
+        answer["purged"] = serde_json::to_value(purged)?;
+    }
+    println!("{answer}");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,6 +1,6 @@
 //! The running daemon's side of the registry: new events reach the consent table within a
-//! second, and the stores are purged of what an event no longer allows, at its effective
-//! instant.
+//! second, and the stores are purged of what an event that lowers consent no longer allows,
+//! at its effective instant.
 
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use p1guard_conduct::{ConsentTable, IdentityKey};
 use tokio_util::sync::CancellationToken;
 
 use super::{Event, Registry};
-use crate::rights::{Subject, purge_withdrawn};
+use crate::rights::{Subject, Withdrawal, purge_withdrawn};
 use crate::sinks::SinkConfig;
 
 /// How often the registry is read for new events.
@@ -28,8 +28,9 @@ pub struct Purging {
 }
 
 /// Adds every event after `last` to `table` each second until `shutdown`, and, if `purging`
-/// is given, purges the stores of what each event no longer allows once it is in force.
-/// Events recorded earlier to take effect later are purged for when they come due.
+/// is given, purges the stores of what each event that lowers consent no longer allows, once
+/// it is in force. Lowering events recorded earlier to take effect later are purged when they
+/// come due.
 pub async fn follow(
     registry: Registry,
     table: ConsentTable,
@@ -37,15 +38,20 @@ pub async fn follow(
     purging: Option<Purging>,
     shutdown: CancellationToken,
 ) {
-    let mut due: Vec<(Timestamp, Event)> = Vec::new();
-    if purging.is_some() {
+    let mut due: Vec<(Timestamp, Withdrawal)> = Vec::new();
+    if let Some(purging) = &purging {
         match tokio::task::block_in_place(|| registry.events_after(0)) {
-            Ok(events) => due.extend(
-                events
+            Ok(events) => {
+                let scheduled = events
                     .into_iter()
-                    .filter(|e| e.effective_from > e.recorded_at)
-                    .map(|e| (e.effective_from, e)),
-            ),
+                    .filter(|e| e.effective_from > e.recorded_at);
+                for event in scheduled {
+                    let before = event.effective_from - SignedDuration::from_secs(1);
+                    if lowers(&table, &event, before) {
+                        due.push((event.effective_from, withdrawal(&event, purging)));
+                    }
+                }
+            }
             Err(error) => tracing::error!("consent registry: {error:#}"),
         }
     }
@@ -56,17 +62,10 @@ pub async fn follow(
             _ = tick.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        let loaded = tokio::task::block_in_place(|| -> anyhow::Result<Vec<Event>> {
-            let events = if purging.is_some() {
-                registry.events_after(last)?
-            } else {
-                Vec::new()
-            };
-            last = registry.load_into(&table, last)?;
-            Ok(events)
-        });
         let now = Timestamp::now();
-        match loaded {
+        let settled = now.checked_add(SETTLE).unwrap_or(now);
+        let events = tokio::task::block_in_place(|| registry.events_after(last));
+        match events {
             Ok(events) => {
                 if !events.is_empty() {
                     tracing::info!(
@@ -74,12 +73,19 @@ pub async fn follow(
                         "consent registry: new events in force from their effective instants"
                     );
                 }
-                let settled = now.checked_add(SETTLE).unwrap_or(now);
-                due.extend(
-                    events
-                        .into_iter()
-                        .map(|e| (e.effective_from.max(settled), e)),
-                );
+                for event in events {
+                    // Whether it lowers is judged against the table before the event.
+                    if let Some(purging) = &purging
+                        && lowers(&table, &event, event.effective_from)
+                    {
+                        let at = event.effective_from.max(settled);
+                        due.push((at, withdrawal(&event, purging)));
+                    }
+                    if let Err(error) = event.apply(&table) {
+                        tracing::error!("consent registry: {error:#}");
+                    }
+                    last = event.seq;
+                }
             }
             Err(error) => {
                 if let Some(suppressed) = failures.allow(std::time::Instant::now()) {
@@ -90,37 +96,38 @@ pub async fn follow(
         let Some(purging) = &purging else { continue };
         let (ready, later): (Vec<_>, Vec<_>) = due.drain(..).partition(|(at, _)| *at <= now);
         due = later;
-        for (_, event) in ready {
-            let subject = Subject::new(event.meter.clone(), &purging.key);
-            let purged = purge_withdrawn(
-                &purging.sinks,
-                &purging.key,
-                &subject,
-                &event.purpose,
-                event.level,
-                now,
-            )
-            .await;
-            match purged {
-                Ok(answers) => {
-                    let erased: u64 = answers.iter().map(|a| a.purged.erased).sum();
-                    if erased > 0 {
-                        tracing::info!(
-                            event = event.seq,
-                            erased,
-                            "consent registry: purged what the event no longer allows"
-                        );
-                    }
-                }
-                Err(error) => {
-                    tracing::error!(
-                        event = event.seq,
-                        "consent registry: purging failed, retrying in a minute: {error:#}"
-                    );
-                    let retry = now.checked_add(SignedDuration::from_mins(1)).unwrap_or(now);
-                    due.push((retry, event));
-                }
+        if ready.is_empty() {
+            continue;
+        }
+        let withdrawals: Vec<Withdrawal> = ready.into_iter().map(|(_, w)| w).collect();
+        match purge_withdrawn(&purging.sinks, &purging.key, &withdrawals, now).await {
+            Ok(answers) => {
+                let erased: u64 = answers.iter().map(|a| a.purged.erased).sum();
+                tracing::info!(
+                    withdrawals = withdrawals.len(),
+                    erased,
+                    "consent registry: purged what lowered consent no longer allows"
+                );
+            }
+            Err(error) => {
+                tracing::error!(
+                    "consent registry: purging failed, retrying in a minute: {error:#}"
+                );
+                let retry = now.checked_add(SignedDuration::from_mins(1)).unwrap_or(now);
+                due.extend(withdrawals.into_iter().map(|w| (retry, w)));
             }
         }
+    }
+}
+
+fn lowers(table: &ConsentTable, event: &Event, at: Timestamp) -> bool {
+    Withdrawal::lowers(table, &event.meter, &event.purpose, event.level, at)
+}
+
+fn withdrawal(event: &Event, purging: &Purging) -> Withdrawal {
+    Withdrawal {
+        subject: Subject::new(event.meter.clone(), &purging.key),
+        purpose: event.purpose.clone(),
+        level: event.level,
     }
 }

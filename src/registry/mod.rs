@@ -213,14 +213,8 @@ impl Registry {
             let seq: i64 = row.get(0)?;
             last = seq;
             let level = Level::from_str(row.get_ref(2)?.as_str()?)?;
-            let purpose = row.get_ref(3)?.as_str()?;
-            let scope = if purpose == EVERY_PURPOSE {
-                Scope::Every
-            } else {
-                match table.purpose(purpose) {
-                    Some(purpose) => Scope::Purpose(purpose),
-                    None => continue,
-                }
+            let Some(scope) = scope_of(table, row.get_ref(3)?.as_str()?) else {
+                continue;
             };
             let from = Timestamp::from_second(row.get(4)?).unwrap_or(Timestamp::MIN);
             let change = Change { from, level, scope };
@@ -367,6 +361,33 @@ impl Registry {
             .optional()?
             .flatten();
         Ok(at.and_then(|at| Timestamp::from_second(at).ok()))
+    }
+}
+
+/// What an event's purpose covers in `table`: every purpose, one it serves, or (`None`) one
+/// it does not serve.
+fn scope_of(table: &ConsentTable, purpose: &str) -> Option<Scope> {
+    if purpose == EVERY_PURPOSE {
+        Some(Scope::Every)
+    } else {
+        table.purpose(purpose).map(Scope::Purpose)
+    }
+}
+
+impl Event {
+    /// Adds the event to `table`, unless its purpose is one the table does not serve.
+    pub fn apply(&self, table: &ConsentTable) -> anyhow::Result<()> {
+        if let Some(scope) = scope_of(table, &self.purpose) {
+            let change = Change {
+                from: self.effective_from,
+                level: self.level,
+                scope,
+            };
+            table
+                .add(self.meter.as_bytes(), change)
+                .map_err(|error| anyhow::anyhow!("event {}: {error}", self.seq))?;
+        }
+        Ok(())
     }
 }
 

@@ -9,7 +9,9 @@ mod store;
 use std::collections::BTreeSet;
 
 use jiff::{SignedDuration, Timestamp};
-use p1guard_conduct::{Granularity, Identity, IdentityKey, Level, normalise_equipment_id};
+use p1guard_conduct::{
+    ConsentTable, Granularity, Identity, IdentityKey, Level, PurposeId, normalise_equipment_id,
+};
 use serde::Serialize;
 
 pub use self::audit::{Violation, audit};
@@ -104,39 +106,83 @@ pub struct StoreAnswer {
     pub kept_because: Option<String>,
 }
 
-/// Erases, in every store whose purpose is `purpose` (every store for `*`), the records of
-/// `subject` that `level` no longer allows; billing records inside the fiscal retention are
-/// kept.
+/// A lowered consent: the meter, the purpose (or `*`) and the level left.
+#[derive(Debug, Clone)]
+pub struct Withdrawal {
+    /// Whose.
+    pub subject: Subject,
+    /// For which purpose; `*` for every purpose.
+    pub purpose: String,
+    /// The level from now on.
+    pub level: Level,
+}
+
+impl Withdrawal {
+    /// Whether recording `level` for `purpose` at `from` lowers what `table` held for `meter`
+    /// then (for `*`, for any purpose served): only then is there anything to purge.
+    pub fn lowers(
+        table: &ConsentTable,
+        meter: &str,
+        purpose: &str,
+        level: Level,
+        from: Timestamp,
+    ) -> bool {
+        let before = |purpose: PurposeId| table.level(meter.as_bytes(), purpose, from);
+        if purpose == EVERY_PURPOSE {
+            (0..table.purposes().len())
+                .filter_map(|index| table.purpose(&table.purposes()[index]))
+                .any(|p| before(p) > level)
+        } else {
+            table.purpose(purpose).is_some_and(|p| before(p) > level)
+        }
+    }
+}
+
+/// Erases, in every store serving each withdrawal's purpose (every store for `*`), the
+/// records of its meter that its level no longer allows; billing records inside the fiscal
+/// retention are kept. Each store is opened once, and each level's meters purged together.
 pub async fn purge_withdrawn(
     sinks: &[SinkConfig],
     key: &IdentityKey,
-    subject: &Subject,
-    purpose: &str,
-    level: Level,
+    withdrawals: &[Withdrawal],
     now: Timestamp,
 ) -> anyhow::Result<Vec<StoreAnswer>> {
-    let granularities: Vec<Granularity> = Granularity::ALL
-        .into_iter()
-        .filter(|g| !level.allows(*g))
-        .collect();
     let mut answers = Vec::new();
-    if granularities.is_empty() {
-        return Ok(answers);
-    }
     for config in sinks {
-        if purpose != EVERY_PURPOSE && config.purpose != purpose {
+        let mine: Vec<&Withdrawal> = withdrawals
+            .iter()
+            .filter(|w| w.purpose == EVERY_PURPOSE || w.purpose == config.purpose)
+            .filter(|w| Granularity::ALL.iter().any(|g| !w.level.allows(*g)))
+            .collect();
+        if mine.is_empty() {
             continue;
         }
         let mut store = Store::open(config).await?;
         if store.keeps_records() {
-            let purge = Purge {
-                meters: subject.names_in(&mut store, key).await?,
-                granularities: granularities.clone(),
-                dated_until: None,
-                keep_billing_from: Some(fiscal_cutoff(&store, now)),
-            };
-            let purged = store_purge(&mut store, &purge).await?;
-            answers.push(answer(&store, purged));
+            let mut total = Purged::default();
+            for level in Level::ALL {
+                let mut meters = Vec::new();
+                for withdrawal in mine.iter().filter(|w| w.level == level) {
+                    meters.extend(withdrawal.subject.names_in(&mut store, key).await?);
+                }
+                if meters.is_empty() {
+                    continue;
+                }
+                let purge = Purge {
+                    meters,
+                    granularities: Granularity::ALL
+                        .into_iter()
+                        .filter(|g| !level.allows(*g))
+                        .collect(),
+                    dated_until: None,
+                    keep_billing_from: Some(fiscal_cutoff(&store, now)),
+                };
+                let purged = store_purge(&mut store, &purge).await?;
+                total.erased += purged.erased;
+                total.kept += purged.kept;
+                total.note = total.note.or(purged.note);
+            }
+            answers.push(answer(&store, total));
         }
         store.close().await;
     }

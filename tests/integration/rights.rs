@@ -44,7 +44,7 @@ fn last_billing_boundary() -> Timestamp {
     let amsterdam = TimeZone::get("Europe/Amsterdam").unwrap();
     let mut day = amsterdam.to_datetime(Timestamp::now()).date() - 1.day();
     while !(day.day() == 1 && day.month() % 2 == 1) {
-        day = day - 1.day();
+        day -= 1.day();
     }
     amsterdam
         .to_ambiguous_timestamp(day.to_datetime(jiff::civil::Time::midnight()))

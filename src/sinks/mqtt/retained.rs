@@ -21,6 +21,9 @@ const ANSWER_WAIT: Duration = Duration::from_secs(10);
 /// taken to be complete once none came for this long.
 const QUIET: Duration = Duration::from_millis(500);
 
+/// Topic filters per SUBSCRIBE packet when many meters are read or purged at once.
+const FILTERS_AT_ONCE: usize = 1000;
+
 /// A short-lived connection to a sink's broker, for reading and erasing retained messages.
 pub struct RetainedMessages {
     client: AsyncClient,
@@ -65,36 +68,34 @@ impl RetainedMessages {
         })
     }
 
-    /// Every retained message under `filters`, by topic.
+    /// Every retained message under `filters`, by topic. Filters go out [`FILTERS_AT_ONCE`]
+    /// to a SUBSCRIBE, each packet's retained messages taken before the next; the
+    /// subscriptions end with the connection.
     async fn retained(&mut self, filters: &[String]) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
-        for filter in filters {
-            self.client.subscribe(filter, QoS::AtLeastOnce).await?;
-        }
-        let mut acknowledged = 0;
         let mut found = BTreeMap::new();
-        loop {
-            let wait = if acknowledged == filters.len() {
-                QUIET
-            } else {
-                ANSWER_WAIT
-            };
-            let event = match tokio::time::timeout(wait, self.events.poll()).await {
-                Err(_) if acknowledged == filters.len() => break,
-                Err(_) => bail!("the broker did not acknowledge the subscription"),
-                Ok(event) => event.map_err(|e| anyhow::anyhow!(crate::broker::describe(&e)))?,
-            };
-            match event {
-                Event::Incoming(Incoming::SubAck(_)) => acknowledged += 1,
-                Event::Incoming(Incoming::Publish(message))
-                    if message.retain && !message.payload.is_empty() =>
-                {
-                    found.insert(message.topic.clone(), message.payload.to_vec());
+        for chunk in filters.chunks(FILTERS_AT_ONCE) {
+            let subscriptions = chunk
+                .iter()
+                .map(|filter| rumqttc::SubscribeFilter::new(filter.clone(), QoS::AtLeastOnce));
+            self.client.subscribe_many(subscriptions).await?;
+            let mut acknowledged = false;
+            loop {
+                let wait = if acknowledged { QUIET } else { ANSWER_WAIT };
+                let event = match tokio::time::timeout(wait, self.events.poll()).await {
+                    Err(_) if acknowledged => break,
+                    Err(_) => bail!("the broker did not acknowledge the subscription"),
+                    Ok(event) => event.map_err(|e| anyhow::anyhow!(crate::broker::describe(&e)))?,
+                };
+                match event {
+                    Event::Incoming(Incoming::SubAck(_)) => acknowledged = true,
+                    Event::Incoming(Incoming::Publish(message))
+                        if message.retain && !message.payload.is_empty() =>
+                    {
+                        found.insert(message.topic.clone(), message.payload.to_vec());
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
-        }
-        for filter in filters {
-            self.client.unsubscribe(filter).await?;
         }
         Ok(found)
     }
@@ -177,39 +178,40 @@ impl RetainedMessages {
 
     /// Empties every retained topic of the purge's meters that it covers.
     pub async fn purge(&mut self, purge: &Purge) -> anyhow::Result<Purged> {
-        let mut purged = Purged::default();
-        let mut doomed = Vec::new();
         let live = purge.granularities.contains(&Granularity::Live);
+        let mut filters = Vec::new();
         for meter in &purge.meters {
             let meter = topic_level(meter);
-            let mut filters = vec![self.state_filter(&meter)];
+            filters.push(self.state_filter(&meter));
             if let Some(discovery) = self.discovery_prefix.as_ref().filter(|_| live) {
                 filters.push(format!("{discovery}/sensor/p1guard_{meter}/+/config"));
             }
-            let messages = self.retained(&filters).await?;
-            for (topic, payload) in messages {
-                if topic.ends_with("/config") {
-                    doomed.push(topic); // discovery: the live entities of the meter
-                    continue;
-                }
-                let covered = match (self.layout, held(&payload)) {
-                    (TopicLayout::DsmrReader, _) => live,
-                    (TopicLayout::P1guard, Some(record)) => {
-                        if purge.keeps(record.granularity, record.time) {
-                            purged.kept += 1;
-                        }
-                        purge.covers(record.granularity, record.time)
+        }
+        filters.dedup(); // dsmr-reader's layout has one filter for any meter
+        let mut purged = Purged::default();
+        let mut doomed = Vec::new();
+        for (topic, payload) in self.retained(&filters).await? {
+            if topic.ends_with("/config") {
+                doomed.push(topic); // discovery: the live entities of the meter
+                continue;
+            }
+            let covered = match (self.layout, held(&payload)) {
+                (TopicLayout::DsmrReader, _) => live,
+                (TopicLayout::P1guard, Some(record)) => {
+                    if purge.keeps(record.granularity, record.time) {
+                        purged.kept += 1;
                     }
-                    // Not a record of ours: a granularity in its topic says what it is.
-                    (TopicLayout::P1guard, None) => topic
-                        .rsplit('/')
-                        .nth(1)
-                        .and_then(|g| g.parse::<Granularity>().ok())
-                        .is_some_and(|g| purge.granularities.contains(&g)),
-                };
-                if covered {
-                    doomed.push(topic);
+                    purge.covers(record.granularity, record.time)
                 }
+                // Not a record of ours: a granularity in its topic says what it is.
+                (TopicLayout::P1guard, None) => topic
+                    .rsplit('/')
+                    .nth(1)
+                    .and_then(|g| g.parse::<Granularity>().ok())
+                    .is_some_and(|g| purge.granularities.contains(&g)),
+            };
+            if covered {
+                doomed.push(topic);
             }
         }
         self.clear(&doomed).await?;
@@ -228,7 +230,8 @@ impl RetainedMessages {
             held(payload).is_some_and(|record| {
                 let retention = crate::sinks::default_retention(record.granularity);
                 let retention = jiff::SignedDuration::try_from(retention).unwrap_or_default();
-                now.checked_sub(retention).is_ok_and(|cutoff| record.time < cutoff)
+                now.checked_sub(retention)
+                    .is_ok_and(|cutoff| record.time < cutoff)
             })
         };
         let doomed: Vec<String> = messages
