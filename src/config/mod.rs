@@ -15,6 +15,9 @@ use toml::{Table, Value};
 
 pub use self::secret::{Secret, SecretRef};
 
+/// The longest problem line, in characters.
+pub const PROBLEM_LIMIT: usize = 400;
+
 /// Every problem found in a configuration, one per line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problems(pub Vec<String>);
@@ -99,9 +102,16 @@ impl Checker<'_> {
         self.problems.len()
     }
 
-    /// Notes a problem with the setting at `at`.
+    /// Notes a problem with the setting at `at`, cut to [`PROBLEM_LIMIT`] characters: a
+    /// message may quote what was written, and a 50 MB value must not reach the terminal.
     pub fn problem(&mut self, at: &str, message: impl fmt::Display) {
-        self.problems.push(format!("{at}: {message}"));
+        let mut problem = format!("{at}: {message}");
+        if let Some((cut, _)) = problem.char_indices().nth(PROBLEM_LIMIT) {
+            let left = problem.len() - cut;
+            problem.truncate(cut);
+            problem.push_str(&format!("... ({left} more bytes)"));
+        }
+        self.problems.push(problem);
     }
 
     /// Serde's reading of one section, or `None` with the problem noted.

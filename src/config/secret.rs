@@ -64,7 +64,7 @@ impl SecretRef {
     /// for, never what was found.
     pub fn resolve(&self) -> Result<Secret, String> {
         let text = match (&self.file, &self.env) {
-            (Some(path), None) => std::fs::read_to_string(path)
+            (Some(path), None) => read_limited(path)
                 .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?,
             (None, Some(name)) => std::env::var(name)
                 .map_err(|_| format!("environment variable {name} is not set"))?,
@@ -74,9 +74,38 @@ impl SecretRef {
     }
 }
 
+/// The largest secret file read: keys, passwords and tokens are short, and
+/// `{ file = "/dev/zero" }` must not exhaust memory.
+const SECRET_FILE_LIMIT: u64 = 64 * 1024;
+
+fn read_limited(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(SECRET_FILE_LIMIT + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > SECRET_FILE_LIMIT {
+        return Err(std::io::Error::other(format!(
+            "larger than {} KiB: not a key, password or token",
+            SECRET_FILE_LIMIT / 1024
+        )));
+    }
+    Ok(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_file_is_read_only_up_to_a_limit() {
+        let endless = SecretRef {
+            file: Some("/dev/zero".into()),
+            env: None,
+        };
+        let error = endless.resolve().unwrap_err();
+        assert!(error.contains("larger than 64 KiB"), "{error}");
+    }
 
     #[test]
     fn a_secret_is_never_printed() {

@@ -22,7 +22,17 @@ pub struct ReplayConfig {
     /// The captures, read one after the other.
     pub files: Vec<PathBuf>,
     /// `max` (default), `realtime`, or a factor.
-    pub speed: Option<String>,
+    pub speed: Option<SpeedSetting>,
+}
+
+/// A speed as written: `"max"`, `"realtime"`, or a factor as a number or a string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum SpeedSetting {
+    /// `speed = 60` or `speed = 0.5`.
+    Factor(f64),
+    /// `speed = "max"`, `speed = "60"`.
+    Text(String),
 }
 
 impl ReplayConfig {
@@ -37,7 +47,11 @@ impl ReplayConfig {
                 checker.problem(at, format!("{}: {error}", file.display()));
             }
         }
-        let speed = match speed.as_deref().map(str::parse::<Speed>) {
+        let speed = speed.map(|speed| match speed {
+            SpeedSetting::Factor(factor) => factor.to_string().parse::<Speed>(),
+            SpeedSetting::Text(text) => text.parse::<Speed>(),
+        });
+        let speed = match speed {
             None => Speed::Max,
             Some(Ok(speed)) => speed,
             Some(Err(error)) => {

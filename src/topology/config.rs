@@ -390,6 +390,45 @@ mod tests {
     }
 
     #[test]
+    fn a_replay_speed_is_a_factor_written_as_a_number_or_a_word() {
+        let capture = std::env::temp_dir().join(format!("p1guard-speed-{}", std::process::id()));
+        std::fs::write(&capture, "").unwrap();
+        let config = |speed: &str| {
+            parse(
+                &format!(
+                    "[[sources]]\ntype = \"replay\"\nfiles = [{capture:?}]\nspeed = {speed}\n\
+                     [[sinks]]\ntype = \"stdout\"\nmax_granularity = \"daily\"\n"
+                ),
+                no_env(),
+            )
+        };
+        for (written, factor) in [
+            ("60", 60.0),
+            ("0.5", 0.5),
+            ("\"60\"", 60.0),
+            ("\"realtime\"", 1.0),
+        ] {
+            let config = config(written).unwrap_or_else(|p| panic!("{written}: {p}"));
+            let SourceKind::Replay { speed, .. } = &config.sources[0].kind else {
+                panic!("replay expected")
+            };
+            assert_eq!(*speed, crate::pace::Speed::Factor(factor), "{written}");
+        }
+        assert!(config("0").unwrap_err().to_string().contains("speed \"0\""));
+        std::fs::remove_file(&capture).unwrap();
+    }
+
+    #[test]
+    fn a_huge_value_is_not_echoed_whole() {
+        let huge = "x".repeat(50 * 1024 * 1024);
+        let problems = parse(&format!("[metrics]\nlisten = \"{huge}\"\n"), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(problems.len() < 2000, "{} bytes", problems.len());
+        assert!(problems.contains("more bytes)"), "{problems}");
+    }
+
+    #[test]
     fn every_problem_is_reported_at_once() {
         let problems = parse(
             r#"
