@@ -171,14 +171,15 @@ fn parse_mqtt_url(url: &str) -> Option<(&str, u16, bool)> {
 /// this.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// The largest message taken: several telegrams of up to 8 KiB each fit.
-const MAX_INCOMING: usize = 256 * 1024;
+/// The largest packet sent or taken (the fleet source takes more): several telegrams of up
+/// to 8 KiB each fit.
+pub const MAX_PACKET: usize = 256 * 1024;
 
 /// rumqttc's options for `broker`.
 pub fn options(broker: &Broker) -> anyhow::Result<MqttOptions> {
     let mut options = MqttOptions::new(&broker.client_id, &broker.host, broker.port);
     options.set_keep_alive(KEEP_ALIVE);
-    options.set_max_packet_size(MAX_INCOMING, MAX_INCOMING);
+    options.set_max_packet_size(MAX_PACKET, MAX_PACKET);
     if let Some((user, password)) = &broker.credentials {
         options.set_credentials(user, password.expose());
     }

@@ -297,11 +297,7 @@ mod tests {
         let mut records = Vec::new();
         while let Some(frame) = framer.next_frame() {
             let telegram = parser.parse(&frame.unwrap()).unwrap();
-            reducer.reduce(
-                &telegram,
-                Arrival::Recorded(Timestamp::MAX),
-                &mut records,
-            );
+            reducer.reduce(&telegram, Arrival::Recorded(Timestamp::MAX), &mut records);
         }
         records
     }
@@ -364,7 +360,8 @@ mod tests {
         let day = Duration::from_secs(86_400);
         let mut sink = SqliteSink::open(&path, [None, None, Some(day), None]).unwrap();
         sink.write(&admitted).await.unwrap();
-        sink.flush().await.unwrap();
+        let checkpoint = "PRAGMA wal_checkpoint(TRUNCATE);";
+        sink.connection.execute_batch(checkpoint).unwrap();
         // Every quarter hour that retention deletes below, with its readings, unless a row
         // that stays holds the same readings (the daily reading of a midnight).
         let rows = |sql: &str| -> Vec<(i64, String)> {

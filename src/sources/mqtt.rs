@@ -25,6 +25,13 @@ use crate::telemetry::log_limit::LogLimit;
 /// Requests waiting for the event loop: a subscription, a disconnect.
 const REQUEST_CAPACITY: usize = 16;
 
+/// The largest message the source reads: MQTT's own limit. A message the client refused
+/// would be redelivered through the persistent session at every reconnect, for ever, and
+/// hold up every meter behind it; one taken is framed, and what is not a telegram in it is
+/// counted and skipped. Brokers bound what publishers send (mosquitto's
+/// `message_size_limit`).
+const MAX_INCOMING: usize = 268_435_455;
+
 /// How long to wait for the client's disconnect to reach the broker when stopping.
 const DISCONNECT_WAIT: Duration = Duration::from_secs(2);
 
@@ -102,7 +109,8 @@ pub fn options(broker: &Broker) -> anyhow::Result<MqttOptions> {
     let mut options = crate::broker::options(broker)?;
     options
         .set_clean_session(false)
-        .set_request_channel_capacity(REQUEST_CAPACITY);
+        .set_request_channel_capacity(REQUEST_CAPACITY)
+        .set_max_packet_size(MAX_INCOMING, crate::broker::MAX_PACKET);
     Ok(options)
 }
 
@@ -124,6 +132,7 @@ pub async fn run(
     let (client, mut events) = AsyncClient::new(options, REQUEST_CAPACITY);
     let mut backoff = Backoff::reconnect();
     let mut failures = LogLimit::per_minute();
+    let mut connects = LogLimit::per_minute();
     let address = format!("{}:{}", broker.host, broker.port);
     loop {
         let event = tokio::select! {
@@ -135,7 +144,9 @@ pub async fn run(
                 framing.push_message(&message.payload).await?;
             }
             Ok(Event::Incoming(Incoming::ConnAck(connack))) => {
-                tracing::info!(source = %name, %address, session_present = connack.session_present, "connected");
+                if let Some(suppressed) = connects.allow(Instant::now()) {
+                    tracing::info!(source = %name, %address, session_present = connack.session_present, suppressed, "connected");
+                }
                 framing.set_connected(true);
                 backoff.reset();
                 // A session the broker kept has its subscription (and mosquitto 2.0 loses a

@@ -29,16 +29,20 @@ pub enum Outcome {
     /// Parsed and reduced like [`Outcome::Ok`], but without the CRC its version requires
     /// (DSMR 4 or 5, e-MUCS): nothing verified it ([`Telegram::crc_missing`]).
     CrcMissing,
+    /// Bytes that framed as a telegram without a CRC and without a single object: line
+    /// noise, not a telegram.
+    Noise,
 }
 
 impl Outcome {
     /// Every outcome, in the order of [`SourceMetrics::telegrams`].
-    pub const ALL: [Outcome; 5] = [
+    pub const ALL: [Outcome; 6] = [
         Outcome::Ok,
         Outcome::CrcError,
         Outcome::ParseError,
         Outcome::DecryptionError,
         Outcome::CrcMissing,
+        Outcome::Noise,
     ];
 
     /// The metric label.
@@ -49,12 +53,15 @@ impl Outcome {
             Outcome::ParseError => "parse_error",
             Outcome::DecryptionError => "decryption_error",
             Outcome::CrcMissing => "crc_missing",
+            Outcome::Noise => "noise",
         }
     }
 
     /// The outcome of a frame that parsed.
     pub fn parsed(telegram: &Telegram<'_>) -> Outcome {
-        if telegram.crc_missing() {
+        if telegram.crc().is_none() && telegram.objects().len() == 0 {
+            Outcome::Noise
+        } else if telegram.crc_missing() {
             Outcome::CrcMissing
         } else {
             Outcome::Ok
@@ -81,7 +88,7 @@ pub struct SourceMetrics {
     /// The source's configured name.
     pub name: String,
     /// Telegrams by [`Outcome`].
-    pub telegrams: [AtomicU64; 5],
+    pub telegrams: [AtomicU64; Outcome::ALL.len()],
     /// Unix seconds of the last good telegram received (0 before the first).
     pub last_telegram: AtomicI64,
     /// Whether the device is open, the connection up, or the replay reading.
@@ -340,7 +347,7 @@ mod tests {
         }));
         metrics.sources[0].count(Outcome::of(ErrorKind::Truncated));
         let counts = Outcome::ALL.map(|o| metrics.sources[0].telegrams(o));
-        assert_eq!(counts, [1, 1, 1, 0, 0]);
+        assert_eq!(counts, [1, 1, 1, 0, 0, 0]);
         assert!(
             metrics.summary().contains(
                 "source p1: telegrams ok 1, crc_error 1, parse_error 1, decryption_error 0"

@@ -90,7 +90,11 @@ impl<C: Consent> FrameReducer<C> {
                 return Err(error);
             }
         };
-        metrics.count(Outcome::parsed(&telegram));
+        let outcome = Outcome::parsed(&telegram);
+        metrics.count(outcome);
+        if outcome == Outcome::Noise {
+            return Ok(());
+        }
         metrics.last_telegram.store(at.as_second(), Relaxed);
         if let Some(error) = telegram.line_errors().first()
             && let Some(suppressed) = log_limit.allow(Instant::now())
@@ -186,5 +190,31 @@ mod tests {
         );
         reducer.publish_counters();
         assert_eq!(metrics.reducer.lock().unwrap().telegrams, 1);
+    }
+
+    #[test]
+    fn bytes_that_frame_as_an_empty_telegram_without_crc_are_noise() {
+        let mut reducer = frame_reducer(&["line"]);
+        let mut framer = Framer::new(FramerConfig::default());
+        framer.push(b"\x13/ABC5\r\n\r\n!\r\n");
+        framer.finish();
+        let frame = framer.next_frame().unwrap().unwrap();
+        let at: Timestamp = "2026-06-01T10:00:05Z".parse().unwrap();
+        let mut records = Vec::new();
+        assert_eq!(
+            reducer.reduce(SourceId(0), &frame, at, &mut records),
+            Ok(())
+        );
+        let line = &reducer.metrics.sources[0];
+        assert_eq!(
+            (line.telegrams(Outcome::Noise), line.telegrams(Outcome::Ok)),
+            (1, 0)
+        );
+        assert_eq!(
+            line.last_telegram.load(Relaxed),
+            0,
+            "noise is not a telegram"
+        );
+        assert_eq!(reducer.reducer().counters().telegrams, 0);
     }
 }

@@ -57,6 +57,46 @@ fn mqtt_source(broker: &Mosquitto, extra: &str) -> String {
 }
 
 #[test]
+fn a_message_bigger_than_any_telegram_is_taken_once_and_the_fleet_goes_on() {
+    let dir = scratch("mqtt-poison");
+    let broker = Mosquitto::start(&dir);
+    let config = format!(
+        r#"
+        [consent]
+        default = "live"
+        {source}
+        [[sinks]]
+        type = "stdout"
+        max_granularity = "live"
+        "#,
+        source = mqtt_source(&broker, ""),
+    );
+    let daemon = Daemon::start(&dir, &config);
+    daemon.wait_for_log("subscribed to p1/+/telegram", 1, PATIENCE);
+    // 600 KiB of line noise with telegram marks in it, then a meter's telegrams.
+    let noise: Vec<u8> = (0..600 * 1024u32)
+        .map(|i| match i % 997 {
+            0 => b'/',
+            500 => b'!',
+            _ => (i.wrapping_mul(2_654_435_761) >> 24) as u8,
+        })
+        .collect();
+    let mut sent = vec![("p1/9/telegram".to_owned(), noise)];
+    sent.extend(messages(1, telegrams(1, "2026-06-01T10:00:00Z", 10)));
+    publish_all(broker.port, "meters", sent);
+    daemon.wait_for_output(r#""granularity":"live","kind":"electricity""#, 10, PATIENCE);
+    let finished = daemon.terminate();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert_eq!(
+        finished.stderr.matches("connected").count(),
+        1,
+        "taken once, not redelivered at every reconnect:\n{}",
+        finished.stderr
+    );
+    assert_eq!(count_after(&finished.stderr, "source fleet:", "ok"), 10);
+}
+
+#[test]
 fn a_fleet_over_mqtt_survives_a_broker_restart_without_losing_a_record() {
     let dir = scratch("mqtt-restart");
     let mut broker = Mosquitto::start(&dir);
