@@ -8,13 +8,14 @@
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tokio_util::sync::CancellationToken;
 
 use crate::cli::RunArgs;
 use crate::registry::{self, Purging, Registry};
+use crate::sinks::Stopping;
 use crate::topology::{self, config};
 use crate::{identity_key, sources, systemd};
 
@@ -60,6 +61,7 @@ fn serve(config: config::Config) -> anyhow::Result<()> {
         meters = config.consent.listed(),
         "consent: the configuration's levels and the registry's events are in force"
     );
+    let grace = config.shutdown_grace;
     let purging = config.purge_on_withdrawal.then(|| Purging {
         sinks: config.sinks.clone(),
         key: key.clone(),
@@ -70,9 +72,10 @@ fn serve(config: config::Config) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let metrics = runtime.block_on(async {
-        let shutdown = CancellationToken::new();
+        let stopping = Stopping::default();
+        let shutdown = stopping.shutdown.clone();
         let signals = Signals::listen().context("cannot listen for SIGTERM/SIGINT")?;
-        tokio::spawn(signals.stop(shutdown.clone()));
+        tokio::spawn(signals.stop(stopping.clone(), grace));
         let follower = tokio::spawn(registry::follow(
             registry,
             config.consent.clone(),
@@ -84,14 +87,17 @@ fn serve(config: config::Config) -> anyhow::Result<()> {
             tracing::info!("running");
             systemd::ready(&shutdown);
         };
-        let metrics = topology::run(config, key, shutdown.clone(), ready).await;
+        let metrics = topology::run(config, key, stopping, ready).await;
         shutdown.cancel();
         let _ = follower.await;
         metrics
     })?;
     systemd::stopping();
     eprintln!("{}", metrics.summary());
-    Ok(())
+    match metrics.not_written() {
+        0 => Ok(()),
+        lost => anyhow::bail!("{lost} record(s) were not written (see NOT WRITTEN above)"),
+    }
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`); colours only on a terminal, so
@@ -105,6 +111,9 @@ fn init_logging() {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
+
+/// How long after the grace a sink stuck in a write that cannot be cancelled is waited for.
+const HARD_STOP: Duration = Duration::from_secs(3);
 
 /// SIGTERM and SIGINT, caught from before the pipeline starts.
 struct Signals {
@@ -127,17 +136,32 @@ impl Signals {
         }
     }
 
-    /// The first signal cancels `shutdown`: sources stop, what is in flight is written. A
-    /// second one means the operator will not wait: exit at once.
-    async fn stop(mut self, shutdown: CancellationToken) {
+    /// The first signal cancels `shutdown`: sources stop, what is in flight is written.
+    /// After `grace` the sinks give up what they have not written; a sink that still does
+    /// not stop (blocked in a write nobody reads) is left behind [`HARD_STOP`] later. A
+    /// second signal means the operator will not wait: exit at once.
+    async fn stop(mut self, stopping: Stopping, grace: Duration) {
         let name = tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = stopping.shutdown.cancelled() => return,
             name = self.next() => name,
         };
-        tracing::info!("{name}: stopping sources, writing what is in flight");
+        tracing::info!("{name}: stopping sources, writing what is in flight (for up to {grace:?})");
         systemd::stopping();
-        shutdown.cancel();
-        let name = self.next().await;
+        stopping.shutdown.cancel();
+        let name = tokio::select! {
+            name = self.next() => name,
+            () = tokio::time::sleep(grace) => {
+                tracing::error!("the shutdown grace ({grace:?}) is over: giving up what the sinks have not written");
+                stopping.give_up.cancel();
+                tokio::select! {
+                    name = self.next() => name,
+                    () = tokio::time::sleep(HARD_STOP) => {
+                        tracing::error!("a sink is stuck in a write (a stdout nobody reads?): exiting without it");
+                        std::process::exit(1);
+                    }
+                }
+            }
+        };
         tracing::warn!("{name} again: exiting without waiting for the sinks");
         std::process::exit(1);
     }

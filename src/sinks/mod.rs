@@ -186,7 +186,7 @@ impl SinkConfig {
         self,
         batches: mpsc::Receiver<Batch>,
         counters: Arc<SinkMetrics>,
-        shutdown: CancellationToken,
+        stopping: &Stopping,
         tasks: &mut JoinSet<()>,
     ) -> anyhow::Result<()> {
         let SinkConfig { name, kind, .. } = self;
@@ -198,7 +198,8 @@ impl SinkConfig {
             batching,
             batches,
             counters,
-            shutdown,
+            shutdown: stopping.shutdown.clone(),
+            give_up: stopping.give_up.clone(),
         };
         match kind {
             SinkKind::Sqlite { path, retention } => {
@@ -240,6 +241,16 @@ impl SinkKind {
     }
 }
 
+/// How the process stops: `shutdown` stops the sources (and everything read drains
+/// through); `give_up` ends the grace after it, and sinks drop what they have not written.
+#[derive(Debug, Clone, Default)]
+pub struct Stopping {
+    /// Fires at SIGTERM/SIGINT.
+    pub shutdown: CancellationToken,
+    /// Fires when the shutdown grace is over.
+    pub give_up: CancellationToken,
+}
+
 /// What one batch of telegrams yielded for one sink, already admitted by its policy.
 pub type Batch = Vec<SinkRecord>;
 
@@ -262,8 +273,8 @@ pub fn default_retention(granularity: Granularity) -> Duration {
 /// How often sinks run their housekeeping (retention).
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
 
-/// How long a failing sink keeps retrying once the process is stopping.
-const GRACE_AT_SHUTDOWN: Duration = Duration::from_secs(10);
+/// How long a sink may take to flush once it has given up.
+const FLUSH_AFTER_GIVING_UP: Duration = Duration::from_secs(2);
 
 /// The longest wait between two attempts at a write, whatever a store asks for.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
@@ -353,6 +364,10 @@ pub enum WriteError {
     /// The store refused (some of) the records for good.
     #[error("{0}")]
     Refused(Refused),
+    /// Nobody is left to deliver to (stdout's reader closed the pipe): every record of the
+    /// write is dropped, counted as not written.
+    #[error("{0}")]
+    Gone(String),
 }
 
 /// Any other failure (a lost connection, a busy file) is worth another try.
@@ -370,8 +385,10 @@ pub struct Feed {
     pub batches: mpsc::Receiver<Batch>,
     /// The sink's counters.
     pub counters: Arc<SinkMetrics>,
-    /// Fires when the process is stopping.
+    /// Fires when the process is stopping: a failing write is retried at once.
     pub shutdown: CancellationToken,
+    /// Fires when the shutdown grace is over: what is not written by then is given up.
+    pub give_up: CancellationToken,
 }
 
 /// Feeds `sink` every batch of `feed`, gathered as its batching says, until the channel
@@ -382,17 +399,20 @@ pub async fn drive(mut sink: impl Sink, feed: Feed) {
         mut batches,
         counters,
         shutdown,
+        give_up,
     } = feed;
     let mut writer = Writer {
         max_records: batching.max_records.max(1),
         counters: &counters,
         shutdown,
+        give_up,
         failures: LogLimit::per_minute(),
         refusals: LogLimit::per_minute(),
-        give_up_at: None,
     };
     let name = &writer.counters.name;
-    let mut maintenance = tokio::time::interval(MAINTENANCE_EVERY);
+    // Not at once: a sink's first moments are for announcing itself and the backlog.
+    let first = tokio::time::Instant::now() + MAINTENANCE_EVERY;
+    let mut maintenance = tokio::time::interval_at(first, MAINTENANCE_EVERY);
     // The records waiting to be written.
     let mut held: Vec<SinkRecord> = Vec::new();
     let mut due = None;
@@ -428,8 +448,15 @@ pub async fn drive(mut sink: impl Sink, feed: Feed) {
         }
     }
     writer.write(&mut sink, &held).await;
-    if let Err(error) = sink.flush().await {
-        tracing::error!(sink = %name, "final flush failed: {error:#}");
+    let flushed = if writer.give_up.is_cancelled() {
+        tokio::time::timeout(FLUSH_AFTER_GIVING_UP, sink.flush()).await
+    } else {
+        Ok(sink.flush().await)
+    };
+    match flushed {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::error!(sink = %name, "final flush failed: {error:#}"),
+        Err(_) => tracing::error!(sink = %name, "final flush given up"),
     }
 }
 
@@ -439,7 +466,7 @@ enum Delivery {
     Written,
     /// The store refused (some of) them.
     Refused(Refused),
-    /// The process is stopping and the store still failed after the grace period.
+    /// The destination is gone for good, or the shutdown grace is over.
     GivenUp,
 }
 
@@ -448,10 +475,9 @@ struct Writer<'m> {
     max_records: usize,
     counters: &'m SinkMetrics,
     shutdown: CancellationToken,
+    give_up: CancellationToken,
     failures: LogLimit,
     refusals: LogLimit,
-    /// Set at the first failure after shutdown began: the end of the grace period.
-    give_up_at: Option<Instant>,
 }
 
 impl Writer<'_> {
@@ -476,14 +502,29 @@ impl Writer<'_> {
         }
     }
 
-    /// Writes `records` until the sink succeeds or refuses them, or the grace period at
-    /// shutdown is over.
+    /// Writes `records` until the sink succeeds or refuses them, or the shutdown grace is
+    /// over (a write in progress then is abandoned).
     async fn deliver(&mut self, sink: &mut impl Sink, records: &[SinkRecord]) -> Delivery {
         let name = &self.counters.name;
         let mut backoff = Backoff::new(Duration::from_millis(100), MAX_RETRY_DELAY);
         loop {
-            let (error, after) = match sink.write(records).await {
+            let written = tokio::select! {
+                written = sink.write(records), if !self.give_up.is_cancelled() => written,
+                () = self.give_up.cancelled() => {
+                    if let Some(suppressed) = self.failures.allow(Instant::now()) {
+                        tracing::error!(sink = %name, suppressed, records = records.len(), "the shutdown grace is over: records not written");
+                    }
+                    return Delivery::GivenUp;
+                }
+            };
+            let (error, after) = match written {
                 Ok(()) => return Delivery::Written,
+                Err(WriteError::Gone(why)) => {
+                    if let Some(suppressed) = self.refusals.allow(Instant::now()) {
+                        tracing::error!(sink = %name, suppressed, records = records.len(), "records dropped: {why}");
+                    }
+                    return Delivery::GivenUp;
+                }
                 Err(WriteError::Refused(refused)) => {
                     if let Some(suppressed) = self.refusals.allow(Instant::now()) {
                         tracing::error!(sink = %name, suppressed, records = records.len(), "records dropped, the store {refused}");
@@ -492,15 +533,6 @@ impl Writer<'_> {
                 }
                 Err(WriteError::Retry { error, after }) => (error, after),
             };
-            if self.shutdown.is_cancelled()
-                && Instant::now()
-                    >= *self
-                        .give_up_at
-                        .get_or_insert(Instant::now() + GRACE_AT_SHUTDOWN)
-            {
-                tracing::error!(sink = %name, records = records.len(), "stopping: records not written: {error:#}");
-                return Delivery::GivenUp;
-            }
             let mut delay = backoff.next_delay();
             if let Some(after) = after {
                 delay = delay.max(after).min(MAX_RETRY_DELAY);
@@ -511,6 +543,7 @@ impl Writer<'_> {
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = self.shutdown.cancelled(), if !self.shutdown.is_cancelled() => {}
+                () = self.give_up.cancelled() => {}
             }
         }
     }

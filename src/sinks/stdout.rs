@@ -8,7 +8,8 @@ use p1guard_conduct::SinkRecord;
 use super::{Sink, WriteError};
 
 /// Writes records to stdout, a batch at a time. If the reader goes away (a closed pipe)
-/// there is nobody left to deliver to: that is logged once and later records are discarded.
+/// there is nobody left to deliver to: from then on every record is dropped, counted as not
+/// written.
 pub struct StdoutSink {
     lines: Vec<u8>,
     reader_gone: bool,
@@ -47,14 +48,14 @@ impl Default for StdoutSink {
 
 impl Sink for StdoutSink {
     async fn write(&mut self, records: &[SinkRecord]) -> Result<(), WriteError> {
+        const GONE: &str = "stdout was closed by its reader";
         if self.reader_gone {
-            return Ok(());
+            return Err(WriteError::Gone(GONE.into()));
         }
         match self.write_lines(records) {
             Err(error) if error.kind() == io::ErrorKind::BrokenPipe => {
-                tracing::warn!("stdout closed by its reader; records for it are discarded");
                 self.reader_gone = true;
-                Ok(())
+                Err(WriteError::Gone(GONE.into()))
             }
             result => Ok(result.context("writing to stdout")?),
         }

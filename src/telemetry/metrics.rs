@@ -167,6 +167,12 @@ impl Metrics {
         }
     }
 
+    /// Records every sink gave up (refused, gone, or past the shutdown grace).
+    pub fn not_written(&self) -> u64 {
+        let lost = self.sinks.iter().flat_map(|sink| sink.lost.iter());
+        lost.map(|n| n.load(Relaxed)).sum()
+    }
+
     /// A few lines for the log at shutdown.
     pub fn summary(&self) -> String {
         let mut text = String::new();

@@ -38,6 +38,8 @@ pub struct Config {
     pub sinks: Vec<SinkConfig>,
     /// Where to serve `GET /metrics`, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// How long SIGTERM waits for the sinks before giving up what they have not written.
+    pub shutdown_grace: std::time::Duration,
     /// Allowed, but probably not meant: said by `check-config` and logged at start.
     pub warnings: Vec<String>,
 }
@@ -66,6 +68,17 @@ pub struct Identity {
     /// The pseudonym key file (64 hex digits, created 0600 if missing).
     pub key_file: Option<PathBuf>,
 }
+
+/// `[daemon]`: how the process runs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Daemon {
+    /// Seconds SIGTERM waits for the sinks; 20 if absent (systemd kills at 30).
+    pub shutdown_grace_secs: Option<u64>,
+}
+
+/// The shutdown grace unless configured: well under systemd's `TimeoutStopSec=30`.
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 20;
 
 /// `[metrics]`: the Prometheus endpoint.
 #[derive(Debug, Deserialize)]
@@ -126,6 +139,16 @@ impl Reader<'_, '_> {
         let metrics: Option<Metrics> = document
             .remove("metrics")
             .and_then(|v| self.read("metrics", v));
+        let daemon: Daemon = document
+            .remove("daemon")
+            .and_then(|v| self.read("daemon", v))
+            .unwrap_or_default();
+        let grace = daemon
+            .shutdown_grace_secs
+            .unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS);
+        if grace == 0 {
+            self.problem("daemon", "shutdown_grace_secs: must be positive");
+        }
         let metrics_listen = metrics.and_then(|m| match m.listen.parse::<SocketAddr>() {
             Ok(address) => Some(address),
             Err(_) => {
@@ -142,7 +165,7 @@ impl Reader<'_, '_> {
         for unknown in document.keys() {
             self.problem(
                 unknown,
-                "unknown section (expected identity, consent, metrics, sources, sinks)",
+                "unknown section (expected identity, consent, daemon, metrics, sources, sinks)",
             );
         }
 
@@ -248,6 +271,7 @@ impl Reader<'_, '_> {
             sources,
             sinks,
             metrics_listen,
+            shutdown_grace: std::time::Duration::from_secs(grace),
             warnings,
         }
     }

@@ -15,9 +15,8 @@ use p1guard_conduct::{
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
-use crate::sinks::Batch;
+use crate::sinks::{Batch, Stopping};
 use crate::sources::{self, Received, SourceId, SourceKind};
 use crate::telemetry::metrics::{Metrics, SinkMetrics};
 
@@ -32,14 +31,16 @@ const BATCH_QUEUE: usize = 64;
 const BATCH_FRAMES: usize = 256;
 
 /// Opens every sink, starts every source, and runs until the sources end (replays) or
-/// `shutdown` fires and everything in flight has been written. `ready` is called once
-/// sinks are open and sources started. Returns the counters.
+/// `stopping.shutdown` fires and everything in flight has been written, or given up once
+/// `stopping.give_up` fires. `ready` is called once sinks are open and sources started.
+/// Returns the counters.
 pub async fn run(
     config: Config,
     key: IdentityKey,
-    shutdown: CancellationToken,
+    stopping: Stopping,
     ready: impl FnOnce(),
 ) -> anyhow::Result<Arc<Metrics>> {
+    let shutdown = stopping.shutdown.clone();
     let metrics = Arc::new(Metrics::new(
         config.sources.iter().map(|s| s.name.as_str()),
         config.sinks.iter().map(|s| s.name.as_str()),
@@ -60,7 +61,7 @@ pub async fn run(
         let (batches, receiver) = mpsc::channel(BATCH_QUEUE);
         let counters = Arc::clone(&metrics.sinks[index]);
         let policy = sink.policy;
-        sink.start(receiver, counters, shutdown.clone(), &mut sink_tasks)?;
+        sink.start(receiver, counters, &stopping, &mut sink_tasks)?;
         to_sinks.push(Outlet {
             policy,
             queue: batches,

@@ -654,3 +654,136 @@ fn a_source_or_a_sink_that_cannot_be_set_up_exits_1_alike() {
         assert!(!finished.stderr.contains("running"), "{}", finished.stderr);
     }
 }
+
+#[test]
+fn sigterm_with_the_network_sinks_down_ends_within_the_grace_and_says_what_was_given_up() {
+    let dir = scratch("run-grace");
+    let (address, server) = crate::dongle(telegrams(5));
+    let nobody = crate::free_address();
+    let config = format!(
+        r#"
+        [daemon]
+        shutdown_grace_secs = 2
+
+        [consent]
+        default = "live"
+
+        [[sources]]
+        name = "dongle"
+        type = "tcp"
+        address = "{address}"
+
+        [[sinks]]
+        name = "screen"
+        type = "stdout"
+        max_granularity = "live"
+
+        [[sinks]]
+        name = "broker"
+        type = "mqtt"
+        url = "mqtt://{nobody}"
+        max_granularity = "live"
+
+        [[sinks]]
+        name = "influx"
+        type = "influxdb"
+        api = "v1"
+        url = "http://{nobody}"
+        max_granularity = "live"
+        flush_interval_ms = 10
+        "#
+    );
+    let daemon = Daemon::start(&dir, &config);
+    // The household's own screen goes on while both servers are down.
+    daemon.wait_for_output(LIVE, 5, PATIENCE);
+    let _connection = server.join().unwrap();
+    let signalled = Instant::now();
+    let finished = daemon.terminate();
+    let took = signalled.elapsed();
+
+    assert!(
+        took < Duration::from_secs(6),
+        "took {took:?}: {}",
+        finished.stderr
+    );
+    assert_eq!(finished.status.code(), Some(1), "{}", finished.stderr);
+    assert!(
+        finished.stderr.contains("the shutdown grace (2s) is over"),
+        "{}",
+        finished.stderr
+    );
+    // What the screen shows is what both servers should have had: given up, and said so.
+    let shown = finished.stdout.lines().count() as u64;
+    assert!(shown >= 5, "{}", finished.stdout);
+    for sink in ["sink broker:", "sink influx:"] {
+        let given_up = count_after(&finished.stderr, sink, "NOT WRITTEN live");
+        assert_eq!(given_up, shown, "{}", finished.stderr);
+    }
+    let total = format!("{} record(s) were not written", 2 * shown);
+    assert!(finished.stderr.contains(&total), "{}", finished.stderr);
+}
+
+#[test]
+fn a_stdout_nobody_reads_does_not_keep_sigterm_from_ending_p1guard() {
+    let dir = scratch("run-blocked-stdout");
+    let capture = write_capture(
+        &dir,
+        Style::Dsmr5,
+        "2026-06-01T00:00:00Z",
+        "2026-06-01T12:00:00Z",
+    );
+    let config = dir.join("p1guard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+            [daemon]
+            shutdown_grace_secs = 1
+
+            [consent]
+            default = "live"
+
+            [[sources]]
+            type = "replay"
+            files = [{capture:?}]
+
+            [[sinks]]
+            type = "stdout"
+            max_granularity = "live"
+            "#
+        ),
+    )
+    .unwrap();
+    // Its stdout is a pipe the test holds and never reads: it fills, and writes block.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_p1guard"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("STATE_DIRECTORY", &dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _unread = child.stdout.take().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let signalled = Instant::now();
+    signal(child.id(), "TERM");
+    let status = wait_at_most(&mut child, Duration::from_secs(15));
+    let took = signalled.elapsed();
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+    assert_eq!(status.code(), Some(1), "records were given up");
+}
+
+/// The child's exit status, or a failed test (with the child killed) after `limit`.
+fn wait_at_most(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("p1guard did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
