@@ -83,7 +83,7 @@ pub enum ConsentCommand {
     Withdraw(WithdrawArgs),
     /// Print a meter's consent events, oldest first, as JSON lines.
     History(MeterArgs),
-    /// Record many consents from a CSV file: meter,level,effective_from,reference[,purpose].
+    /// Record many consents from a CSV file: `meter,level,effective_from,reference[,purpose]`.
     /// All rows or none.
     Import(ImportArgs),
 }
