@@ -1,7 +1,9 @@
 //! The InfluxDB sink end to end against real servers started on free ports: VictoriaMetrics
 //! for the v2 write API (and the v1 one, whose `db` it keeps as a label), InfluxDB 1.x for
 //! the v1 API with authentication and a retention policy per granularity. What the servers
-//! hold is compared with the stdout sink's records of the same run.
+//! hold is compared with the stdout sink's records of the same run; so is what `export`
+//! reads back from them, before `erase` leaves only the billing records the fiscal retention
+//! keeps.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read as _, Write as _};
@@ -10,13 +12,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use p1guard_simulator::Style;
+use jiff::tz::TimeZone;
+use jiff::{SignedDuration, ToSpan as _};
+use p1guard_conduct::IdentityKey;
+use p1guard_simulator::{MeterSpec, Style};
 use serde_json::Value;
 
 use crate::daemon::{Daemon, count_after, require};
-use crate::free_address;
 use crate::run::write_capture;
-use crate::scratch;
+use crate::{free_address, p1guard, scratch};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -465,6 +469,15 @@ fn influxdb_1_holds_each_granularity_in_its_own_retention_policy() {
     let config = replay_config(&capture(&dir), &v1_sink(&server, "p1guard", "p1guard"));
     let finished = Daemon::start_with_env(&dir, &config, &password("writer-pw")).wait();
     assert!(finished.status.success(), "{}", finished.stderr);
+    // A user who may only write cannot see the retention policies, let alone create them:
+    // said once, at the first write.
+    let warning = "cannot check the retention policies";
+    assert_eq!(
+        finished.stderr.matches(warning).count(),
+        1,
+        "{}",
+        finished.stderr
+    );
 
     let mut expected: BTreeSet<Point> = BTreeSet::new();
     for record in printed(&finished.stdout) {
@@ -518,7 +531,8 @@ fn a_write_influxdb_refuses_is_dropped_with_a_clear_line() {
     let server = influxd_for_p1guard(&dir);
     let config = replay_config(&capture(&dir), &v1_sink(&server, "missing", "admin"));
     let finished = Daemon::start_with_env(&dir, &config, &password("admin-pw")).wait();
-    assert!(finished.status.success(), "{}", finished.stderr);
+    // Records were given up: the run says so in its exit status too.
+    assert_eq!(finished.status.code(), Some(1), "{}", finished.stderr);
 
     let refused = r#"records dropped, the store refused with status 404: {"error":"database not found: \"missing\""}"#;
     assert!(finished.stderr.contains(refused), "{}", finished.stderr);
@@ -540,4 +554,441 @@ fn a_write_influxdb_refuses_is_dropped_with_a_clear_line() {
         "{}",
         finished.stderr
     );
+}
+
+// The rights commands against the servers: `p1guard run` fills them, then `export`, `audit`
+// and `erase` go through the binary, and what the server holds afterwards is asked of it
+// directly.
+
+/// The identity key of the rights tests, so that they can name the meter's pseudonym.
+const KEY: [u8; 32] = [5; 32];
+
+/// The meter whose records are erased (with its gas meter's), as printed on it, and a
+/// neighbour's, whose records stay.
+const ERASED: &str = "E0053000012345621";
+const NEIGHBOUR: &str = "E0053000087654321";
+
+fn spec(id: &str, seed: u64) -> MeterSpec {
+    MeterSpec {
+        style: Style::Dsmr4,
+        equipment_id: id.into(),
+        gas_id: Some(id.replacen('E', "G", 1)),
+        seed,
+    }
+}
+
+fn pseudonym(id: &str) -> String {
+    IdentityKey::from_bytes(KEY)
+        .pseudonym(hex(id).as_bytes())
+        .to_string()
+}
+
+/// The last local midnight on the 1st of a month at least a day ago: with monthly billing,
+/// a capture around it has billing, daily and quarter-hour records, all inside their
+/// default retention (the audit checks it).
+fn last_month_start() -> jiff::Timestamp {
+    let amsterdam = TimeZone::get("Europe/Amsterdam").unwrap();
+    let yesterday = amsterdam.to_datetime(jiff::Timestamp::now()).date() - 1.day();
+    let midnight = yesterday
+        .first_of_month()
+        .to_datetime(jiff::civil::Time::midnight());
+    amsterdam
+        .to_ambiguous_timestamp(midnight)
+        .unambiguous()
+        .unwrap()
+}
+
+/// Writes a configuration replaying both meters three hours either side of
+/// [`last_month_start`] into stdout and `sinks` (TOML), with the key and the consent registry
+/// in `dir`; its path.
+fn rights_config(dir: &Path, sinks: &str) -> PathBuf {
+    let boundary = last_month_start();
+    let (from, to) = (
+        boundary - SignedDuration::from_hours(3),
+        boundary + SignedDuration::from_hours(3),
+    );
+    let [erased, neighbour] = [(ERASED, 53), (NEIGHBOUR, 7)].map(|(id, seed)| {
+        let path = dir.join(format!("{id}.txt"));
+        std::fs::write(
+            &path,
+            p1guard_simulator::stream(spec(id, seed), from, to, Vec::new()),
+        )
+        .unwrap();
+        path
+    });
+    std::fs::write(dir.join("identity.key"), hex_key()).unwrap();
+    let config = format!(
+        r#"
+        [identity]
+        key_file = "{dir}/identity.key"
+
+        [consent]
+        default = "quarter_hour"
+        billing_cadence = "monthly"
+        registry = "{dir}/consent.sqlite"
+
+        [[sources]]
+        name = "erased"
+        type = "replay"
+        files = [{erased:?}]
+        speed = "max"
+
+        [[sources]]
+        name = "neighbour"
+        type = "replay"
+        files = [{neighbour:?}]
+        speed = "max"
+
+        [[sinks]]
+        name = "screen"
+        type = "stdout"
+        max_granularity = "quarter_hour"
+        {sinks}
+        "#,
+        dir = dir.display(),
+    );
+    let path = dir.join("p1guard.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+fn hex_key() -> String {
+    KEY.map(|b| format!("{b:02x}")).concat()
+}
+
+/// Runs `p1guard` with `args`; its stdout, after checking it exited with `status`.
+fn command(args: &[&str], status: i32) -> String {
+    let output = p1guard(args);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(status),
+        "p1guard {args:?}\n--- stdout:\n{stdout}\n--- stderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// Records as a set of their JSON texts, for comparisons that ignore order.
+fn texts(records: &[Value]) -> BTreeSet<String> {
+    records.iter().map(Value::to_string).collect()
+}
+
+/// What a rights round saw.
+struct Round {
+    /// Every record the run printed.
+    printed: Vec<Value>,
+    /// The records of [`ERASED`] the run printed, as the server keeps them.
+    of_meter: Vec<Value>,
+    /// `erase`'s answer for each store, by name.
+    erased: BTreeMap<String, Value>,
+}
+
+/// A billing record of [`ERASED`] dated eight years ago, past the fiscal retention: erasing
+/// must not keep it with the recent ones. Its line protocol and its record JSON.
+fn stale_billing() -> (String, Value) {
+    let time = jiff::Timestamp::now() - SignedDuration::from_hours(8 * 365 * 24);
+    let time = jiff::Timestamp::from_second(time.as_second()).unwrap();
+    let meter = pseudonym(ERASED);
+    let line = format!(
+        "electricity,granularity=billing,meter={meter} energy_import_kwh=1.5,quality=\"measured\" {}\n",
+        time.as_second()
+    );
+    let record = serde_json::json!({
+        "meter": meter,
+        "granularity": "billing",
+        "kind": "electricity",
+        "time": time.to_string(),
+        "quality": "measured",
+        "values": {"energy_import_kwh": 1.5},
+    });
+    (line, record)
+}
+
+/// `p1guard audit`, expecting `status`; its output.
+fn audit(config: &Path, status: i32) -> String {
+    command(&["audit", "--config", config.to_str().unwrap()], status)
+}
+
+/// `p1guard export` of `meter` (as printed or as sent): its records.
+fn export(config: &Path, meter: &str) -> Vec<Value> {
+    let config = config.to_str().unwrap();
+    let text = command(&["export", "--config", config, "--meter", meter], 0);
+    let export: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(export["meter"], pseudonym(ERASED).as_str());
+    export["records"].as_array().unwrap().clone()
+}
+
+/// `run`, then `audit` (clean) and `export` of [`ERASED`] (checked against what the run
+/// printed, as `held` says each record is kept), then [`stale_billing`] is given to `stale`
+/// to write, and `export` shows it too; then `erase`.
+fn rights_round(
+    config: &Path,
+    run: Daemon,
+    held: impl Fn(&Value) -> Value,
+    stale: impl FnOnce(&str),
+) -> Round {
+    let finished = run.wait();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let printed = printed(&finished.stdout);
+    let name = pseudonym(ERASED);
+    let of_meter: Vec<Value> = printed
+        .iter()
+        .filter(|r| r["meter"] == name.as_str())
+        .map(&held)
+        .collect();
+    let count = |g: &str| of_meter.iter().filter(|r| r["granularity"] == g).count();
+    assert_eq!(
+        (count("billing"), count("daily"), count("quarter_hour")),
+        (2, 2, 24 + 6),
+        "electricity and gas at a month's first midnight, and six hours of quarter hours"
+    );
+    let audited = audit(config, 0);
+    assert!(audited.contains(r#""clean":true"#), "{audited}");
+    assert_eq!(texts(&export(config, ERASED)), texts(&of_meter));
+
+    let (line, record) = stale_billing();
+    stale(&line);
+    let mut with_stale = of_meter.clone();
+    with_stale.push(held(&record));
+    assert_eq!(texts(&export(config, ERASED)), texts(&with_stale));
+
+    let config = config.to_str().unwrap();
+    let answer = command(&["erase", "--config", config, "--meter", ERASED], 0);
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    let erased = answer["stores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|store| (store["store"].as_str().unwrap().to_owned(), store.clone()))
+        .collect();
+    Round {
+        printed,
+        of_meter,
+        erased,
+    }
+}
+
+impl Round {
+    /// The erased meter's billing records.
+    fn billing(&self) -> Vec<Value> {
+        let billing = |r: &&Value| r["granularity"] == "billing";
+        self.of_meter.iter().filter(billing).cloned().collect()
+    }
+}
+
+/// The records of `meter` in `printed` of each granularity: (billing, other).
+fn split(printed: &[Value], meter: &str, ceiling: &[&str]) -> (u64, u64) {
+    let of = |billing: bool| {
+        printed
+            .iter()
+            .filter(|r| r["meter"] == meter)
+            .filter(|r| ceiling.contains(&r["granularity"].as_str().unwrap()))
+            .filter(|r| (r["granularity"] == "billing") == billing)
+            .count() as u64
+    };
+    (of(true), of(false))
+}
+
+#[test]
+fn influxdb_1_erases_all_but_fiscal_billing_and_reads_back_what_it_holds() {
+    let dir = scratch("influx-v1-rights");
+    let server = influxd(&dir);
+    let (status, body) = http(
+        server.address,
+        "POST",
+        &target(
+            "/query",
+            &[(
+                "q",
+                "CREATE USER admin WITH PASSWORD 'admin-pw' WITH ALL PRIVILEGES",
+            )],
+        ),
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    influxql(&server, r#"CREATE DATABASE "p1guard""#);
+    std::fs::write(dir.join("influx-password"), "admin-pw").unwrap();
+    // No retention policies yet: p1guard creates them, its user being an admin.
+    let sinks = format!(
+        r#"
+        [[sinks]]
+        name = "influx"
+        type = "influxdb"
+        api = "v1"
+        url = "http://{}"
+        username = "admin"
+        password = {{ file = "{}/influx-password" }}
+        max_granularity = "quarter_hour"
+        "#,
+        server.address,
+        dir.display()
+    );
+    let config = rights_config(&dir, &sinks);
+    let run = Daemon::start(&dir, &std::fs::read_to_string(&config).unwrap());
+    // The stale record goes where an earlier configuration could have put it: p1guard
+    // reads every retention policy, and DELETE spans them.
+    let write_stale = |line: &str| {
+        let query = [
+            ("db", "p1guard"),
+            ("rp", "autogen"),
+            ("precision", "s"),
+            ("u", "admin"),
+            ("p", "admin-pw"),
+        ];
+        let (status, body) = http(server.address, "POST", &target("/write", &query), line);
+        assert_eq!(status, 204, "{body}");
+    };
+    let round = rights_round(&config, run, Value::clone, write_stale);
+
+    let policies = influxql(&server, r#"SHOW RETENTION POLICIES ON "p1guard""#);
+    let durations: BTreeMap<&str, &str> = policies["results"][0]["series"][0]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| (row[0].as_str().unwrap(), row[1].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        durations,
+        BTreeMap::from([
+            ("autogen", "0s"),
+            ("billing", "61368h0m0s"),
+            ("daily", "17520h0m0s"),
+            ("quarter_hour", "2160h0m0s"),
+            ("live", "168h0m0s"),
+        ]),
+        "privacy.md's retention: 2557, 730, 90 and 7 days"
+    );
+
+    // Erased: all but the billing records inside the fiscal retention, the stale one too.
+    let name = pseudonym(ERASED);
+    let (billing, other) = split(&round.printed, &name, &GRANULARITIES);
+    let answer = &round.erased["influx"];
+    assert_eq!(
+        (answer["erased"].as_u64(), answer["kept"].as_u64()),
+        (Some(other + 1), Some(billing)),
+        "{answer}"
+    );
+    assert!(answer["kept_because"].is_string(), "{answer}");
+    let audited = audit(&config, 0);
+    assert!(audited.contains(r#""clean":true"#), "{audited}");
+    // The meter as sent (hex) names the same meter as printed.
+    assert_eq!(
+        texts(&export(&config, &hex(ERASED))),
+        texts(&round.billing())
+    );
+
+    // The server holds the erased meter's billing records only; the neighbour's all.
+    let rows = |meter: &str| -> BTreeMap<String, usize> {
+        let mut rows = BTreeMap::new();
+        for rp in ["autogen", "billing", "daily", "quarter_hour", "live"] {
+            let results = influxql(
+                &server,
+                &format!(r#"SELECT * FROM "p1guard"."{rp}"./.*/ WHERE "meter" = '{meter}'"#),
+            );
+            for series in results["results"][0]["series"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                *rows.entry(rp.to_owned()).or_default() +=
+                    series["values"].as_array().unwrap().len();
+            }
+        }
+        rows
+    };
+    assert_eq!(rows(&name), BTreeMap::from([("billing".to_owned(), 2)]));
+    let neighbour = pseudonym(NEIGHBOUR);
+    let (billing, other) = split(&round.printed, &neighbour, &GRANULARITIES);
+    assert_eq!(
+        rows(&neighbour).values().sum::<usize>() as u64,
+        billing + other
+    );
+}
+
+/// The granularities a quarter-hour sink holds.
+const GRANULARITIES: [&str; 3] = ["billing", "daily", "quarter_hour"];
+
+#[test]
+fn victoria_metrics_erases_whole_series_and_keeps_fiscal_billing_ones() {
+    let dir = scratch("influx-vm-rights");
+    let vm = victoria_metrics(&dir, free_address());
+    // Both APIs on one server: each sink reads back and erases its own series only (the
+    // v1 sink's carry its database as the db label), as the audit of the daily one shows.
+    let sinks = format!(
+        r#"
+        [[sinks]]
+        name = "v2"
+        type = "influxdb"
+        api = "v2"
+        url = "http://{address}"
+        org = "household"
+        max_granularity = "quarter_hour"
+
+        [[sinks]]
+        name = "v1"
+        type = "influxdb"
+        api = "v1"
+        url = "http://{address}"
+        database = "daily_only"
+        max_granularity = "daily"
+        "#,
+        address = vm.address
+    );
+    let config = rights_config(&dir, &sinks);
+    let run = Daemon::start(&dir, &std::fs::read_to_string(&config).unwrap());
+    // VictoriaMetrics keeps no string field: the quality is not read back.
+    let without_quality = |record: &Value| {
+        let mut record = record.clone();
+        record.as_object_mut().unwrap().remove("quality");
+        record
+    };
+    // The stale record joins the v2 sink's electricity billing series (no db label).
+    let write_stale = |line: &str| {
+        let (status, body) = http(vm.address, "POST", "/api/v2/write?precision=s", line);
+        assert_eq!(status, 204, "{body}");
+    };
+    let round = rights_round(&config, run, without_quality, write_stale);
+
+    // Each sink erased its own series but the billing ones, which are kept whole: with the
+    // recent billing record, the stale one stays, and the answer and the audit say so.
+    let name = pseudonym(ERASED);
+    for (store, ceiling, stuck) in [
+        ("v2", &GRANULARITIES[..], true),
+        ("v1", &GRANULARITIES[..2], false),
+    ] {
+        let (billing, other) = split(&round.printed, &name, ceiling);
+        let answer = &round.erased[store];
+        assert_eq!(
+            (answer["erased"].as_u64(), answer["kept"].as_u64()),
+            (Some(other), Some(billing)),
+            "{answer}"
+        );
+        let note = answer["note"].as_str().unwrap_or_default();
+        assert!(note.contains("whole series"), "{answer}");
+        assert_eq!(note.contains("1 record"), stuck, "{answer}");
+    }
+    let (_, stale) = stale_billing();
+    let audited = audit(&config, 1);
+    let violations: Vec<Value> = audited
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .filter(|v: &Value| v.get("reason").is_some())
+        .collect();
+    assert_eq!(violations.len(), 1, "{audited}");
+    assert_eq!(violations[0]["store"], "v2");
+    assert_eq!(violations[0]["time"], stale["time"]);
+    let reason = violations[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("erasure ledger"), "{reason}");
+    let mut left = round.billing();
+    left.push(without_quality(&stale));
+    assert_eq!(texts(&export(&config, &hex(ERASED))), texts(&left));
+
+    // What the server holds: the neighbour's records all, the erased meter's billing ones.
+    let neighbour = pseudonym(NEIGHBOUR);
+    let kept = |r: &&Value| r["meter"] == neighbour.as_str() || r["granularity"] == "billing";
+    let kept: Vec<Value> = round.printed.iter().filter(kept).cloned().collect();
+    let mut expected = expected_series(&[&kept[..], &[stale]].concat(), None);
+    expected.extend(expected_series(&at_most_daily(&kept), Some("daily_only")));
+    assert_eq!(exported_as(&vm, &expected).0, expected);
 }

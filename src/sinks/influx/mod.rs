@@ -39,6 +39,11 @@ pub struct InfluxSink {
     targets: [String; 4],
     gzip: bool,
     lines: String,
+    /// The server as the retention setup and the rights commands reach it.
+    /// (Boxed: the rights commands hold a sink beside smaller stores.)
+    remote: Box<rights::Remote>,
+    /// Whether the retention setup ran (before the first write).
+    prepared: bool,
 }
 
 enum Api {
@@ -118,8 +123,10 @@ fn short(message: &str) -> String {
 }
 
 impl InfluxSink {
-    /// A sink for the server `settings` describe. Nothing is sent until the first write.
+    /// A sink for the server `settings` describe. Nothing is sent until the first write, and
+    /// nothing but the retention setup before it.
     pub fn new(settings: InfluxSettings) -> anyhow::Result<InfluxSink> {
+        let remote = Box::new(rights::Remote::new(&settings)?);
         let mut headers = HeaderMap::new();
         if settings.gzip {
             headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
@@ -153,6 +160,8 @@ impl InfluxSink {
             targets,
             gzip: settings.gzip,
             lines: String::new(),
+            remote,
+            prepared: false,
         })
     }
 
@@ -228,6 +237,9 @@ impl Sink for InfluxSink {
     /// One request per granularity present (more if the server wants smaller bodies). A
     /// granularity the server refuses does not keep the others from being written.
     async fn write(&mut self, records: &[SinkRecord]) -> Result<(), WriteError> {
+        if !self.prepared {
+            self.prepared = self.prepare().await;
+        }
         let mut refused: Option<Refused> = None;
         let mut group = Vec::with_capacity(records.len());
         for (target, granularity) in Granularity::ALL.into_iter().enumerate() {
