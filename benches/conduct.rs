@@ -47,11 +47,7 @@ fn pipeline(stream: &[u8], level: Level, policy: SinkPolicy, out: &mut Vec<u8>) 
     framer.push(stream);
     while let Some(frame) = framer.next_frame() {
         let telegram = parser.parse(&frame.expect("framed")).expect("valid");
-        reducer.reduce(
-            &telegram,
-            Arrival::Recorded(Timestamp::MAX),
-            &mut records,
-        );
+        reducer.reduce(&telegram, Arrival::Recorded(Timestamp::MAX), &mut records);
         for record in records.drain(..) {
             if let Some(admitted) = policy.admit(&record) {
                 serde_json::to_writer(&mut *out, &admitted).expect("JSON");
@@ -116,11 +112,7 @@ fn state_per_meter(_: &mut Criterion) {
         let telegram = parser
             .parse(&framer.next_frame().expect("frame").expect("framed"))
             .expect("valid");
-        reducer.reduce(
-            &telegram,
-            Arrival::Recorded(Timestamp::MAX),
-            &mut records,
-        );
+        reducer.reduce(&telegram, Arrival::Recorded(Timestamp::MAX), &mut records);
         records.clear();
     }
     eprintln!(

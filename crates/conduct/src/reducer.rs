@@ -720,7 +720,10 @@ mod tests {
             Arrival::Recorded(at),
         ] {
             assert!(arrival.trusts(ahead(MAX_CLOCK_SKEW_SECONDS)), "{arrival:?}");
-            assert!(!arrival.trusts(ahead(MAX_CLOCK_SKEW_SECONDS + 1)), "{arrival:?}");
+            assert!(
+                !arrival.trusts(ahead(MAX_CLOCK_SKEW_SECONDS + 1)),
+                "{arrival:?}"
+            );
         }
         // A recording or a broker may hold telegrams for years; a live line may not.
         assert!(Arrival::Recorded(at).trusts(ahead(-5 * 365 * 86_400)));

@@ -82,11 +82,7 @@ fn reduce_with<C: Consent>(
         framer.push(bytes);
         let frame = framer.next_frame().expect("a frame").expect("framed");
         let telegram = parser.parse(&frame).expect("valid telegram");
-        reducer.reduce(
-            &telegram,
-            Arrival::Recorded(Timestamp::MAX),
-            &mut records,
-        );
+        reducer.reduce(&telegram, Arrival::Recorded(Timestamp::MAX), &mut records);
     }
     (records, reducer)
 }

@@ -229,11 +229,7 @@ fn replay(s: &Scenario, stream: &[u8], chunk_sizes: &[usize]) -> [Vec<(Value, St
         framer.push(chunk);
         while let Some(frame) = framer.next_frame() {
             let telegram = parser.parse(&frame.expect("framed")).expect("valid");
-            reducer.reduce(
-                &telegram,
-                Arrival::Recorded(Timestamp::MAX),
-                &mut records,
-            );
+            reducer.reduce(&telegram, Arrival::Recorded(Timestamp::MAX), &mut records);
             for record in records.drain(..) {
                 if record.granularity != Granularity::Live
                     && let Values::Electricity { live, .. } = &record.values
