@@ -50,14 +50,17 @@ struct Scenario {
 #[derive(Debug, Clone)]
 struct History {
     default: Level,
-    events: Vec<(Timestamp, Level, Option<usize>)>,
+    events: Vec<Event>,
 }
+
+/// (effective instant, level, purpose index or `None` for every purpose).
+type Event = (Timestamp, Level, Option<usize>);
 
 impl History {
     /// privacy.md's rule, read independently of the table: the latest event in force for the
     /// purpose (or for every purpose), of two at one instant the one recorded last.
     fn at(&self, purpose: usize, at: Timestamp) -> Level {
-        let mut in_force: Vec<(usize, &(Timestamp, Level, Option<usize>))> = self
+        let mut in_force: Vec<(usize, &Event)> = self
             .events
             .iter()
             .enumerate()
