@@ -288,6 +288,13 @@ pub trait Sink: Send + 'static {
         records: &[SinkRecord],
     ) -> impl Future<Output = Result<(), WriteError>> + Send;
 
+    /// Whether the server is there and lets p1guard in (a ping, the credentials, an MQTT
+    /// CONNACK), checked once at start: what to say of it, or why not. Must not wait longer
+    /// than a connection attempt.
+    fn check(&mut self) -> impl Future<Output = anyhow::Result<String>> + Send {
+        async { Ok(String::new()) }
+    }
+
     /// Housekeeping on a timer, such as deleting records past their retention.
     fn maintain(&mut self) -> impl Future<Output = anyhow::Result<()>> + Send {
         async { Ok(()) }
@@ -410,6 +417,22 @@ pub async fn drive(mut sink: impl Sink, feed: Feed) {
         refusals: LogLimit::per_minute(),
     };
     let name = &writer.counters.name;
+    // Said once at start, either way; a sink that cannot reach its server still starts, and
+    // its records wait.
+    tokio::select! {
+        checked = sink.check() => match checked {
+            Ok(what) => {
+                writer.counters.up.store(true, Relaxed);
+                if !what.is_empty() {
+                    tracing::info!(sink = %name, "{what}");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(sink = %name, "not reachable at start, records wait for it: {error:#}");
+            }
+        },
+        () = writer.give_up.cancelled() => {}
+    }
     // Not at once: a sink's first moments are for announcing itself and the backlog.
     let first = tokio::time::Instant::now() + MAINTENANCE_EVERY;
     let mut maintenance = tokio::time::interval_at(first, MAINTENANCE_EVERY);
@@ -507,6 +530,7 @@ impl Writer<'_> {
     async fn deliver(&mut self, sink: &mut impl Sink, records: &[SinkRecord]) -> Delivery {
         let name = &self.counters.name;
         let mut backoff = Backoff::new(Duration::from_millis(100), MAX_RETRY_DELAY);
+        let mut failed_since: Option<Instant> = None;
         loop {
             let written = tokio::select! {
                 written = sink.write(records), if !self.give_up.is_cancelled() => written,
@@ -517,6 +541,12 @@ impl Writer<'_> {
                     return Delivery::GivenUp;
                 }
             };
+            let up = !matches!(written, Err(WriteError::Retry { .. }));
+            let was_up = self.counters.up.swap(up, Relaxed);
+            if up && !was_up {
+                let down = failed_since.map(|since| since.elapsed());
+                tracing::info!(sink = %name, "writing again{}", down.map_or(String::new(), |d| format!(" after {:.0?} of failures", d)));
+            }
             let (error, after) = match written {
                 Ok(()) => return Delivery::Written,
                 Err(WriteError::Gone(why)) => {
@@ -533,6 +563,7 @@ impl Writer<'_> {
                 }
                 Err(WriteError::Retry { error, after }) => (error, after),
             };
+            failed_since.get_or_insert_with(Instant::now);
             let mut delay = backoff.next_delay();
             if let Some(after) = after {
                 delay = delay.max(after).min(MAX_RETRY_DELAY);

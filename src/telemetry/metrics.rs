@@ -114,10 +114,13 @@ pub struct SinkMetrics {
     pub name: String,
     /// Records written, by granularity.
     pub records: [AtomicU64; 4],
-    /// Records given up at shutdown because the sink kept failing, by granularity.
+    /// Records given up (refused, their reader gone, or past the shutdown grace), by
+    /// granularity.
     pub lost: [AtomicU64; 4],
     /// Batches waiting in the sink's channel.
     pub queued: AtomicI64,
+    /// Whether the sink's server answered its last check or write.
+    pub up: AtomicBool,
 }
 
 /// Every counter of one pipeline.
@@ -159,6 +162,7 @@ impl Metrics {
                         records: Default::default(),
                         lost: Default::default(),
                         queued: AtomicI64::new(0),
+                        up: AtomicBool::new(false),
                     })
                 })
                 .collect(),
@@ -257,6 +261,17 @@ impl Collector for Metrics {
             ConstGauge::new(i64::from(source.connected.load(Relaxed)))
                 .encode(family.encode_family(&labels)?)?;
         }
+        let mut family = encoder.encode_descriptor(
+            "p1guard_sink_up",
+            "1 while the sink's server answered its last check or write.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for sink in &self.sinks {
+            let labels = [("sink", sink.name.as_str())];
+            ConstGauge::new(i64::from(sink.up.load(Relaxed)))
+                .encode(family.encode_family(&labels)?)?;
+        }
         let queues = std::iter::once(("frames", self.frames_queued.load(Relaxed))).chain(
             self.sinks
                 .iter()
@@ -304,7 +319,7 @@ impl Collector for Metrics {
             ),
             (
                 "p1guard_sink_records_not_written",
-                "Records given up at shutdown, by sink and granularity.",
+                "Records given up (refused, reader gone, past the shutdown grace), by sink and granularity.",
             ),
         ];
         for (index, (name, help)) in sinks.into_iter().enumerate() {

@@ -382,6 +382,17 @@ fn records_wait_for_a_server_that_is_down_and_all_arrive() {
     let vm = victoria_metrics(&dir, address);
     let finished = daemon.wait();
     assert!(finished.status.success(), "{}", finished.stderr);
+    // Said at start, and said again when it recovered.
+    for line in [
+        "not reachable at start, records wait for it",
+        "writing again after",
+    ] {
+        assert!(
+            finished.stderr.contains(line),
+            "{line:?}: {}",
+            finished.stderr
+        );
+    }
 
     let records = printed(&finished.stdout);
     assert_eq!(records.len(), 42, "{}", finished.stdout);
@@ -478,6 +489,14 @@ fn influxdb_1_holds_each_granularity_in_its_own_retention_policy() {
         "{}",
         finished.stderr
     );
+    // Checked at start: the server is there and takes the writer's credentials.
+    assert!(
+        finished
+            .stderr
+            .contains("answers and accepts p1guard's credentials"),
+        "{}",
+        finished.stderr
+    );
 
     let mut expected: BTreeSet<Point> = BTreeSet::new();
     for record in printed(&finished.stdout) {
@@ -523,6 +542,25 @@ fn influxdb_1_holds_each_granularity_in_its_own_retention_policy() {
         "32 + 8 quarter hours, midnight for both meters"
     );
     assert_eq!(stored, expected);
+}
+
+#[test]
+fn a_wrong_password_is_said_at_start() {
+    let dir = scratch("influx-password");
+    let server = influxd_for_p1guard(&dir);
+    let config = replay_config(&capture(&dir), &v1_sink(&server, "p1guard", "p1guard"));
+    let finished = Daemon::start_with_env(&dir, &config, &password("wrong")).wait();
+    let said = "not reachable at start, records wait for it: http://";
+    let line = finished.stderr.lines().find(|l| l.contains(said));
+    assert!(
+        line.is_some_and(|l| l.contains("refuses p1guard's credentials (401 Unauthorized)")),
+        "{}",
+        finished.stderr
+    );
+    assert!(
+        !finished.stderr.contains("wrong"),
+        "the password is never logged"
+    );
 }
 
 #[test]

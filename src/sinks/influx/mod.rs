@@ -234,6 +234,47 @@ enum Failed {
 }
 
 impl Sink for InfluxSink {
+    /// Sets up retention, then proves the credentials with an empty write into the billing
+    /// target (v1; InfluxDB and VictoriaMetrics answer 204) or by looking the billing bucket
+    /// up (v2).
+    async fn check(&mut self) -> anyhow::Result<String> {
+        self.prepared = self.prepare().await;
+        let url = self.remote.url.clone();
+        let billing = &self.targets[Granularity::Billing as usize];
+        let response = match &self.remote.access {
+            rights::Access::V1 { database, .. } => {
+                let query = [
+                    ("db", database.as_str()),
+                    ("rp", billing),
+                    ("precision", "s"),
+                ];
+                self.remote
+                    .request(reqwest::Method::POST, "/write")
+                    .query(&query)
+            }
+            rights::Access::V2 { org, .. } => {
+                let query = [("org", org.as_str()), ("name", billing)];
+                self.remote
+                    .request(reqwest::Method::GET, "/api/v2/buckets")
+                    .query(&query)
+            }
+        };
+        let response = response
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+            .with_context(|| format!("{url}: no answer"))?;
+        let status = response.status();
+        match status.as_u16() {
+            200..=299 => Ok(format!("{url} answers and accepts p1guard's credentials")),
+            401 | 403 => anyhow::bail!("{url} refuses p1guard's credentials ({status})"),
+            _ => {
+                let text = response.text().await.unwrap_or_default();
+                anyhow::bail!("{url}: {status}: {}", short(&text))
+            }
+        }
+    }
+
     /// One request per granularity present (more if the server wants smaller bodies). A
     /// granularity the server refuses does not keep the others from being written.
     async fn write(&mut self, records: &[SinkRecord]) -> Result<(), WriteError> {

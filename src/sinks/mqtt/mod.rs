@@ -246,6 +246,12 @@ impl Sink for MqttSink {
         Ok(self.publish_outgoing().await?)
     }
 
+    /// The broker's CONNACK (the connection task logs it either way).
+    async fn check(&mut self) -> anyhow::Result<String> {
+        self.await_connection().await?;
+        Ok(String::new())
+    }
+
     /// News from the connection: a new one, or Home Assistant restarting, is announced at
     /// once rather than with the next write (which may be a quarter of an hour away).
     async fn wants_attention(&mut self) {
