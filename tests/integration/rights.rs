@@ -460,3 +460,81 @@ fn a_running_daemon_follows_a_grant_and_a_withdrawal() {
         "logs carry no raw id"
     );
 }
+
+#[test]
+fn a_running_daemon_purges_a_withdrawal_at_its_effective_instant() {
+    let dir = scratch("rights-scheduled");
+    let broker = Mosquitto::start(&dir);
+    let (capture, from) = capture(&dir);
+    let config = config(&dir, &capture, &broker);
+    let config = config.to_str().unwrap();
+    let store = dir.join("store.sqlite");
+    let before_capture = (from - SignedDuration::from_hours(24)).to_string();
+    run(
+        &[
+            "consent",
+            "grant",
+            "--config",
+            config,
+            "--meter",
+            PRINTED_ID,
+            "--level",
+            "quarter_hour",
+            "--from",
+            &before_capture,
+        ],
+        0,
+    );
+    Daemon::start(&dir, &std::fs::read_to_string(config).unwrap()).wait();
+    assert!(granularities(&sqlite_rows(&store)).contains("quarter_hour"));
+
+    // The same stores, now behind a daemon that reads an idle fleet source.
+    let daemon_config = std::fs::read_to_string(config).unwrap().replace(
+        &format!("type = \"replay\"\n        files = [{capture:?}]"),
+        &format!(
+            "type = \"mqtt\"\n        url = \"{}\"\n        topic = \"p1/+/telegram\"",
+            broker.url()
+        ),
+    );
+    assert!(
+        daemon_config.contains("type = \"mqtt\"\n        url"),
+        "{daemon_config}"
+    );
+    let daemon = Daemon::start(&dir, &daemon_config);
+    daemon.wait_for_log("running", 1, PATIENCE);
+    let effective = Timestamp::now() + SignedDuration::from_secs(3);
+    let effective = Timestamp::from_second(effective.as_second())
+        .unwrap()
+        .to_string();
+    let answer = run(
+        &[
+            "consent", "withdraw", "--config", config, "--meter", PRINTED_ID, "--to", "daily",
+            "--from", &effective,
+        ],
+        0,
+    );
+    assert!(
+        answer.contains("at its effective instant, by the running daemon"),
+        "{answer}"
+    );
+    assert!(
+        granularities(&sqlite_rows(&store)).contains("quarter_hour"),
+        "not before"
+    );
+    daemon.wait_for_log("purged what lowered consent no longer allows", 1, PATIENCE);
+    assert!(
+        Timestamp::now() >= effective.parse().unwrap(),
+        "not before its instant"
+    );
+    let finished = daemon.terminate();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert_eq!(
+        granularities(&sqlite_rows(&store)),
+        BTreeSet::from(["billing".into(), "daily".into()])
+    );
+    let left = retained(&broker, "after", "supplier/#");
+    assert!(
+        left.iter().all(|m| !m.topic.contains("/quarter_hour/")),
+        "{left:#?}"
+    );
+}
