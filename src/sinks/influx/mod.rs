@@ -93,22 +93,34 @@ fn verdict(status: u16, retry_after: Option<&str>) -> Verdict {
 
 /// A server message without what it echoes of the request: servers quote a rejected line
 /// (`unable to parse '<line>'`), and logs must carry neither readings nor meter names. Every
-/// single-quoted span goes, and so does every word of `sent` that holds a digit (pseudonyms,
-/// values, timestamps) wherever the server put it; field names (`volume_m3`) stay.
+/// single-quoted span goes, and so does every whole word of the message that is a word of
+/// `sent` holding a digit (pseudonyms, values, timestamps); field names (`volume_m3`) and the
+/// server's own words (`dropped=20`) stay.
 fn redact(message: &str, sent: &str) -> String {
-    let mut kept = String::with_capacity(message.len());
+    let mut unquoted = String::with_capacity(message.len());
     let mut quoted = message.split('\'');
-    kept.push_str(quoted.next().unwrap_or_default());
+    unquoted.push_str(quoted.next().unwrap_or_default());
     while let (Some(_echo), rest) = (quoted.next(), quoted.next()) {
-        kept.push_str("'<redacted>'");
-        kept.push_str(rest.unwrap_or_default());
+        unquoted.push_str("'<redacted>'");
+        unquoted.push_str(rest.unwrap_or_default());
     }
-    let words = sent.split([' ', ',', '=', '\n']);
     let data = |w: &&str| w.contains(|c: char| c.is_ascii_digit()) && !w.contains('_');
-    for word in words.filter(data) {
-        if kept.contains(word) {
-            kept = kept.replace(word, "<redacted>");
-        }
+    let sent: std::collections::HashSet<&str> =
+        sent.split([' ', ',', '=', '\n']).filter(data).collect();
+    let in_word = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+    let mut kept = String::with_capacity(unquoted.len());
+    let mut rest = unquoted.as_str();
+    while !rest.is_empty() {
+        let word_end = rest.find(|c: char| !in_word(c)).unwrap_or(rest.len());
+        let (word, after) = rest.split_at(word_end);
+        kept.push_str(if sent.contains(word) {
+            "<redacted>"
+        } else {
+            word
+        });
+        let gap_end = after.find(in_word).unwrap_or(after.len());
+        kept.push_str(&after[..gap_end]);
+        rest = &after[gap_end..];
     }
     kept
 }
@@ -360,6 +372,12 @@ mod tests {
         );
         let harmless = r#"{"error":"database not found: \"missing\""}"#;
         assert_eq!(redact(harmless, sent), harmless);
+        // Whole words only: a value of the request inside a word of the server's own is no
+        // echo (substring replacement once mangled this to `dropped=2<redacted>`).
+        let sent =
+            "electricity,meter=7b9f,granularity=live tariff=2i,energy_export_t1_kwh=0 1780308000\n";
+        let partial = r#"{"error":"partial write: points beyond retention policy dropped=20"}"#;
+        assert_eq!(redact(partial, sent), partial);
     }
 
     #[test]
