@@ -183,53 +183,61 @@ impl SqliteSink {
         Ok(purged)
     }
 
-    /// The records of `meters`, or every record, in the record JSON.
+    /// The records of `meters`, or every record, in the record JSON. A meter's records are
+    /// found by the primary key, whatever else the store holds.
     pub fn read(&self, meters: Option<&[String]>) -> anyhow::Result<Vec<Held>> {
-        let mut query = self.connection.prepare(
-            "SELECT meter, granularity, kind, time, quality, clock, readings FROM records
-             WHERE ?1 IS NULL OR meter = ?1 ORDER BY meter, time, granularity, kind",
-        )?;
+        const COLUMNS: &str = "SELECT meter, granularity, kind, time, quality, clock, readings \
+                               FROM records";
         let mut held = Vec::new();
-        let filters: Vec<Option<&str>> = match meters {
-            None => vec![None],
-            Some(meters) => meters.iter().map(|m| Some(m.as_str())).collect(),
+        let mut collect = |rows: &mut rusqlite::Rows<'_>| -> anyhow::Result<()> {
+            while let Some(row) = rows.next()? {
+                held.push(held_of(row)?);
+            }
+            Ok(())
         };
-        for filter in filters {
-            let rows = query.query_map([filter], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, i64>(3)?,
-                    row.get::<_, String>(4)?,
-                    row.get::<_, String>(5)?,
-                    row.get::<_, String>(6)?,
-                ))
-            })?;
-            for row in rows {
-                let (meter, granularity, kind, time, quality, clock, readings) = row?;
-                let time = Timestamp::from_second(time)?;
-                let mut record = serde_json::json!({
-                    "meter": meter,
-                    "granularity": granularity,
-                    "kind": kind,
-                    "time": time.to_string(),
-                    "quality": quality,
-                });
-                if clock != "meter" {
-                    record["clock"] = clock.into();
+        match meters {
+            None => {
+                let mut query = self.connection.prepare(&format!(
+                    "{COLUMNS} ORDER BY meter, time, granularity, kind"
+                ))?;
+                collect(&mut query.query([])?)?;
+            }
+            Some(meters) => {
+                let mut query = self.connection.prepare(&format!(
+                    "{COLUMNS} WHERE meter = ?1 ORDER BY time, granularity, kind"
+                ))?;
+                for meter in meters {
+                    collect(&mut query.query([meter])?)?;
                 }
-                record["values"] = serde_json::from_str(&readings)?;
-                held.push(Held {
-                    meter,
-                    granularity: granularity.parse()?,
-                    time,
-                    record,
-                });
             }
         }
         Ok(held)
     }
+}
+
+/// A row of `records` as the record JSON.
+fn held_of(row: &rusqlite::Row<'_>) -> anyhow::Result<Held> {
+    let meter: String = row.get(0)?;
+    let granularity: String = row.get(1)?;
+    let time = Timestamp::from_second(row.get(3)?)?;
+    let mut record = serde_json::json!({
+        "meter": meter,
+        "granularity": granularity,
+        "kind": row.get::<_, String>(2)?,
+        "time": time.to_string(),
+        "quality": row.get::<_, String>(4)?,
+    });
+    let clock: String = row.get(5)?;
+    if clock != "meter" {
+        record["clock"] = clock.into();
+    }
+    record["values"] = serde_json::from_str(row.get_ref(6)?.as_str()?)?;
+    Ok(Held {
+        meter,
+        granularity: granularity.parse()?,
+        time,
+        record,
+    })
 }
 
 impl Sink for SqliteSink {

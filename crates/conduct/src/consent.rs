@@ -246,7 +246,8 @@ impl ConsentTable {
         table.add(id, change)
     }
 
-    /// Adds many changes under one lock: loading a registry.
+    /// Adds many changes under one lock: loading a registry. The table is locked while
+    /// `changes` is consumed, so the iterator must not ask the table anything.
     pub fn add_all<'a>(
         &self,
         changes: impl IntoIterator<Item = (&'a [u8], Change)>,
@@ -290,7 +291,8 @@ impl ConsentTable {
         bytes / table.meters.len().max(1)
     }
 
-    /// Gives spare capacity back, after a load.
+    /// Gives spare capacity back after a load, and the copies a meter's changes left behind
+    /// when they moved to the end of the arena.
     pub fn shrink_to_fit(&self) {
         let mut table = self.shared.write().unwrap_or_else(PoisonError::into_inner);
         let Table {
@@ -301,6 +303,17 @@ impl ConsentTable {
             changes,
             ..
         } = &mut *table;
+        let live: usize = meters.iter().map(|m| usize::from(m.changes_len)).sum();
+        if live < changes.len() {
+            let mut compact = Vec::with_capacity(live);
+            for meter in meters.iter_mut() {
+                let start = meter.changes_start as usize;
+                let new_start = compact.len() as u32; // fits: at most the old arena's length
+                compact.extend_from_slice(&changes[start..start + usize::from(meter.changes_len)]);
+                meter.changes_start = new_start;
+            }
+            *changes = compact;
+        }
         index.shrink_to_fit(|&slot| hash_of(hasher, meter_id(ids, meters[slot as usize])));
         meters.shrink_to_fit();
         ids.shrink_to_fit();
@@ -530,6 +543,42 @@ mod tests {
             !set.contains(PurposeId(5)),
             "a purpose not served is allowed nothing"
         );
+    }
+
+    #[test]
+    fn shrinking_leaves_no_moved_copies_behind_and_changes_no_answer() {
+        let table = ConsentTable::new(Level::Billing, ["insight"]);
+        let insight = table.purpose("insight").unwrap();
+        let meters: Vec<String> = (0..50).map(|n| format!("4530{n:04}")).collect();
+        // Interleaved, as a registry fills: each meter's later changes move its run to the
+        // end of the arena.
+        for round in 0..3i64 {
+            for meter in &meters {
+                let change = Change {
+                    from: Timestamp::from_second(1_700_000_000 + round * 86_400).unwrap(),
+                    level: Level::ALL[(round as usize + meter.len()) % 5],
+                    scope: Scope::Purpose(insight),
+                };
+                table.add(meter.as_bytes(), change).unwrap();
+            }
+        }
+        let instants = [1_699_999_999, 1_700_000_000, 1_700_050_000, 1_700_200_000];
+        let answers = |table: &ConsentTable| -> Vec<Levels> {
+            let mut answers = Vec::new();
+            for meter in &meters {
+                for at in instants {
+                    let at = Timestamp::from_second(at).unwrap();
+                    answers.push(table.levels(meter.as_bytes(), at));
+                }
+            }
+            answers
+        };
+        let before = answers(&table);
+        let arena = |table: &ConsentTable| table.read().changes.len();
+        assert!(arena(&table) > 150, "moved copies: {}", arena(&table));
+        table.shrink_to_fit();
+        assert_eq!(arena(&table), 150);
+        assert_eq!(answers(&table), before);
     }
 
     #[test]
