@@ -350,8 +350,16 @@ proptest! {
             let granularity = granularity_of(record);
             let at: Timestamp = record["time"].as_str().unwrap().parse().unwrap();
             prop_assert!(granularity <= policy.ceiling(), "above the ceiling: {line}");
-            let level = s.consent.at(sink, at);
-            prop_assert!(level.allows(granularity), "consent for {} at {at} is {level}: {line}", PURPOSES[sink]);
+            // A live M-Bus record is dated by its capture and judged at the first telegram
+            // that carried it (privacy.md, "Trusting time").
+            let judged = if granularity == Granularity::Live && record["kind"] != "electricity" {
+                let carried = observations.partition_point(|(t, _)| *t < at.as_second());
+                observations.get(carried).map_or(at, |(t, _)| Timestamp::from_second(*t).unwrap())
+            } else {
+                at
+            };
+            let level = s.consent.at(sink, judged);
+            prop_assert!(level.allows(granularity), "consent for {} at {judged} is {level}: {line}", PURPOSES[sink]);
             let meter = record["meter"].as_str().unwrap();
             match policy.identity() {
                 Identity::Raw => prop_assert_eq!(meter, hex(EQUIPMENT_ID)),
