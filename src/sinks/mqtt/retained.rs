@@ -34,10 +34,12 @@ pub struct RetainedMessages {
 }
 
 impl RetainedMessages {
-    /// Connects to the broker of the sink `name`, as the sink's client id with `-rights`.
+    /// Connects to the broker of the sink `name`, as the sink's client id with `-rights-` and
+    /// the process id: a command and the daemon purging at once must not take each other's
+    /// session over.
     pub async fn connect(name: &str, settings: &MqttSettings) -> anyhow::Result<Self> {
         let mut broker = settings.broker.clone();
-        broker.client_id = format!("{}-rights", broker.client_id);
+        broker.client_id = format!("{}-rights-{}", broker.client_id, std::process::id());
         let mut options = crate::broker::options(&broker)?;
         options.set_clean_session(true);
         let (client, mut events) = AsyncClient::new(options, 1024);
