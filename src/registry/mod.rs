@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use jiff::Timestamp;
 use p1guard_conduct::{Change, ChangeError, ConsentTable, Level, Scope};
-use rusqlite::{Connection, OptionalExtension as _, params};
+use rusqlite::{Connection, params};
 use serde::Serialize;
 
 mod follow;
@@ -227,31 +227,27 @@ impl Registry {
         Ok(last)
     }
 
-    /// The `seq` of the last event, 0 if none.
-    pub fn last_seq(&self) -> anyhow::Result<i64> {
-        Ok(self.connection.query_row(
-            "SELECT coalesce(max(seq), 0) FROM consent_events",
-            [],
-            |row| row.get(0),
-        )?)
-    }
-
     /// Every event after `after`, in order.
     pub fn events_after(&self, after: i64) -> anyhow::Result<Vec<Event>> {
-        self.events("WHERE seq > ?1 ORDER BY seq", after.to_string())
+        self.events("WHERE seq > ?1 ORDER BY seq", [after])
+    }
+
+    /// Every event recorded to take effect later than it was recorded, in order.
+    pub fn scheduled_events(&self) -> anyhow::Result<Vec<Event>> {
+        self.events("WHERE effective_from > recorded_at ORDER BY seq", [])
     }
 
     /// The meter's events, oldest first.
     pub fn history(&self, meter: &str) -> anyhow::Result<Vec<Event>> {
-        self.events("WHERE meter = ?1 ORDER BY seq", meter.to_owned())
+        self.events("WHERE meter = ?1 ORDER BY seq", [meter])
     }
 
-    fn events(&self, filter: &str, argument: String) -> anyhow::Result<Vec<Event>> {
+    fn events(&self, filter: &str, params: impl rusqlite::Params) -> anyhow::Result<Vec<Event>> {
         let mut query = self.connection.prepare(&format!(
             "SELECT seq, meter, level, purpose, effective_from, recorded_at, reference, source
              FROM consent_events {filter}"
         ))?;
-        let rows = query.query_map([argument], |row| {
+        let rows = query.query_map(params, |row| {
             Ok((
                 row.get::<_, i64>(0)?,
                 row.get::<_, String>(1)?,
@@ -287,15 +283,6 @@ impl Registry {
             .connection
             .prepare("SELECT DISTINCT meter FROM consent_events")?;
         let rows = query.query_map([], |row| row.get(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// The purposes the meter has events for, `*` excepted.
-    pub fn purposes_of(&self, meter: &str) -> anyhow::Result<Vec<String>> {
-        let mut query = self.connection.prepare(
-            "SELECT DISTINCT purpose FROM consent_events WHERE meter = ?1 AND purpose <> '*'",
-        )?;
-        let rows = query.query_map([meter], |row| row.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -347,20 +334,6 @@ impl Registry {
             });
         }
         Ok(erasures)
-    }
-
-    /// The latest erasure of the meter, if any.
-    pub fn last_erasure(&self, pseudonym: &str) -> anyhow::Result<Option<Timestamp>> {
-        let at: Option<i64> = self
-            .connection
-            .query_row(
-                "SELECT max(requested_at) FROM erasures WHERE pseudonym = ?1",
-                [pseudonym],
-                |row| row.get(0),
-            )
-            .optional()?
-            .flatten();
-        Ok(at.and_then(|at| Timestamp::from_second(at).ok()))
     }
 }
 
