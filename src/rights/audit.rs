@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
-use p1guard_conduct::{ConsentTable, Identity, IdentityKey, normalise_equipment_id};
+use p1guard_conduct::{ConsentTable, Granularity, Identity, IdentityKey, normalise_equipment_id};
 use serde::Serialize;
 
 use super::store::Store;
@@ -75,8 +75,9 @@ pub async fn audit(
     for config in sinks {
         let mut store = Store::open(config).await?;
         let held = store.read(None).await?;
-        let fiscal =
-            SignedDuration::try_from(store.billing_retention()).unwrap_or(SignedDuration::MAX);
+        let retention =
+            Granularity::ALL.map(|g| store.retention(g).saturating_add(HOUSEKEEPING_SLACK));
+        let fiscal_from = store.fiscal_cutoff(now);
         store.close().await;
         let Some(held) = held else {
             checked.push(Checked {
@@ -125,17 +126,16 @@ pub async fn audit(
                     config.purpose
                 ));
             }
-            let retention = store_retention(config, g) + HOUSEKEEPING_SLACK;
-            let retention = SignedDuration::try_from(retention).unwrap_or(SignedDuration::MAX);
-            if record.time < now.checked_sub(retention).unwrap_or(Timestamp::MIN) {
+            let kept_for =
+                SignedDuration::try_from(retention[g as usize]).unwrap_or(SignedDuration::MAX);
+            if record.time < now.checked_sub(kept_for).unwrap_or(Timestamp::MIN) {
                 problems.push(format!("older than the {g} retention"));
             }
             if record.time > now.checked_add(FUTURE_TOLERANCE).unwrap_or(Timestamp::MAX) {
                 problems.push("dated more than a day ahead".to_owned());
             }
             if let Some(&erased_at) = erased.get(pseudonym.as_str()) {
-                let kept = g == p1guard_conduct::Granularity::Billing
-                    && record.time >= now.checked_sub(fiscal).unwrap_or(Timestamp::MIN);
+                let kept = g == Granularity::Billing && record.time >= fiscal_from;
                 if record.time <= erased_at && !kept {
                     problems.push(format!("erased on {erased_at} (erasure ledger)"));
                 }
@@ -172,15 +172,4 @@ pub async fn audit(
 /// A pseudonym is 32 lower-case hex digits.
 fn is_pseudonym(name: &str) -> bool {
     name.len() == 32 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-/// How long the store keeps records of `granularity`: its configured retention, else
-/// privacy.md's default.
-fn store_retention(config: &SinkConfig, granularity: p1guard_conduct::Granularity) -> Duration {
-    match &config.kind {
-        crate::sinks::SinkKind::Sqlite { retention, .. } => {
-            retention[granularity as usize].unwrap_or(Duration::MAX)
-        }
-        _ => crate::sinks::default_retention(granularity),
-    }
 }

@@ -8,7 +8,7 @@ mod store;
 
 use std::collections::BTreeSet;
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use p1guard_conduct::{
     ConsentTable, Granularity, Identity, IdentityKey, Level, PurposeId, normalise_equipment_id,
 };
@@ -129,8 +129,10 @@ impl Withdrawal {
     ) -> bool {
         let before = |purpose: PurposeId| table.level(meter.as_bytes(), purpose, from);
         if purpose == EVERY_PURPOSE {
-            (0..table.purposes().len())
-                .filter_map(|index| table.purpose(&table.purposes()[index]))
+            let served = table.purposes();
+            served
+                .iter()
+                .filter_map(|name| table.purpose(name))
                 .any(|p| before(p) > level)
         } else {
             table.purpose(purpose).is_some_and(|p| before(p) > level)
@@ -175,7 +177,7 @@ pub async fn purge_withdrawn(
                         .filter(|g| !level.allows(*g))
                         .collect(),
                     dated_until: None,
-                    keep_billing_from: Some(fiscal_cutoff(&store, now)),
+                    keep_billing_from: Some(store.fiscal_cutoff(now)),
                 };
                 let purged = store_purge(&mut store, &purge).await?;
                 total.erased += purged.erased;
@@ -206,7 +208,7 @@ pub async fn erase(
                 meters: subject.names_in(&mut store, key).await?,
                 granularities: Granularity::ALL.to_vec(),
                 dated_until: Some(requested_at),
-                keep_billing_from: Some(fiscal_cutoff(&store, now)),
+                keep_billing_from: Some(store.fiscal_cutoff(now)),
             };
             let purged = store_purge(&mut store, &purge).await?;
             answers.push(answer(&store, purged));
@@ -234,15 +236,8 @@ async fn store_purge(store: &mut Store, purge: &Purge) -> anyhow::Result<Purged>
         .map_err(|error| error.context(format!("sink {name}: erasing")))
 }
 
-/// Billing records dated at or after this are inside the store's fiscal retention.
-fn fiscal_cutoff(store: &Store, now: Timestamp) -> Timestamp {
-    let retention =
-        SignedDuration::try_from(store.billing_retention()).unwrap_or(SignedDuration::MAX);
-    now.checked_sub(retention).unwrap_or(Timestamp::MIN)
-}
-
 fn answer(store: &Store, purged: Purged) -> StoreAnswer {
-    let years = store.billing_retention().as_secs() / (365 * 86_400);
+    let years = store.retention(Granularity::Billing).as_secs() / (365 * 86_400);
     let kept_because = (purged.kept > 0).then(|| {
         format!("billing readings inside the fiscal retention ({years} years) are kept for the tax authority")
     });

@@ -121,14 +121,23 @@ impl Store {
         !matches!(self.kind, Opened::Nothing)
     }
 
-    /// How long the store keeps billing records: the fiscal retention.
-    pub fn billing_retention(&self) -> std::time::Duration {
+    /// How long the store keeps records of `granularity`: a SQLite store's configured
+    /// retention, else privacy.md's default (billing: the fiscal retention).
+    pub fn retention(&self, granularity: Granularity) -> std::time::Duration {
         match &self.config.kind {
             SinkKind::Sqlite { retention, .. } => {
-                retention[Granularity::Billing as usize].unwrap_or(crate::sinks::FISCAL_RETENTION)
+                retention[granularity as usize].unwrap_or(std::time::Duration::MAX)
             }
-            _ => crate::sinks::FISCAL_RETENTION,
+            _ => crate::sinks::default_retention(granularity),
         }
+    }
+
+    /// Billing records dated at or after this are inside the store's fiscal retention.
+    pub fn fiscal_cutoff(&self, now: Timestamp) -> Timestamp {
+        let retention = self.retention(Granularity::Billing);
+        let retention =
+            jiff::SignedDuration::try_from(retention).unwrap_or(jiff::SignedDuration::MAX);
+        now.checked_sub(retention).unwrap_or(Timestamp::MIN)
     }
 
     /// Every meter name the store holds records of.
