@@ -404,7 +404,8 @@ fn a_running_daemon_follows_a_grant_and_a_withdrawal() {
         url = broker.url(),
     );
     let daemon = Daemon::start(&dir, &config);
-    daemon.wait_for_log("running", 1, PATIENCE);
+    // Subscribed: a telegram sent before would find no session to wait in.
+    daemon.wait_for_log("subscribed to p1/+/telegram", 1, PATIENCE);
     let path = dir.join("p1guard.toml");
     let path = path.to_str().unwrap();
     let live = r#""granularity":"live","kind":"electricity""#;
