@@ -94,12 +94,8 @@ fn record(
 
 /// A purpose is a sink's purpose name, or `*` for all.
 fn check_purpose(purpose: &str) -> anyhow::Result<()> {
-    let named = !purpose.is_empty()
-        && purpose
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
     anyhow::ensure!(
-        named || purpose == EVERY_PURPOSE,
+        crate::sinks::is_purpose_name(purpose) || purpose == EVERY_PURPOSE,
         "purpose {purpose:?}: expected a name of a-z, 0-9, _ and -, or * for every purpose"
     );
     Ok(())

@@ -68,6 +68,15 @@ pub enum SinkSettings {
     Influxdb(Box<InfluxConfig>),
 }
 
+/// Whether `name` can name a purpose: a-z, 0-9, `_` and `-`, as sinks and consent events
+/// write it.
+pub fn is_purpose_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
 /// One sink, checked.
 #[derive(Debug, Clone)]
 pub struct SinkConfig {
@@ -123,11 +132,7 @@ impl SinkConfig {
             }
         };
         let purpose = entry.purpose.unwrap_or_else(|| "default".to_owned());
-        let purpose_ok = !purpose.is_empty()
-            && purpose
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-        if !purpose_ok {
+        if !is_purpose_name(&purpose) {
             checker.problem(
                 at,
                 format!("purpose {purpose:?}: expected a name of a-z, 0-9, _ and -"),
