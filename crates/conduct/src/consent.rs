@@ -29,7 +29,9 @@ impl PurposeId {
 }
 
 /// A set of purposes: those under which a record may leave the process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub struct PurposeSet(u16);
 
 impl PurposeSet {

@@ -54,6 +54,18 @@ impl fmt::Debug for IdentityKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Pseudonym([u8; 16]);
 
+impl Pseudonym {
+    /// Its 16 bytes, for the storage form.
+    pub(crate) fn to_bytes(self) -> [u8; 16] {
+        self.0
+    }
+
+    /// The pseudonym of these 16 bytes, as stored.
+    pub(crate) fn from_bytes(bytes: [u8; 16]) -> Pseudonym {
+        Pseudonym(bytes)
+    }
+}
+
 impl fmt::Display for Pseudonym {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))

@@ -34,6 +34,7 @@ mod quantity;
 mod record;
 mod reducer;
 mod sink;
+mod stored;
 
 pub use crate::calendar::{BillingCadence, Calendar};
 pub use crate::consent::{
@@ -51,3 +52,4 @@ pub use crate::reducer::{
     MaxGaps, Reducer, ReducerConfig,
 };
 pub use crate::sink::{MeterName, PolicyError, SinkPolicy, SinkRecord};
+pub use crate::stored::{StoredError, decode_record, encode_record};

@@ -1,8 +1,8 @@
 //! Records: what the reducer yields and sinks receive, in architecture.md's JSON shape.
 
 use jiff::Timestamp;
-use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
+use serde::{Deserialize, Serialize};
 
 use crate::consent::PurposeSet;
 use crate::identity::MeterRef;
@@ -11,7 +11,7 @@ use crate::quantity::Quantity;
 use crate::sink::MeterName;
 
 /// What a record measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// The electricity meter itself.
@@ -37,7 +37,7 @@ impl Kind {
 }
 
 /// Whether a reading was read at its instant or interpolated between two that were.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Quality {
     /// An observation lay exactly on the boundary.
@@ -58,7 +58,7 @@ impl Quality {
 
 /// Whose clock dated the record: the meter's, or (DSMR 2.2 and 3 telegrams carry no time)
 /// the receiver's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Clock {
     /// The meter's own clock, from the telegram.
@@ -82,7 +82,10 @@ impl Clock {
 pub type Milli = i64;
 
 /// The electricity registers: `[total, tariff 1, tariff 2]` for import and for export.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+///
+/// The serde derives on the value types give their storage form (outbox, checkpoint); the
+/// record JSON is written by [`Record`]'s own `Serialize`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Registers {
     /// `1-0:1.8.0`, `1-0:1.8.1`, `1-0:1.8.2`.
     pub import: [Option<Milli>; 3],
@@ -110,7 +113,7 @@ impl Registers {
 }
 
 /// One phase's instantaneous values.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct PhaseValues {
     /// Voltage, V.
     pub voltage_v: Option<f64>,
@@ -123,7 +126,7 @@ pub struct PhaseValues {
 }
 
 /// What only live records carry: the telegram's instantaneous values.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct LiveValues {
     /// Power drawn, W.
     pub power_import_w: Option<f64>,
@@ -180,7 +183,7 @@ impl LiveValues {
 
 /// A record's values. Only live electricity records carry instantaneous values: boundary
 /// records are register readings and nothing else.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Values {
     /// Electricity registers, and instantaneous values on live records.
     Electricity {

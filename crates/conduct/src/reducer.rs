@@ -7,11 +7,13 @@
 //! the granularity's max gap apart (`interpolated`, linear, rounded to the register's 0.001
 //! resolution). Any other boundary is counted as missing, never guessed from farther data.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use jiff::Timestamp;
 use p1guard_telegram::{Direction, MbusKind, MeterTime, Phase, Telegram, TimeFlag};
+use serde::{Deserialize, Serialize};
 
 use crate::calendar::{Calendar, Period};
 use crate::consent::{Consent, PurposeSet};
@@ -20,6 +22,7 @@ use crate::level::Granularity;
 use crate::record::{
     Clock, Kind, LiveValues, Milli, PhaseValues, Quality, Record, Registers, Values,
 };
+use crate::stored::{self, StoredError, StoredRecord};
 
 /// The longest gap between two observations across which a boundary is interpolated, in
 /// seconds (privacy.md's defaults).
@@ -59,7 +62,7 @@ pub struct ReducerConfig {
 
 /// What the reducer has seen and done, for logs and metrics. Arrays are indexed by
 /// [`Granularity`] order: billing, daily, quarter_hour, live.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     /// Telegrams offered.
     pub telegrams: u64,
@@ -153,7 +156,7 @@ enum Boundaries {
 
 /// Electricity registers as kept between telegrams: `[import total, t1, t2, export total, t1,
 /// t2]` with a presence mask, half the size of `Registers`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct RegisterState {
     values: [Milli; 6],
     present: u8,
@@ -219,14 +222,14 @@ impl Reading for RegisterState {
 }
 
 /// An observation of a series: Unix seconds and the reading.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Observation<V> {
     t: i64,
     value: V,
 }
 
 /// An M-Bus device's series; it exists from the device's first observation on.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct MbusSeries {
     channel: u8,
     last: Observation<Milli>,
@@ -247,6 +250,24 @@ struct Held {
     t: i64,
     state: MeterState,
     records: Vec<Record>,
+    counters: Counters,
+}
+
+/// A meter's state as a checkpoint keeps it (the meter's id is the key).
+#[derive(Serialize, Deserialize)]
+struct StoredState<'a> {
+    electricity: Option<Observation<RegisterState>>,
+    mbus: Cow<'a, [MbusSeries]>,
+    held: Option<StoredHeld<'a>>,
+}
+
+/// A held telegram as a checkpoint keeps it.
+#[derive(Serialize, Deserialize)]
+struct StoredHeld<'a> {
+    t: i64,
+    electricity: Option<Observation<RegisterState>>,
+    mbus: Cow<'a, [MbusSeries]>,
+    records: Vec<StoredRecord<'a, ()>>,
     counters: Counters,
 }
 
@@ -273,6 +294,10 @@ pub struct Reducer<C> {
     id: Vec<u8>,
     periods: PeriodCache,
     counters: Counters,
+    /// The slots whose state changed since the last [`Reducer::save_changed`], once each
+    /// (`is_changed` is their bit set).
+    changed: Vec<u32>,
+    is_changed: Vec<u64>,
 }
 
 /// The pieces of a reducer one telegram's work needs besides the meter's state.
@@ -298,6 +323,8 @@ impl<C: Consent> Reducer<C> {
             id: Vec::new(),
             periods: PeriodCache::default(),
             counters: Counters::default(),
+            changed: Vec::new(),
+            is_changed: Vec::new(),
         }
     }
 
@@ -350,20 +377,8 @@ impl<C: Consent> Reducer<C> {
                 }
             },
         };
-        let slot = match self.index.get(id) {
-            Some(&slot) => slot as usize,
-            None => {
-                let id: Arc<[u8]> = Arc::from(id);
-                let meter = MeterRef::new(Arc::clone(&id), &self.key);
-                self.index.insert(id, self.states.len() as u32);
-                self.states.push(MeterState {
-                    meter,
-                    electricity: None,
-                    mbus: Vec::new(),
-                });
-                self.states.len() - 1
-            }
-        };
+        let slot = slot_of(&mut self.index, &mut self.states, &self.key, id);
+        self.mark_changed(slot);
         if let Some(held) = self.held.remove(&(slot as u32)) {
             if held.t < t && t - held.t <= CLOCK_JUMP_SECONDS {
                 self.states[slot] = held.state;
@@ -406,6 +421,111 @@ impl<C: Consent> Reducer<C> {
         };
         step.telegram(state, telegram, t, clock);
     }
+}
+
+impl<C> Reducer<C> {
+    /// Hands `save` the state of every meter whose state changed since the last call, with
+    /// its normalised equipment id: what a checkpoint keeps so that a restarted reducer
+    /// ([`Reducer::restore`]) continues every series as if it had never stopped. (The ids
+    /// are the process's own state, like the consent registry's; no sink sees them this
+    /// way.)
+    pub fn save_changed(&mut self, mut save: impl FnMut(&[u8], &[u8])) {
+        let mut bytes = Vec::new();
+        for slot in self.changed.drain(..) {
+            self.is_changed[slot as usize / 64] &= !(1 << (slot % 64));
+            let state = &self.states[slot as usize];
+            let held = self.held.get(&slot).map(|held| StoredHeld {
+                t: held.t,
+                electricity: held.state.electricity,
+                mbus: Cow::Borrowed(&held.state.mbus),
+                records: held
+                    .records
+                    .iter()
+                    .map(|record| StoredRecord::of(record, ()))
+                    .collect(),
+                counters: held.counters.clone(),
+            });
+            let stored = StoredState {
+                electricity: state.electricity,
+                mbus: Cow::Borrowed(&state.mbus),
+                held,
+            };
+            bytes.clear();
+            stored::encode(&stored, &mut bytes);
+            save(state.meter.raw(), &bytes);
+        }
+    }
+
+    /// Continues meter `id` (normalised) from the state [`Reducer::save_changed`] handed out
+    /// for it.
+    pub fn restore(&mut self, id: &[u8], state: &[u8]) -> Result<(), StoredError> {
+        let stored: StoredState<'_> = stored::decode(state)?;
+        let slot = slot_of(&mut self.index, &mut self.states, &self.key, id);
+        let meter = self.states[slot].meter.clone();
+        let held = match stored.held {
+            None => None,
+            Some(held) => {
+                let records = held
+                    .records
+                    .into_iter()
+                    .map(|record| record.into_record(meter.clone()))
+                    .collect::<Result<_, _>>()?;
+                let state = MeterState {
+                    meter: meter.clone(),
+                    electricity: held.electricity,
+                    mbus: held.mbus.into_owned(),
+                };
+                Some(Held {
+                    t: held.t,
+                    state,
+                    records,
+                    counters: held.counters,
+                })
+            }
+        };
+        self.states[slot] = MeterState {
+            meter,
+            electricity: stored.electricity,
+            mbus: stored.mbus.into_owned(),
+        };
+        match held {
+            Some(held) => self.held.insert(slot as u32, held),
+            None => self.held.remove(&(slot as u32)),
+        };
+        Ok(())
+    }
+
+    fn mark_changed(&mut self, slot: usize) {
+        let (word, bit) = (slot / 64, 1 << (slot % 64));
+        if word >= self.is_changed.len() {
+            self.is_changed.resize(word + 1, 0);
+        }
+        if self.is_changed[word] & bit == 0 {
+            self.is_changed[word] |= bit;
+            self.changed.push(slot as u32);
+        }
+    }
+}
+
+/// The slot of meter `id` (normalised) in `states`, a new one if it has none yet.
+fn slot_of(
+    index: &mut HashMap<Arc<[u8]>, u32>,
+    states: &mut Vec<MeterState>,
+    key: &IdentityKey,
+    id: &[u8],
+) -> usize {
+    if let Some(&slot) = index.get(id) {
+        return slot as usize;
+    }
+    let id: Arc<[u8]> = Arc::from(id);
+    let meter = MeterRef::new(Arc::clone(&id), key);
+    index.insert(id, states.len() as u32);
+    states.push(MeterState {
+        meter,
+        electricity: None,
+        mbus: Vec::new(),
+    });
+    states.len() - 1
 }
 
 impl<C: Consent> Step<'_, C> {

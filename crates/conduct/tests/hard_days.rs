@@ -566,3 +566,56 @@ fn a_meter_clock_without_a_flag_is_local_time() {
         ["2026-06-01T10:00:00Z"]
     );
 }
+
+#[test]
+fn a_reducer_restored_from_its_checkpoint_continues_every_series_as_if_it_never_stopped() {
+    // Two meters a minute apart over a day with gas captured hourly, one of them jumping an
+    // hour and a half ahead (held until its next telegram confirms it): stopped and restored
+    // after every telegram, or after every seventh, the records are those of one run.
+    let mut telegrams = Vec::new();
+    for (n, (t, wh)) in stream("2026-03-28T22:00:00Z", "2026-03-29T22:00:00Z", 60)
+        .into_iter()
+        .enumerate()
+    {
+        let t = if n >= 700 {
+            t + jiff::SignedDuration::from_mins(90)
+        } else {
+            t
+        };
+        let captured = Timestamp::from_second(t.as_second() / 3600 * 3600).unwrap();
+        telegrams.push(telegram(t, wh, Some((captured, wh / 7))));
+        telegrams.push(telegram_of("E0042", t, 2 * wh, None));
+    }
+    let consent = || Timeline::constant(Level::Live);
+    let (uninterrupted, _) = reduce_with(config(Granularity::Live), consent(), &telegrams);
+    assert!(uninterrupted.iter().any(|r| r.kind == Kind::Gas));
+
+    for every in [1, 7] {
+        let mut saved = std::collections::BTreeMap::<Vec<u8>, Vec<u8>>::new();
+        let mut records = Vec::new();
+        for chunk in telegrams.chunks(every) {
+            let key = IdentityKey::from_bytes([7; 32]);
+            let mut reducer = Reducer::new(config(Granularity::Live), consent(), key);
+            for (id, state) in &saved {
+                reducer
+                    .restore(id, state)
+                    .expect("a state this reducer saved");
+            }
+            let mut parser = Parser::new();
+            for bytes in chunk {
+                let mut framer = Framer::new(FramerConfig::default());
+                framer.push(bytes);
+                let frame = framer.next_frame().expect("a frame").expect("framed");
+                let telegram = parser.parse(&frame).expect("valid telegram");
+                reducer.reduce(&telegram, Arrival::Recorded(Timestamp::MAX), &mut records);
+            }
+            reducer.save_changed(|id, state| {
+                saved.insert(id.to_vec(), state.to_vec());
+            });
+        }
+        assert_eq!(
+            records, uninterrupted,
+            "restored after every {every} telegrams"
+        );
+    }
+}

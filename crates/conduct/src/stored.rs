@@ -1,0 +1,197 @@
+//! The storage form of what p1guard keeps on its own disk between runs: records waiting in a
+//! sink's outbox, and the reducer's per-meter state. Compact (postcard), exact (register
+//! values stay integers, times keep their nanoseconds), and private to p1guard: it is not a
+//! contract (the record JSON is), and a leading version byte makes a later format refuse to
+//! misread an earlier one.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::consent::PurposeSet;
+use crate::identity::Pseudonym;
+use crate::level::Granularity;
+use crate::record::{Clock, Kind, Quality, Record, Values};
+use crate::sink::{MeterName, SinkRecord};
+
+/// The first byte of everything stored: the format.
+const FORMAT: u8 = 1;
+
+/// Stored bytes that cannot be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum StoredError {
+    /// Written in another format (by another version of p1guard).
+    #[error("stored in format {found}, this p1guard reads format {FORMAT}")]
+    Format {
+        /// The format byte found.
+        found: u8,
+    },
+    /// Cut short or damaged.
+    #[error("damaged: {0}")]
+    Damaged(#[from] postcard::Error),
+}
+
+/// A record as stored, its meter named by `M`.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct StoredRecord<'a, M> {
+    meter: M,
+    granularity: Granularity,
+    kind: Kind,
+    seconds: i64,
+    nanoseconds: i32,
+    quality: Quality,
+    clock: Clock,
+    values: Cow<'a, Values>,
+    purposes: PurposeSet,
+}
+
+impl<'a, M> StoredRecord<'a, M> {
+    /// `record`'s stored form, its meter named `meter`.
+    pub(crate) fn of<N>(record: &'a Record<N>, meter: M) -> StoredRecord<'a, M> {
+        StoredRecord {
+            meter,
+            granularity: record.granularity,
+            kind: record.kind,
+            seconds: record.time.as_second(),
+            nanoseconds: record.time.subsec_nanosecond(),
+            quality: record.quality,
+            clock: record.clock,
+            values: Cow::Borrowed(&record.values),
+            purposes: record.purposes,
+        }
+    }
+
+    /// The record back, its meter named `meter`.
+    pub(crate) fn into_record<N>(self, meter: N) -> Result<Record<N>, StoredError> {
+        let time = Timestamp::new(self.seconds, self.nanoseconds)
+            .map_err(|_| StoredError::Damaged(postcard::Error::SerdeDeCustom))?;
+        Ok(Record {
+            meter,
+            granularity: self.granularity,
+            kind: self.kind,
+            time,
+            quality: self.quality,
+            clock: self.clock,
+            values: self.values.into_owned(),
+            purposes: self.purposes,
+        })
+    }
+}
+
+/// A sink's name for a meter, as stored.
+#[derive(Serialize, Deserialize)]
+enum StoredName<'a> {
+    Raw(Cow<'a, [u8]>),
+    Pseudonym([u8; 16]),
+}
+
+/// Appends `value`'s stored form, format byte first, to `out`.
+pub(crate) fn encode(value: &impl Serialize, out: &mut Vec<u8>) {
+    out.push(FORMAT);
+    // Writing into a Vec cannot fail, and every stored type serialises.
+    let written = std::mem::take(out);
+    *out = postcard::to_extend(value, written).expect("stored types serialise into a Vec");
+}
+
+/// Reads back what [`encode`] wrote.
+pub(crate) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, StoredError> {
+    match bytes.split_first() {
+        Some((&FORMAT, rest)) => Ok(postcard::from_bytes(rest)?),
+        Some((&found, _)) => Err(StoredError::Format { found }),
+        None => Err(StoredError::Damaged(
+            postcard::Error::DeserializeUnexpectedEnd,
+        )),
+    }
+}
+
+/// Appends `record`'s stored form to `out`: what a sink's outbox holds.
+pub fn encode_record(record: &SinkRecord, out: &mut Vec<u8>) {
+    let meter = match &record.meter {
+        MeterName::Raw(raw) => StoredName::Raw(Cow::Borrowed(raw)),
+        MeterName::Pseudonym(pseudonym) => StoredName::Pseudonym(pseudonym.to_bytes()),
+    };
+    encode(&StoredRecord::of(record, meter), out);
+}
+
+/// The record [`encode_record`] stored in `bytes`.
+pub fn decode_record(bytes: &[u8]) -> Result<SinkRecord, StoredError> {
+    let stored: StoredRecord<'_, StoredName<'_>> = decode(bytes)?;
+    let meter = match &stored.meter {
+        StoredName::Raw(raw) => MeterName::Raw(Arc::from(&raw[..])),
+        StoredName::Pseudonym(bytes) => MeterName::Pseudonym(Pseudonym::from_bytes(*bytes)),
+    };
+    stored.into_record(meter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{IdentityKey, MeterRef};
+    use crate::record::{LiveValues, PhaseValues, Registers};
+
+    fn record(meter: MeterName) -> SinkRecord {
+        let phase = PhaseValues {
+            voltage_v: Some(231.4),
+            current_a: None,
+            power_import_w: Some(0.1 + 0.2),
+            power_export_w: Some(-0.0),
+        };
+        Record {
+            meter,
+            granularity: Granularity::Live,
+            kind: Kind::Electricity,
+            time: Timestamp::new(1_780_000_000, 123_456_789).unwrap(),
+            quality: Quality::Interpolated,
+            clock: Clock::Receiver,
+            values: Values::Electricity {
+                registers: Registers {
+                    import: [None, Some(1_234_567), Some(i64::MAX)],
+                    export: [Some(0), None, Some(-5)],
+                },
+                live: Some(Box::new(LiveValues {
+                    power_import_w: Some(f64::MAX),
+                    power_export_w: None,
+                    phases: [phase; 3],
+                    tariff: Some(2),
+                    power_failures: Some(u32::MAX),
+                    long_power_failures: None,
+                })),
+            },
+            purposes: PurposeSet::ALL,
+        }
+    }
+
+    #[test]
+    fn records_come_back_exactly_under_either_name() {
+        let key = IdentityKey::from_bytes([4; 32]);
+        let meter = MeterRef::new(Arc::from(&b"4530303731"[..]), &key);
+        for name in [
+            MeterName::Raw(Arc::from(&b"4530303731"[..])),
+            MeterName::Pseudonym(meter.pseudonym()),
+        ] {
+            let record = record(name);
+            let mut bytes = Vec::new();
+            encode_record(&record, &mut bytes);
+            assert_eq!(decode_record(&bytes).unwrap(), record);
+        }
+    }
+
+    #[test]
+    fn another_format_or_damage_is_refused() {
+        let mut bytes = Vec::new();
+        encode_record(&record(MeterName::Raw(Arc::from(&b"E0"[..]))), &mut bytes);
+        let mut other = bytes.clone();
+        other[0] = FORMAT + 1;
+        assert!(matches!(
+            decode_record(&other),
+            Err(StoredError::Format { found }) if found == FORMAT + 1
+        ));
+        assert!(matches!(
+            decode_record(&bytes[..bytes.len() / 2]),
+            Err(StoredError::Damaged(_))
+        ));
+        assert!(decode_record(&[]).is_err());
+    }
+}
