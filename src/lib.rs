@@ -14,6 +14,7 @@ pub mod config;
 pub mod decode;
 pub mod hex;
 pub mod identity_key;
+pub mod outbox;
 pub mod pace;
 pub mod registry;
 pub mod rights;

@@ -137,7 +137,7 @@ impl Signals {
     }
 
     /// The first signal cancels `shutdown`: sources stop, what is in flight is written.
-    /// After `grace` the sinks give up what they have not written; a sink that still does
+    /// After `grace` the sinks leave what they have not written in the outbox; a sink that still does
     /// not stop (blocked in a write nobody reads) is left behind [`HARD_STOP`] later. A
     /// second signal means the operator will not wait: exit at once.
     async fn stop(mut self, stopping: Stopping, grace: Duration) {
@@ -151,7 +151,7 @@ impl Signals {
         let name = tokio::select! {
             name = self.next() => name,
             () = tokio::time::sleep(grace) => {
-                tracing::error!("the shutdown grace ({grace:?}) is over: giving up what the sinks have not written");
+                tracing::error!("the shutdown grace ({grace:?}) is over: what the sinks have not written stays in the outbox");
                 stopping.give_up.cancel();
                 tokio::select! {
                     name = self.next() => name,

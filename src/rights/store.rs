@@ -6,6 +6,7 @@ use jiff::Timestamp;
 use p1guard_conduct::{Granularity, Identity};
 use serde::Serialize;
 
+use crate::outbox::OutboxStore;
 use crate::sinks::{InfluxSink, RetainedMessages, SinkConfig, SinkKind, SqliteSink};
 
 /// What to erase from one store: the records of some meters (as the store names them), of
@@ -65,13 +66,15 @@ pub struct Held {
     pub record: serde_json::Value,
 }
 
-/// A configured sink, opened to read back and erase.
+/// A configured sink, opened to read back and erase, with the records waiting for it in
+/// the outbox.
 pub struct Store {
     /// The sink's name.
     pub name: String,
     /// The sink's configuration (ceiling, identity, purpose, kind).
     pub config: SinkConfig,
     kind: Opened,
+    outbox: Option<OutboxStore>,
 }
 
 enum Opened {
@@ -99,10 +102,12 @@ impl Store {
             )),
             SinkKind::Influxdb(settings) => Opened::Influx(InfluxSink::new(settings.clone())?),
         };
+        let outbox = crate::outbox::path(config.outbox.as_deref())?;
         Ok(Store {
             name: config.name.clone(),
             config: config.clone(),
             kind,
+            outbox: OutboxStore::open(&outbox, &config.name)?,
         })
     }
 
@@ -140,27 +145,41 @@ impl Store {
         now.checked_sub(retention).unwrap_or(Timestamp::MIN)
     }
 
-    /// Every meter name the store holds records of.
+    /// Every meter name the store, or its outbox, holds records of.
     pub async fn meters(&mut self) -> anyhow::Result<Vec<String>> {
-        match &mut self.kind {
-            Opened::Sqlite(store) => store.stored_meters(),
-            Opened::Mqtt(store) => store.stored_meters().await,
-            Opened::Influx(store) => store.stored_meters().await,
-            Opened::Nothing => Ok(Vec::new()),
+        let mut meters = match &mut self.kind {
+            Opened::Sqlite(store) => store.stored_meters()?,
+            Opened::Mqtt(store) => store.stored_meters().await?,
+            Opened::Influx(store) => store.stored_meters().await?,
+            Opened::Nothing => Vec::new(),
+        };
+        if let Some(outbox) = &self.outbox {
+            meters.extend(outbox.meters()?);
+            meters.sort_unstable();
+            meters.dedup();
         }
+        Ok(meters)
     }
 
-    /// Erases what `purge` covers.
+    /// Erases what `purge` covers, in the outbox first (so that nothing waiting there is
+    /// written after the store was purged), then in the store.
     pub async fn purge(&mut self, purge: &Purge) -> anyhow::Result<Purged> {
         if purge.meters.is_empty() {
             return Ok(Purged::default());
         }
-        match &mut self.kind {
-            Opened::Sqlite(store) => store.purge(purge),
-            Opened::Mqtt(store) => store.purge(purge).await,
-            Opened::Influx(store) => store.purge(purge).await,
-            Opened::Nothing => Ok(Purged::default()),
-        }
+        let waiting = match &mut self.outbox {
+            Some(outbox) => outbox.purge(purge)?,
+            None => Purged::default(),
+        };
+        let mut purged = match &mut self.kind {
+            Opened::Sqlite(store) => store.purge(purge)?,
+            Opened::Mqtt(store) => store.purge(purge).await?,
+            Opened::Influx(store) => store.purge(purge).await?,
+            Opened::Nothing => Purged::default(),
+        };
+        purged.erased += waiting.erased;
+        purged.kept += waiting.kept;
+        Ok(purged)
     }
 
     /// The records of `meters` (every record if `None`), or `None` if the store cannot be

@@ -1,11 +1,12 @@
-//! Sinks: where records leave the process. Each runs as its own task behind a bounded
-//! channel, which only ever holds what the sink's [`SinkPolicy`] admitted: records at or
-//! under its ceiling, named as its identity allows (the reduce task applies the policy
-//! before queueing, so a pseudonymous sink's queue holds no raw id). A failed write is retried until it succeeds: an outage delays
-//! records, it never drops them. Only when the process is stopping and a sink still fails
-//! after a grace period are its remaining records given up, counted and logged, so that a
-//! dead store cannot keep SIGTERM from ending the process. (A durable outbox, which keeps
-//! them across a restart, comes with the reliability work.)
+//! Sinks: where records leave the process. Each runs as its own task, fed from its own
+//! outbox ([`crate::outbox`]), which only ever holds what the sink's [`SinkPolicy`]
+//! admitted: records at or under its ceiling, named as its identity allows (the reduce task
+//! applies the policy before anything is stored, so a pseudonymous sink's outbox holds no
+//! raw id). A failed write is retried until it succeeds: an outage delays records, it never
+//! drops them, and it delays no other sink. When the process is stopping and a sink still
+//! fails at the end of the grace, what it has not written stays in its outbox for the next
+//! start. Only a refusal for good (an HTTP 4xx) or a reader gone (stdout) gives records up,
+//! counted and logged.
 
 mod influx;
 mod mqtt;
@@ -20,12 +21,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use p1guard_conduct::{Granularity, Identity, SinkPolicy, SinkRecord};
 use serde::Deserialize;
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::Checker;
+use crate::outbox::Inlet;
 use crate::telemetry::log_limit::LogLimit;
 use crate::telemetry::metrics::SinkMetrics;
 
@@ -47,11 +48,19 @@ pub struct SinkEntry {
     pub identity: Option<String>,
     /// The purpose the sink serves, whose consent its records need; `default` if absent.
     pub purpose: Option<String>,
+    /// The sink's share of the outbox, in MiB; 1024 if absent.
+    pub outbox_max_mib: Option<u64>,
 }
 
 impl SinkEntry {
     /// The keys of [`SinkEntry`].
-    pub const FIELDS: &[&str] = &["name", "max_granularity", "identity", "purpose"];
+    pub const FIELDS: &[&str] = &[
+        "name",
+        "max_granularity",
+        "identity",
+        "purpose",
+        "outbox_max_mib",
+    ];
 }
 
 /// Each sink type's own settings, as written.
@@ -88,6 +97,11 @@ pub struct SinkConfig {
     pub purpose: String,
     /// Where it writes.
     pub kind: SinkKind,
+    /// The outbox file (shared by every sink); the state directory's `outbox.sqlite` if
+    /// `None`.
+    pub outbox: Option<std::path::PathBuf>,
+    /// Its share of the outbox: when full, input waits.
+    pub outbox_max_bytes: u64,
 }
 
 /// Where a sink writes.
@@ -138,6 +152,14 @@ impl SinkConfig {
                 format!("purpose {purpose:?}: expected a name of a-z, 0-9, _ and -"),
             );
         }
+        let outbox_max_bytes = match entry.outbox_max_mib {
+            None => crate::outbox::DEFAULT_MAX_BYTES,
+            Some(0) => {
+                checker.problem(at, "outbox_max_mib: must be positive");
+                crate::outbox::DEFAULT_MAX_BYTES
+            }
+            Some(mib) => mib.saturating_mul(1 << 20),
+        };
         let kind = match settings {
             SinkSettings::Sqlite(sqlite) => {
                 let (path, retention) = sqlite.check(checker, at);
@@ -156,6 +178,8 @@ impl SinkConfig {
             policy,
             purpose,
             kind,
+            outbox: None,
+            outbox_max_bytes,
         })
     }
 
@@ -185,11 +209,12 @@ impl SinkConfig {
 }
 
 impl SinkConfig {
-    /// Opens the sink and starts its task in `tasks`, fed from `batches`. Fails if the sink
-    /// cannot be set up at all (a store that cannot be opened, TLS that cannot be built).
+    /// Opens the sink and starts its task in `tasks`, fed from its outbox's `inlet`. Fails
+    /// if the sink cannot be set up at all (a store that cannot be opened, TLS that cannot
+    /// be built).
     pub fn start(
         self,
-        batches: mpsc::Receiver<Batch>,
+        inlet: Inlet,
         counters: Arc<SinkMetrics>,
         stopping: &Stopping,
         tasks: &mut JoinSet<()>,
@@ -201,7 +226,7 @@ impl SinkConfig {
         };
         let feed = Feed {
             batching,
-            batches,
+            inlet,
             counters,
             shutdown: stopping.shutdown.clone(),
             give_up: stopping.give_up.clone(),
@@ -247,7 +272,8 @@ impl SinkKind {
 }
 
 /// How the process stops: `shutdown` stops the sources (and everything read drains
-/// through); `give_up` ends the grace after it, and sinks drop what they have not written.
+/// through); `give_up` ends the grace after it, and sinks leave what they have not written
+/// in their outboxes.
 #[derive(Debug, Clone, Default)]
 pub struct Stopping {
     /// Fires at SIGTERM/SIGINT.
@@ -255,9 +281,6 @@ pub struct Stopping {
     /// Fires when the shutdown grace is over.
     pub give_up: CancellationToken,
 }
-
-/// What one batch of telegrams yielded for one sink, already admitted by its policy.
-pub type Batch = Vec<SinkRecord>;
 
 /// Days billing records are kept: the tax authority's 7 years (and the leap days in them).
 pub const FISCAL_RETENTION_DAYS: u32 = 7 * 365 + 2;
@@ -393,22 +416,24 @@ impl From<anyhow::Error> for WriteError {
 pub struct Feed {
     /// How records are gathered into writes.
     pub batching: Batching,
-    /// Batches from the reduce task.
-    pub batches: mpsc::Receiver<Batch>,
+    /// The sink's outbox.
+    pub inlet: Inlet,
     /// The sink's counters.
     pub counters: Arc<SinkMetrics>,
     /// Fires when the process is stopping: a failing write is retried at once.
     pub shutdown: CancellationToken,
-    /// Fires when the shutdown grace is over: what is not written by then is given up.
+    /// Fires when the shutdown grace is over: what is not written by then stays in the
+    /// outbox.
     pub give_up: CancellationToken,
 }
 
-/// Feeds `sink` every batch of `feed`, gathered as its batching says, until the channel
-/// closes; then writes what it holds and flushes it.
+/// Feeds `sink` the records of its outbox, gathered as its batching says, until the outbox
+/// is closed and empty or the shutdown grace is over; acknowledges what is written (or
+/// given up for good); then flushes.
 pub async fn drive(mut sink: impl Sink, feed: Feed) {
     let Feed {
         batching,
-        mut batches,
+        mut inlet,
         counters,
         shutdown,
         give_up,
@@ -441,19 +466,35 @@ pub async fn drive(mut sink: impl Sink, feed: Feed) {
     // Not at once: a sink's first moments are for announcing itself and the backlog.
     let first = tokio::time::Instant::now() + MAINTENANCE_EVERY;
     let mut maintenance = tokio::time::interval_at(first, MAINTENANCE_EVERY);
-    // The records waiting to be written.
+    // The records waiting to be written, and the outbox number they reach.
     let mut held: Vec<SinkRecord> = Vec::new();
+    let mut held_through = inlet.acknowledged();
     let mut due = None;
-    loop {
+    let mut open = true;
+    while open && !writer.give_up.is_cancelled() {
         tokio::select! {
-            batch = batches.recv() => {
-                let Some(batch) = batch else { break };
-                writer.counters.queued.fetch_sub(1, Relaxed);
-                if !batch.is_empty() {
-                    held.extend(batch);
-                    due.get_or_insert(tokio::time::Instant::now() + batching.max_wait);
+            next = inlet.next() => match next {
+                Ok(Some(batch)) => {
+                    held_through = batch.through;
+                    if batch.records.is_empty() {
+                        // Erased while it waited: nothing to write, but its numbers are done.
+                        if held.is_empty() {
+                            inlet.acknowledge(held_through);
+                        }
+                    } else {
+                        held.extend(batch.records);
+                        due.get_or_insert(tokio::time::Instant::now() + batching.max_wait);
+                    }
                 }
-            }
+                Ok(None) => open = false,
+                Err(error) => {
+                    tracing::error!(sink = %name, "cannot read the outbox: {error:#}");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        () = writer.give_up.cancelled() => {}
+                    }
+                }
+            },
             () = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {}
             _ = maintenance.tick() => {
                 if let Err(error) = sink.maintain().await {
@@ -467,15 +508,17 @@ pub async fn drive(mut sink: impl Sink, feed: Feed) {
                 }
                 continue;
             }
+            () = writer.give_up.cancelled() => break,
         }
         let is_due = due.is_some_and(|due| due <= tokio::time::Instant::now());
-        if held.len() >= batching.max_records || is_due {
-            writer.write(&mut sink, &held).await;
+        if held.len() >= batching.max_records || is_due || (!open && !held.is_empty()) {
+            if writer.write(&mut sink, &held).await {
+                inlet.acknowledge(held_through);
+            }
             held.clear();
             due = None;
         }
     }
-    writer.write(&mut sink, &held).await;
     let flushed = if writer.give_up.is_cancelled() {
         tokio::time::timeout(FLUSH_AFTER_GIVING_UP, sink.flush()).await
     } else {
@@ -494,8 +537,10 @@ enum Delivery {
     Written,
     /// The store refused (some of) them.
     Refused(Refused),
-    /// The destination is gone for good, or the shutdown grace is over.
-    GivenUp,
+    /// The destination is gone for good.
+    Gone,
+    /// The shutdown grace is over: the records stay in the outbox.
+    Deferred,
 }
 
 /// Writes held records for [`drive`], retrying as the sink's errors say, and counts them.
@@ -509,8 +554,9 @@ struct Writer<'m> {
 }
 
 impl Writer<'_> {
-    /// Writes `held`, at most `max_records` per write.
-    async fn write(&mut self, sink: &mut impl Sink, held: &[SinkRecord]) {
+    /// Writes `held`, at most `max_records` per write; whether every record is settled
+    /// (written, or given up for good) rather than left for the next start.
+    async fn write(&mut self, sink: &mut impl Sink, held: &[SinkRecord]) -> bool {
         for records in held.chunks(self.max_records) {
             let delivery = self.deliver(sink, records).await;
             for record in records {
@@ -518,7 +564,8 @@ impl Writer<'_> {
                 let written = match &delivery {
                     Delivery::Written => true,
                     Delivery::Refused(refused) => !refused.covers(granularity),
-                    Delivery::GivenUp => false,
+                    Delivery::Gone => false,
+                    Delivery::Deferred => return false,
                 };
                 let tally = if written {
                     &self.counters.records
@@ -528,10 +575,11 @@ impl Writer<'_> {
                 tally[granularity as usize].fetch_add(1, Relaxed);
             }
         }
+        true
     }
 
     /// Writes `records` until the sink succeeds or refuses them, or the shutdown grace is
-    /// over (a write in progress then is abandoned).
+    /// over (a write in progress then is abandoned, and the records stay in the outbox).
     async fn deliver(&mut self, sink: &mut impl Sink, records: &[SinkRecord]) -> Delivery {
         let name = &self.counters.name;
         let mut backoff = Backoff::new(Duration::from_millis(100), MAX_RETRY_DELAY);
@@ -539,12 +587,7 @@ impl Writer<'_> {
         loop {
             let written = tokio::select! {
                 written = sink.write(records), if !self.give_up.is_cancelled() => written,
-                () = self.give_up.cancelled() => {
-                    if let Some(suppressed) = self.failures.allow(Instant::now()) {
-                        tracing::error!(sink = %name, suppressed, records = records.len(), "the shutdown grace is over: records not written");
-                    }
-                    return Delivery::GivenUp;
-                }
+                () = self.give_up.cancelled() => return Delivery::Deferred,
             };
             let up = !matches!(written, Err(WriteError::Retry { .. }));
             let was_up = self.counters.up.swap(up, Relaxed);
@@ -558,7 +601,7 @@ impl Writer<'_> {
                     if let Some(suppressed) = self.refusals.allow(Instant::now()) {
                         tracing::error!(sink = %name, suppressed, records = records.len(), "records dropped: {why}");
                     }
-                    return Delivery::GivenUp;
+                    return Delivery::Gone;
                 }
                 Err(WriteError::Refused(refused)) => {
                     if let Some(suppressed) = self.refusals.allow(Instant::now()) {

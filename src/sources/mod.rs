@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use p1guard_telegram::{Error, OwnedFrame};
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use self::mqtt::MqttSourceConfig;
@@ -264,15 +264,33 @@ pub struct Received {
     pub at: Timestamp,
 }
 
+/// What a source hands the reduce task.
+#[derive(Debug)]
+pub enum Input {
+    /// A frame to parse and reduce.
+    Frame(Received),
+    /// Every frame of the source's messages up to number `message` is ahead of this: once
+    /// the batch holding it is committed, the source may acknowledge them.
+    MessageEnd {
+        /// The source.
+        source: SourceId,
+        /// The source's own count of messages.
+        message: u64,
+    },
+}
+
 /// The reduce task has stopped: the source should stop too.
 #[derive(Debug)]
 pub struct Closed;
 
-/// Runs one source until it ends (a replay's last file) or `shutdown` fires.
+/// Runs one source until it ends (a replay's last file) or `shutdown` fires. `accepted`
+/// says up to which message (as counted by [`Framing::end_message`]) the source's input is
+/// committed to the outbox.
 pub async fn run(
     source: SourceId,
     config: SourceConfig,
-    frames: mpsc::Sender<Received>,
+    frames: mpsc::Sender<Input>,
+    accepted: watch::Receiver<u64>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
@@ -290,7 +308,7 @@ pub async fn run(
         SourceKind::Mqtt {
             broker,
             subscription,
-        } => mqtt::run(&name, &broker, &subscription, framing, &shutdown).await,
+        } => mqtt::run(&name, &broker, &subscription, framing, accepted, &shutdown).await,
     };
     match ended {
         Ok(()) if shutdown.is_cancelled() => tracing::debug!(source = %name, "source stopped"),
@@ -315,7 +333,9 @@ pub fn check(config: &SourceConfig) -> anyhow::Result<()> {
 pub struct Framing {
     source: SourceId,
     deframer: Deframer,
-    frames: mpsc::Sender<Received>,
+    frames: mpsc::Sender<Input>,
+    /// Messages ended so far.
+    messages: u64,
     /// The source's counters.
     counters: Arc<SourceMetrics>,
     /// The pipeline's, for the queue's depth.
@@ -327,13 +347,14 @@ impl Framing {
     fn new(
         source: SourceId,
         config: &SourceConfig,
-        frames: mpsc::Sender<Received>,
+        frames: mpsc::Sender<Input>,
         metrics: Arc<Metrics>,
     ) -> Framing {
         Framing {
             source,
             deframer: Deframer::new(&config.input),
             frames,
+            messages: 0,
             counters: Arc::clone(&metrics.sources[source.0]),
             metrics,
             log_limit: LogLimit::per_minute(),
@@ -366,10 +387,23 @@ impl Framing {
     }
 
     /// One message that holds whole telegrams (an MQTT payload), framed on its own: a
-    /// telegram cut short in one message never merges with the next.
-    pub async fn push_message(&mut self, message: &[u8]) -> Result<(), Closed> {
+    /// telegram cut short in one message never merges with the next. Returns the message's
+    /// number, which the `accepted` watch of [`run`] reaches once it is committed.
+    pub async fn push_message(&mut self, message: &[u8]) -> Result<u64, Closed> {
         self.deframer.push(message);
-        self.end_of_stream().await
+        self.end_of_stream().await?;
+        self.end_message().await
+    }
+
+    /// Marks the end of a message: it is accepted once what came before is committed.
+    async fn end_message(&mut self) -> Result<u64, Closed> {
+        self.messages += 1;
+        let end = Input::MessageEnd {
+            source: self.source,
+            message: self.messages,
+        };
+        self.frames.send(end).await.map_err(|_| Closed)?;
+        Ok(self.messages)
     }
 
     /// The stream broke (device gone, connection dropped, file ended): a frame in progress is
@@ -403,7 +437,7 @@ impl Framing {
             };
             // Counted before sending, so the reduce task never takes off more than was put on.
             self.metrics.frames_queued.fetch_add(1, Relaxed);
-            if self.frames.send(received).await.is_err() {
+            if self.frames.send(Input::Frame(received)).await.is_err() {
                 self.metrics.frames_queued.fetch_sub(1, Relaxed);
                 return Err(Closed);
             }

@@ -2,18 +2,20 @@
 //! to back, from any meter (the telegram's equipment id says whose, not the topic).
 //!
 //! The session is persistent and the subscription QoS 1: the broker keeps whatever p1guard
-//! has not taken, across a reconnect or a restart of either side. The client acknowledges a
-//! read of up to ten messages at once, and reads again only once they are queued for the
-//! reduce task, so at most those ten are acknowledged but not yet queued; when stopping,
-//! they are queued before the pipeline drains. (Acknowledging each message after queueing
-//! it costs a write per message, which on a 2-core machine took a third of p1guard's time and
-//! held the broker back.)
+//! has not acknowledged, across a reconnect or a restart of either side. A message is
+//! acknowledged only once the records it yielded are committed to every sink's outbox (or it
+//! yielded none), so a crash loses nothing the broker let go of; what the broker sends again
+//! after one is recognised by the reducer's saved state and not counted twice. The broker's
+//! limit on unacknowledged messages per client (mosquitto's `max_inflight_messages`, 20 by
+//! default) bounds how many are in flight; raise it for a large fleet.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, Publish, QoS};
 use serde::Deserialize;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{Closed, Framing};
@@ -22,8 +24,9 @@ use crate::broker::{Broker, Connection};
 use crate::config::{Checker, SecretRef};
 use crate::telemetry::log_limit::LogLimit;
 
-/// Requests waiting for the event loop: a subscription, a disconnect.
-const REQUEST_CAPACITY: usize = 16;
+/// Requests waiting for the event loop: acknowledgements (a batch's worth), a subscription,
+/// a disconnect.
+const REQUEST_CAPACITY: usize = 1024;
 
 /// The largest message the source reads: MQTT's own limit. A message the client refused
 /// would be redelivered through the persistent session at every reconnect, for ever, and
@@ -109,6 +112,7 @@ pub fn options(broker: &Broker) -> anyhow::Result<MqttOptions> {
     let mut options = crate::broker::options(broker)?;
     options
         .set_clean_session(false)
+        .set_manual_acks(true)
         .set_request_channel_capacity(REQUEST_CAPACITY)
         .set_max_packet_size(MAX_INCOMING, crate::broker::MAX_PACKET);
     Ok(options)
@@ -119,6 +123,7 @@ pub async fn run(
     broker: &Broker,
     subscription: &str,
     mut framing: Framing,
+    mut accepted: watch::Receiver<u64>,
     shutdown: &CancellationToken,
 ) -> Result<(), Closed> {
     // Checked at start (`super::check`); this fails only if the CA file went since.
@@ -134,14 +139,26 @@ pub async fn run(
     let mut failures = LogLimit::per_minute();
     let mut connects = LogLimit::per_minute();
     let address = format!("{}:{}", broker.host, broker.port);
+    // Messages read on this connection and not yet acknowledged, by number.
+    let mut unacknowledged = VecDeque::new();
     loop {
+        acknowledge(&client, &mut unacknowledged, *accepted.borrow_and_update());
         let event = tokio::select! {
             () = shutdown.cancelled() => break,
+            changed = accepted.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                continue;
+            }
             event = events.poll() => event,
         };
         match event {
             Ok(Event::Incoming(Incoming::Publish(message))) => {
-                framing.push_message(&message.payload).await?;
+                let number = framing.push_message(&message.payload).await?;
+                if message.qos != QoS::AtMostOnce {
+                    unacknowledged.push_back((number, message));
+                }
             }
             Ok(Event::Incoming(Incoming::ConnAck(connack))) => {
                 if let Some(suppressed) = connects.allow(Instant::now()) {
@@ -171,6 +188,9 @@ pub async fn run(
             Ok(_) => {}
             Err(error) => {
                 framing.set_connected(false);
+                // Their packet ids mean nothing on the next connection: the broker sends
+                // them again.
+                unacknowledged.clear();
                 let delay = backoff.next_delay();
                 if let Some(suppressed) = failures.allow(Instant::now()) {
                     let error = crate::broker::describe(&error);
@@ -183,24 +203,26 @@ pub async fn run(
             }
         }
     }
-    // A clean goodbye (the session, and whatever was not read, stays on the broker), after
-    // queueing every message already read and so acknowledged.
+    // A clean goodbye: the session, and whatever was not acknowledged, stays on the broker
+    // for the next start. What was read is reduced and committed as the pipeline drains.
     let _ = client.try_disconnect();
     let deadline = tokio::time::Instant::now() + DISCONNECT_WAIT;
     while let Ok(Ok(event)) = tokio::time::timeout_at(deadline, events.poll()).await {
-        match event {
-            Event::Incoming(Incoming::Publish(message)) => {
-                framing.push_message(&message.payload).await?;
-            }
-            Event::Outgoing(rumqttc::Outgoing::Disconnect) => break,
-            _ => {}
-        }
-    }
-    for event in std::mem::take(&mut events.state.events) {
-        if let Event::Incoming(Incoming::Publish(message)) = event {
-            framing.push_message(&message.payload).await?;
+        if let Event::Outgoing(rumqttc::Outgoing::Disconnect) = event {
+            break;
         }
     }
     framing.set_connected(false);
     Ok(())
+}
+
+/// Acknowledges the messages up to number `accepted`, as far as the client's request queue
+/// has room; the rest on a later call.
+fn acknowledge(client: &AsyncClient, unacknowledged: &mut VecDeque<(u64, Publish)>, accepted: u64) {
+    while let Some((number, message)) = unacknowledged.front() {
+        if *number > accepted || client.try_ack(message).is_err() {
+            return;
+        }
+        unacknowledged.pop_front();
+    }
 }

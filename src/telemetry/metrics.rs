@@ -114,13 +114,24 @@ pub struct SinkMetrics {
     pub name: String,
     /// Records written, by granularity.
     pub records: [AtomicU64; 4],
-    /// Records given up (refused, their reader gone, or past the shutdown grace), by
-    /// granularity.
+    /// Records given up (refused for good, or their reader gone), by granularity. Records
+    /// not written by the end of the shutdown grace are not given up: they wait in the
+    /// outbox.
     pub lost: [AtomicU64; 4],
-    /// Batches waiting in the sink's channel.
-    pub queued: AtomicI64,
+    /// Records waiting in the sink's outbox.
+    pub outbox_records: AtomicU64,
+    /// Their bytes on disk.
+    pub outbox_bytes: AtomicU64,
     /// Whether the sink's server answered its last check or write.
     pub up: AtomicBool,
+}
+
+impl SinkMetrics {
+    /// The sink's outbox now holds `records` of `bytes`.
+    pub fn set_outbox_depth(&self, records: u64, bytes: u64) {
+        self.outbox_records.store(records, Relaxed);
+        self.outbox_bytes.store(bytes, Relaxed);
+    }
 }
 
 /// Every counter of one pipeline.
@@ -161,7 +172,8 @@ impl Metrics {
                         name: name.to_owned(),
                         records: Default::default(),
                         lost: Default::default(),
-                        queued: AtomicI64::new(0),
+                        outbox_records: AtomicU64::new(0),
+                        outbox_bytes: AtomicU64::new(0),
                         up: AtomicBool::new(false),
                     })
                 })
@@ -171,7 +183,7 @@ impl Metrics {
         }
     }
 
-    /// Records every sink gave up (refused, gone, or past the shutdown grace).
+    /// Records every sink gave up (refused for good, or their reader gone).
     pub fn not_written(&self) -> u64 {
         let lost = self.sinks.iter().flat_map(|sink| sink.lost.iter());
         lost.map(|n| n.load(Relaxed)).sum()
@@ -215,6 +227,10 @@ impl Metrics {
             );
             if lost.iter().any(|n| *n > 0) {
                 let _ = write!(text, "; NOT WRITTEN {}", per_granularity(&lost));
+            }
+            let waiting = sink.outbox_records.load(Relaxed);
+            if waiting > 0 {
+                let _ = write!(text, "; in the outbox {waiting}");
             }
             text.push('\n');
         }
@@ -272,20 +288,32 @@ impl Collector for Metrics {
             ConstGauge::new(i64::from(sink.up.load(Relaxed)))
                 .encode(family.encode_family(&labels)?)?;
         }
-        let queues = std::iter::once(("frames", self.frames_queued.load(Relaxed))).chain(
-            self.sinks
-                .iter()
-                .map(|s| (s.name.as_str(), s.queued.load(Relaxed))),
-        );
         let mut family = encoder.encode_descriptor(
             "p1guard_queue_depth",
-            "Items waiting: frames for the reduce task, batches for each sink.",
+            "Frames waiting for the reduce task.",
             None,
             MetricType::Gauge,
         )?;
-        for (queue, depth) in queues {
-            let labels = [("queue", queue)];
-            ConstGauge::new(depth).encode(family.encode_family(&labels)?)?;
+        ConstGauge::new(self.frames_queued.load(Relaxed))
+            .encode(family.encode_family(&[("queue", "frames")])?)?;
+        let outbox = [
+            (
+                "p1guard_outbox_records",
+                "Records waiting in each sink's outbox.",
+                (|s: &SinkMetrics| s.outbox_records.load(Relaxed)) as fn(&SinkMetrics) -> u64,
+            ),
+            (
+                "p1guard_outbox_bytes",
+                "Bytes of the records waiting in each sink's outbox.",
+                |s: &SinkMetrics| s.outbox_bytes.load(Relaxed),
+            ),
+        ];
+        for (name, help, value) in outbox {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for sink in &self.sinks {
+                let labels = [("sink", sink.name.as_str())];
+                ConstGauge::new(value(sink) as i64).encode(family.encode_family(&labels)?)?;
+            }
         }
         let counters = self.reducer.lock().map(|c| c.clone()).unwrap_or_default();
         let conduct = [
@@ -319,7 +347,7 @@ impl Collector for Metrics {
             ),
             (
                 "p1guard_sink_records_not_written",
-                "Records given up (refused, reader gone, past the shutdown grace), by sink and granularity.",
+                "Records given up (refused for good, reader gone), by sink and granularity.",
             ),
         ];
         for (index, (name, help)) in sinks.into_iter().enumerate() {

@@ -38,8 +38,11 @@ pub struct Config {
     pub sinks: Vec<SinkConfig>,
     /// Where to serve `GET /metrics`, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
-    /// How long SIGTERM waits for the sinks before giving up what they have not written.
+    /// How long SIGTERM waits for the sinks before leaving what they have not written in
+    /// the outbox.
     pub shutdown_grace: std::time::Duration,
+    /// The outbox's file; the state directory's `outbox.sqlite` if `None`.
+    pub outbox: Option<PathBuf>,
     /// Allowed, but probably not meant: said by `check-config` and logged at start.
     pub warnings: Vec<String>,
 }
@@ -75,6 +78,8 @@ pub struct Identity {
 pub struct Daemon {
     /// Seconds SIGTERM waits for the sinks; 20 if absent (systemd kills at 30).
     pub shutdown_grace_secs: Option<u64>,
+    /// The outbox's SQLite file; `outbox.sqlite` in the state directory if absent.
+    pub outbox: Option<PathBuf>,
 }
 
 /// The shutdown grace unless configured: well under systemd's `TimeoutStopSec=30`.
@@ -194,6 +199,7 @@ impl Reader<'_, '_> {
         for sink in &mut sinks {
             let purpose = consent_table.purpose(&sink.purpose).unwrap_or_default();
             sink.policy = sink.policy.serving(purpose);
+            sink.outbox.clone_from(&daemon.outbox);
         }
         let mut listed_meters = Vec::new();
         for (id, level) in consent.meters {
@@ -272,6 +278,7 @@ impl Reader<'_, '_> {
             sinks,
             metrics_listen,
             shutdown_grace: std::time::Duration::from_secs(grace),
+            outbox: daemon.outbox,
             warnings,
         }
     }

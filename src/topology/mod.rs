@@ -1,7 +1,9 @@
-//! The daemon's data flow: sources -> reduce task (parse, code of conduct) -> sinks, each a
-//! tokio task, joined by bounded channels so a slow sink slows the sources instead of
-//! growing memory. One cancellation token stops the sources; everything they sent is then
-//! reduced and written before [`run`] returns.
+//! The daemon's data flow: sources -> reduce task (parse, code of conduct, outbox commit) ->
+//! sinks, each a tokio task. Sources and the reduce task are joined by a bounded channel;
+//! the reduce task and each sink by the sink's durable outbox, so a slow or dead sink holds
+//! up no one until its share of the disk is full. One cancellation token stops the sources;
+//! everything they sent is then reduced, committed and written (or left in the outbox at the
+//! end of the shutdown grace) before [`run`] returns.
 
 pub mod config;
 pub mod reduce;
@@ -9,26 +11,31 @@ pub mod reduce;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
 use p1guard_conduct::{
     Arrival, Calendar, Consent, Granularity, IdentityKey, MaxGaps, Reducer, ReducerConfig,
-    SinkPolicy,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::sinks::{Batch, Stopping};
-use crate::sources::{self, Received, SourceId, SourceKind};
-use crate::telemetry::metrics::{Metrics, SinkMetrics};
+use crate::backoff::Backoff;
+use crate::outbox::{Outbox, OutboxSink, Staged};
+use crate::sinks::Stopping;
+use crate::sources::{self, Input, SourceId, SourceKind};
+use crate::telemetry::log_limit::LogLimit;
+use crate::telemetry::metrics::Metrics;
 
 use self::config::Config;
 use self::reduce::{ArrivalOf, FrameReducer};
 
 /// Frames waiting for the reduce task.
 const FRAME_QUEUE: usize = 1024;
-/// Batches waiting for each sink.
-const BATCH_QUEUE: usize = 64;
-/// Frames the reduce task takes at once; their records go to the sinks as one batch.
+/// Frames the reduce task takes at once; their records are committed as one batch.
 const BATCH_FRAMES: usize = 256;
+/// How often acknowledged records are deleted from the outbox when no batch comes.
+const TIDY_EVERY: Duration = Duration::from_secs(1);
 
 /// Opens every sink, starts every source, and runs until the sources end (replays) or
 /// `stopping.shutdown` fires and everything in flight has been written, or given up once
@@ -55,42 +62,61 @@ pub async fn run(
         .max()
         .unwrap_or(Granularity::Billing);
 
-    let mut sink_tasks = JoinSet::new();
-    let mut to_sinks = Vec::new();
-    for (index, sink) in config.sinks.into_iter().enumerate() {
-        let (batches, receiver) = mpsc::channel(BATCH_QUEUE);
-        let counters = Arc::clone(&metrics.sinks[index]);
-        let policy = sink.policy;
-        sink.start(receiver, counters, &stopping, &mut sink_tasks)?;
-        to_sinks.push(Outlet {
-            policy,
-            queue: batches,
-            counters: Arc::clone(&metrics.sinks[index]),
-        });
-    }
-
     let reducer_config = ReducerConfig {
         calendar: Calendar::netherlands(config.billing),
         finest,
         max_gaps: MaxGaps::default(),
     };
-    let reducer = Reducer::new(reducer_config, config.consent, key);
+    let mut reducer = Reducer::new(reducer_config, config.consent, key);
+    // A replay starts over each run (its files are read from the start), so only live
+    // sources continue the reducer's state across a restart.
+    let checkpoint = config
+        .sources
+        .iter()
+        .any(|s| !matches!(s.kind, SourceKind::Replay { .. }));
+    let outbox_sinks = config
+        .sinks
+        .iter()
+        .zip(&metrics.sinks)
+        .map(|(sink, counters)| OutboxSink {
+            name: &sink.name,
+            policy: sink.policy,
+            max_bytes: sink.outbox_max_bytes,
+            counters: Arc::clone(counters),
+        })
+        .collect();
+    let path = crate::outbox::path(config.outbox.as_deref())?;
+    let (outbox, inlets) =
+        tokio::task::block_in_place(|| Outbox::open(&path, outbox_sinks, checkpoint, &mut reducer))
+            .with_context(|| format!("opening the outbox {}", path.display()))?;
+
+    let mut sink_tasks = JoinSet::new();
+    for ((index, sink), inlet) in config.sinks.into_iter().enumerate().zip(inlets) {
+        let counters = Arc::clone(&metrics.sinks[index]);
+        sink.start(inlet, counters, &stopping, &mut sink_tasks)?;
+    }
+
     let arrivals = config.sources.iter().map(|s| arrival(&s.kind)).collect();
+    let (accepted, accepted_by): (Vec<_>, Vec<_>) =
+        config.sources.iter().map(|_| watch::channel(0)).unzip();
     let (frames, received) = mpsc::channel(FRAME_QUEUE);
     let reduce_task = tokio::spawn(reduce(
         received,
         reducer,
         arrivals,
-        to_sinks,
+        outbox,
+        accepted,
         metrics.clone(),
+        stopping.give_up.clone(),
     ));
 
     let mut source_tasks = JoinSet::new();
-    for (index, source) in config.sources.into_iter().enumerate() {
+    for ((index, source), accepted) in config.sources.into_iter().enumerate().zip(accepted_by) {
         let task = sources::run(
             SourceId(index),
             source,
             frames.clone(),
+            accepted,
             metrics.clone(),
             shutdown.clone(),
         );
@@ -110,26 +136,26 @@ pub async fn run(
             failed.get_or_insert(anyhow::anyhow!("a source task failed: {error}"));
         }
     }
-    if let Err(error) = reduce_task.await {
-        tracing::error!("the reduce task failed: {error}");
-        failed.get_or_insert(anyhow::anyhow!("the reduce task failed: {error}"));
-    }
+    let outbox = match reduce_task.await {
+        Ok(outbox) => Some(outbox),
+        Err(error) => {
+            tracing::error!("the reduce task failed: {error}");
+            failed.get_or_insert(anyhow::anyhow!("the reduce task failed: {error}"));
+            None
+        }
+    };
     while let Some(joined) = sink_tasks.join_next().await {
         if let Err(error) = joined {
             failed.get_or_insert(anyhow::anyhow!("a sink task failed: {error}"));
         }
     }
+    if let Some(outbox) = outbox {
+        tokio::task::block_in_place(|| outbox.finish());
+    }
     match failed {
         None => Ok(metrics),
         Some(error) => Err(error),
     }
-}
-
-/// Where the reduce task hands a sink its records: through the sink's policy, into its queue.
-struct Outlet {
-    policy: SinkPolicy,
-    queue: mpsc::Sender<Batch>,
-    counters: Arc<SinkMetrics>,
 }
 
 /// What a source's receive clock says about its meters' clocks: a serial line or TCP stream
@@ -142,49 +168,124 @@ fn arrival(source: &SourceKind) -> ArrivalOf {
     }
 }
 
-/// Parses frames, applies the code of conduct, and hands each batch's records to every sink
-/// through that sink's policy.
-/// `arrivals` says, per source, how its receive clock judges meter clocks.
+/// Parses frames, applies the code of conduct, and commits each batch's records to every
+/// sink's outbox with the reducer's state; then tells each source how far its input is
+/// accepted. `arrivals` says, per source, how its receive clock judges meter clocks. Returns
+/// the outbox once the sources have ended, its inlets closed.
 async fn reduce<C: Consent>(
-    mut frames: mpsc::Receiver<Received>,
+    mut frames: mpsc::Receiver<Input>,
     reducer: Reducer<C>,
     arrivals: Vec<ArrivalOf>,
-    sinks: Vec<Outlet>,
+    mut outbox: Outbox,
+    accepted: Vec<watch::Sender<u64>>,
     metrics: Arc<Metrics>,
-) {
+    give_up: tokio_util::sync::CancellationToken,
+) -> Outbox {
     let mut reducer = FrameReducer::new(reducer, metrics.clone(), arrivals);
     let mut pending = Vec::with_capacity(BATCH_FRAMES);
     let mut records = Vec::new();
-    while frames.recv_many(&mut pending, BATCH_FRAMES).await > 0 {
-        metrics
-            .frames_queued
-            .fetch_sub(pending.len() as i64, Relaxed);
-        for received in pending.drain(..) {
-            let frame = received.frame.as_frame();
-            // A bad telegram is counted and logged there: its error needs nothing more here.
-            let _ = reducer.reduce(received.source, &frame, received.at, &mut records);
-        }
-        reducer.publish_counters();
-        if records.is_empty() {
-            continue;
-        }
-        // Each sink's queue gets only what its policy admits, named as it names meters.
-        for Outlet {
-            policy,
-            queue,
-            counters,
-        } in &sinks
-        {
-            let batch: Batch = records.iter().filter_map(|r| policy.admit(r)).collect();
-            if batch.is_empty() {
+    let mut marks: Vec<Option<u64>> = vec![None; accepted.len()];
+    let mut tidy = tokio::time::interval(TIDY_EVERY);
+    let mut failures = LogLimit::per_minute();
+    loop {
+        tokio::select! {
+            taken = frames.recv_many(&mut pending, BATCH_FRAMES) => if taken == 0 { break },
+            _ = tidy.tick() => {
+                if let Err(error) = tokio::task::block_in_place(|| outbox.delete_acknowledged())
+                    && let Some(suppressed) = failures.allow(Instant::now())
+                {
+                    tracing::warn!(suppressed, "cannot delete written records from the outbox: {error:#}");
+                }
                 continue;
             }
-            counters.queued.fetch_add(1, Relaxed);
-            if queue.send(batch).await.is_err() {
-                counters.queued.fetch_sub(1, Relaxed);
-                tracing::error!(sink = %counters.name, "sink stopped; its records are lost");
+        }
+        for input in pending.drain(..) {
+            match input {
+                Input::Frame(received) => {
+                    metrics.frames_queued.fetch_sub(1, Relaxed);
+                    let frame = received.frame.as_frame();
+                    // A bad telegram is counted and logged there: its error needs nothing more.
+                    let _ = reducer.reduce(received.source, &frame, received.at, &mut records);
+                }
+                Input::MessageEnd { source, message } => marks[source.0] = Some(message),
             }
         }
+        reducer.publish_counters();
+        let mut staged = outbox.stage(&records, reducer.reducer_mut());
         records.clear();
+        if !staged.is_empty() {
+            wait_for_room(&mut outbox, &give_up).await;
+            commit(&mut outbox, &mut staged, &give_up, &metrics).await;
+        }
+        for (sender, mark) in accepted.iter().zip(&mut marks) {
+            if let Some(message) = mark.take() {
+                sender.send_replace(message);
+            }
+        }
+    }
+    outbox.close_inlets();
+    outbox
+}
+
+/// Waits while a sink's share of the outbox is full (back-pressure on every source: a
+/// record is never dropped to make room), deleting what the sinks write meanwhile, until
+/// the shutdown grace is over.
+async fn wait_for_room(outbox: &mut Outbox, give_up: &tokio_util::sync::CancellationToken) {
+    let mut logs = LogLimit::per_minute();
+    loop {
+        if let Err(error) = tokio::task::block_in_place(|| outbox.delete_acknowledged()) {
+            tracing::warn!("cannot delete written records from the outbox: {error:#}");
+        }
+        let full: Vec<&str> = outbox.full().collect();
+        if full.is_empty() || give_up.is_cancelled() {
+            return;
+        }
+        if let Some(suppressed) = logs.allow(Instant::now()) {
+            tracing::warn!(suppressed, sinks = %full.join(", "), "outbox full: input waits until the sink writes");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            () = give_up.cancelled() => {}
+        }
+    }
+}
+
+/// Commits `staged`, retrying while the disk refuses (full, read-only) until the shutdown
+/// grace is over; records that could not be committed by then are counted as not written.
+async fn commit(
+    outbox: &mut Outbox,
+    staged: &mut Staged,
+    give_up: &tokio_util::sync::CancellationToken,
+    metrics: &Metrics,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut logs = LogLimit::per_minute();
+    loop {
+        let error = match tokio::task::block_in_place(|| outbox.commit(staged)) {
+            Ok(()) => return,
+            Err(error) => error,
+        };
+        if give_up.is_cancelled() {
+            tracing::error!(
+                "the shutdown grace is over and the outbox still refuses records: {error:#}"
+            );
+            for (sink, lost) in metrics.sinks.iter().zip(staged.lost()) {
+                for (tally, count) in sink.lost.iter().zip(lost) {
+                    tally.fetch_add(count, Relaxed);
+                }
+            }
+            return;
+        }
+        let delay = backoff.next_delay();
+        if let Some(suppressed) = logs.allow(Instant::now()) {
+            tracing::error!(
+                suppressed,
+                "cannot store records in the outbox, input waits (retrying in {delay:?}): {error:#}"
+            );
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = give_up.cancelled() => {}
+        }
     }
 }

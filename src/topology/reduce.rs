@@ -110,6 +110,11 @@ impl<C: Consent> FrameReducer<C> {
         &self.reducer
     }
 
+    /// The reducer, for saving its state.
+    pub fn reducer_mut(&mut self) -> &mut Reducer<C> {
+        &mut self.reducer
+    }
+
     /// Copies the reducer's counters into [`Metrics::reducer`], for the metrics endpoint and
     /// the summary at shutdown.
     pub fn publish_counters(&self) {

@@ -656,7 +656,8 @@ fn a_source_or_a_sink_that_cannot_be_set_up_exits_1_alike() {
 }
 
 #[test]
-fn sigterm_with_the_network_sinks_down_ends_within_the_grace_and_says_what_was_given_up() {
+fn sigterm_with_the_network_sinks_down_ends_within_the_grace_and_leaves_their_records_in_the_outbox()
+ {
     let dir = scratch("run-grace");
     let (address, server) = crate::dongle(telegrams(5));
     let nobody = crate::free_address();
@@ -706,21 +707,25 @@ fn sigterm_with_the_network_sinks_down_ends_within_the_grace_and_says_what_was_g
         "took {took:?}: {}",
         finished.stderr
     );
-    assert_eq!(finished.status.code(), Some(1), "{}", finished.stderr);
+    // Nothing was given up: what the screen shows waits in both servers' outboxes, and
+    // the summary says so.
+    assert_eq!(finished.status.code(), Some(0), "{}", finished.stderr);
     assert!(
         finished.stderr.contains("the shutdown grace (2s) is over"),
         "{}",
         finished.stderr
     );
-    // What the screen shows is what both servers should have had: given up, and said so.
     let shown = finished.stdout.lines().count() as u64;
     assert!(shown >= 5, "{}", finished.stdout);
     for sink in ["sink broker:", "sink influx:"] {
-        let given_up = count_after(&finished.stderr, sink, "NOT WRITTEN live");
-        assert_eq!(given_up, shown, "{}", finished.stderr);
+        let waiting = count_after(&finished.stderr, sink, "in the outbox");
+        assert_eq!(waiting, shown, "{}", finished.stderr);
     }
-    let total = format!("{} record(s) were not written", 2 * shown);
-    assert!(finished.stderr.contains(&total), "{}", finished.stderr);
+    assert!(
+        !finished.stderr.contains("NOT WRITTEN"),
+        "{}",
+        finished.stderr
+    );
 }
 
 #[test]

@@ -1,0 +1,676 @@
+//! The durable outbox: what each sink is yet to write, on disk, so that nothing accepted is
+//! lost to a crash and a sink that is down holds up no one but itself.
+//!
+//! One SQLite file (WAL) holds every sink's outbox and the reducer's checkpoint. The reduce
+//! task is its only writer: for each batch of frames it appends the records each sink's
+//! policy admitted, numbered per sink, saves the state of every meter the batch moved, and
+//! deletes what sinks have acknowledged, in one transaction. Only then are the batch's
+//! inputs acknowledged (an MQTT message, [`crate::sources`]). Each sink's task reads its own
+//! outbox in order through an [`Inlet`]: straight from memory while it keeps up, from the
+//! file when it has fallen behind or the process restarted, and acknowledges what its
+//! server took. Sink writes are idempotent (a record's key is its meter, granularity, kind
+//! and time), so what a crash makes a sink write twice is written the same.
+//!
+//! WAL with `synchronous = NORMAL`: a commit survives the process being killed; the last
+//! commits before a power cut may not (the sources then deliver those inputs again, as far
+//! as they keep them: an MQTT broker does, a serial meter does not).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use p1guard_conduct::{Consent, Granularity, Record, Reducer, SinkPolicy, SinkRecord};
+use rusqlite::{Connection, OptionalExtension as _, params};
+use tokio::sync::{mpsc, watch};
+
+use crate::rights::{Purge, Purged};
+use crate::telemetry::metrics::SinkMetrics;
+
+/// The outbox file unless configured: `outbox.sqlite` in the state directory.
+pub fn path(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
+    match configured {
+        Some(path) => Ok(path.to_owned()),
+        None => Ok(crate::state::dir()?.join("outbox.sqlite")),
+    }
+}
+
+/// A sink's share of the outbox unless configured: 1 GiB.
+pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
+
+/// How long the reducer's state of a meter that has gone quiet is kept: longer than any gap
+/// a boundary is interpolated across (a day), so a restart within it continues every series.
+const CHECKPOINT_KEPT: Duration = Duration::from_secs(2 * 86_400);
+
+/// Batches a sink's task may have in memory ahead of it; later ones it reads from the file.
+const IN_MEMORY: usize = 64;
+
+/// Records a sink's task reads from the file at once.
+const READ_AT_ONCE: i64 = 4096;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sinks (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    sink INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    meter TEXT NOT NULL,
+    granularity INTEGER NOT NULL,
+    time INTEGER NOT NULL,
+    record BLOB NOT NULL,
+    PRIMARY KEY (sink, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS reducer (
+    meter BLOB PRIMARY KEY,
+    state BLOB NOT NULL,
+    saved_at INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+/// Opens the outbox file at `path`, creating it and its folder if need be.
+fn open_file(path: &Path) -> anyhow::Result<Connection> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let connection = Connection::open(path)?;
+    connection.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
+    connection.pragma_update(None, "synchronous", "NORMAL")?;
+    // Erased records are overwritten, not left in free pages.
+    connection.pragma_update(None, "secure_delete", "ON")?;
+    connection.busy_timeout(Duration::from_secs(5))?;
+    connection.execute_batch(SCHEMA)?;
+    Ok(connection)
+}
+
+/// The id of sink `name` in the file, a new one if it has none.
+fn sink_id(connection: &Connection, name: &str) -> rusqlite::Result<i64> {
+    connection.execute(
+        "INSERT INTO sinks (name) VALUES (?1) ON CONFLICT (name) DO NOTHING",
+        [name],
+    )?;
+    connection.query_row("SELECT id FROM sinks WHERE name = ?1", [name], |row| {
+        row.get(0)
+    })
+}
+
+/// One sink as the outbox's writer knows it.
+pub struct OutboxSink<'a> {
+    /// The sink's name: its outbox is found by it across restarts.
+    pub name: &'a str,
+    /// Who may see what.
+    pub policy: SinkPolicy,
+    /// Its share of the disk.
+    pub max_bytes: u64,
+    /// Its counters, where the outbox's depth shows.
+    pub counters: Arc<SinkMetrics>,
+}
+
+/// The outbox's writer, owned by the reduce task.
+pub struct Outbox {
+    connection: Connection,
+    sinks: Vec<Slot>,
+    /// Whether the reducer's state is saved (not for replays, which start over each run).
+    checkpoint: bool,
+}
+
+/// What the writer keeps per sink.
+struct Slot {
+    id: i64,
+    policy: SinkPolicy,
+    max_bytes: u64,
+    counters: Arc<SinkMetrics>,
+    /// The number the next record gets.
+    next: i64,
+    /// Records and bytes in the file.
+    depth: (u64, u64),
+    /// Everything up to this number has been deleted.
+    deleted_through: i64,
+    shared: Arc<Shared>,
+    in_memory: Option<mpsc::Sender<Sequenced>>,
+}
+
+/// What a sink's writer and its [`Inlet`] share.
+struct Shared {
+    committed: watch::Sender<Committed>,
+    /// The sink has written (or given up for good) every record up to this number.
+    acked: AtomicI64,
+}
+
+/// How far a sink's outbox has been committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Committed {
+    /// The last record's number.
+    through: i64,
+    /// No more will come: the reduce task has ended.
+    closed: bool,
+}
+
+/// Records of one sink in order: numbers `first..=through` (some may have been erased
+/// since).
+#[derive(Debug)]
+pub struct Sequenced {
+    /// The first record's number.
+    pub first: i64,
+    /// The last number this covers.
+    pub through: i64,
+    /// The records.
+    pub records: Vec<SinkRecord>,
+}
+
+/// One batch's records for every sink, numbered and encoded, with the reducer's state, ready
+/// to commit (and to commit again if the disk refused it).
+pub struct Staged {
+    sinks: Vec<Option<StagedSink>>,
+    checkpoint: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+struct StagedSink {
+    first: i64,
+    records: Vec<SinkRecord>,
+    encoded: Vec<Vec<u8>>,
+}
+
+impl Staged {
+    /// Whether the batch changed nothing on disk.
+    pub fn is_empty(&self) -> bool {
+        self.sinks.iter().all(Option::is_none) && self.checkpoint.is_empty()
+    }
+
+    /// Per sink, its records by granularity: what is lost if the batch cannot be committed.
+    pub fn lost(&self) -> Vec<[u64; 4]> {
+        self.sinks
+            .iter()
+            .map(|staged| {
+                let mut counts = [0; 4];
+                for record in staged.iter().flat_map(|s| &s.records) {
+                    counts[record.granularity as usize] += 1;
+                }
+                counts
+            })
+            .collect()
+    }
+}
+
+impl Outbox {
+    /// Opens the outbox at `path` for `sinks`, restoring `reducer`'s state if `checkpoint`;
+    /// and each sink's [`Inlet`], in the same order.
+    pub fn open<C: Consent>(
+        path: &Path,
+        sinks: Vec<OutboxSink<'_>>,
+        checkpoint: bool,
+        reducer: &mut Reducer<C>,
+    ) -> anyhow::Result<(Outbox, Vec<Inlet>)> {
+        let connection = open_file(path)?;
+        let mut slots = Vec::new();
+        let mut inlets = Vec::new();
+        for sink in sinks {
+            let id = sink_id(&connection, sink.name)?;
+            let (first, last, records, bytes): (Option<i64>, Option<i64>, i64, i64) = connection
+                .query_row(
+                    "SELECT min(seq), max(seq), count(*), coalesce(sum(length(record)), 0)
+                     FROM outbox WHERE sink = ?1",
+                    [id],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+                )?;
+            let through = last.unwrap_or(0);
+            let (records, bytes) = (records as u64, bytes as u64);
+            if records > 0 {
+                tracing::info!(sink = %sink.name, records, bytes, "records from the last run wait in the outbox");
+            }
+            let (committed, watching) = watch::channel(Committed {
+                through,
+                closed: false,
+            });
+            let shared = Arc::new(Shared {
+                committed,
+                acked: AtomicI64::new(first.map_or(through, |first| first - 1)),
+            });
+            let (in_memory, batches) = mpsc::channel(IN_MEMORY);
+            sink.counters.set_outbox_depth(records, bytes);
+            inlets.push(Inlet {
+                reader: open_file(path)?,
+                sink: id,
+                batches: Some(batches),
+                committed: watching,
+                shared: Arc::clone(&shared),
+                next: first.unwrap_or(through + 1),
+                pending: None,
+            });
+            slots.push(Slot {
+                id,
+                policy: sink.policy,
+                max_bytes: sink.max_bytes,
+                counters: sink.counters,
+                next: through + 1,
+                depth: (records, bytes),
+                deleted_through: first.map_or(through, |first| first - 1),
+                shared,
+                in_memory: Some(in_memory),
+            });
+        }
+        let outbox = Outbox {
+            connection,
+            sinks: slots,
+            checkpoint,
+        };
+        if checkpoint {
+            outbox.restore(reducer)?;
+        }
+        Ok((outbox, inlets))
+    }
+
+    /// Continues `reducer` from the states saved in the last two days.
+    fn restore<C: Consent>(&self, reducer: &mut Reducer<C>) -> anyhow::Result<()> {
+        let oldest = jiff::Timestamp::now().as_second() - CHECKPOINT_KEPT.as_secs() as i64;
+        self.connection
+            .execute("DELETE FROM reducer WHERE saved_at < ?1", [oldest])?;
+        let mut query = self
+            .connection
+            .prepare("SELECT meter, state FROM reducer")?;
+        let mut rows = query.query([])?;
+        let (mut restored, mut unreadable) = (0u64, 0u64);
+        while let Some(row) = rows.next()? {
+            let meter: Vec<u8> = row.get(0)?;
+            let state: Vec<u8> = row.get(1)?;
+            match reducer.restore(&meter, &state) {
+                Ok(()) => restored += 1,
+                Err(error) => {
+                    unreadable += 1;
+                    if unreadable == 1 {
+                        tracing::warn!(
+                            "a meter's saved state is not readable, it starts afresh: {error}"
+                        );
+                    }
+                }
+            }
+        }
+        if restored + unreadable > 0 {
+            tracing::info!(
+                meters = restored,
+                unreadable,
+                "continuing from the saved state"
+            );
+        }
+        Ok(())
+    }
+
+    /// Numbers and encodes `records` for each sink as its policy admits them, with the state
+    /// of every meter `reducer` moved since the last batch.
+    pub fn stage<C: Consent>(&mut self, records: &[Record], reducer: &mut Reducer<C>) -> Staged {
+        let sinks = self
+            .sinks
+            .iter_mut()
+            .map(|slot| {
+                let admitted: Vec<SinkRecord> = records
+                    .iter()
+                    .filter_map(|r| slot.policy.admit(r))
+                    .collect();
+                if admitted.is_empty() {
+                    return None;
+                }
+                let encoded = admitted
+                    .iter()
+                    .map(|record| {
+                        let mut bytes = Vec::with_capacity(160);
+                        p1guard_conduct::encode_record(record, &mut bytes);
+                        bytes
+                    })
+                    .collect();
+                let first = slot.next;
+                slot.next += admitted.len() as i64;
+                Some(StagedSink {
+                    first,
+                    records: admitted,
+                    encoded,
+                })
+            })
+            .collect();
+        let mut checkpoint = Vec::new();
+        if self.checkpoint {
+            reducer.save_changed(|meter, state| checkpoint.push((meter.to_vec(), state.to_vec())));
+        }
+        Staged { sinks, checkpoint }
+    }
+
+    /// The sinks whose share of the disk is used up: the next batch waits for them.
+    pub fn full(&self) -> impl Iterator<Item = &str> {
+        self.sinks
+            .iter()
+            .filter(|slot| slot.depth.1 >= slot.max_bytes)
+            .map(|slot| slot.counters.name.as_str())
+    }
+
+    /// Writes `staged` and deletes what the sinks acknowledged, in one transaction, then
+    /// hands each sink its records. On an error (a full disk) nothing is written, and the
+    /// same `staged` can be committed again.
+    pub fn commit(&mut self, staged: &mut Staged) -> anyhow::Result<()> {
+        let now = jiff::Timestamp::now().as_second();
+        let transaction = self.connection.transaction()?;
+        {
+            let mut insert = transaction.prepare_cached(
+                "INSERT INTO outbox (sink, seq, meter, granularity, time, record)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for (slot, staged) in self.sinks.iter().zip(&staged.sinks) {
+                let Some(staged) = staged else { continue };
+                let rows = staged.records.iter().zip(&staged.encoded);
+                for (seq, (record, bytes)) in (staged.first..).zip(rows) {
+                    insert.execute(params![
+                        slot.id,
+                        seq,
+                        record.meter.to_string(),
+                        record.granularity as u8,
+                        record.time.as_second(),
+                        bytes,
+                    ])?;
+                }
+            }
+            let mut save = transaction.prepare_cached(
+                "INSERT OR REPLACE INTO reducer (meter, state, saved_at) VALUES (?1, ?2, ?3)",
+            )?;
+            for (meter, state) in &staged.checkpoint {
+                save.execute(params![meter, state, now])?;
+            }
+        }
+        let deleted = delete_acked(&transaction, &self.sinks)?;
+        transaction.commit()?;
+        self.deleted(deleted);
+        for (slot, staged) in self.sinks.iter_mut().zip(&mut staged.sinks) {
+            let Some(staged) = staged.take() else {
+                continue;
+            };
+            let bytes: usize = staged.encoded.iter().map(Vec::len).sum();
+            let count = staged.records.len() as u64;
+            slot.depth = (slot.depth.0 + count, slot.depth.1 + bytes as u64);
+            slot.counters.set_outbox_depth(slot.depth.0, slot.depth.1);
+            let through = staged.first + count as i64 - 1;
+            // Into memory first, then the number: an inlet that sees the number and finds
+            // nothing in memory knows to read the file.
+            if let Some(in_memory) = &slot.in_memory {
+                let _ = in_memory.try_send(Sequenced {
+                    first: staged.first,
+                    through,
+                    records: staged.records,
+                });
+            }
+            slot.shared
+                .committed
+                .send_modify(|committed| committed.through = through);
+        }
+        Ok(())
+    }
+
+    /// Deletes what the sinks acknowledged since the last commit.
+    pub fn delete_acknowledged(&mut self) -> anyhow::Result<()> {
+        if self
+            .sinks
+            .iter()
+            .all(|slot| slot.shared.acked.load(Acquire) <= slot.deleted_through)
+        {
+            return Ok(());
+        }
+        let transaction = self.connection.transaction()?;
+        let deleted = delete_acked(&transaction, &self.sinks)?;
+        transaction.commit()?;
+        self.deleted(deleted);
+        Ok(())
+    }
+
+    fn deleted(&mut self, deleted: Vec<Option<(i64, u64, u64)>>) {
+        for (slot, deleted) in self.sinks.iter_mut().zip(deleted) {
+            if let Some((through, records, bytes)) = deleted {
+                slot.deleted_through = through;
+                slot.depth = (
+                    slot.depth.0.saturating_sub(records),
+                    slot.depth.1.saturating_sub(bytes),
+                );
+                slot.counters.set_outbox_depth(slot.depth.0, slot.depth.1);
+            }
+        }
+    }
+
+    /// Tells every sink's inlet that nothing more will come.
+    pub fn close_inlets(&mut self) {
+        for slot in &mut self.sinks {
+            slot.in_memory = None;
+            slot.shared
+                .committed
+                .send_modify(|committed| committed.closed = true);
+        }
+    }
+
+    /// Deletes what the sinks acknowledged last and says what is left for the next start.
+    pub fn finish(mut self) {
+        if let Err(error) = self.delete_acknowledged() {
+            tracing::error!("cannot delete what the sinks wrote from the outbox: {error:#}");
+        }
+        for slot in &self.sinks {
+            let (records, bytes) = slot.depth;
+            if records > 0 {
+                tracing::warn!(sink = %slot.counters.name, records, bytes, "records not yet written wait in the outbox for the next start");
+            }
+        }
+    }
+}
+
+/// Deletes, in `transaction`, each sink's acknowledged records: per sink, the number now
+/// deleted through, and the records and bytes deleted.
+fn delete_acked(
+    transaction: &rusqlite::Transaction<'_>,
+    sinks: &[Slot],
+) -> rusqlite::Result<Vec<Option<(i64, u64, u64)>>> {
+    let mut delete = transaction.prepare_cached(
+        "DELETE FROM outbox WHERE sink = ?1 AND seq > ?2 AND seq <= ?3 RETURNING length(record)",
+    )?;
+    sinks
+        .iter()
+        .map(|slot| {
+            let acked = slot.shared.acked.load(Acquire);
+            if acked <= slot.deleted_through {
+                return Ok(None);
+            }
+            let mut rows = delete.query(params![slot.id, slot.deleted_through, acked])?;
+            let (mut records, mut bytes) = (0, 0);
+            while let Some(row) = rows.next()? {
+                records += 1;
+                bytes += row.get::<_, i64>(0)? as u64;
+            }
+            Ok(Some((acked, records, bytes)))
+        })
+        .collect()
+}
+
+/// A sink's side of its outbox: its records in order, and its acknowledgements.
+pub struct Inlet {
+    reader: Connection,
+    sink: i64,
+    /// Batches handed over in memory; `None` once the writer dropped its end.
+    batches: Option<mpsc::Receiver<Sequenced>>,
+    committed: watch::Receiver<Committed>,
+    shared: Arc<Shared>,
+    /// The number of the next record to hand out.
+    next: i64,
+    /// A batch from memory that lies beyond a stretch still to be read from the file.
+    pending: Option<Sequenced>,
+}
+
+impl Inlet {
+    /// The next records, in order, or `None` once the outbox is closed and every record has
+    /// been handed out. Cancel-safe.
+    pub async fn next(&mut self) -> anyhow::Result<Option<Sequenced>> {
+        loop {
+            if self.pending.is_none()
+                && let Some(batches) = &mut self.batches
+            {
+                match batches.try_recv() {
+                    Ok(batch) => self.pending = Some(batch),
+                    Err(mpsc::error::TryRecvError::Empty) => {}
+                    Err(mpsc::error::TryRecvError::Disconnected) => self.batches = None,
+                }
+            }
+            if let Some(batch) = self.pending.take() {
+                if batch.through < self.next {
+                    continue; // already read from the file
+                }
+                if batch.first == self.next {
+                    self.next = batch.through + 1;
+                    return Ok(Some(batch));
+                }
+                if batch.first > self.next {
+                    let until = batch.first - 1;
+                    self.pending = Some(batch);
+                    return self.read(until).map(Some);
+                }
+                // A batch that begins before what was read: read the rest from the file.
+                let through = batch.through;
+                return self.read(through).map(Some);
+            }
+            let committed = *self.committed.borrow_and_update();
+            if committed.through >= self.next {
+                return self.read(committed.through).map(Some);
+            }
+            if committed.closed {
+                return Ok(None);
+            }
+            match &mut self.batches {
+                Some(batches) => tokio::select! {
+                    batch = batches.recv() => match batch {
+                        Some(batch) => self.pending = Some(batch),
+                        None => self.batches = None,
+                    },
+                    changed = self.committed.changed() => if changed.is_err() {
+                        return Ok(None);
+                    },
+                },
+                None => {
+                    if self.committed.changed().await.is_err() {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the records from the next number through `until` (at most [`READ_AT_ONCE`])
+    /// from the file.
+    fn read(&mut self, until: i64) -> anyhow::Result<Sequenced> {
+        let first = self.next;
+        let through = until.min(first + READ_AT_ONCE - 1);
+        let records = tokio::task::block_in_place(|| -> anyhow::Result<Vec<SinkRecord>> {
+            let mut query = self.reader.prepare_cached(
+                "SELECT record FROM outbox WHERE sink = ?1 AND seq >= ?2 AND seq <= ?3
+                 ORDER BY seq",
+            )?;
+            let mut rows = query.query(params![self.sink, first, through])?;
+            let mut records = Vec::new();
+            let mut unreadable = 0;
+            while let Some(row) = rows.next()? {
+                let bytes = row.get_ref(0)?.as_blob()?;
+                match p1guard_conduct::decode_record(bytes) {
+                    Ok(record) => records.push(record),
+                    Err(error) => {
+                        unreadable += 1;
+                        if unreadable == 1 {
+                            tracing::error!("skipped a record in the outbox: {error}");
+                        }
+                    }
+                }
+            }
+            Ok(records)
+        })
+        .context("reading the outbox")?;
+        self.next = through + 1;
+        Ok(Sequenced {
+            first,
+            through,
+            records,
+        })
+    }
+
+    /// The sink has written, or given up for good, every record through `through`: the
+    /// outbox may delete them.
+    pub fn acknowledge(&self, through: i64) {
+        self.shared.acked.fetch_max(through, Release);
+    }
+
+    /// The last number acknowledged.
+    pub fn acknowledged(&self) -> i64 {
+        self.shared.acked.load(Relaxed)
+    }
+}
+
+/// The outbox opened by the rights commands, to erase what waits in it too.
+pub struct OutboxStore {
+    connection: Connection,
+    sink: Option<i64>,
+}
+
+impl OutboxStore {
+    /// Sink `name`'s outbox in the file at `path`, if there is such a file.
+    pub fn open(path: &Path, name: &str) -> anyhow::Result<Option<OutboxStore>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let connection = open_file(path)?;
+        let sink = connection
+            .query_row("SELECT id FROM sinks WHERE name = ?1", [name], |row| {
+                row.get(0)
+            })
+            .optional()?;
+        Ok(Some(OutboxStore { connection, sink }))
+    }
+
+    /// The meter names the sink's waiting records carry.
+    pub fn meters(&self) -> anyhow::Result<Vec<String>> {
+        let Some(sink) = self.sink else {
+            return Ok(Vec::new());
+        };
+        let mut query = self
+            .connection
+            .prepare("SELECT DISTINCT meter FROM outbox WHERE sink = ?1")?;
+        let meters = query.query_map([sink], |row| row.get(0))?;
+        Ok(meters.collect::<Result<_, _>>()?)
+    }
+
+    /// Erases the waiting records `purge` covers, and the reducer's saved state of its
+    /// meters when `purge` erases every granularity (an erasure).
+    pub fn purge(&mut self, purge: &Purge) -> anyhow::Result<Purged> {
+        let Some(sink) = self.sink else {
+            return Ok(Purged::default());
+        };
+        let transaction = self.connection.transaction()?;
+        let mut purged = Purged::default();
+        for meter in &purge.meters {
+            for &granularity in &purge.granularities {
+                let until = purge.dated_until.map_or(i64::MAX, |t| t.as_second());
+                let kept_from = match granularity {
+                    Granularity::Billing => {
+                        purge.keep_billing_from.map_or(i64::MAX, |t| t.as_second())
+                    }
+                    _ => i64::MAX,
+                };
+                purged.erased += transaction.execute(
+                    "DELETE FROM outbox WHERE sink = ?1 AND meter = ?2 AND granularity = ?3
+                     AND time <= ?4 AND time < ?5",
+                    params![sink, meter, granularity as u8, until, kept_from],
+                )? as u64;
+                purged.kept += transaction.query_row::<i64, _, _>(
+                    "SELECT count(*) FROM outbox WHERE sink = ?1 AND meter = ?2
+                     AND granularity = ?3 AND time <= ?4 AND time >= ?5",
+                    params![sink, meter, granularity as u8, until, kept_from],
+                    |row| row.get(0),
+                )? as u64;
+            }
+        }
+        transaction.commit()?;
+        if purged.erased > 0 {
+            self.connection
+                .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+        }
+        Ok(purged)
+    }
+}
