@@ -6,9 +6,9 @@
 //! policy admitted, numbered per sink, saves the state of every meter the batch moved, and
 //! deletes what sinks have acknowledged, in one transaction. Only then are the batch's
 //! inputs acknowledged (an MQTT message, [`crate::sources`]). Each sink's task reads its own
-//! outbox in order through an [`Inlet`]: straight from memory while it keeps up, from the
-//! file when it has fallen behind or the process restarted, and acknowledges what its
-//! server took. Sink writes are idempotent (a record's key is its meter, granularity, kind
+//! outbox in order through an [`Inlet`]: from memory while it keeps up (checked against the
+//! file, so that what an erasure deleted there is not written), from the file when it has
+//! fallen behind or the process restarted, and acknowledges what its server took. Sink writes are idempotent (a record's key is its meter, granularity, kind
 //! and time), so what a crash makes a sink write twice is written the same.
 //!
 //! WAL with `synchronous = NORMAL`: a commit survives the process being killed; the last
@@ -518,7 +518,7 @@ impl Inlet {
                 }
                 if batch.first == self.next {
                     self.next = batch.through + 1;
-                    return Ok(Some(batch));
+                    return self.still_waiting(batch).map(Some);
                 }
                 if batch.first > self.next {
                     let until = batch.first - 1;
@@ -553,6 +553,30 @@ impl Inlet {
                 }
             }
         }
+    }
+
+    /// `batch`, handed over in memory, without the records erased from the file since it
+    /// was committed: the file is what a sink writes from.
+    fn still_waiting(&mut self, mut batch: Sequenced) -> anyhow::Result<Sequenced> {
+        let waiting = tokio::task::block_in_place(|| -> rusqlite::Result<Vec<i64>> {
+            let mut query = self.reader.prepare_cached(
+                "SELECT seq FROM outbox WHERE sink = ?1 AND seq >= ?2 AND seq <= ?3 ORDER BY seq",
+            )?;
+            let rows = query.query_map(params![self.sink, batch.first, batch.through], |row| {
+                row.get(0)
+            })?;
+            rows.collect()
+        })
+        .context("reading the outbox")?;
+        if waiting.len() < batch.records.len() {
+            let mut seq = batch.first;
+            batch.records.retain(|_| {
+                let kept = waiting.binary_search(&seq).is_ok();
+                seq += 1;
+                kept
+            });
+        }
+        Ok(batch)
     }
 
     /// Reads the records from the next number through `until` (at most [`READ_AT_ONCE`])
@@ -672,5 +696,231 @@ impl OutboxStore {
                 .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
         }
         Ok(purged)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use jiff::Timestamp;
+    use p1guard_conduct::{
+        Arrival, BillingCadence, Calendar, Granularity, Identity, IdentityKey, Level, MaxGaps,
+        Reducer, ReducerConfig, SinkPolicy, Timeline,
+    };
+    use p1guard_simulator::{MeterSpec, Style, stream};
+    use p1guard_telegram::{Framer, FramerConfig, Parser};
+
+    use super::*;
+    use crate::telemetry::metrics::Metrics;
+
+    type TestReducer = Reducer<Timeline>;
+
+    fn reducer() -> TestReducer {
+        let config = ReducerConfig {
+            calendar: Calendar::netherlands(BillingCadence::BiMonthly),
+            finest: Granularity::QuarterHour,
+            max_gaps: MaxGaps::default(),
+        };
+        Reducer::new(
+            config,
+            Timeline::constant(Level::QuarterHour),
+            IdentityKey::from_bytes([1; 32]),
+        )
+    }
+
+    fn policy() -> SinkPolicy {
+        SinkPolicy::new(Granularity::QuarterHour, Identity::Pseudonym).unwrap()
+    }
+
+    /// A day of a DSMR 4 meter (a telegram every 10 s, gas hourly) across a billing
+    /// boundary, in chunks of 30 telegrams.
+    fn chunks() -> Vec<Vec<u8>> {
+        let at = |t: &str| t.parse::<Timestamp>().unwrap();
+        let spec = MeterSpec {
+            style: Style::Dsmr4,
+            equipment_id: "E0046000012345626".into(),
+            gas_id: Some("G0046000012345626".into()),
+            seed: 7,
+        };
+        let bytes = stream(
+            spec,
+            at("2026-06-30T12:00:00Z"),
+            at("2026-07-01T12:00:00Z"),
+            Vec::new(),
+        );
+        let mut framer = Framer::new(FramerConfig::default());
+        framer.push(&bytes);
+        framer.finish();
+        let mut chunks = vec![Vec::new()];
+        let mut frames = 0;
+        while let Some(frame) = framer.next_frame() {
+            chunks.last_mut().unwrap().extend(frame.unwrap().bytes());
+            frames += 1;
+            if frames % 30 == 0 {
+                chunks.push(Vec::new());
+            }
+        }
+        chunks
+    }
+
+    /// The records `reducer` makes of `chunk`.
+    fn reduce(reducer: &mut TestReducer, chunk: &[u8]) -> Vec<Record> {
+        let (mut framer, mut parser) = (Framer::new(FramerConfig::default()), Parser::new());
+        framer.push(chunk);
+        framer.finish();
+        let mut records = Vec::new();
+        while let Some(frame) = framer.next_frame() {
+            let telegram = parser.parse(&frame.unwrap()).unwrap();
+            reducer.reduce(&telegram, Arrival::Recorded(Timestamp::MAX), &mut records);
+        }
+        records
+    }
+
+    fn open(path: &Path, reducer: &mut TestReducer) -> (Outbox, Inlet, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new([], ["store"]));
+        let sinks = vec![OutboxSink {
+            name: "store",
+            policy: policy(),
+            max_bytes: DEFAULT_MAX_BYTES,
+            counters: Arc::clone(&metrics.sinks[0]),
+        }];
+        let (outbox, mut inlets) = Outbox::open(path, sinks, true, reducer).unwrap();
+        (outbox, inlets.pop().unwrap(), metrics)
+    }
+
+    fn scratch(test: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("p1guard-outbox-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir.join("outbox.sqlite")
+    }
+
+    /// Reduces `chunk` and commits its records.
+    fn commit(outbox: &mut Outbox, reducer: &mut TestReducer, chunk: &[u8]) -> Vec<SinkRecord> {
+        let records = reduce(reducer, chunk);
+        let mut staged = outbox.stage(&records, reducer);
+        outbox.commit(&mut staged).unwrap();
+        records.iter().filter_map(|r| policy().admit(r)).collect()
+    }
+
+    /// Everything `inlet` hands out after number `after` once `outbox` is closed: in order,
+    /// nothing skipped.
+    async fn read_all(
+        inlet: &mut Inlet,
+        outbox: &mut Outbox,
+        after: i64,
+    ) -> (i64, Vec<SinkRecord>) {
+        outbox.close_inlets();
+        let mut records = Vec::new();
+        let mut through = after;
+        while let Some(batch) = inlet.next().await.unwrap() {
+            assert_eq!(batch.first, through + 1, "in order, nothing skipped");
+            through = batch.through;
+            records.extend(batch.records);
+        }
+        (through, records)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_sink_behind_reads_from_the_file_what_memory_no_longer_holds_in_order() {
+        let path = scratch("order");
+        let chunks = chunks();
+        assert!(
+            chunks.len() > IN_MEMORY * 2,
+            "more batches than memory holds"
+        );
+        let mut reducer = reducer();
+        let (mut outbox, mut inlet, metrics) = open(&path, &mut reducer);
+        // The sink takes the first batch from memory, then falls behind.
+        let mut expected = commit(&mut outbox, &mut reducer, &chunks[0]);
+        let first = inlet.next().await.unwrap().unwrap();
+        assert_eq!(first.records, expected);
+        for chunk in &chunks[1..] {
+            expected.extend(commit(&mut outbox, &mut reducer, chunk));
+        }
+        let depth = &metrics.sinks[0];
+        assert_eq!(depth.outbox_records.load(Relaxed), expected.len() as u64);
+        let (through, rest) = read_all(&mut inlet, &mut outbox, first.through).await;
+        assert_eq!([first.records, rest].concat(), expected);
+        assert_eq!(through, expected.len() as i64);
+
+        inlet.acknowledge(through);
+        outbox.delete_acknowledged().unwrap();
+        assert_eq!(depth.outbox_records.load(Relaxed), 0);
+        assert_eq!(depth.outbox_bytes.load(Relaxed), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn what_a_sink_did_not_acknowledge_and_the_reducers_state_outlive_the_process() {
+        let path = scratch("restart");
+        let chunks = chunks();
+        let (before, after) = chunks.split_at(chunks.len() / 2);
+        let mut whole = reducer();
+        let uninterrupted: Vec<SinkRecord> = chunks
+            .iter()
+            .flat_map(|chunk| reduce(&mut whole, chunk))
+            .filter_map(|r| policy().admit(&r))
+            .collect();
+
+        // The first run commits half the day; its sink writes one batch; then it stops.
+        let mut first = reducer();
+        let (mut outbox, mut inlet, _) = open(&path, &mut first);
+        for chunk in before {
+            commit(&mut outbox, &mut first, chunk);
+        }
+        let batch = inlet.next().await.unwrap().unwrap();
+        inlet.acknowledge(batch.through);
+        let mut written = batch.records;
+        outbox.finish();
+        drop(inlet);
+
+        // The next starts afresh from the file: the rest of the first run's records wait,
+        // and the reducer continues every series as if it had not stopped.
+        let mut second = reducer();
+        let (mut outbox, mut inlet, metrics) = open(&path, &mut second);
+        assert!(metrics.sinks[0].outbox_records.load(Relaxed) > 0);
+        for chunk in after {
+            commit(&mut outbox, &mut second, chunk);
+        }
+        let after = inlet.acknowledged();
+        written.extend(read_all(&mut inlet, &mut outbox, after).await.1);
+        assert_eq!(written, uninterrupted);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_erasure_reaches_what_waits_but_keeps_billing_inside_the_fiscal_retention() {
+        let path = scratch("purge");
+        let mut reducer = reducer();
+        let (mut outbox, mut inlet, _) = open(&path, &mut reducer);
+        let mut committed = Vec::new();
+        for chunk in chunks() {
+            committed.extend(commit(&mut outbox, &mut reducer, &chunk));
+        }
+        let meter = committed[0].meter.to_string();
+        let billing = committed
+            .iter()
+            .filter(|r| r.granularity == Granularity::Billing)
+            .count() as u64;
+        assert!(billing > 0);
+        let mut store = OutboxStore::open(&path, "store").unwrap().unwrap();
+        assert_eq!(store.meters().unwrap(), [meter.clone()]);
+        let purged = store
+            .purge(&Purge {
+                meters: vec![meter],
+                granularities: Granularity::ALL.to_vec(),
+                dated_until: None,
+                keep_billing_from: Some(Timestamp::UNIX_EPOCH),
+            })
+            .unwrap();
+        assert_eq!(
+            (purged.erased, purged.kept),
+            (committed.len() as u64 - billing, billing)
+        );
+        // What the sink then reads is the billing records only, numbers and all.
+        let (through, left) = read_all(&mut inlet, &mut outbox, 0).await;
+        assert_eq!(through, committed.len() as i64);
+        assert!(left.iter().all(|r| r.granularity == Granularity::Billing));
+        assert_eq!(left.len() as u64, billing);
     }
 }
