@@ -904,7 +904,7 @@ mod tests {
             .count() as u64;
         assert!(billing > 0);
         let mut store = OutboxStore::open(&path, "store").unwrap().unwrap();
-        assert_eq!(store.meters().unwrap(), [meter.clone()]);
+        assert_eq!(store.meters().unwrap(), std::slice::from_ref(&meter));
         let purged = store
             .purge(&Purge {
                 meters: vec![meter],
