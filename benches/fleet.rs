@@ -19,9 +19,13 @@
 //! `quarter_hour`, each meter publishing its own telegram every second; and the stdout sink
 //! fed by gateways that send each meter's `SECONDS` seconds as one message (the source takes
 //! a message of several telegrams), which shows what the broker's per-message cost leaves of
-//! p1guard's own. Consent `quarter_hour` for every meter.
+//! p1guard's own. Consent `quarter_hour` for every meter; and `stdout_live`, consent and
+//! sink at `live`, where every telegram is a record through the outbox: the cost of
+//! durability.
 //!
-//! `cargo bench --bench fleet`; needs `mosquitto` (`apt-get install mosquitto`).
+//! `cargo bench --bench fleet`; needs `mosquitto` (`apt-get install mosquitto`). To time
+//! another build of p1guard in the same rig (an earlier commit, side by side), name its
+//! binary in `P1GUARD_BENCH_BINARY`.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -175,8 +179,13 @@ fn start_mosquitto(dir: &Path) -> (Process, u16) {
 }
 
 fn p1guard_config(dir: &Path, broker: u16, metrics: u16, sink: &Sink) -> PathBuf {
+    let consent = match sink {
+        Sink::StdoutLive => "live",
+        Sink::Stdout | Sink::Sqlite => "quarter_hour",
+    };
     let sink = match sink {
         Sink::Stdout => "type = \"stdout\"\nmax_granularity = \"daily\"".to_owned(),
+        Sink::StdoutLive => "type = \"stdout\"\nmax_granularity = \"live\"".to_owned(),
         Sink::Sqlite => format!(
             "type = \"sqlite\"\npath = {:?}\nmax_granularity = \"quarter_hour\"",
             dir.join("store.sqlite")
@@ -187,7 +196,7 @@ fn p1guard_config(dir: &Path, broker: u16, metrics: u16, sink: &Sink) -> PathBuf
 key_file = {key:?}
 
 [consent]
-default = "quarter_hour"
+default = "{consent}"
 
 [metrics]
 listen = "127.0.0.1:{metrics}"
@@ -211,7 +220,12 @@ client_id = "p1guard-bench-fleet"
 }
 
 fn start_p1guard(dir: &Path, config: &Path) -> Process {
-    let child = Command::new(env!("CARGO_BIN_EXE_p1guard"))
+    let binary = std::env::var_os("P1GUARD_BENCH_BINARY").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_p1guard")),
+        PathBuf::from,
+    );
+    eprintln!("fleet: timing {}", binary.display());
+    let child = Command::new(binary)
         .args(["run", "--config"])
         .arg(config)
         .env("STATE_DIRECTORY", dir)
@@ -385,6 +399,7 @@ impl Publisher {
 #[derive(Clone, Copy)]
 enum Sink {
     Stdout,
+    StdoutLive,
     Sqlite,
 }
 
@@ -573,6 +588,7 @@ fn fleet(c: &mut Criterion) {
     for (variant, sink, messages) in [
         ("stdout_daily", Sink::Stdout, Messages::PerTelegram),
         ("sqlite_quarter_hour", Sink::Sqlite, Messages::PerTelegram),
+        ("stdout_live", Sink::StdoutLive, Messages::PerTelegram),
         (
             "stdout_daily_gateway_batches",
             Sink::Stdout,
