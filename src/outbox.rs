@@ -40,6 +40,15 @@ pub fn path(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
 /// A sink's share of the outbox unless configured: 1 GiB.
 pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
 
+/// Free space the outbox leaves on its file system (counting the file's own free pages,
+/// which new records reuse): room for the write-ahead log to take the deletes that empty the
+/// outbox once the sinks write again. Below it, input waits; at zero, SQLite could not even
+/// delete.
+pub const DISK_RESERVE: u64 = 8 << 20;
+
+/// The write-ahead log is folded into the file at about this size, and cut back to it.
+const WAL_LIMIT: u64 = 4 << 20;
+
 /// How long the reducer's state of a meter that has gone quiet is kept: longer than any gap
 /// a boundary is interpolated across (a day), so a restart within it continues every series.
 const CHECKPOINT_KEPT: Duration = Duration::from_secs(2 * 86_400);
@@ -79,6 +88,7 @@ fn open_file(path: &Path) -> anyhow::Result<Connection> {
     let connection = Connection::open(path)?;
     connection.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
     connection.pragma_update(None, "synchronous", "NORMAL")?;
+    connection.pragma_update(None, "journal_size_limit", WAL_LIMIT as i64)?;
     // Erased records are overwritten, not left in free pages.
     connection.pragma_update(None, "secure_delete", "ON")?;
     connection.busy_timeout(Duration::from_secs(5))?;
@@ -112,6 +122,8 @@ pub struct OutboxSink<'a> {
 /// The outbox's writer, owned by the reduce task.
 pub struct Outbox {
     connection: Connection,
+    /// The folder the file is in, whose file system's free space is watched.
+    dir: PathBuf,
     sinks: Vec<Slot>,
     /// Whether the reducer's state is saved (not for replays, which start over each run).
     checkpoint: bool,
@@ -252,8 +264,13 @@ impl Outbox {
                 in_memory: Some(in_memory),
             });
         }
+        let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            Some(dir) => dir.to_owned(),
+            None => PathBuf::from("."),
+        };
         let outbox = Outbox {
             connection,
+            dir,
             sinks: slots,
             checkpoint,
         };
@@ -342,6 +359,21 @@ impl Outbox {
             .iter()
             .filter(|slot| slot.depth.1 >= slot.max_bytes)
             .map(|slot| slot.counters.name.as_str())
+    }
+
+    /// The room left for records, if it is under [`DISK_RESERVE`]: the file system's free
+    /// space and the file's free pages.
+    pub fn disk_short(&self) -> Option<u64> {
+        let free = rustix::fs::statvfs(&self.dir).ok()?;
+        let free = free.f_bavail.saturating_mul(free.f_frsize);
+        let pages = |pragma: &str| {
+            self.connection
+                .pragma_query_value(None, pragma, |row| row.get::<_, i64>(0))
+                .map_or(0, |n| n as u64)
+        };
+        let reusable = pages("freelist_count").saturating_mul(pages("page_size"));
+        let room = free.saturating_add(reusable);
+        (room < DISK_RESERVE).then_some(room)
     }
 
     /// Writes `staged` and deletes what the sinks acknowledged, in one transaction, then

@@ -227,9 +227,9 @@ async fn reduce<C: Consent>(
     outbox
 }
 
-/// Waits while a sink's share of the outbox is full (back-pressure on every source: a
-/// record is never dropped to make room), deleting what the sinks write meanwhile, until
-/// the shutdown grace is over.
+/// Waits while a sink's share of the outbox is full, or its disk nearly is (back-pressure
+/// on every source: a record is never dropped to make room), deleting what the sinks write
+/// meanwhile, until the shutdown grace is over.
 async fn wait_for_room(outbox: &mut Outbox, give_up: &tokio_util::sync::CancellationToken) {
     let mut logs = LogLimit::per_minute();
     loop {
@@ -237,11 +237,21 @@ async fn wait_for_room(outbox: &mut Outbox, give_up: &tokio_util::sync::Cancella
             tracing::warn!("cannot delete written records from the outbox: {error:#}");
         }
         let full: Vec<&str> = outbox.full().collect();
-        if full.is_empty() || give_up.is_cancelled() {
+        let short = tokio::task::block_in_place(|| outbox.disk_short());
+        if (full.is_empty() && short.is_none()) || give_up.is_cancelled() {
             return;
         }
         if let Some(suppressed) = logs.allow(Instant::now()) {
-            tracing::warn!(suppressed, sinks = %full.join(", "), "outbox full: input waits until the sink writes");
+            match short {
+                Some(room) => tracing::warn!(
+                    suppressed,
+                    room,
+                    "outbox disk nearly full: input waits until the sinks write"
+                ),
+                None => {
+                    tracing::warn!(suppressed, sinks = %full.join(", "), "outbox full: input waits until the sink writes")
+                }
+            }
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(200)) => {}

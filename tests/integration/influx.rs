@@ -57,13 +57,13 @@ fn target(path: &str, query: &[(&str, &str)]) -> String {
 }
 
 /// A server process on a free port with its data in a scratch directory; killed on drop.
-struct Server {
+pub(crate) struct Server {
     binary: PathBuf,
     args: Vec<String>,
-    address: SocketAddr,
+    pub(crate) address: SocketAddr,
     /// A path that answers 2xx once the server is ready.
     health: &'static str,
-    child: Option<Child>,
+    pub(crate) child: Option<Child>,
 }
 
 impl Server {
@@ -86,7 +86,7 @@ impl Server {
     }
 
     /// Starts the process (again, on the same port and data).
-    fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         let child = Command::new(&self.binary)
             .args(&self.args)
             .stdout(Stdio::null())
@@ -121,7 +121,7 @@ impl Drop for Server {
 }
 
 /// VictoriaMetrics on `address`, keeping everything (the captures are dated in the past).
-fn victoria_metrics(dir: &Path, address: SocketAddr) -> Server {
+pub(crate) fn victoria_metrics(dir: &Path, address: SocketAddr) -> Server {
     let binary = require("victoria-metrics", "victoria-metrics");
     let args = [
         "-httpListenAddr",
@@ -177,7 +177,7 @@ fn influxql(server: &Server, query: &str) -> Value {
 }
 
 /// The records a run printed on stdout, as JSON.
-fn printed(stdout: &str) -> Vec<Value> {
+pub(crate) fn printed(stdout: &str) -> Vec<Value> {
     stdout
         .lines()
         .map(|line| serde_json::from_str(line).expect("a JSON record"))
@@ -185,11 +185,11 @@ fn printed(stdout: &str) -> Vec<Value> {
 }
 
 /// One stored number: (series name, granularity, meter, db label) -> [(time, value)].
-type Series = BTreeMap<(String, String, String, Option<String>), Vec<(i64, f64)>>;
+pub(crate) type Series = BTreeMap<(String, String, String, Option<String>), Vec<(i64, f64)>>;
 
 /// What VictoriaMetrics should hold for `records`: a series per kind and value, the
 /// quality too (a string field, which VictoriaMetrics stores as 0).
-fn expected_series(records: &[Value], db: Option<&str>) -> Series {
+pub(crate) fn expected_series(records: &[Value], db: Option<&str>) -> Series {
     let mut series = Series::new();
     for record in records {
         let text = |key: &str| record[key].as_str().unwrap().to_owned();
@@ -223,7 +223,7 @@ fn timestamp(text: &str) -> jiff::Timestamp {
 
 /// What VictoriaMetrics holds once it equals `expected`, or after [`PATIENCE`]: new
 /// series become searchable shortly after they are written. With the export's text.
-fn exported_as(server: &Server, expected: &Series) -> (Series, String) {
+pub(crate) fn exported_as(server: &Server, expected: &Series) -> (Series, String) {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let (stored, text) = exported(server);

@@ -6,6 +6,7 @@ mod home_assistant;
 mod influx;
 mod mosquitto;
 mod mqtt;
+mod outbox;
 mod parse;
 mod replay;
 mod rights;

@@ -82,7 +82,7 @@ impl Mosquitto {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
 
-    fn spawn(&mut self) {
+    pub(crate) fn spawn(&mut self) {
         let binary = require("mosquitto", "mosquitto");
         let child = Command::new(binary)
             .arg("-c")
