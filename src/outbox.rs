@@ -107,6 +107,26 @@ fn sink_id(connection: &Connection, name: &str) -> rusqlite::Result<i64> {
     })
 }
 
+/// Drops what waits for sinks no longer configured: it has nowhere to go, and the rights
+/// commands, which reach the configured sinks, could not erase it.
+fn forget_removed_sinks(connection: &Connection, sinks: &[OutboxSink<'_>]) -> rusqlite::Result<()> {
+    let mut query = connection.prepare("SELECT id, name FROM sinks")?;
+    let known: Vec<(i64, String)> = query
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (id, name) in known {
+        if sinks.iter().any(|sink| sink.name == name) {
+            continue;
+        }
+        let dropped = connection.execute("DELETE FROM outbox WHERE sink = ?1", [id])?;
+        connection.execute("DELETE FROM sinks WHERE id = ?1", [id])?;
+        if dropped > 0 {
+            tracing::warn!(sink = %name, records = dropped, "no sink of this name is configured any more: the records that waited for it are dropped");
+        }
+    }
+    Ok(())
+}
+
 /// One sink as the outbox's writer knows it.
 pub struct OutboxSink<'a> {
     /// The sink's name: its outbox is found by it across restarts.
@@ -217,6 +237,7 @@ impl Outbox {
         reducer: &mut Reducer<C>,
     ) -> anyhow::Result<(Outbox, Vec<Inlet>)> {
         let connection = open_file(path)?;
+        forget_removed_sinks(&connection, &sinks)?;
         let mut slots = Vec::new();
         let mut inlets = Vec::new();
         for sink in sinks {
@@ -954,5 +975,32 @@ mod tests {
         assert_eq!(through, committed.len() as i64);
         assert!(left.iter().all(|r| r.granularity == Granularity::Billing));
         assert_eq!(left.len() as u64, billing);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn what_waits_for_a_sink_no_longer_configured_is_dropped() {
+        let path = scratch("removed");
+        let mut reducer = reducer();
+        let (mut outbox, _inlet, _) = open(&path, &mut reducer);
+        commit(&mut outbox, &mut reducer, &chunks()[0]);
+        outbox.finish();
+        let store = OutboxStore::open(&path, "store").unwrap().unwrap();
+        assert!(!store.meters().unwrap().is_empty());
+
+        let metrics = Arc::new(Metrics::new([], ["renamed"]));
+        let sinks = vec![OutboxSink {
+            name: "renamed",
+            policy: policy(),
+            max_bytes: DEFAULT_MAX_BYTES,
+            counters: Arc::clone(&metrics.sinks[0]),
+        }];
+        let (_outbox, _inlets) = Outbox::open(&path, sinks, true, &mut reducer).unwrap();
+        let store = OutboxStore::open(&path, "store").unwrap().unwrap();
+        assert!(store.meters().unwrap().is_empty());
+        let count: i64 = store
+            .connection
+            .query_row("SELECT count(*) FROM outbox", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(count, 0);
     }
 }
