@@ -152,12 +152,13 @@ fn outbox(c: &mut Criterion) {
                 let path = scratch(run);
                 let mut reducer = reducer();
                 let (mut outbox, _inlet) = open(&path, &mut reducer);
+                let stager = outbox.stager();
                 runtime.block_on(async {
                     let started = Instant::now();
                     for chunk in telegrams.chunks(BATCH) {
                         records.clear();
                         reduce(&mut reducer, &mut parser, chunk, &mut records);
-                        let mut staged = outbox.stage(&records, &mut reducer);
+                        let mut staged = stager.stage(&records, &mut reducer);
                         outbox.commit(&mut staged).unwrap();
                     }
                     total += started.elapsed();
@@ -175,11 +176,12 @@ fn outbox(c: &mut Criterion) {
                 let path = scratch(run);
                 let mut reducer = reducer();
                 let (mut outbox, mut inlet) = open(&path, &mut reducer);
+                let stager = outbox.stager();
                 runtime.block_on(async {
                     for chunk in telegrams.chunks(BATCH) {
                         records.clear();
                         reduce(&mut reducer, &mut parser, chunk, &mut records);
-                        let mut staged = outbox.stage(&records, &mut reducer);
+                        let mut staged = stager.stage(&records, &mut reducer);
                         outbox.commit(&mut staged).unwrap();
                     }
                     outbox.close_inlets();

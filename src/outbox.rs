@@ -193,17 +193,79 @@ pub struct Sequenced {
     pub records: Vec<SinkRecord>,
 }
 
-/// One batch's records for every sink, numbered and encoded, with the reducer's state, ready
-/// to commit (and to commit again if the disk refused it).
+/// Stages batches for an [`Outbox`] while it commits the previous one: each sink's policy,
+/// and whether the reducer's state is saved.
+pub struct Stager {
+    policies: Vec<SinkPolicy>,
+    checkpoint: bool,
+}
+
+impl Stager {
+    /// Encodes `records` for each sink as its policy admits them, with the state of every
+    /// meter `reducer` moved since the last batch.
+    pub fn stage<C: Consent>(&self, records: &[Record], reducer: &mut Reducer<C>) -> Staged {
+        let sinks = self
+            .policies
+            .iter()
+            .map(|policy| {
+                let admitted: Vec<SinkRecord> =
+                    records.iter().filter_map(|r| policy.admit(r)).collect();
+                if admitted.is_empty() {
+                    return None;
+                }
+                let mut names = String::new();
+                let mut ends = Vec::with_capacity(admitted.len());
+                let encoded = admitted
+                    .iter()
+                    .map(|record| {
+                        use std::fmt::Write as _;
+                        let _ = write!(names, "{}", record.meter);
+                        ends.push(names.len());
+                        let mut bytes = Vec::with_capacity(160);
+                        p1guard_conduct::encode_record(record, &mut bytes);
+                        bytes
+                    })
+                    .collect();
+                Some(StagedSink {
+                    first: None,
+                    records: admitted,
+                    encoded,
+                    names,
+                    ends,
+                })
+            })
+            .collect();
+        let mut checkpoint = Vec::new();
+        if self.checkpoint {
+            reducer.save_changed(|meter, state| checkpoint.push((meter.to_vec(), state.to_vec())));
+        }
+        Staged { sinks, checkpoint }
+    }
+}
+
+/// One batch's records for every sink, encoded, with the reducer's state, ready to commit
+/// (and to commit again, with the same numbers, if the disk refused it).
 pub struct Staged {
     sinks: Vec<Option<StagedSink>>,
     checkpoint: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 struct StagedSink {
-    first: i64,
+    /// The first record's number, given at the first attempt to commit.
+    first: Option<i64>,
     records: Vec<SinkRecord>,
     encoded: Vec<Vec<u8>>,
+    /// The records' meter names back to back, each ending at its entry of `ends`.
+    names: String,
+    ends: Vec<usize>,
+}
+
+impl StagedSink {
+    /// Record `n`'s meter name.
+    fn name(&self, n: usize) -> &str {
+        let start = if n == 0 { 0 } else { self.ends[n - 1] };
+        &self.names[start..self.ends[n]]
+    }
 }
 
 impl Staged {
@@ -336,42 +398,12 @@ impl Outbox {
         Ok(())
     }
 
-    /// Numbers and encodes `records` for each sink as its policy admits them, with the state
-    /// of every meter `reducer` moved since the last batch.
-    pub fn stage<C: Consent>(&mut self, records: &[Record], reducer: &mut Reducer<C>) -> Staged {
-        let sinks = self
-            .sinks
-            .iter_mut()
-            .map(|slot| {
-                let admitted: Vec<SinkRecord> = records
-                    .iter()
-                    .filter_map(|r| slot.policy.admit(r))
-                    .collect();
-                if admitted.is_empty() {
-                    return None;
-                }
-                let encoded = admitted
-                    .iter()
-                    .map(|record| {
-                        let mut bytes = Vec::with_capacity(160);
-                        p1guard_conduct::encode_record(record, &mut bytes);
-                        bytes
-                    })
-                    .collect();
-                let first = slot.next;
-                slot.next += admitted.len() as i64;
-                Some(StagedSink {
-                    first,
-                    records: admitted,
-                    encoded,
-                })
-            })
-            .collect();
-        let mut checkpoint = Vec::new();
-        if self.checkpoint {
-            reducer.save_changed(|meter, state| checkpoint.push((meter.to_vec(), state.to_vec())));
+    /// What the reduce task needs to stage batches for this outbox.
+    pub fn stager(&self) -> Stager {
+        Stager {
+            policies: self.sinks.iter().map(|slot| slot.policy).collect(),
+            checkpoint: self.checkpoint,
         }
-        Staged { sinks, checkpoint }
     }
 
     /// The sinks whose share of the disk is used up: the next batch waits for them.
@@ -397,8 +429,8 @@ impl Outbox {
         (room < DISK_RESERVE).then_some(room)
     }
 
-    /// Writes `staged` and deletes what the sinks acknowledged, in one transaction, then
-    /// hands each sink its records. On an error (a full disk) nothing is written, and the
+    /// Numbers `staged`'s records (at the first attempt), writes them and deletes what the
+    /// sinks acknowledged, in one transaction, then hands each sink its records. On an error (a full disk) nothing is written, and the
     /// same `staged` can be committed again.
     pub fn commit(&mut self, staged: &mut Staged) -> anyhow::Result<()> {
         let now = jiff::Timestamp::now().as_second();
@@ -408,14 +440,19 @@ impl Outbox {
                 "INSERT INTO outbox (sink, seq, meter, granularity, time, record)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
-            for (slot, staged) in self.sinks.iter().zip(&staged.sinks) {
+            for (slot, staged) in self.sinks.iter_mut().zip(&mut staged.sinks) {
                 let Some(staged) = staged else { continue };
-                let rows = staged.records.iter().zip(&staged.encoded);
-                for (seq, (record, bytes)) in (staged.first..).zip(rows) {
+                let first = *staged.first.get_or_insert_with(|| {
+                    let first = slot.next;
+                    slot.next += staged.records.len() as i64;
+                    first
+                });
+                let rows = staged.records.iter().zip(&staged.encoded).enumerate();
+                for (seq, (n, (record, bytes))) in (first..).zip(rows) {
                     insert.execute(params![
                         slot.id,
                         seq,
-                        record.meter.to_string(),
+                        staged.name(n),
                         record.granularity as u8,
                         record.time.as_second(),
                         bytes,
@@ -440,12 +477,13 @@ impl Outbox {
             let count = staged.records.len() as u64;
             slot.depth = (slot.depth.0 + count, slot.depth.1 + bytes as u64);
             slot.counters.set_outbox_depth(slot.depth.0, slot.depth.1);
-            let through = staged.first + count as i64 - 1;
+            let first = staged.first.expect("numbered when inserted");
+            let through = first + count as i64 - 1;
             // Into memory first, then the number: an inlet that sees the number and finds
             // nothing in memory knows to read the file.
             if let Some(in_memory) = &slot.in_memory {
                 let _ = in_memory.try_send(Sequenced {
-                    first: staged.first,
+                    first,
                     through,
                     records: staged.records,
                 });
@@ -852,7 +890,7 @@ mod tests {
     /// Reduces `chunk` and commits its records.
     fn commit(outbox: &mut Outbox, reducer: &mut TestReducer, chunk: &[u8]) -> Vec<SinkRecord> {
         let records = reduce(reducer, chunk);
-        let mut staged = outbox.stage(&records, reducer);
+        let mut staged = outbox.stager().stage(&records, reducer);
         outbox.commit(&mut staged).unwrap();
         records.iter().filter_map(|r| policy().admit(r)).collect()
     }

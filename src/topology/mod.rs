@@ -1,6 +1,7 @@
-//! The daemon's data flow: sources -> reduce task (parse, code of conduct, outbox commit) ->
-//! sinks, each a tokio task. Sources and the reduce task are joined by a bounded channel;
-//! the reduce task and each sink by the sink's durable outbox, so a slow or dead sink holds
+//! The daemon's data flow: sources -> reduce task (parse, code of conduct) -> commit task
+//! (the outbox) -> sinks, each a tokio task. Sources, the reduce task and the commit task
+//! are joined by bounded channels (one batch is committed while the next is reduced); the
+//! commit task and each sink by the sink's durable outbox, so a slow or dead sink holds
 //! up no one until its share of the disk is full. One cancellation token stops the sources;
 //! everything they sent is then reduced, committed and written (or left in the outbox at the
 //! end of the shutdown grace) before [`run`] returns.
@@ -21,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::backoff::Backoff;
-use crate::outbox::{Outbox, OutboxSink, Staged};
+use crate::outbox::{Outbox, OutboxSink, Staged, Stager};
 use crate::sinks::Stopping;
 use crate::sources::{self, Input, SourceId, SourceKind};
 use crate::telemetry::log_limit::LogLimit;
@@ -36,6 +37,8 @@ const FRAME_QUEUE: usize = 1024;
 const BATCH_FRAMES: usize = 256;
 /// How often acknowledged records are deleted from the outbox when no batch comes.
 const TIDY_EVERY: Duration = Duration::from_secs(1);
+/// Staged batches waiting for the commit task: one is committed while the next is reduced.
+const STAGED_QUEUE: usize = 2;
 
 /// Opens every sink, starts every source, and runs until the sources end (replays) or
 /// `stopping.shutdown` fires and everything in flight has been written, or given up once
@@ -100,10 +103,18 @@ pub async fn run(
     let (accepted, accepted_by): (Vec<_>, Vec<_>) =
         config.sources.iter().map(|_| watch::channel(0)).unzip();
     let (frames, received) = mpsc::channel(FRAME_QUEUE);
+    let (staged, to_commit) = mpsc::channel(STAGED_QUEUE);
+    let stager = outbox.stager();
     let reduce_task = tokio::spawn(reduce(
         received,
         reducer,
         arrivals,
+        stager,
+        staged,
+        metrics.clone(),
+    ));
+    let commit_task = tokio::spawn(commit_all(
+        to_commit,
         outbox,
         accepted,
         metrics.clone(),
@@ -136,11 +147,15 @@ pub async fn run(
             failed.get_or_insert(anyhow::anyhow!("a source task failed: {error}"));
         }
     }
-    let outbox = match reduce_task.await {
+    if let Err(error) = reduce_task.await {
+        tracing::error!("the reduce task failed: {error}");
+        failed.get_or_insert(anyhow::anyhow!("the reduce task failed: {error}"));
+    }
+    let outbox = match commit_task.await {
         Ok(outbox) => Some(outbox),
         Err(error) => {
-            tracing::error!("the reduce task failed: {error}");
-            failed.get_or_insert(anyhow::anyhow!("the reduce task failed: {error}"));
+            tracing::error!("the commit task failed: {error}");
+            failed.get_or_insert(anyhow::anyhow!("the commit task failed: {error}"));
             None
         }
     };
@@ -168,37 +183,30 @@ fn arrival(source: &SourceKind) -> ArrivalOf {
     }
 }
 
-/// Parses frames, applies the code of conduct, and commits each batch's records to every
-/// sink's outbox with the reducer's state; then tells each source how far its input is
-/// accepted. `arrivals` says, per source, how its receive clock judges meter clocks. Returns
-/// the outbox once the sources have ended, its inlets closed.
+/// A batch for the commit task: its records and the reducer's state, and how far each
+/// source's messages are in it.
+struct Batch {
+    staged: Staged,
+    marks: Vec<Option<u64>>,
+}
+
+/// Parses frames, applies the code of conduct, and stages each batch's records for every
+/// sink's outbox with the reducer's state, for the commit task. `arrivals` says, per source,
+/// how its receive clock judges meter clocks.
 async fn reduce<C: Consent>(
     mut frames: mpsc::Receiver<Input>,
     reducer: Reducer<C>,
     arrivals: Vec<ArrivalOf>,
-    mut outbox: Outbox,
-    accepted: Vec<watch::Sender<u64>>,
+    stager: Stager,
+    to_commit: mpsc::Sender<Batch>,
     metrics: Arc<Metrics>,
-    give_up: tokio_util::sync::CancellationToken,
-) -> Outbox {
+) {
+    let sources = arrivals.len();
     let mut reducer = FrameReducer::new(reducer, metrics.clone(), arrivals);
     let mut pending = Vec::with_capacity(BATCH_FRAMES);
     let mut records = Vec::new();
-    let mut marks: Vec<Option<u64>> = vec![None; accepted.len()];
-    let mut tidy = tokio::time::interval(TIDY_EVERY);
-    let mut failures = LogLimit::per_minute();
-    loop {
-        tokio::select! {
-            taken = frames.recv_many(&mut pending, BATCH_FRAMES) => if taken == 0 { break },
-            _ = tidy.tick() => {
-                if let Err(error) = tokio::task::block_in_place(|| outbox.delete_acknowledged())
-                    && let Some(suppressed) = failures.allow(Instant::now())
-                {
-                    tracing::warn!(suppressed, "cannot delete written records from the outbox: {error:#}");
-                }
-                continue;
-            }
-        }
+    while frames.recv_many(&mut pending, BATCH_FRAMES).await > 0 {
+        let mut marks = vec![None; sources];
         for input in pending.drain(..) {
             match input {
                 Input::Frame(received) => {
@@ -211,14 +219,48 @@ async fn reduce<C: Consent>(
             }
         }
         reducer.publish_counters();
-        let mut staged = outbox.stage(&records, reducer.reducer_mut());
+        let staged = stager.stage(&records, reducer.reducer_mut());
         records.clear();
+        if to_commit.send(Batch { staged, marks }).await.is_err() {
+            tracing::error!("the commit task stopped; what is read now is not stored");
+            return;
+        }
+    }
+}
+
+/// Commits each batch to the outbox, then tells each source how far its input is accepted;
+/// between batches, deletes what the sinks wrote. Returns the outbox once the reduce task
+/// has ended, its inlets closed.
+async fn commit_all(
+    mut batches: mpsc::Receiver<Batch>,
+    mut outbox: Outbox,
+    accepted: Vec<watch::Sender<u64>>,
+    metrics: Arc<Metrics>,
+    give_up: tokio_util::sync::CancellationToken,
+) -> Outbox {
+    let mut tidy = tokio::time::interval(TIDY_EVERY);
+    let mut failures = LogLimit::per_minute();
+    loop {
+        let Batch { mut staged, marks } = tokio::select! {
+            batch = batches.recv() => match batch {
+                Some(batch) => batch,
+                None => break,
+            },
+            _ = tidy.tick() => {
+                if let Err(error) = tokio::task::block_in_place(|| outbox.delete_acknowledged())
+                    && let Some(suppressed) = failures.allow(Instant::now())
+                {
+                    tracing::warn!(suppressed, "cannot delete written records from the outbox: {error:#}");
+                }
+                continue;
+            }
+        };
         if !staged.is_empty() {
             wait_for_room(&mut outbox, &give_up).await;
             commit(&mut outbox, &mut staged, &give_up, &metrics).await;
         }
-        for (sender, mark) in accepted.iter().zip(&mut marks) {
-            if let Some(message) = mark.take() {
+        for (sender, mark) in accepted.iter().zip(marks) {
+            if let Some(message) = mark {
                 sender.send_replace(message);
             }
         }
