@@ -284,7 +284,7 @@ pub enum Input {
 pub struct Closed;
 
 /// Runs one source until it ends (a replay's last file) or `shutdown` fires. `accepted`
-/// says up to which message (as counted by [`Framing::end_message`]) the source's input is
+/// says up to which message (as numbered by [`Framing::push_message`]) the source's input is
 /// committed to the outbox.
 pub async fn run(
     source: SourceId,
