@@ -26,7 +26,7 @@ use p1guard_conduct::{Consent, Granularity, Record, Reducer, SinkPolicy, SinkRec
 use rusqlite::{Connection, OptionalExtension as _, params};
 use tokio::sync::{mpsc, watch};
 
-use crate::rights::{Purge, Purged};
+use crate::rights::{Held, Purge, Purged};
 use crate::telemetry::metrics::SinkMetrics;
 
 /// The outbox file unless configured: `outbox.sqlite` in the state directory.
@@ -751,8 +751,33 @@ impl OutboxStore {
         Ok(meters.collect::<Result<_, _>>()?)
     }
 
-    /// Erases the waiting records `purge` covers, and the reducer's saved state of its
-    /// meters when `purge` erases every granularity (an erasure).
+    /// The waiting records of `meters` (every waiting record if `None`), in the record JSON.
+    pub fn read(&self, meters: Option<&[String]>) -> anyhow::Result<Vec<Held>> {
+        let Some(sink) = self.sink else {
+            return Ok(Vec::new());
+        };
+        let mut query = self
+            .connection
+            .prepare("SELECT meter, record FROM outbox WHERE sink = ?1 ORDER BY seq")?;
+        let mut rows = query.query([sink])?;
+        let mut held = Vec::new();
+        while let Some(row) = rows.next()? {
+            let meter: String = row.get(0)?;
+            if meters.is_some_and(|meters| !meters.contains(&meter)) {
+                continue;
+            }
+            let record = p1guard_conduct::decode_record(row.get_ref(1)?.as_blob()?)?;
+            held.push(Held {
+                meter,
+                granularity: record.granularity,
+                time: record.time,
+                record: serde_json::to_value(&record)?,
+            });
+        }
+        Ok(held)
+    }
+
+    /// Erases the waiting records `purge` covers.
     pub fn purge(&mut self, purge: &Purge) -> anyhow::Result<Purged> {
         let Some(sink) = self.sink else {
             return Ok(Purged::default());
@@ -980,7 +1005,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
-    async fn an_erasure_reaches_what_waits_but_keeps_billing_inside_the_fiscal_retention() {
+    async fn access_and_erasure_reach_what_waits_and_billing_inside_the_fiscal_retention_is_kept() {
         let path = scratch("purge");
         let mut reducer = reducer();
         let (mut outbox, mut inlet, _) = open(&path, &mut reducer);
@@ -996,6 +1021,22 @@ mod tests {
         assert!(billing > 0);
         let mut store = OutboxStore::open(&path, "store").unwrap().unwrap();
         assert_eq!(store.meters().unwrap(), std::slice::from_ref(&meter));
+        // An access request sees what waits, as the record JSON.
+        let waiting = store.read(Some(std::slice::from_ref(&meter))).unwrap();
+        let json: Vec<_> = committed
+            .iter()
+            .map(|r| serde_json::to_value(r).unwrap())
+            .collect();
+        assert_eq!(
+            waiting.into_iter().map(|h| h.record).collect::<Vec<_>>(),
+            json
+        );
+        assert!(
+            store
+                .read(Some(&["someone else".into()]))
+                .unwrap()
+                .is_empty()
+        );
         let purged = store
             .purge(&Purge {
                 meters: vec![meter],

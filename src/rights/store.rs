@@ -182,15 +182,27 @@ impl Store {
         Ok(purged)
     }
 
-    /// The records of `meters` (every record if `None`), or `None` if the store cannot be
-    /// read back.
+    /// The records of `meters` (every record if `None`), those waiting for the store in the
+    /// outbox included, or `None` if the store cannot be read back and nothing waits for it.
     pub async fn read(&mut self, meters: Option<&[String]>) -> anyhow::Result<Option<Vec<Held>>> {
-        match &mut self.kind {
-            Opened::Sqlite(store) => store.read(meters).map(Some),
-            Opened::Mqtt(store) => store.read(meters).await.map(Some),
-            Opened::Influx(store) => store.read(meters).await,
-            Opened::Nothing => Ok(None),
-        }
+        let stored = match &mut self.kind {
+            Opened::Sqlite(store) => store.read(meters).map(Some)?,
+            Opened::Mqtt(store) => store.read(meters).await.map(Some)?,
+            Opened::Influx(store) => store.read(meters).await?,
+            Opened::Nothing => None,
+        };
+        let waiting = match &self.outbox {
+            Some(outbox) => outbox.read(meters)?,
+            None => Vec::new(),
+        };
+        Ok(match stored {
+            Some(mut held) => {
+                held.extend(waiting);
+                Some(held)
+            }
+            None if waiting.is_empty() => None,
+            None => Some(waiting),
+        })
     }
 
     /// Lets go of connections.
