@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use p1guard_conduct::{Consent, Granularity, Record, Reducer, SinkPolicy, SinkRecord};
+use p1guard_conduct::{Consent, Record, Reducer, SinkPolicy, SinkRecord};
 use rusqlite::{Connection, OptionalExtension as _, params};
 use tokio::sync::{mpsc, watch};
 
@@ -786,13 +786,7 @@ impl OutboxStore {
         let mut purged = Purged::default();
         for meter in &purge.meters {
             for &granularity in &purge.granularities {
-                let until = purge.dated_until.map_or(i64::MAX, |t| t.as_second());
-                let kept_from = match granularity {
-                    Granularity::Billing => {
-                        purge.keep_billing_from.map_or(i64::MAX, |t| t.as_second())
-                    }
-                    _ => i64::MAX,
-                };
+                let (until, kept_from) = purge.seconds(granularity);
                 purged.erased += transaction.execute(
                     "DELETE FROM outbox WHERE sink = ?1 AND meter = ?2 AND granularity = ?3
                      AND time <= ?4 AND time < ?5",

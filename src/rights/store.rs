@@ -32,6 +32,18 @@ impl Purge {
             && !self.keeps(granularity, time)
     }
 
+    /// For stores that erase with a query: the Unix seconds up to which records of
+    /// `granularity` are covered, and from which they are kept (the fiscal exception; never
+    /// for other granularities).
+    pub fn seconds(&self, granularity: Granularity) -> (i64, i64) {
+        let until = self.dated_until.map_or(i64::MAX, |t| t.as_second());
+        let kept_from = match granularity {
+            Granularity::Billing => self.keep_billing_from.map_or(i64::MAX, |t| t.as_second()),
+            _ => i64::MAX,
+        };
+        (until, kept_from)
+    }
+
     /// Whether a record of `granularity` dated `time` is kept by the fiscal exception.
     pub fn keeps(&self, granularity: Granularity, time: Timestamp) -> bool {
         granularity == Granularity::Billing

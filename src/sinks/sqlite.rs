@@ -154,13 +154,7 @@ impl SqliteSink {
         let mut purged = Purged::default();
         for meter in &purge.meters {
             for &granularity in &purge.granularities {
-                let until = purge.dated_until.map_or(i64::MAX, |t| t.as_second());
-                let kept_from = match granularity {
-                    Granularity::Billing => {
-                        purge.keep_billing_from.map_or(i64::MAX, |t| t.as_second())
-                    }
-                    _ => i64::MAX,
-                };
+                let (until, kept_from) = purge.seconds(granularity);
                 purged.erased += transaction.execute(
                     "DELETE FROM records WHERE meter = ?1 AND granularity = ?2
                      AND time <= ?3 AND time < ?4",

@@ -441,35 +441,14 @@ fn the_broker_down_for_a_while_holds_up_no_other_sink() {
     let daemon = Daemon::start(&dir, &paced_config(&dir, &store, &sink));
     watcher.wait_until(PATIENCE, |seen| published(seen).len() >= 5);
 
-    broker.stop();
-    let during = keeps_growing("the SQLite store", OUTAGE, || row_count(&store));
-    daemon.wait_for_log("write failed, retrying", 1, PATIENCE);
-    broker.spawn();
-    let finished = daemon.wait();
-
-    assert!(finished.status.success(), "{}", finished.stderr);
-    assert!(
-        finished.stderr.contains("writing again after"),
-        "{}",
-        finished.stderr
-    );
-    assert_eq!(
-        undelivered(&finished.stderr),
-        Vec::<&str>::new(),
-        "every sink wrote everything: {}",
-        finished.stderr
+    let (finished, during) = outage(
+        daemon,
+        &store,
+        &mut broker,
+        Mosquitto::stop,
+        Mosquitto::spawn,
     );
     let records = records(&finished.stdout);
-    assert_eq!(
-        row_count(&store),
-        records.len(),
-        "the store holds what stdout shows"
-    );
-    assert!(
-        *during.last().unwrap() < records.len(),
-        "the outage ended before the replay did: {during:?} of {}",
-        records.len()
-    );
     let seen = watcher.wait_until(PATIENCE, |seen| published(seen).is_superset(&records));
     assert_eq!(
         published(&seen),
@@ -486,6 +465,44 @@ fn the_broker_down_for_a_while_holds_up_no_other_sink() {
         "{}",
         finished.stderr
     );
+}
+
+/// Takes `server` down with `down` for [`OUTAGE`] while `daemon` runs, checking that the
+/// SQLite store at `store` keeps growing meanwhile, brings it back with `up`, and waits for
+/// the run to end: it ends well, says the sink writes again, leaves nothing undelivered, and
+/// the store holds every record stdout shows, more than during the outage. Returns how the
+/// run finished and the store's rows sampled during the outage.
+fn outage<S>(
+    daemon: Daemon,
+    store: &Path,
+    server: &mut S,
+    down: impl FnOnce(&mut S),
+    up: impl FnOnce(&mut S),
+) -> (crate::daemon::Finished, Vec<usize>) {
+    down(server);
+    let during = keeps_growing("the SQLite store", OUTAGE, || row_count(store));
+    daemon.wait_for_log("write failed, retrying", 1, PATIENCE);
+    up(server);
+    let finished = daemon.wait();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert!(
+        finished.stderr.contains("writing again after"),
+        "{}",
+        finished.stderr
+    );
+    assert_eq!(
+        undelivered(&finished.stderr),
+        Vec::<&str>::new(),
+        "every sink wrote everything: {}",
+        finished.stderr
+    );
+    let shown = records(&finished.stdout).len();
+    assert_eq!(row_count(store), shown, "the store holds what stdout shows");
+    assert!(
+        *during.last().unwrap() < shown,
+        "the outage ended before the replay did: {during:?} of {shown}"
+    );
+    (finished, during)
 }
 
 /// While the VictoriaMetrics an InfluxDB sink writes to is down for 20 s, the SQLite store
@@ -516,31 +533,8 @@ fn the_database_down_for_a_while_delays_only_its_own_records() {
         String::new,
     );
 
-    stop(&mut vm);
-    let during = keeps_growing("the SQLite store", OUTAGE, || row_count(&store));
-    daemon.wait_for_log("write failed, retrying", 1, PATIENCE);
-    vm.restart();
-    let finished = daemon.wait();
-
-    assert!(finished.status.success(), "{}", finished.stderr);
-    assert!(
-        finished.stderr.contains("writing again after"),
-        "{}",
-        finished.stderr
-    );
-    assert_eq!(
-        undelivered(&finished.stderr),
-        Vec::<&str>::new(),
-        "every sink wrote everything: {}",
-        finished.stderr
-    );
+    let (finished, during) = outage(daemon, &store, &mut vm, stop, Server::restart);
     let printed = printed(&finished.stdout);
-    assert_eq!(row_count(&store), printed.len());
-    assert!(
-        *during.last().unwrap() < printed.len(),
-        "the outage ended before the replay did: {during:?} of {}",
-        printed.len()
-    );
     let expected = expected_series(&printed, None);
     assert_eq!(exported_as(&vm, &expected).0, expected);
     println!(
