@@ -131,6 +131,26 @@ fn undelivered(stderr: &str) -> Vec<&str> {
         .collect()
 }
 
+/// Fails unless the run ended well with every record written: nothing given up, nothing
+/// left in an outbox, and no commit refused by a full disk (the reserve keeps SQLite from
+/// it).
+fn delivered_everything(finished: &crate::daemon::Finished) {
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert!(
+        !finished
+            .stderr
+            .contains("cannot store records in the outbox"),
+        "{}",
+        finished.stderr
+    );
+    assert_eq!(
+        undelivered(&finished.stderr),
+        Vec::<&str>::new(),
+        "every sink wrote everything: {}",
+        finished.stderr
+    );
+}
+
 /// Fails unless `got` and `expected` hold the same rows, saying how they differ.
 fn same_rows(what: &str, got: &[Row], expected: &[Row]) {
     if got == expected {
@@ -484,16 +504,10 @@ fn outage<S>(
     daemon.wait_for_log("write failed, retrying", 1, PATIENCE);
     up(server);
     let finished = daemon.wait();
-    assert!(finished.status.success(), "{}", finished.stderr);
+    delivered_everything(&finished);
     assert!(
         finished.stderr.contains("writing again after"),
         "{}",
-        finished.stderr
-    );
-    assert_eq!(
-        undelivered(&finished.stderr),
-        Vec::<&str>::new(),
-        "every sink wrote everything: {}",
         finished.stderr
     );
     let shown = records(&finished.stdout).len();
@@ -694,20 +708,7 @@ fn a_full_disk_holds_input_back_and_loses_nothing() {
         },
     );
     let finished = daemon.wait();
-    assert!(finished.status.success(), "{}", finished.stderr);
-    assert!(
-        !finished
-            .stderr
-            .contains("cannot store records in the outbox"),
-        "the reserve kept SQLite from the full disk: {}",
-        finished.stderr
-    );
-    assert_eq!(
-        undelivered(&finished.stderr),
-        Vec::<&str>::new(),
-        "every sink wrote everything: {}",
-        finished.stderr
-    );
+    delivered_everything(&finished);
     let printed = printed(&finished.stdout);
     assert_eq!(
         count_after(&finished.stderr, "source capture:", "ok"),
@@ -922,20 +923,7 @@ fn a_sinks_full_share_of_the_outbox_holds_input_back() {
 
     broker.spawn();
     let finished = daemon.wait();
-    assert!(finished.status.success(), "{}", finished.stderr);
-    assert!(
-        !finished
-            .stderr
-            .contains("cannot store records in the outbox"),
-        "the reserve kept SQLite from the full disk: {}",
-        finished.stderr
-    );
-    assert_eq!(
-        undelivered(&finished.stderr),
-        Vec::<&str>::new(),
-        "every sink wrote everything: {}",
-        finished.stderr
-    );
+    delivered_everything(&finished);
     let records = records(&finished.stdout);
     assert!(
         shown_while_full < records.len(),
