@@ -52,4 +52,4 @@ pub use crate::reducer::{
     MaxGaps, Reducer, ReducerConfig,
 };
 pub use crate::sink::{MeterName, PolicyError, SinkPolicy, SinkRecord};
-pub use crate::stored::{StoredError, decode_record, encode_record};
+pub use crate::stored::{StoredError, decode_batch, decode_record, encode_batch, encode_record};

@@ -81,7 +81,7 @@ impl<'a, M> StoredRecord<'a, M> {
 }
 
 /// A sink's name for a meter, as stored.
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 enum StoredName<'a> {
     Raw(Cow<'a, [u8]>),
     Pseudonym([u8; 16]),
@@ -106,22 +106,57 @@ pub(crate) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Store
     }
 }
 
-/// Appends `record`'s stored form to `out`: what a sink's outbox holds.
+impl<'a> StoredName<'a> {
+    fn of(name: &'a MeterName) -> StoredName<'a> {
+        match name {
+            MeterName::Raw(raw) => StoredName::Raw(Cow::Borrowed(raw)),
+            MeterName::Pseudonym(pseudonym) => StoredName::Pseudonym(pseudonym.to_bytes()),
+        }
+    }
+
+    fn into_name(self) -> MeterName {
+        match self {
+            StoredName::Raw(raw) => MeterName::Raw(Arc::from(&raw[..])),
+            StoredName::Pseudonym(bytes) => MeterName::Pseudonym(Pseudonym::from_bytes(bytes)),
+        }
+    }
+}
+
+/// Appends the stored form of `records` to `out`: one row of a sink's outbox, a batch as
+/// it was committed.
+pub fn encode_batch(records: &[SinkRecord], out: &mut Vec<u8>) {
+    let stored: Vec<_> = records
+        .iter()
+        .map(|record| StoredRecord::of(record, StoredName::of(&record.meter)))
+        .collect();
+    encode(&stored, out);
+}
+
+/// The records [`encode_batch`] stored in `bytes`.
+pub fn decode_batch(bytes: &[u8]) -> Result<Vec<SinkRecord>, StoredError> {
+    let stored: Vec<StoredRecord<'_, StoredName<'_>>> = decode(bytes)?;
+    stored
+        .into_iter()
+        .map(|record| {
+            let meter = StoredName::into_name(record.meter.clone());
+            record.into_record(meter)
+        })
+        .collect()
+}
+
+/// Appends `record`'s stored form alone to `out`: a row of the outbox's first layout, one
+/// record per row, which [`decode_record`] reads to carry such rows over.
 pub fn encode_record(record: &SinkRecord, out: &mut Vec<u8>) {
-    let meter = match &record.meter {
-        MeterName::Raw(raw) => StoredName::Raw(Cow::Borrowed(raw)),
-        MeterName::Pseudonym(pseudonym) => StoredName::Pseudonym(pseudonym.to_bytes()),
-    };
-    encode(&StoredRecord::of(record, meter), out);
+    encode(
+        &StoredRecord::of(record, StoredName::of(&record.meter)),
+        out,
+    );
 }
 
 /// The record [`encode_record`] stored in `bytes`.
 pub fn decode_record(bytes: &[u8]) -> Result<SinkRecord, StoredError> {
     let stored: StoredRecord<'_, StoredName<'_>> = decode(bytes)?;
-    let meter = match &stored.meter {
-        StoredName::Raw(raw) => MeterName::Raw(Arc::from(&raw[..])),
-        StoredName::Pseudonym(bytes) => MeterName::Pseudonym(Pseudonym::from_bytes(*bytes)),
-    };
+    let meter = StoredName::into_name(stored.meter.clone());
     stored.into_record(meter)
 }
 
@@ -176,6 +211,24 @@ mod tests {
             encode_record(&record, &mut bytes);
             assert_eq!(decode_record(&bytes).unwrap(), record);
         }
+    }
+
+    #[test]
+    fn a_batch_comes_back_exactly_in_order() {
+        let key = IdentityKey::from_bytes([4; 32]);
+        let meter = MeterRef::new(Arc::from(&b"4530303731"[..]), &key);
+        let batch = vec![
+            record(MeterName::Raw(Arc::from(&b"4530303731"[..]))),
+            record(MeterName::Pseudonym(meter.pseudonym())),
+            Record {
+                granularity: Granularity::Billing,
+                ..record(MeterName::Raw(Arc::from(&b"E0"[..])))
+            },
+        ];
+        let mut bytes = Vec::new();
+        encode_batch(&batch, &mut bytes);
+        assert_eq!(decode_batch(&bytes).unwrap(), batch);
+        assert!(decode_batch(&bytes[..bytes.len() - 1]).is_err());
     }
 
     #[test]
