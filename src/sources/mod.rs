@@ -4,6 +4,7 @@
 //! settings every source shares and the dispatch by type.
 
 mod mqtt;
+mod nats;
 mod replay;
 mod serial;
 mod tcp;
@@ -20,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use self::mqtt::MqttSourceConfig;
+use self::nats::{NatsSettings, NatsSourceConfig};
 use self::replay::ReplayConfig;
 pub use self::serial::{SerialConfig, SerialSettings};
 use self::tcp::TcpConfig;
@@ -67,6 +69,8 @@ pub enum SourceKind {
         /// The filter subscribed to, `$share/<group>/` included when shared.
         subscription: String,
     },
+    /// A fleet's telegrams in a NATS JetStream stream, by partition.
+    Nats(NatsSettings),
 }
 
 /// The settings every `[[sources]]` entry has, whatever its type. (Serde cannot flatten and
@@ -114,6 +118,8 @@ pub enum SourceSettings {
     Replay(ReplayConfig),
     /// A fleet's telegrams from an MQTT broker.
     Mqtt(MqttSourceConfig),
+    /// A fleet's telegrams from a NATS JetStream stream.
+    Nats(NatsSourceConfig),
 }
 
 impl SourceConfig {
@@ -151,6 +157,7 @@ impl SourceConfig {
                 };
                 (kind, false)
             }
+            SourceSettings::Nats(nats) => (SourceKind::Nats(nats.check(checker, at)?), false),
         };
         let name = source.name.unwrap_or_else(|| kind.type_name().to_owned());
         let cipher = cipher(checker, at, source.key, source.auth_key, source.no_auth_key);
@@ -179,6 +186,7 @@ impl SourceConfig {
                 broker,
                 subscription,
             } => format!("{subscription} on {}", broker.describe()),
+            SourceKind::Nats(settings) => settings.describe(),
         };
         let encrypted = if self.input.cipher.is_some() {
             ", decrypting"
@@ -194,14 +202,20 @@ impl SourceConfig {
 }
 
 impl SourceKind {
-    /// `serial`, `tcp`, `replay` or `mqtt`.
+    /// `serial`, `tcp`, `replay`, `mqtt` or `nats`.
     pub fn type_name(&self) -> &'static str {
         match self {
             SourceKind::Serial(_) => "serial",
             SourceKind::Tcp { .. } => "tcp",
             SourceKind::Replay { .. } => "replay",
             SourceKind::Mqtt { .. } => "mqtt",
+            SourceKind::Nats(_) => "nats",
         }
+    }
+
+    /// Whether it brings a fleet's telegrams (many meters), rather than one meter's.
+    pub fn is_fleet(&self) -> bool {
+        matches!(self, SourceKind::Mqtt { .. } | SourceKind::Nats(_))
     }
 }
 
@@ -309,6 +323,9 @@ pub async fn run(
             broker,
             subscription,
         } => mqtt::run(&name, &broker, &subscription, framing, accepted, &shutdown).await,
+        SourceKind::Nats(settings) => {
+            nats::run(&name, &settings, framing, accepted, &shutdown).await
+        }
     };
     match ended {
         Ok(()) if shutdown.is_cancelled() => tracing::debug!(source = %name, "source stopped"),
@@ -324,7 +341,10 @@ pub async fn run(
 pub fn check(config: &SourceConfig) -> anyhow::Result<()> {
     match &config.kind {
         SourceKind::Mqtt { broker, .. } => mqtt::options(broker).map(drop),
-        SourceKind::Serial(_) | SourceKind::Tcp { .. } | SourceKind::Replay { .. } => Ok(()),
+        SourceKind::Serial(_)
+        | SourceKind::Tcp { .. }
+        | SourceKind::Replay { .. }
+        | SourceKind::Nats(_) => Ok(()),
     }
 }
 
@@ -373,7 +393,7 @@ impl Framing {
     /// Frames `chunk` and sends every complete frame on; waits while the reduce task is busy.
     pub async fn push(&mut self, chunk: &[u8]) -> Result<(), Closed> {
         self.deframer.push(chunk);
-        self.forward(&mut |_| None).await
+        self.forward(&mut |_| None, None).await
     }
 
     /// Like [`Framing::push`], but first waits as long as `pace` says for each frame.
@@ -383,15 +403,28 @@ impl Framing {
         pace: &mut impl FnMut(&OwnedFrame) -> Option<std::time::Duration>,
     ) -> Result<(), Closed> {
         self.deframer.push(chunk);
-        self.forward(pace).await
+        self.forward(pace, None).await
     }
 
     /// One message that holds whole telegrams (an MQTT payload), framed on its own: a
     /// telegram cut short in one message never merges with the next. Returns the message's
     /// number, which the `accepted` watch of [`run`] reaches once it is committed.
     pub async fn push_message(&mut self, message: &[u8]) -> Result<u64, Closed> {
+        self.push_message_at(message, None).await
+    }
+
+    /// Like [`Framing::push_message`], its telegrams received at `at` (a stream's own
+    /// timestamp, the same each time the message is read) rather than now.
+    pub async fn push_message_at(
+        &mut self,
+        message: &[u8],
+        at: Option<Timestamp>,
+    ) -> Result<u64, Closed> {
         self.deframer.push(message);
-        self.end_of_stream().await?;
+        self.deframer.finish();
+        let result = self.forward(&mut |_| None, at).await;
+        self.deframer.reset();
+        result?;
         self.end_message().await
     }
 
@@ -410,14 +443,16 @@ impl Framing {
     /// reported as truncated, and the next bytes start a new stream.
     pub async fn end_of_stream(&mut self) -> Result<(), Closed> {
         self.deframer.finish();
-        let result = self.forward(&mut |_| None).await;
+        let result = self.forward(&mut |_| None, None).await;
         self.deframer.reset();
         result
     }
 
+    /// Sends every complete frame on, received at `at` (now if `None`).
     async fn forward(
         &mut self,
         pace: &mut impl FnMut(&OwnedFrame) -> Option<std::time::Duration>,
+        at: Option<Timestamp>,
     ) -> Result<(), Closed> {
         while let Some(next) = self.deframer.next_frame() {
             let frame = match next {
@@ -433,7 +468,7 @@ impl Framing {
             let received = Received {
                 source: self.source,
                 frame,
-                at: Timestamp::now(),
+                at: at.unwrap_or_else(Timestamp::now),
             };
             // Counted before sending, so the reduce task never takes off more than was put on.
             self.metrics.frames_queued.fetch_add(1, Relaxed);

@@ -239,9 +239,24 @@ impl Reader<'_, '_> {
         // A fleet (or several sources) shows more than one meter.
         let fleet: Vec<&str> = sources
             .iter()
-            .filter(|s| matches!(s.kind, SourceKind::Mqtt { .. }))
+            .filter(|s| s.kind.is_fleet())
             .map(|s| s.name.as_str())
             .collect();
+        // Workers sharing a stream must name each meter alike: one key, given to each.
+        let shared = sources
+            .iter()
+            .find(|s| matches!(s.kind, SourceKind::Nats(_)));
+        if let Some(source) = shared
+            && identity.key_file.is_none()
+        {
+            self.problem(
+                "identity.key_file",
+                format!(
+                    "source {} (nats) shares its fleet with other workers, which must all use the same pseudonym key: give its file as [identity] key_file (copy the state directory's identity.key to each)",
+                    source.name
+                ),
+            );
+        }
         let many_meters = !fleet.is_empty() || sources.len() > 1;
         for sink in &sinks {
             if let SinkKind::Mqtt(settings) = &sink.kind
@@ -517,6 +532,69 @@ mod tests {
             );
         }
         assert_eq!(problems.0.len(), 9, "{text}");
+    }
+
+    #[test]
+    fn a_nats_source_takes_the_issue_s_shape_and_needs_a_shared_pseudonym_key() {
+        let source = r#"
+            [[sources]]
+            name = "fleet"
+            type = "nats"
+            url = "nats://127.0.0.1:4222"
+            stream = "P1"
+            partitions = 64
+
+            [[sinks]]
+            type = "stdout"
+            max_granularity = "daily"
+            "#;
+        let problems = parse(source, no_env()).unwrap_err().to_string();
+        assert!(
+            problems.contains("identity.key_file: source fleet (nats) shares its fleet"),
+            "{problems}"
+        );
+
+        let config = parse(
+            &format!("[identity]\nkey_file = \"/etc/p1guard/identity.key\"\n{source}"),
+            no_env(),
+        )
+        .unwrap();
+        assert_eq!(
+            config.sources[0].describe(),
+            "source fleet (nats): stream P1 (64 partitions) on nats://127.0.0.1:4222"
+        );
+        assert!(config.sources[0].kind.is_fleet());
+
+        let problems = parse(
+            r#"
+            [identity]
+            key_file = "/etc/p1guard/identity.key"
+
+            [[sources]]
+            type = "nats"
+            url = "mqtt://127.0.0.1"
+            stream = "p1.part"
+            partitions = 0
+            username = "worker"
+
+            [[sinks]]
+            type = "stdout"
+            "#,
+            no_env(),
+        )
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "url: expected nats://host[:port] or tls://host[:port]",
+            "stream \"p1.part\": expected a name of letters, digits, _ and -",
+            "partitions = 0: expected 1 to 1024",
+            "username and password go together",
+        ] {
+            assert!(
+                problems.contains(expected),
+                "{expected:?} missing from:\n{problems}"
+            );
+        }
     }
 
     #[test]

@@ -178,7 +178,7 @@ pub async fn run(
 fn arrival(source: &SourceKind) -> ArrivalOf {
     match source {
         SourceKind::Serial(_) | SourceKind::Tcp { .. } => Arrival::Direct,
-        SourceKind::Mqtt { .. } => Arrival::Relayed,
+        SourceKind::Mqtt { .. } | SourceKind::Nats(_) => Arrival::Relayed,
         SourceKind::Replay { .. } => Arrival::Recorded,
     }
 }

@@ -2,6 +2,7 @@
 
 mod daemon;
 mod demo;
+mod fleet;
 mod home_assistant;
 mod influx;
 mod mosquitto;

@@ -16,7 +16,7 @@ use crate::influx::{Server, expected_series, exported_as, printed, victoria_metr
 use crate::mosquitto::{Mosquitto, Seen, Watcher, publish_all};
 use crate::{Row, free_address, scratch, sqlite_rows};
 
-const PATIENCE: Duration = Duration::from_secs(30);
+pub const PATIENCE: Duration = Duration::from_secs(30);
 
 /// How long a server stays down in the outage tests.
 const OUTAGE: Duration = Duration::from_secs(20);
@@ -25,10 +25,10 @@ const OUTAGE: Duration = Duration::from_secs(20);
 const LIVE: &str = r#""granularity":"live","kind":"electricity""#;
 
 /// Retention that keeps every record of a capture dated months ago.
-const KEEP_ALL: &str =
+pub const KEEP_ALL: &str =
     "retention_days = { live = 36500, quarter_hour = 36500, daily = 36500, billing = 36500 }";
 
-fn at(text: &str) -> Timestamp {
+pub fn at(text: &str) -> Timestamp {
     text.parse().unwrap()
 }
 
@@ -38,12 +38,12 @@ fn now() -> Timestamp {
 }
 
 /// The id as the meter sends it, hex-encoded: how `[consent.meters]` names it.
-fn sent(id: &str) -> String {
+pub fn sent(id: &str) -> String {
     id.bytes().map(|b| format!("{b:02X}")).collect()
 }
 
 /// Meter `n` of `style`, with a gas meter.
-fn meter(n: u64, style: Style) -> MeterSpec {
+pub fn meter(n: u64, style: Style) -> MeterSpec {
     MeterSpec {
         style,
         equipment_id: format!("E00530000987654{n:02}"),
@@ -65,7 +65,7 @@ fn capture(dir: &Path, from: Timestamp, to: Timestamp) -> PathBuf {
 
 /// Polls `done` every 20 ms until it holds; fails saying `what` (and what `state` says
 /// then) after `timeout`.
-fn wait_until(
+pub fn wait_until(
     what: &str,
     timeout: Duration,
     mut done: impl FnMut() -> bool,
@@ -84,7 +84,7 @@ fn wait_until(
 
 /// Opens the SQLite store at `path` to read while p1guard writes it; `None` before the sink
 /// created it.
-fn open_store(path: &Path) -> Option<rusqlite::Connection> {
+pub fn open_store(path: &Path) -> Option<rusqlite::Connection> {
     if !path.exists() {
         return None;
     }
@@ -94,7 +94,7 @@ fn open_store(path: &Path) -> Option<rusqlite::Connection> {
 }
 
 /// The rows of the store at `path` so far (0 before it exists).
-fn row_count(path: &Path) -> usize {
+pub fn row_count(path: &Path) -> usize {
     open_store(path)
         .and_then(|c| {
             c.query_row("SELECT count(*) FROM records", [], |row| {
@@ -152,7 +152,7 @@ fn delivered_everything(finished: &crate::daemon::Finished) {
 }
 
 /// Fails unless `got` and `expected` hold the same rows, saying how they differ.
-fn same_rows(what: &str, got: &[Row], expected: &[Row]) {
+pub fn same_rows(what: &str, got: &[Row], expected: &[Row]) {
     if got == expected {
         return;
     }
@@ -202,12 +202,13 @@ fn stop(server: &mut Server) {
 // 1. Killed mid-work.
 
 /// Meters in the fleet; meter `i` consents to `FLEET_LEVELS[i % 4]`, the last one to live.
-const FLEET: u64 = 24;
-const FLEET_LEVELS: [&str; 4] = ["quarter_hour", "daily", "none", "live"];
+pub const FLEET: u64 = 24;
+pub const FLEET_LEVELS: [&str; 4] = ["quarter_hour", "daily", "none", "live"];
 
-/// The fleet's telegrams, one a message, meter after meter at each instant (so the last
-/// message is the last meter's, which consents to live); and the last telegram's time.
-fn fleet_messages() -> (Vec<(String, Vec<u8>)>, Timestamp) {
+/// The fleet's telegrams, one a message on topic `p1/<n>/telegram`, meter after meter at
+/// each instant (so the last message is the last meter's, which consents to live); and the
+/// last telegram's time.
+pub fn fleet_messages() -> (Vec<(String, Vec<u8>)>, Timestamp) {
     // Three hours of DSMR 4 across the local midnight that begins June (22:00Z in summer
     // time): a billing boundary with monthly billing.
     let (from, to) = (at("2026-05-31T20:30:00Z"), at("2026-05-31T23:30:00Z"));
@@ -228,9 +229,9 @@ fn fleet_messages() -> (Vec<(String, Vec<u8>)>, Timestamp) {
     (messages, last.unwrap())
 }
 
-/// A fleet over MQTT into a live store and a quarter-hour store in `dir`, the pseudonyms
-/// made with `key`.
-fn fleet_config(dir: &Path, key: &Path, broker: &Mosquitto) -> String {
+/// A fleet read by `source` (a `[[sources]]` table) into a live store and a quarter-hour
+/// store in `dir`, the pseudonyms made with `key`.
+pub fn fleet_config(dir: &Path, key: &Path, source: &str) -> String {
     let meters: String = (0..FLEET)
         .map(|n| {
             let id = sent(&meter(n, Style::Dsmr4).equipment_id);
@@ -248,11 +249,7 @@ fn fleet_config(dir: &Path, key: &Path, broker: &Mosquitto) -> String {
         [consent.meters]
         {meters}
 
-        [[sources]]
-        name = "fleet"
-        type = "mqtt"
-        url = "{url}"
-        topic = "p1/+/telegram"
+        {source}
 
         [[sinks]]
         name = "live"
@@ -268,15 +265,28 @@ fn fleet_config(dir: &Path, key: &Path, broker: &Mosquitto) -> String {
         max_granularity = "quarter_hour"
         {KEEP_ALL}
         "#,
-        url = broker.url(),
         live = dir.join("live.sqlite"),
         quarter = dir.join("quarter.sqlite"),
     )
 }
 
+/// The fleet's source: `broker`'s `p1/+/telegram`.
+fn mqtt_source(broker: &Mosquitto) -> String {
+    format!(
+        r#"
+        [[sources]]
+        name = "fleet"
+        type = "mqtt"
+        url = "{}"
+        topic = "p1/+/telegram"
+        "#,
+        broker.url()
+    )
+}
+
 /// Whether the live store at `path` holds the last telegram of every meter that consents to
 /// live: the last message has been reduced, and so has every message before it.
-fn fleet_done(path: &Path, last: Timestamp) -> bool {
+pub fn fleet_done(path: &Path, last: Timestamp) -> bool {
     let live_meters = (0..FLEET).filter(|n| FLEET_LEVELS[*n as usize % 4] == "live");
     let held = open_store(path).and_then(|c| {
         c.query_row(
@@ -307,7 +317,7 @@ fn a_fleet_killed_five_times_stores_exactly_what_an_uninterrupted_run_stores() {
     let reference = dir.join("reference");
     std::fs::create_dir_all(&reference).unwrap();
     let broker = Mosquitto::start(&reference);
-    let config = fleet_config(&reference, &key, &broker);
+    let config = fleet_config(&reference, &key, &mqtt_source(&broker));
     let started = Instant::now();
     let daemon = Daemon::start(&reference, &config);
     daemon.wait_for_log("subscribed to p1/+/telegram", 1, PATIENCE);
@@ -338,7 +348,7 @@ fn a_fleet_killed_five_times_stores_exactly_what_an_uninterrupted_run_stores() {
     let killed = dir.join("killed");
     std::fs::create_dir_all(&killed).unwrap();
     let broker = Mosquitto::start(&killed);
-    let config = fleet_config(&killed, &key, &broker);
+    let config = fleet_config(&killed, &key, &mqtt_source(&broker));
     let (live, quarter) = (killed.join("live.sqlite"), killed.join("quarter.sqlite"));
     let mut daemon = Daemon::start(&killed, &config);
     daemon.wait_for_log("subscribed to p1/+/telegram", 1, PATIENCE);
@@ -911,7 +921,7 @@ fn a_sinks_full_share_of_the_outbox_holds_input_back() {
     let outbox = rusqlite::Connection::open(dir.join("outbox.sqlite")).unwrap();
     let waiting: i64 = outbox
         .query_row(
-            "SELECT coalesce(sum(length(record)), 0) FROM outbox
+            "SELECT coalesce(sum(length(batch)), 0) FROM batches
              WHERE sink = (SELECT id FROM sinks WHERE name = 'broker')",
             [],
             |row| row.get(0),
