@@ -42,7 +42,7 @@ fn sent_id(id: &str) -> String {
 }
 
 /// An MQTT source named `fleet` on `p1/+/telegram`, with `extra` settings.
-fn mqtt_source(broker: &Mosquitto, extra: &str) -> String {
+pub fn mqtt_source(broker: &Mosquitto, extra: &str) -> String {
     format!(
         r#"
         [[sources]]

@@ -14,6 +14,7 @@ use p1guard_simulator::{MeterSpec, Simulator, Style};
 use crate::daemon::{Daemon, count_after, signal};
 use crate::influx::{Server, expected_series, exported_as, printed, victoria_metrics};
 use crate::mosquitto::{Mosquitto, Seen, Watcher, publish_all};
+use crate::mqtt::mqtt_source;
 use crate::{Row, free_address, scratch, sqlite_rows};
 
 pub const PATIENCE: Duration = Duration::from_secs(30);
@@ -270,20 +271,6 @@ pub fn fleet_config(dir: &Path, key: &Path, source: &str) -> String {
     )
 }
 
-/// The fleet's source: `broker`'s `p1/+/telegram`.
-fn mqtt_source(broker: &Mosquitto) -> String {
-    format!(
-        r#"
-        [[sources]]
-        name = "fleet"
-        type = "mqtt"
-        url = "{}"
-        topic = "p1/+/telegram"
-        "#,
-        broker.url()
-    )
-}
-
 /// Whether the live store at `path` holds the last telegram of every meter that consents to
 /// live: the last message has been reduced, and so has every message before it.
 pub fn fleet_done(path: &Path, last: Timestamp) -> bool {
@@ -317,7 +304,7 @@ fn a_fleet_killed_five_times_stores_exactly_what_an_uninterrupted_run_stores() {
     let reference = dir.join("reference");
     std::fs::create_dir_all(&reference).unwrap();
     let broker = Mosquitto::start(&reference);
-    let config = fleet_config(&reference, &key, &mqtt_source(&broker));
+    let config = fleet_config(&reference, &key, &mqtt_source(&broker, ""));
     let started = Instant::now();
     let daemon = Daemon::start(&reference, &config);
     daemon.wait_for_log("subscribed to p1/+/telegram", 1, PATIENCE);
@@ -348,7 +335,7 @@ fn a_fleet_killed_five_times_stores_exactly_what_an_uninterrupted_run_stores() {
     let killed = dir.join("killed");
     std::fs::create_dir_all(&killed).unwrap();
     let broker = Mosquitto::start(&killed);
-    let config = fleet_config(&killed, &key, &mqtt_source(&broker));
+    let config = fleet_config(&killed, &key, &mqtt_source(&broker, ""));
     let (live, quarter) = (killed.join("live.sqlite"), killed.join("quarter.sqlite"));
     let mut daemon = Daemon::start(&killed, &config);
     daemon.wait_for_log("subscribed to p1/+/telegram", 1, PATIENCE);
