@@ -12,32 +12,41 @@ use crate::outbox::{
 };
 use crate::{free_address, scratch, sqlite_rows};
 
-/// Partitions of the server's mapping and the source.
-const PARTITIONS: u16 = 8;
+/// Partitions of the shipped server config's mapping, and so of the source.
+const PARTITIONS: u16 = 64;
 
-/// A `nats-server` with JetStream and the fleet's subject mapping, killed when dropped.
+/// A `nats-server` with the shipped example config (`config/nats/nats-server.conf`) but for
+/// its addresses and store, killed when dropped.
 struct NatsServer {
     child: Child,
     port: u16,
 }
 
 impl NatsServer {
-    /// Starts one in `dir` on a free port, and waits until it takes connections.
+    /// Starts one in `dir` on free ports, and waits until it takes connections.
     fn start(dir: &Path) -> NatsServer {
         let binary = require("nats-server", "nats-server");
         let port = free_address().port();
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/nats/nats-server.conf");
+        let example = std::fs::read_to_string(example).unwrap();
+        assert!(
+            example.contains(&format!("{{{{partition({PARTITIONS},1)}}}}")),
+            "the example maps meters to {PARTITIONS} partitions"
+        );
         let config = dir.join("nats-server.conf");
-        std::fs::write(
-            &config,
-            format!(
-                "server_name: p1-test\n\
-                 listen: 127.0.0.1:{port}\n\
-                 jetstream {{ store_dir: {:?} }}\n\
-                 mappings = {{ \"p1.*.telegram\": \"p1.part.{{{{partition({PARTITIONS},1)}}}}.{{{{wildcard(1)}}}}\" }}\n",
-                dir.join("jetstream"),
+        let mut text = example;
+        for (shipped, here) in [
+            ("listen: 0.0.0.0:4222", format!("listen: 127.0.0.1:{port}")),
+            (
+                "store_dir: /var/lib/nats",
+                format!("store_dir: {:?}", dir.join("jetstream")),
             ),
-        )
-        .unwrap();
+            ("port: 1883", format!("port: {}", free_address().port())),
+        ] {
+            assert!(text.contains(shipped), "the example says {shipped:?}");
+            text = text.replace(shipped, &here);
+        }
+        std::fs::write(&config, text).unwrap();
         let child = Command::new(binary)
             .arg("-c")
             .arg(&config)
