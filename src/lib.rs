@@ -12,6 +12,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod decode;
+pub mod fleet;
 pub mod hex;
 pub mod identity_key;
 pub mod outbox;

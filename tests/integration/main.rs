@@ -7,6 +7,7 @@ mod home_assistant;
 mod influx;
 mod mosquitto;
 mod mqtt;
+mod nats;
 mod outbox;
 mod parse;
 mod replay;
