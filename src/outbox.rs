@@ -302,6 +302,11 @@ struct StagedSink {
 }
 
 impl Staged {
+    /// The states of the meters the batch moved (normalised id, state).
+    pub fn checkpoint(&self) -> &[(Vec<u8>, Vec<u8>)] {
+        &self.checkpoint
+    }
+
     /// Whether the batch changed nothing on disk.
     pub fn is_empty(&self) -> bool {
         self.sinks.iter().all(Option::is_none) && self.checkpoint.is_empty()

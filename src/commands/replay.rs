@@ -53,7 +53,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
                         out.flush()?; // a watcher sees records as they are made
                         std::thread::sleep(delay);
                     }
-                    reducer.reduce(SourceId(0), &frame, Timestamp::now(), &mut records)
+                    reducer.reduce(SourceId(0), &frame, Timestamp::now(), None, &mut records)
                 }
                 Err(error) => Err(error),
             };

@@ -1,9 +1,11 @@
 //! Running one configuration as a fleet of workers on NATS JetStream: the server's subject
 //! mapping puts each meter on a partition (`config/nats/nats-server.conf`), the workers
 //! share the partitions by leases in a KV bucket ([`lease`]), so that one worker at a time
-//! reduces a meter.
+//! reduces a meter, and each partition's reducer state goes from owner to owner through a
+//! snapshot in another ([`snapshot`]).
 
 pub mod lease;
+pub mod snapshot;
 
 use std::time::Duration;
 

@@ -28,6 +28,7 @@ use self::tcp::TcpConfig;
 use crate::broker::Broker;
 use crate::config::{Checker, SecretRef};
 use crate::decode::{CipherKeys, Deframer, InputOptions};
+use crate::fleet::snapshot::Partitions;
 use crate::pace::Speed;
 use crate::telemetry::log_limit::LogLimit;
 use crate::telemetry::metrics::{Metrics, Outcome, SourceMetrics};
@@ -276,6 +277,8 @@ pub struct Received {
     pub frame: OwnedFrame,
     /// When its last byte arrived: the date of telegrams without a meter clock.
     pub at: Timestamp,
+    /// The fleet partition it was read from (a `nats` source), whose state its meter's is.
+    pub partition: Option<u16>,
 }
 
 /// What a source hands the reduce task.
@@ -291,6 +294,22 @@ pub enum Input {
         /// The source's own count of messages.
         message: u64,
     },
+    /// Every frame of fleet partition `partition`'s stream up to sequence `sequence` is ahead
+    /// of this: once the batch holding it is committed, a snapshot may say so.
+    Position {
+        /// The partition.
+        partition: u16,
+        /// Its stream's sequence.
+        sequence: u64,
+    },
+    /// A fleet partition taken over: its meters continue from these states (normalised id,
+    /// state as [`p1guard_conduct::Reducer::save_changed`] gave them), ahead of its frames.
+    Restore {
+        /// The partition.
+        partition: u16,
+        /// Its meters' states.
+        states: Vec<(Vec<u8>, Vec<u8>)>,
+    },
 }
 
 /// The reduce task has stopped: the source should stop too.
@@ -299,12 +318,13 @@ pub struct Closed;
 
 /// Runs one source until it ends (a replay's last file) or `shutdown` fires. `accepted`
 /// says up to which message (as numbered by [`Framing::push_message`]) the source's input is
-/// committed to the outbox.
+/// committed to the outbox, and `partitions` what a fleet source's partitions are.
 pub async fn run(
     source: SourceId,
     config: SourceConfig,
     frames: mpsc::Sender<Input>,
     accepted: watch::Receiver<u64>,
+    partitions: Arc<Partitions>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
@@ -324,7 +344,7 @@ pub async fn run(
             subscription,
         } => mqtt::run(&name, &broker, &subscription, framing, accepted, &shutdown).await,
         SourceKind::Nats(settings) => {
-            nats::run(&name, &settings, framing, accepted, &shutdown).await
+            nats::run(&name, &settings, framing, accepted, &partitions, &shutdown).await
         }
     };
     match ended {
@@ -393,7 +413,7 @@ impl Framing {
     /// Frames `chunk` and sends every complete frame on; waits while the reduce task is busy.
     pub async fn push(&mut self, chunk: &[u8]) -> Result<(), Closed> {
         self.deframer.push(chunk);
-        self.forward(&mut |_| None, None).await
+        self.forward(&mut |_| None, None, None).await
     }
 
     /// Like [`Framing::push`], but first waits as long as `pace` says for each frame.
@@ -403,29 +423,53 @@ impl Framing {
         pace: &mut impl FnMut(&OwnedFrame) -> Option<std::time::Duration>,
     ) -> Result<(), Closed> {
         self.deframer.push(chunk);
-        self.forward(pace, None).await
+        self.forward(pace, None, None).await
     }
 
     /// One message that holds whole telegrams (an MQTT payload), framed on its own: a
     /// telegram cut short in one message never merges with the next. Returns the message's
     /// number, which the `accepted` watch of [`run`] reaches once it is committed.
     pub async fn push_message(&mut self, message: &[u8]) -> Result<u64, Closed> {
-        self.push_message_at(message, None).await
-    }
-
-    /// Like [`Framing::push_message`], its telegrams received at `at` (a stream's own
-    /// timestamp, the same each time the message is read) rather than now.
-    pub async fn push_message_at(
-        &mut self,
-        message: &[u8],
-        at: Option<Timestamp>,
-    ) -> Result<u64, Closed> {
         self.deframer.push(message);
         self.deframer.finish();
-        let result = self.forward(&mut |_| None, at).await;
+        let result = self.forward(&mut |_| None, None, None).await;
         self.deframer.reset();
         result?;
         self.end_message().await
+    }
+
+    /// Like [`Framing::push_message`], for message `sequence` of fleet partition
+    /// `partition`'s stream, its telegrams received at `at` (the stream's own timestamp, the
+    /// same each time the message is read) rather than now.
+    pub async fn push_partition_message(
+        &mut self,
+        message: &[u8],
+        at: Option<Timestamp>,
+        partition: u16,
+        sequence: u64,
+    ) -> Result<u64, Closed> {
+        self.deframer.push(message);
+        self.deframer.finish();
+        let result = self.forward(&mut |_| None, at, Some(partition)).await;
+        self.deframer.reset();
+        result?;
+        let position = Input::Position {
+            partition,
+            sequence,
+        };
+        self.frames.send(position).await.map_err(|_| Closed)?;
+        self.end_message().await
+    }
+
+    /// Hands the reduce task the states fleet partition `partition`'s meters continue from,
+    /// ahead of the partition's frames.
+    pub async fn restore(
+        &mut self,
+        partition: u16,
+        states: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), Closed> {
+        let restore = Input::Restore { partition, states };
+        self.frames.send(restore).await.map_err(|_| Closed)
     }
 
     /// Marks the end of a message: it is accepted once what came before is committed.
@@ -443,16 +487,17 @@ impl Framing {
     /// reported as truncated, and the next bytes start a new stream.
     pub async fn end_of_stream(&mut self) -> Result<(), Closed> {
         self.deframer.finish();
-        let result = self.forward(&mut |_| None, None).await;
+        let result = self.forward(&mut |_| None, None, None).await;
         self.deframer.reset();
         result
     }
 
-    /// Sends every complete frame on, received at `at` (now if `None`).
+    /// Sends every complete frame on, received at `at` (now if `None`) from `partition`.
     async fn forward(
         &mut self,
         pace: &mut impl FnMut(&OwnedFrame) -> Option<std::time::Duration>,
         at: Option<Timestamp>,
+        partition: Option<u16>,
     ) -> Result<(), Closed> {
         while let Some(next) = self.deframer.next_frame() {
             let frame = match next {
@@ -469,6 +514,7 @@ impl Framing {
                 source: self.source,
                 frame,
                 at: at.unwrap_or_else(Timestamp::now),
+                partition,
             };
             // Counted before sending, so the reduce task never takes off more than was put on.
             self.metrics.frames_queued.fetch_add(1, Relaxed);

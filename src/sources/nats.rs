@@ -3,21 +3,26 @@
 //! mapping puts each meter on a partition (`p1.part.<p>.<meter>`), and one stream with file
 //! storage keeps them (`config/nats/nats-server.conf`).
 //!
-//! Each partition is read by a durable pull consumer of its own (`p1guard-<p>`, filtered to
-//! `p1.part.<p>.*`), in batches: the stream's order is each meter's order. A message is
-//! acknowledged once the records it yielded are committed to every sink's outbox, so the
-//! stream lets go of nothing p1guard could still lose; what it delivers again after a crash
-//! is recognised by the reducer's saved state. A telegram's receive time is the stream's
-//! timestamp of its message, so that reading a partition again yields the same records.
-//!
-//! One worker reads every partition; sharing them among workers is the lease issue's part.
+//! The workers of a fleet (one configuration started N times) share the partitions by
+//! leases ([`crate::fleet::lease`]): each reads only the partitions it owns, so one worker at
+//! a time reduces a meter. A partition is read by a pull consumer of its own, filtered to
+//! `p1.part.<p>.*`, in batches: the stream's order is each meter's order. A message is
+//! acknowledged once the records it yielded are committed to every sink's outbox. Each
+//! owned partition's reducer state is snapshotted with the stream sequence it covers
+//! ([`crate::fleet::snapshot`]) every few seconds and when the partition is handed over; its
+//! next owner, or this worker after a restart, continues from the snapshot and reads the
+//! stream again from just after it. A telegram's receive time is the stream's timestamp of
+//! its message, so that reading a partition again yields the same records.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::consumer::pull::MessagesError;
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt as _;
+use futures_util::stream::{SelectAll, Stream};
 use jiff::Timestamp;
 use serde::Deserialize;
 use tokio::sync::watch;
@@ -26,6 +31,8 @@ use tokio_util::sync::CancellationToken;
 use super::{Closed, Framing};
 use crate::backoff::Backoff;
 use crate::config::{Checker, Secret, SecretRef};
+use crate::fleet::lease::{Leases, MIN_TTL, WorkerId};
+use crate::fleet::snapshot::{Partitions, SaveError, Snapshots};
 use crate::telemetry::log_limit::LogLimit;
 
 /// Messages a consumer is asked for at once: one wake-up of the source per batch.
@@ -37,6 +44,14 @@ const MAX_PARTITIONS: u16 = 1024;
 /// How long the server waits for an acknowledgement before it delivers a message again:
 /// longer than a commit takes while the outbox has room.
 const ACK_WAIT: Duration = Duration::from_secs(60);
+
+/// How long a lease lasts unless renewed, unless configured: how long a dead worker's
+/// partitions wait for a new owner.
+const LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// How often each owned partition's state is snapshotted, if it changed: how much of the
+/// stream its next owner reads again.
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(2);
 
 /// `[[sources]]` `type = "nats"` as written.
 #[derive(Debug, Deserialize)]
@@ -57,6 +72,8 @@ pub struct NatsSourceConfig {
     pub creds_file: Option<PathBuf>,
     /// PEM file of the CA that signed the server's certificate (`tls://`).
     pub ca_file: Option<PathBuf>,
+    /// How long a partition's lease lasts unless renewed (every worker of a fleet the same).
+    pub lease_ttl_secs: Option<u64>,
 }
 
 fn default_stream() -> String {
@@ -72,6 +89,8 @@ pub struct NatsSettings {
     pub stream: String,
     /// Partitions `0..partitions`.
     pub partitions: u16,
+    /// How long a partition's lease lasts unless renewed.
+    pub lease_ttl: Duration,
     credentials: Credentials,
     ca_file: Option<PathBuf>,
 }
@@ -94,6 +113,7 @@ impl NatsSourceConfig {
             password,
             creds_file,
             ca_file,
+            lease_ttl_secs,
         } = self;
         let problems = checker.count();
         let tls = url.starts_with("tls://");
@@ -119,6 +139,13 @@ impl NatsSourceConfig {
                 format!("partitions = {partitions}: expected 1 to {MAX_PARTITIONS}, the server mapping's count"),
             );
         }
+        let lease_ttl = lease_ttl_secs.map_or(LEASE_TTL, Duration::from_secs);
+        if lease_ttl < MIN_TTL {
+            checker.problem(
+                at,
+                format!("lease_ttl_secs must be at least {}", MIN_TTL.as_secs()),
+            );
+        }
         let credentials = match (username, password, creds_file) {
             (None, None, None) => Credentials::None,
             (Some(user), Some(password), None) => match password.resolve() {
@@ -142,6 +169,7 @@ impl NatsSourceConfig {
             url,
             stream,
             partitions,
+            lease_ttl,
             credentials,
             ca_file,
         })
@@ -181,33 +209,43 @@ impl NatsSettings {
 /// A message read and not yet acknowledged: its number in [`Framing`]'s count.
 type Unacknowledged = VecDeque<(u64, jetstream::Message)>;
 
+/// What the consumers of the owned partitions deliver, tagged with the partition.
+type Deliveries =
+    SelectAll<Pin<Box<dyn Stream<Item = (u16, Result<jetstream::Message, MessagesError>)> + Send>>>;
+
 pub async fn run(
     name: &str,
     settings: &NatsSettings,
     mut framing: Framing,
     mut accepted: watch::Receiver<u64>,
+    partitions: &Partitions,
     shutdown: &CancellationToken,
 ) -> Result<(), Closed> {
     let mut backoff = Backoff::reconnect();
     let mut failures = LogLimit::per_minute();
     let mut unacknowledged = Unacknowledged::new();
     while !shutdown.is_cancelled() {
-        let read = read(
+        let mut worker = Worker {
             name,
             settings,
-            &mut framing,
-            &mut accepted,
-            &mut unacknowledged,
-            &mut backoff,
-            shutdown,
-        );
-        match read.await {
+            framing: &mut framing,
+            accepted: &mut accepted,
+            partitions,
+            unacknowledged: &mut unacknowledged,
+            reading: BTreeMap::new(),
+            handing_over: BTreeMap::new(),
+            deliveries: Deliveries::new(),
+            failures: LogLimit::per_minute(),
+        };
+        match worker.run(&mut backoff, shutdown).await {
             Ok(()) => break,
             Err(Failure::Closed) => return Err(Closed),
             Err(Failure::Nats(error)) => {
                 framing.set_connected(false);
-                // The server delivers them again after ACK_WAIT.
+                // The server delivers them again; the leases, dropped, expire, and the
+                // partitions are claimed afresh from their snapshots.
                 unacknowledged.clear();
+                partitions.forget_all();
                 let delay = backoff.next_delay();
                 if let Some(suppressed) = failures.allow(Instant::now()) {
                     tracing::warn!(source = %name, url = %settings.url, suppressed, "NATS connection lost or refused ({error:#}); retrying in {delay:?}");
@@ -234,115 +272,285 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
     }
 }
 
-/// Connects, makes sure the stream and every partition's consumer exist, and reads until
-/// `shutdown` (then acknowledges what was accepted meanwhile, for at most a second).
-async fn read(
-    name: &str,
-    settings: &NatsSettings,
-    framing: &mut Framing,
-    accepted: &mut watch::Receiver<u64>,
-    unacknowledged: &mut Unacknowledged,
-    backoff: &mut Backoff,
-    shutdown: &CancellationToken,
-) -> Result<(), Failure> {
-    let client = settings.connect().await?;
-    let context = jetstream::new(client.clone());
-    let stream = context
-        .get_or_create_stream(stream::Config {
-            name: settings.stream.clone(),
-            subjects: vec!["p1.part.>".into()],
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
+/// One connection's worth of a fleet worker: the partitions it reads and hands over.
+struct Worker<'a> {
+    name: &'a str,
+    settings: &'a NatsSettings,
+    framing: &'a mut Framing,
+    accepted: &'a mut watch::Receiver<u64>,
+    partitions: &'a Partitions,
+    unacknowledged: &'a mut Unacknowledged,
+    /// The owned partitions being read: how to stop each, and the number of the last
+    /// message read from it.
+    reading: BTreeMap<u16, (CancellationToken, u64)>,
+    /// Partitions stopped for a hand-over, until what was read of them is committed: the
+    /// number of the last message read from each.
+    handing_over: BTreeMap<u16, u64>,
+    deliveries: Deliveries,
+    failures: LogLimit,
+}
+
+impl Worker<'_> {
+    /// Connects, joins the fleet, and reads the partitions it is given until `shutdown`;
+    /// then hands them over, their state saved, and leaves.
+    async fn run(
+        &mut self,
+        backoff: &mut Backoff,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Failure> {
+        let settings = self.settings;
+        let client = settings.connect().await?;
+        let context = jetstream::new(client.clone());
+        let stream = context
+            .get_or_create_stream(stream::Config {
+                name: settings.stream.clone(),
+                subjects: vec!["p1.part.>".into()],
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await?;
+        let bucket = |what| format!("p1guard_{what}_{}", settings.stream);
+        let mut snapshots =
+            Snapshots::open(&context, &bucket("snapshots"), settings.lease_ttl / 3).await?;
+        let me = WorkerId::random()?;
+        let leases = Leases::start(
+            &context,
+            &bucket("leases"),
+            me,
+            settings.partitions,
+            settings.lease_ttl,
+        )
         .await?;
-    let mut partitions = Vec::with_capacity(usize::from(settings.partitions));
-    for partition in 0..settings.partitions {
-        let consumer = take_over(&stream, partition).await?;
-        partitions.push(
-            consumer
-                .stream()
-                .max_messages_per_batch(BATCH)
-                .messages()
-                .await?,
-        );
+        let (mut owned, mut releasing) = (leases.owned(), leases.releasing());
+        tracing::info!(source = %self.name, url = %settings.url, stream = %settings.stream, partitions = settings.partitions, worker = %me, "connected; joining the fleet");
+        self.framing.set_connected(true);
+        backoff.reset();
+        let mut snapshot_round = tokio::time::interval(SNAPSHOT_EVERY);
+        loop {
+            let through = *self.accepted.borrow_and_update();
+            acknowledge(self.unacknowledged, through).await?;
+            self.hand_over_committed(through, &leases, &mut snapshots)
+                .await;
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                changed = self.accepted.changed() => if changed.is_err() {
+                    break;
+                },
+                changed = owned.changed() => {
+                    changed.map_err(|_| anyhow::anyhow!("the lease keeper stopped"))?;
+                    self.follow(&owned, &releasing, &stream, &mut snapshots).await?;
+                }
+                changed = releasing.changed() => {
+                    changed.map_err(|_| anyhow::anyhow!("the lease keeper stopped"))?;
+                    self.follow(&owned, &releasing, &stream, &mut snapshots).await?;
+                }
+                _ = snapshot_round.tick() => self.save_snapshots(&mut snapshots).await,
+                delivery = self.deliveries.next(), if !self.deliveries.is_empty() => {
+                    let Some((partition, message)) = delivery else { continue };
+                    self.take(partition, message?).await?;
+                }
+            }
+        }
+        self.leave(leases, &mut snapshots).await;
+        client.flush().await?;
+        Ok(())
     }
-    let mut messages = futures_util::stream::select_all(partitions);
-    tracing::info!(source = %name, url = %settings.url, stream = %settings.stream, partitions = settings.partitions, "connected");
-    framing.set_connected(true);
-    backoff.reset();
-    loop {
-        let through = *accepted.borrow_and_update();
-        acknowledge(unacknowledged, through).await?;
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            changed = accepted.changed() => if changed.is_err() {
+
+    /// Starts reading the partitions newly owned, and stops reading those no longer owned:
+    /// a partition being handed over once what was read of it is committed, a lost one at
+    /// once.
+    async fn follow(
+        &mut self,
+        owned: &watch::Receiver<BTreeSet<u16>>,
+        releasing: &watch::Receiver<BTreeSet<u16>>,
+        stream: &stream::Stream,
+        snapshots: &mut Snapshots,
+    ) -> Result<(), Failure> {
+        // `releasing` first: the leases publish it first.
+        let releasing = releasing.borrow().clone();
+        let owned = owned.borrow().clone();
+        let gone: Vec<u16> = (self.reading.keys())
+            .filter(|partition| !owned.contains(partition))
+            .copied()
+            .collect();
+        for partition in gone {
+            let Some((stop, last_read)) = self.reading.remove(&partition) else {
+                continue;
+            };
+            stop.cancel();
+            if releasing.contains(&partition) {
+                self.handing_over.insert(partition, last_read);
+            } else {
+                tracing::warn!(source = %self.name, partition, "partition lost: its lease was not renewed in time");
+                self.partitions.forget(partition);
+            }
+        }
+        for &partition in owned.difference(&self.reading.keys().copied().collect()) {
+            self.claim(partition, stream, snapshots).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts reading `partition` from its last snapshot: the reducer continues its meters
+    /// from their saved states, and the stream is read from just after what the snapshot
+    /// covers.
+    async fn claim(
+        &mut self,
+        partition: u16,
+        stream: &stream::Stream,
+        snapshots: &mut Snapshots,
+    ) -> Result<(), Failure> {
+        let state = snapshots.load(partition).await?;
+        let start = state.through + 1;
+        tracing::info!(source = %self.name, partition, meters = state.meters(), from = start, "partition taken over");
+        (self.framing.restore(partition, state.states()).await)
+            .map_err(|Closed| Failure::Closed)?;
+        self.partitions.claim(partition, state);
+        let consumer = stream
+            .create_consumer(consumer::pull::Config {
+                filter_subject: format!("p1.part.{partition}.*"),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: ACK_WAIT,
+                inactive_threshold: ACK_WAIT,
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                },
+                ..Default::default()
+            })
+            .await?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(BATCH)
+            .messages()
+            .await?;
+        let stop = CancellationToken::new();
+        let delivered = messages
+            .map(move |message| (partition, message))
+            .take_until(stop.clone().cancelled_owned());
+        self.deliveries.push(Box::pin(delivered));
+        self.reading.insert(partition, (stop, 0));
+        Ok(())
+    }
+
+    /// Frames a message of `partition` for the reduce task.
+    async fn take(&mut self, partition: u16, message: jetstream::Message) -> Result<(), Failure> {
+        let Some(reading) = self.reading.get_mut(&partition) else {
+            // Read before its partition stopped; the next owner reads it again.
+            return Ok(());
+        };
+        let (at, sequence) = match message.info() {
+            Ok(info) => (
+                Timestamp::from_nanosecond(info.published.unix_timestamp_nanos()).ok(),
+                info.stream_sequence,
+            ),
+            Err(error) => return Err(Failure::Nats(anyhow::anyhow!(error))),
+        };
+        let number = self
+            .framing
+            .push_partition_message(&message.payload, at, partition, sequence)
+            .await
+            .map_err(|Closed| Failure::Closed)?;
+        reading.1 = number;
+        self.unacknowledged.push_back((number, message));
+        Ok(())
+    }
+
+    /// Hands over the partitions whose messages read are all committed by message `through`:
+    /// their snapshots are written, then their leases may go.
+    async fn hand_over_committed(
+        &mut self,
+        through: u64,
+        leases: &Leases,
+        snapshots: &mut Snapshots,
+    ) {
+        let committed: Vec<u16> = (self.handing_over.iter())
+            .filter(|&(_, &last_read)| last_read <= through)
+            .map(|(&partition, _)| partition)
+            .collect();
+        for partition in committed {
+            self.handing_over.remove(&partition);
+            self.save_snapshot(partition, true, snapshots).await;
+            self.partitions.forget(partition);
+            leases.released(partition);
+        }
+    }
+
+    /// Writes the snapshot of each partition being read whose state changed.
+    async fn save_snapshots(&mut self, snapshots: &mut Snapshots) {
+        let reading: Vec<u16> = self.reading.keys().copied().collect();
+        for partition in reading {
+            if !self.save_snapshot(partition, false, snapshots).await
+                && let Some((stop, _)) = self.reading.remove(&partition)
+            {
+                stop.cancel();
+                self.partitions.forget(partition);
+            }
+        }
+    }
+
+    /// Writes `partition`'s snapshot if it changed (or `even_unchanged`); false if another
+    /// worker has written it since, which makes the partition theirs.
+    async fn save_snapshot(
+        &mut self,
+        partition: u16,
+        even_unchanged: bool,
+        snapshots: &mut Snapshots,
+    ) -> bool {
+        let Some(encoded) = self.partitions.take_snapshot(partition, even_unchanged) else {
+            return true;
+        };
+        match snapshots.save(partition, encoded).await {
+            Ok(()) => true,
+            Err(error @ SaveError::Lost(_)) => {
+                tracing::warn!(source = %self.name, partition, "{error}: partition lost");
+                false
+            }
+            Err(error) => {
+                if let Some(suppressed) = self.failures.allow(Instant::now()) {
+                    tracing::warn!(source = %self.name, suppressed, "{error}; the next owner reads more of the stream again");
+                }
+                true
+            }
+        }
+    }
+
+    /// Leaves the fleet: stops reading, acknowledges what is committed within a second, and
+    /// hands every partition over with its snapshot.
+    async fn leave(&mut self, leases: Leases, snapshots: &mut Snapshots) {
+        leases.stop();
+        for (partition, (stop, last_read)) in std::mem::take(&mut self.reading) {
+            stop.cancel();
+            self.handing_over.insert(partition, last_read);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            let through = *self.accepted.borrow_and_update();
+            if acknowledge(self.unacknowledged, through).await.is_err() {
                 break;
-            },
-            message = messages.next() => {
-                let Some(message) = message else {
-                    return Err(Failure::Nats(anyhow::anyhow!("the consumers ended")));
-                };
-                let message = message?;
-                let at = stamp(&message);
-                let number = framing
-                    .push_message_at(&message.payload, at)
-                    .await
-                    .map_err(|Closed| Failure::Closed)?;
-                unacknowledged.push_back((number, message));
+            }
+            self.hand_over_committed(through, &leases, snapshots).await;
+            if self.handing_over.is_empty()
+                || !matches!(
+                    tokio::time::timeout_at(deadline, self.accepted.changed()).await,
+                    Ok(Ok(()))
+                )
+            {
+                break;
+            }
+        }
+        // What is not committed by now stays unacknowledged: the next owner reads it again
+        // from the snapshot, which covers only what is committed.
+        self.hand_over_committed(u64::MAX, &leases, snapshots).await;
+        match tokio::time::timeout(Duration::from_secs(2), leases.stopped()).await {
+            Ok(Ok(())) => tracing::info!(source = %self.name, "left the fleet"),
+            Ok(Err(error)) => {
+                tracing::warn!(source = %self.name, "leaving the fleet: {error:#}; the leases expire instead")
+            }
+            Err(_) => {
+                tracing::warn!(source = %self.name, "leaving the fleet took too long; the leases expire instead")
             }
         }
     }
-    // What is committed by now is acknowledged; the rest is delivered again next start.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-    while !unacknowledged.is_empty()
-        && let Ok(Ok(())) = tokio::time::timeout_at(deadline, accepted.changed()).await
-    {
-        let through = *accepted.borrow_and_update();
-        acknowledge(unacknowledged, through).await?;
-    }
-    client.flush().await?;
-    Ok(())
-}
-
-/// Partition `partition`'s consumer, reading from just after what was acknowledged: what a
-/// worker that was killed had been given and never acknowledged is delivered now, rather
-/// than once the server's `ACK_WAIT` for it runs out.
-async fn take_over(
-    stream: &stream::Stream,
-    partition: u16,
-) -> anyhow::Result<consumer::PullConsumer> {
-    let durable = format!("p1guard-{partition}");
-    let deliver_policy = match stream.consumer_info(&durable).await {
-        Ok(info) if info.num_ack_pending == 0 => {
-            return stream
-                .get_consumer(&durable)
-                .await
-                .map_err(|e| anyhow::anyhow!(e));
-        }
-        Ok(info) => {
-            stream.delete_consumer(&durable).await?;
-            consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: info.ack_floor.stream_sequence + 1,
-            }
-        }
-        // None yet: from the stream's start.
-        Err(_) => consumer::DeliverPolicy::All,
-    };
-    let config = consumer::pull::Config {
-        durable_name: Some(durable),
-        filter_subject: format!("p1.part.{partition}.*"),
-        ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait: ACK_WAIT,
-        deliver_policy,
-        ..Default::default()
-    };
-    Ok(stream.create_consumer(config).await?)
-}
-
-/// When the stream took `message`: its receive time, the same each time it is read.
-fn stamp(message: &jetstream::Message) -> Option<Timestamp> {
-    let published = message.info().ok()?.published;
-    Timestamp::from_nanosecond(published.unix_timestamp_nanos()).ok()
 }
 
 /// Acknowledges the messages up to number `accepted`.

@@ -243,9 +243,19 @@ impl Reader<'_, '_> {
             .map(|s| s.name.as_str())
             .collect();
         // Workers sharing a stream must name each meter alike: one key, given to each.
-        let shared = sources
+        let mut streams = sources
             .iter()
-            .find(|s| matches!(s.kind, SourceKind::Nats(_)));
+            .filter(|s| matches!(s.kind, SourceKind::Nats(_)));
+        let shared = streams.next();
+        if let Some(second) = streams.next() {
+            self.problem(
+                "sources",
+                format!(
+                    "source {} (nats): a worker reads one fleet stream; run another worker for another",
+                    second.name
+                ),
+            );
+        }
         if let Some(source) = shared
             && identity.key_file.is_none()
         {
@@ -564,6 +574,17 @@ mod tests {
             "source fleet (nats): stream P1 (64 partitions) on nats://127.0.0.1:4222"
         );
         assert!(config.sources[0].kind.is_fleet());
+        let second = "[[sources]]\nname = \"second\"\ntype = \"nats\"\nurl = \"nats://127.0.0.1\"\npartitions = 8\n";
+        let problems = parse(
+            &format!("[identity]\nkey_file = \"/etc/p1guard/identity.key\"\n{second}{source}"),
+            no_env(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            problems.contains("source fleet (nats): a worker reads one fleet stream"),
+            "{problems}"
+        );
 
         let problems = parse(
             r#"
@@ -576,6 +597,7 @@ mod tests {
             stream = "p1.part"
             partitions = 0
             username = "worker"
+            lease_ttl_secs = 0
 
             [[sinks]]
             type = "stdout"
@@ -589,6 +611,7 @@ mod tests {
             "stream \"p1.part\": expected a name of letters, digits, _ and -",
             "partitions = 0: expected 1 to 1024",
             "username and password go together",
+            "lease_ttl_secs must be at least 1",
         ] {
             assert!(
                 problems.contains(expected),

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod reduce;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -22,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::backoff::Backoff;
+use crate::fleet::snapshot::Partitions;
 use crate::outbox::{Outbox, OutboxSink, Staged, Stager};
 use crate::sinks::Stopping;
 use crate::sources::{self, Input, SourceId, SourceKind};
@@ -105,6 +107,8 @@ pub async fn run(
     let (frames, received) = mpsc::channel(FRAME_QUEUE);
     let (staged, to_commit) = mpsc::channel(STAGED_QUEUE);
     let stager = outbox.stager();
+    // What a fleet source's partitions are committed to, for their snapshots.
+    let partitions = Arc::new(Partitions::default());
     let reduce_task = tokio::spawn(reduce(
         received,
         reducer,
@@ -117,6 +121,7 @@ pub async fn run(
         to_commit,
         outbox,
         accepted,
+        Arc::clone(&partitions),
         metrics.clone(),
         stopping.give_up.clone(),
     ));
@@ -128,6 +133,7 @@ pub async fn run(
             source,
             frames.clone(),
             accepted,
+            Arc::clone(&partitions),
             metrics.clone(),
             shutdown.clone(),
         );
@@ -183,11 +189,14 @@ fn arrival(source: &SourceKind) -> ArrivalOf {
     }
 }
 
-/// A batch for the commit task: its records and the reducer's state, and how far each
-/// source's messages are in it.
+/// A batch for the commit task: its records and the reducer's state, how far each source's
+/// messages are in it, and for fleet partitions how far their streams are and the states
+/// of the meters it moved (partition, meter, state).
 struct Batch {
     staged: Staged,
     marks: Vec<Option<u64>>,
+    positions: BTreeMap<u16, u64>,
+    partition_states: Vec<(u16, Vec<u8>, Vec<u8>)>,
 }
 
 /// Parses frames, applies the code of conduct, and stages each batch's records for every
@@ -207,21 +216,43 @@ async fn reduce<C: Consent>(
     let mut records = Vec::new();
     while frames.recv_many(&mut pending, BATCH_FRAMES).await > 0 {
         let mut marks = vec![None; sources];
+        let mut positions = BTreeMap::new();
         for input in pending.drain(..) {
             match input {
                 Input::Frame(received) => {
                     metrics.frames_queued.fetch_sub(1, Relaxed);
                     let frame = received.frame.as_frame();
+                    let (source, at, partition) =
+                        (received.source, received.at, received.partition);
                     // A bad telegram is counted and logged there: its error needs nothing more.
-                    let _ = reducer.reduce(received.source, &frame, received.at, &mut records);
+                    let _ = reducer.reduce(source, &frame, at, partition, &mut records);
                 }
                 Input::MessageEnd { source, message } => marks[source.0] = Some(message),
+                Input::Position {
+                    partition,
+                    sequence,
+                } => {
+                    positions.insert(partition, sequence);
+                }
+                Input::Restore { partition, states } => reducer.restore(partition, &states),
             }
         }
         reducer.publish_counters();
         let staged = stager.stage(&records, reducer.reducer_mut());
         records.clear();
-        if to_commit.send(Batch { staged, marks }).await.is_err() {
+        let partition_states = (staged.checkpoint().iter())
+            .filter_map(|(id, state)| {
+                let partition = reducer.partition_of(id)?;
+                Some((partition, id.clone(), state.clone()))
+            })
+            .collect();
+        let batch = Batch {
+            staged,
+            marks,
+            positions,
+            partition_states,
+        };
+        if to_commit.send(batch).await.is_err() {
             tracing::error!("the commit task stopped; what is read now is not stored");
             return;
         }
@@ -235,13 +266,19 @@ async fn commit_all(
     mut batches: mpsc::Receiver<Batch>,
     mut outbox: Outbox,
     accepted: Vec<watch::Sender<u64>>,
+    partitions: Arc<Partitions>,
     metrics: Arc<Metrics>,
     give_up: tokio_util::sync::CancellationToken,
 ) -> Outbox {
     let mut tidy = tokio::time::interval(TIDY_EVERY);
     let mut failures = LogLimit::per_minute();
     loop {
-        let Batch { mut staged, marks } = tokio::select! {
+        let Batch {
+            mut staged,
+            marks,
+            positions,
+            partition_states,
+        } = tokio::select! {
             batch = batches.recv() => match batch {
                 Some(batch) => batch,
                 None => break,
@@ -255,9 +292,14 @@ async fn commit_all(
                 continue;
             }
         };
-        if !staged.is_empty() {
+        let committed = staged.is_empty() || {
             wait_for_room(&mut outbox, &give_up).await;
-            commit(&mut outbox, &mut staged, &give_up, &metrics).await;
+            commit(&mut outbox, &mut staged, &give_up, &metrics).await
+        };
+        // Before the sources hear of it, and only what is on disk: a snapshot covers no
+        // more than this worker's outbox holds.
+        if committed {
+            partitions.committed(&positions, &partition_states);
         }
         for (sender, mark) in accepted.iter().zip(marks) {
             if let Some(message) = mark {
@@ -303,18 +345,19 @@ async fn wait_for_room(outbox: &mut Outbox, give_up: &tokio_util::sync::Cancella
 }
 
 /// Commits `staged`, retrying while the disk refuses (full, read-only) until the shutdown
-/// grace is over; records that could not be committed by then are counted as not written.
+/// grace is over; records that could not be committed by then are counted as not written,
+/// and the answer is false.
 async fn commit(
     outbox: &mut Outbox,
     staged: &mut Staged,
     give_up: &tokio_util::sync::CancellationToken,
     metrics: &Metrics,
-) {
+) -> bool {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut logs = LogLimit::per_minute();
     loop {
         let error = match tokio::task::block_in_place(|| outbox.commit(staged)) {
-            Ok(()) => return,
+            Ok(()) => return true,
             Err(error) => error,
         };
         if give_up.is_cancelled() {
@@ -326,7 +369,7 @@ async fn commit(
                     tally.fetch_add(count, Relaxed);
                 }
             }
-            return;
+            return false;
         }
         let delay = backoff.next_delay();
         if let Some(suppressed) = logs.allow(Instant::now()) {

@@ -2,12 +2,13 @@
 //! count how each frame fared, log bad telegrams at most five times a minute per source, and
 //! apply the code of conduct.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use jiff::Timestamp;
-use p1guard_conduct::{Arrival, Consent, Record, Reducer};
+use p1guard_conduct::{Arrival, Consent, Record, Reducer, normalise_equipment_id};
 use p1guard_telegram::{Error, Frame, Parser};
 
 use crate::sources::SourceId;
@@ -25,6 +26,10 @@ pub struct FrameReducer<C> {
     metrics: Arc<Metrics>,
     /// Per source, in the order of [`Metrics::sources`].
     sources: Vec<Source>,
+    /// The fleet partition of each meter (normalised id) read from one.
+    partitions: HashMap<Box<[u8]>, u16>,
+    /// The normalised id at hand, reused between telegrams.
+    id: Vec<u8>,
 }
 
 /// What the frame reducer keeps per source.
@@ -61,18 +66,22 @@ impl<C: Consent> FrameReducer<C> {
             reducer,
             metrics,
             sources,
+            partitions: HashMap::new(),
+            id: Vec::new(),
         }
     }
 
-    /// Parses `frame`, which source `source` received at `at`, counts how it fared, and adds
-    /// the records the code of conduct makes of it to `records`. A frame that fails to parse
-    /// is counted, logged (rate-limited) and returned as the error; a telegram kept without a
-    /// bad line is logged the same way.
+    /// Parses `frame`, which source `source` received at `at` (from fleet partition
+    /// `partition`, if any), counts how it fared, and adds the records the code of conduct
+    /// makes of it to `records`. A frame that fails to parse is counted, logged
+    /// (rate-limited) and returned as the error; a telegram kept without a bad line is
+    /// logged the same way.
     pub fn reduce(
         &mut self,
         source: SourceId,
         frame: &Frame<'_>,
         at: Timestamp,
+        partition: Option<u16>,
         records: &mut Vec<Record>,
     ) -> Result<(), Error> {
         let Source {
@@ -101,8 +110,42 @@ impl<C: Consent> FrameReducer<C> {
         {
             tracing::warn!(source = %metrics.name, suppressed, "kept a telegram without its bad line: {error}");
         }
+        if let Some(partition) = partition
+            && let Some(id) = (telegram.equipment_id())
+                .and_then(|sent| normalise_equipment_id(sent, &mut self.id))
+            && self.partitions.get(id) != Some(&partition)
+        {
+            self.partitions.insert(id.into(), partition);
+        }
         self.reducer.reduce(&telegram, arrival(at), records);
         Ok(())
+    }
+
+    /// The fleet partition meter `id` (normalised) was last read from.
+    pub fn partition_of(&self, id: &[u8]) -> Option<u16> {
+        self.partitions.get(id).copied()
+    }
+
+    /// Continues fleet partition `partition`'s meters from `states` (a snapshot taken by the
+    /// worker that read the partition before); a state that cannot be read is logged and its
+    /// meter starts afresh.
+    pub fn restore(&mut self, partition: u16, states: &[(Vec<u8>, Vec<u8>)]) {
+        let mut failures = 0;
+        for (id, state) in states {
+            match self.reducer.restore(id, state) {
+                Ok(()) => {
+                    self.partitions.insert(id[..].into(), partition);
+                }
+                Err(_) => failures += 1,
+            }
+        }
+        if failures > 0 {
+            tracing::warn!(
+                partition,
+                failures,
+                "meter states in the partition's snapshot could not be read; those meters start afresh"
+            );
+        }
     }
 
     /// The code of conduct's reducer: its counters and meters.
@@ -170,11 +213,14 @@ mod tests {
         let mut records = Vec::new();
 
         let good = framer.next_frame().unwrap().unwrap();
-        assert_eq!(reducer.reduce(SourceId(1), &good, at, &mut records), Ok(()));
+        assert_eq!(
+            reducer.reduce(SourceId(1), &good, at, None, &mut records),
+            Ok(())
+        );
         assert!(!records.is_empty(), "a live record");
         let bad = framer.next_frame().unwrap().unwrap();
         let error = reducer
-            .reduce(SourceId(1), &bad, at, &mut records)
+            .reduce(SourceId(1), &bad, at, None, &mut records)
             .unwrap_err();
         assert!(
             matches!(error.kind, ErrorKind::CrcMismatch { .. }),
@@ -207,7 +253,7 @@ mod tests {
         let at: Timestamp = "2026-06-01T10:00:05Z".parse().unwrap();
         let mut records = Vec::new();
         assert_eq!(
-            reducer.reduce(SourceId(0), &frame, at, &mut records),
+            reducer.reduce(SourceId(0), &frame, at, None, &mut records),
             Ok(())
         );
         let line = &reducer.metrics.sources[0];

@@ -1,81 +1,40 @@
-//! A fleet on NATS JetStream end to end: meters publish on `p1.<meter>.telegram`, a real
-//! `nats-server` maps each meter to its partition and keeps the stream, and p1guard's `nats`
-//! source reads every partition, acknowledging what its outbox holds.
+//! A fleet on NATS JetStream end to end: meters publish on `p1.<meter>.telegram` (or MQTT
+//! `p1/<meter>/telegram` on the server's MQTT listener), a real `nats-server` maps each meter
+//! to its partition and keeps the stream, and p1guard workers share the partitions by
+//! leases, each partition's state handed from owner to owner by snapshot.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::daemon::{Daemon, require};
+use p1guard_simulator::{Simulator, Style};
+
+use crate::daemon::Daemon;
+use crate::mosquitto::free_port;
+use crate::mosquitto::publish_all;
+use crate::nats::{NatsServer, shipped_config};
 use crate::outbox::{
-    PATIENCE, fleet_config, fleet_done, fleet_messages, row_count, same_rows, wait_until,
+    PATIENCE, at, fleet_config, fleet_config_of, fleet_done, fleet_messages, meter, row_count,
+    same_rows, wait_until,
 };
-use crate::{free_address, scratch, sqlite_rows};
+use crate::{Row, scratch, sqlite_rows};
 
 /// Partitions of the shipped server config's mapping, and so of the source.
 const PARTITIONS: u16 = 64;
 
 /// A `nats-server` with the shipped example config (`config/nats/nats-server.conf`) but for
-/// its addresses and store, killed when dropped.
-struct NatsServer {
-    child: Child,
-    port: u16,
+/// its addresses and store, its MQTT listener on `mqtt_port`.
+fn nats_server_with_mqtt(dir: &Path, mqtt_port: u16) -> NatsServer {
+    let config = shipped_config(dir, mqtt_port);
+    assert!(
+        config.contains(&format!("{{{{partition({PARTITIONS},1)}}}}")),
+        "the example maps meters to {PARTITIONS} partitions"
+    );
+    NatsServer::start(dir, &config, Some(mqtt_port))
 }
 
-impl NatsServer {
-    /// Starts one in `dir` on free ports, and waits until it takes connections.
-    fn start(dir: &Path) -> NatsServer {
-        let binary = require("nats-server", "nats-server");
-        let port = free_address().port();
-        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/nats/nats-server.conf");
-        let example = std::fs::read_to_string(example).unwrap();
-        assert!(
-            example.contains(&format!("{{{{partition({PARTITIONS},1)}}}}")),
-            "the example maps meters to {PARTITIONS} partitions"
-        );
-        let config = dir.join("nats-server.conf");
-        let mut text = example;
-        for (shipped, here) in [
-            ("listen: 0.0.0.0:4222", format!("listen: 127.0.0.1:{port}")),
-            (
-                "store_dir: /var/lib/nats",
-                format!("store_dir: {:?}", dir.join("jetstream")),
-            ),
-            ("port: 1883", format!("port: {}", free_address().port())),
-        ] {
-            assert!(text.contains(shipped), "the example says {shipped:?}");
-            text = text.replace(shipped, &here);
-        }
-        std::fs::write(&config, text).unwrap();
-        let child = Command::new(binary)
-            .arg("-c")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("nats-server.log")).unwrap())
-            .spawn()
-            .expect("nats-server starts");
-        let deadline = Instant::now() + PATIENCE;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not listen on {port}: see {}",
-                dir.join("nats-server.log").display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        NatsServer { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn nats_server(dir: &Path) -> NatsServer {
+    nats_server_with_mqtt(dir, free_port())
 }
 
 /// Publishes `messages` (MQTT topics `p1/<meter>/telegram`, as the meters name them) on
@@ -90,6 +49,16 @@ fn publish(server: &NatsServer, messages: Vec<(String, Vec<u8>)>) {
     runtime.block_on(async move {
         let client = async_nats::connect(&url).await.expect("a NATS connection");
         let stream = async_nats::jetstream::new(client);
+        // As a worker makes it, should none have yet.
+        stream
+            .get_or_create_stream(async_nats::jetstream::stream::Config {
+                name: "P1".into(),
+                subjects: vec!["p1.part.>".into()],
+                storage: async_nats::jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .expect("the stream");
         let mut acks = Vec::new();
         for (topic, payload) in messages {
             let subject = topic.replace('/', ".");
@@ -111,7 +80,8 @@ fn publish(server: &NatsServer, messages: Vec<(String, Vec<u8>)>) {
     });
 }
 
-/// The fleet's source: every partition of `server`'s stream `P1`.
+/// The fleet's source: `server`'s stream `P1`, its leases lasting 2 s (a restarted
+/// worker waits that long for its predecessor's partitions).
 fn nats_source(server: &NatsServer) -> String {
     format!(
         r#"
@@ -121,6 +91,7 @@ fn nats_source(server: &NatsServer) -> String {
         url = "{}"
         stream = "P1"
         partitions = {PARTITIONS}
+        lease_ttl_secs = 2
         "#,
         server.url()
     )
@@ -139,7 +110,7 @@ fn a_fleet_on_jetstream_killed_three_times_stores_exactly_what_an_uninterrupted_
 
     let reference = dir.join("reference");
     std::fs::create_dir_all(&reference).unwrap();
-    let server = NatsServer::start(&reference);
+    let server = nats_server(&reference);
     let config = fleet_config(&reference, &key, &nats_source(&server));
     let daemon = Daemon::start(&reference, &config);
     daemon.wait_for_log("connected", 1, PATIENCE);
@@ -176,7 +147,7 @@ fn a_fleet_on_jetstream_killed_three_times_stores_exactly_what_an_uninterrupted_
     // a p1guard killed three times.
     let killed = dir.join("killed");
     std::fs::create_dir_all(&killed).unwrap();
-    let server = NatsServer::start(&killed);
+    let server = nats_server(&killed);
     let config = fleet_config(&killed, &key, &nats_source(&server));
     let (live, quarter) = (killed.join("live.sqlite"), killed.join("quarter.sqlite"));
     let daemon = Daemon::start(&killed, &config);
@@ -232,4 +203,233 @@ fn a_fleet_on_jetstream_killed_three_times_stores_exactly_what_an_uninterrupted_
         messages.len(),
         expected_live.len()
     );
+}
+
+/// Meters of the fleet the workers share, and how often each sends: one of its 10 s
+/// telegrams every 14 minutes, each meter at its own second, over two days across the
+/// first of June (a monthly billing boundary).
+const SHARED_FLEET: u64 = 1000;
+const EVERY_SECONDS: i64 = 14 * 60;
+
+/// Messages as published: (MQTT topic, payload).
+type Messages = Vec<(String, Vec<u8>)>;
+
+/// The shared fleet's telegrams in time order, on topics `p1/<n>/telegram`: those of every
+/// tenth meter (`n % 10 == 1`) apart, for the server's MQTT listener; and how many are of
+/// meters that consent to live (`n % 4 == 3`).
+fn shared_fleet_messages() -> (Messages, Messages, usize) {
+    let (from, to) = (at("2026-05-30T22:00:00Z"), at("2026-06-01T22:00:00Z"));
+    let mut sent = Vec::new();
+    let mut telegram = Vec::new();
+    for n in 0..SHARED_FLEET {
+        let second = (n as i64 * 10) % EVERY_SECONDS;
+        let mut simulator = Simulator::new(meter(n, Style::Dsmr4), from, to, Vec::new());
+        telegram.clear();
+        while let Some(time) = simulator.next_into(&mut telegram) {
+            if (time.as_second() - from.as_second()) % EVERY_SECONDS == second {
+                sent.push((time, n, telegram.clone()));
+            }
+            telegram.clear();
+        }
+    }
+    sent.sort_unstable_by_key(|&(time, n, _)| (time, n));
+    let live = sent.iter().filter(|&&(_, n, _)| n % 4 == 3).count();
+    let (mqtt, nats): (Vec<_>, Vec<_>) = sent.into_iter().partition(|&(_, n, _)| n % 10 == 1);
+    let topics = |sent: Vec<(jiff::Timestamp, u64, Vec<u8>)>| -> Messages {
+        (sent.into_iter())
+            .map(|(_, n, telegram)| (format!("p1/{n}/telegram"), telegram))
+            .collect()
+    };
+    (topics(nats), topics(mqtt), live)
+}
+
+/// A worker of the shared fleet: its state directory (its outbox and its two stores).
+struct Worker {
+    dir: PathBuf,
+    config: String,
+}
+
+impl Worker {
+    fn new(dir: &Path, name: &str, key: &Path, server: &NatsServer) -> Worker {
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = fleet_config_of(SHARED_FLEET, &dir, key, &nats_source(server));
+        Worker { dir, config }
+    }
+
+    fn start(&self) -> Daemon {
+        Daemon::start(&self.dir, &self.config)
+    }
+
+    fn stores(&self) -> [PathBuf; 2] {
+        [
+            self.dir.join("live.sqlite"),
+            self.dir.join("quarter.sqlite"),
+        ]
+    }
+}
+
+/// The rows of every store of `workers`, as one set.
+fn union(workers: &[&Worker]) -> BTreeSet<Row> {
+    (workers.iter().flat_map(|w| w.stores()))
+        .flat_map(|store| {
+            if store.exists() {
+                sqlite_rows(&store)
+            } else {
+                Vec::new()
+            }
+        })
+        .collect()
+}
+
+/// Waits until the stores of `workers` hold `expected` rows between them and have stopped
+/// growing.
+fn wait_for_union(workers: &[&Worker], expected: usize, what: &str) {
+    wait_until(
+        what,
+        Duration::from_secs(120),
+        || union(workers).len() >= expected,
+        || format!("{} of {expected} rows", union(workers).len()),
+    );
+    wait_until(
+        "the stores to settle",
+        PATIENCE,
+        || {
+            let before = union(workers).len();
+            std::thread::sleep(Duration::from_secs(2));
+            union(workers).len() == before
+        },
+        String::new,
+    );
+}
+
+/// Three workers share a fleet of 1,000 meters at mixed consent (two days, some meters
+/// through the server's MQTT listener); one is killed with SIGKILL mid-run and a fourth
+/// added, then the killed one comes back (as systemd restarts it: what its outbox held
+/// reaches its stores). Between them the stores hold exactly what one worker alone stores
+/// from the same stream, record for record: each partition's next owner continues its
+/// meters from the snapshot, and what it reads again it writes the same.
+#[test]
+fn workers_sharing_a_fleet_store_exactly_what_one_worker_stores_across_a_kill_and_a_newcomer() {
+    let dir = scratch("fleet-workers");
+    let key = dir.join("identity.key");
+    std::fs::write(&key, format!("{}\n", "5a".repeat(32))).unwrap();
+    let generated = Instant::now();
+    let (nats_messages, mqtt_messages, live) = shared_fleet_messages();
+    let generated = generated.elapsed();
+    let mqtt_port = free_port();
+    let server = nats_server_with_mqtt(&dir, mqtt_port);
+    let published = Instant::now();
+    let count = nats_messages.len() + mqtt_messages.len();
+    publish(&server, nats_messages);
+    publish_all(mqtt_port, "fleet-gateway", mqtt_messages);
+    let published = published.elapsed();
+
+    // One worker alone on the whole stream.
+    let alone = Worker::new(&dir, "alone", &key, &server);
+    let daemon = alone.start();
+    let began = Instant::now();
+    wait_for_stream_read(&alone, live);
+    let alone_took = began.elapsed();
+    let finished = daemon.terminate();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let expected = union(&[&alone]);
+    assert!(
+        expected.iter().any(|row| row.granularity == "quarter_hour")
+            && expected.iter().any(|row| row.granularity == "live"),
+        "the fleet makes live and quarter-hour rows"
+    );
+    // The workers start afresh: no leases, no snapshots.
+    forget_the_fleet(&server);
+
+    let workers: Vec<Worker> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|name| Worker::new(&dir, name, &key, &server))
+        .collect();
+    let all: Vec<&Worker> = workers.iter().collect();
+    let a = workers[0].start();
+    let b = workers[1].start();
+    let c = workers[2].start();
+    let third = expected.len() / 3;
+    wait_until(
+        &format!("{third} rows before the kill"),
+        Duration::from_secs(120),
+        || union(&all).len() >= third,
+        || format!("{} rows", union(&all).len()),
+    );
+    drop(b); // SIGKILL
+    let at_kill = union(&all).len();
+    let d = workers[3].start();
+    d.wait_for_log("partition taken over", 1, PATIENCE);
+    let b = workers[1].start();
+    wait_for_union(
+        &all,
+        expected.len(),
+        "the workers to store what one worker stored",
+    );
+    for daemon in [a, b, c, d] {
+        let finished = daemon.terminate();
+        assert!(finished.status.success(), "{}", finished.stderr);
+        assert!(
+            !finished.stderr.contains("could not be read"),
+            "every snapshot restores: {}",
+            finished.stderr
+        );
+    }
+    let got: Vec<Row> = union(&all).into_iter().collect();
+    let expected: Vec<Row> = expected.into_iter().collect();
+    same_rows("the workers' stores together", &got, &expected);
+    let shares: Vec<usize> = workers.iter().map(|w| union(&[w]).len()).collect();
+    assert!(
+        shares.iter().all(|&n| n > 0),
+        "every worker stored some: {shares:?}"
+    );
+    println!(
+        "{count} messages of {SHARED_FLEET} meters (generated in {generated:?}, published in \
+         {published:?}); one worker read them in {alone_took:?} into {} rows; killed at {at_kill}; \
+         rows per worker {shares:?}",
+        expected.len()
+    );
+}
+
+/// Waits until `worker` has stored a live electricity record for each of the `live`
+/// telegrams of meters that consent to live, and its stores have stopped growing.
+fn wait_for_stream_read(worker: &Worker, live: usize) {
+    let [store, _] = worker.stores();
+    let live_rows = || {
+        rusqlite::Connection::open(&store)
+            .and_then(|c| {
+                c.query_row(
+                    "SELECT count(*) FROM records WHERE granularity = 'live' AND kind = 'electricity'",
+                    [],
+                    |row| row.get::<_, i64>(0),
+                )
+            })
+            .map_or(0, |n| n as usize)
+    };
+    wait_until(
+        "the single worker to store every live telegram",
+        Duration::from_secs(180),
+        || live_rows() >= live,
+        || format!("{} of {live} live telegrams", live_rows()),
+    );
+    wait_for_union(&[worker], 0, "the single worker's stores to settle");
+}
+
+/// Deletes the fleet's lease and snapshot buckets: the next workers start from the stream's
+/// first message.
+fn forget_the_fleet(server: &NatsServer) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let jetstream = server.jetstream().await;
+        for bucket in ["p1guard_leases_P1", "p1guard_snapshots_P1"] {
+            jetstream
+                .delete_stream(format!("KV_{bucket}"))
+                .await
+                .expect("the bucket's stream is deleted");
+        }
+    });
 }

@@ -233,7 +233,13 @@ pub fn fleet_messages() -> (Vec<(String, Vec<u8>)>, Timestamp) {
 /// A fleet read by `source` (a `[[sources]]` table) into a live store and a quarter-hour
 /// store in `dir`, the pseudonyms made with `key`.
 pub fn fleet_config(dir: &Path, key: &Path, source: &str) -> String {
-    let meters: String = (0..FLEET)
+    fleet_config_of(FLEET, dir, key, source)
+}
+
+/// [`fleet_config`] for a fleet of `fleet` meters, meter `i` consenting to
+/// `FLEET_LEVELS[i % 4]`.
+pub fn fleet_config_of(fleet: u64, dir: &Path, key: &Path, source: &str) -> String {
+    let meters: String = (0..fleet)
         .map(|n| {
             let id = sent(&meter(n, Style::Dsmr4).equipment_id);
             format!("\"{id}\" = \"{}\"\n", FLEET_LEVELS[n as usize % 4])
