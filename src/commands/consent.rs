@@ -58,7 +58,7 @@ fn record(
         reference,
         source: EventSource::Cli,
     };
-    let seq = setting.registry.append(&[event], now)?;
+    let seq = setting.record(&[event], now)?;
     if !setting.serves(&purpose) {
         eprintln!(
             "p1guard: no sink serves purpose {purpose:?}: recorded, but it opens no destination"
@@ -170,7 +170,7 @@ fn import(args: &ImportArgs) -> anyhow::Result<ExitCode> {
             });
         }
     }
-    setting.registry.append(&events, now)?;
+    setting.record(&events, now)?;
     let mut answer = serde_json::json!({ "recorded": events.len() });
     if !withdrawals.is_empty() {
         let purged = runtime()?.block_on(purge_withdrawn(

@@ -10,6 +10,7 @@ use p1guard_conduct::{IdentityKey, Level, Quantity};
 use serde_json::{Value, json};
 
 use crate::cli::{ConfigArg, EraseArgs, ErasedTo, ExportArgs, ExportFormat};
+use crate::fleet::consent::ConsentStream;
 use crate::registry::{EVERY_PURPOSE, EventSource, NewEvent, Registry};
 use crate::rights::{self, Subject, meter_id};
 use crate::topology::config::{self, Config};
@@ -38,11 +39,39 @@ impl Setting {
         };
         let key = crate::identity_key::load_or_create(&key_path)?;
         let registry = Registry::open(&Registry::path(config.registry.as_ref())?)?;
-        Ok(Some(Setting {
+        let mut setting = Setting {
             config,
             key,
             registry,
-        }))
+        };
+        if let Some(fleet) = setting.config.fleet().cloned() {
+            let caught_up = runtime()?.block_on(async {
+                let stream = ConsentStream::open(&fleet).await?;
+                stream.catch_up(&mut setting.registry).await
+            });
+            if let Err(error) = caught_up {
+                eprintln!(
+                    "p1guard: cannot read the fleet's consent stream ({error:#}): this registry may lack events recorded for the fleet"
+                );
+            }
+        }
+        Ok(Some(setting))
+    }
+
+    /// Records `events` at `now`: in the registry, or for a fleet in the fleet's consent
+    /// stream, which this registry then takes in like every worker's. The last event's
+    /// `seq` in this registry.
+    pub fn record(&mut self, events: &[NewEvent], now: jiff::Timestamp) -> anyhow::Result<i64> {
+        let Some(fleet) = self.config.fleet().cloned() else {
+            return self.registry.append(events, now);
+        };
+        let registry = &mut self.registry;
+        runtime()?.block_on(async {
+            let stream = ConsentStream::open(&fleet).await?;
+            stream.publish(events, now).await?;
+            stream.catch_up(registry).await
+        })?;
+        registry.last_seq()
     }
 
     /// Whether a sink serves `purpose` (`*`: any).
@@ -71,7 +100,7 @@ pub fn erase(args: &EraseArgs) -> anyhow::Result<ExitCode> {
         ErasedTo::None => Level::None,
     };
     // Nothing new accumulates: the level goes down for every purpose first.
-    setting.registry.append(
+    setting.record(
         &[NewEvent {
             meter,
             level,

@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::cli::RunArgs;
+use crate::fleet::consent;
 use crate::registry::{self, Purging, Registry};
 use crate::sinks::Stopping;
 use crate::topology::{self, config};
@@ -76,6 +77,11 @@ fn serve(config: config::Config) -> anyhow::Result<()> {
         let shutdown = stopping.shutdown.clone();
         let signals = Signals::listen().context("cannot listen for SIGTERM/SIGINT")?;
         tokio::spawn(signals.stop(stopping.clone(), grace));
+        // A fleet's consent events reach this registry through the fleet's consent stream.
+        let taking_in = config.fleet().cloned().map(|fleet| {
+            let (path, shutdown) = (registry_path.clone(), shutdown.clone());
+            tokio::spawn(async move { consent::follow(fleet, &path, shutdown).await })
+        });
         let follower = tokio::spawn(registry::follow(
             registry,
             config.consent.clone(),
@@ -90,6 +96,9 @@ fn serve(config: config::Config) -> anyhow::Result<()> {
         let metrics = topology::run(config, key, stopping, ready).await;
         shutdown.cancel();
         let _ = follower.await;
+        if let Some(taking_in) = taking_in {
+            let _ = taking_in.await;
+        }
         metrics
     })?;
     systemd::stopping();

@@ -2,8 +2,10 @@
 //! mapping puts each meter on a partition (`config/nats/nats-server.conf`), the workers
 //! share the partitions by leases in a KV bucket ([`lease`]), so that one worker at a time
 //! reduces a meter, and each partition's reducer state goes from owner to owner through a
-//! snapshot in another ([`snapshot`]).
+//! snapshot in another ([`snapshot`]). Consent recorded for the fleet reaches every worker's
+//! registry through a stream ([`consent`]).
 
+pub mod consent;
 pub mod lease;
 pub mod snapshot;
 

@@ -13,8 +13,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use jiff::Timestamp;
 use p1guard_conduct::{Change, ChangeError, ConsentTable, Level, Scope};
-use rusqlite::{Connection, params};
-use serde::Serialize;
+use rusqlite::{Connection, Transaction, TransactionBehavior, params};
+use serde::{Deserialize, Serialize};
 
 mod follow;
 pub use self::follow::{Purging, follow};
@@ -55,10 +55,16 @@ BEGIN SELECT RAISE(ABORT, 'the erasure ledger is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS erasures_are_never_deleted
 BEFORE DELETE ON erasures
 BEGIN SELECT RAISE(ABORT, 'the erasure ledger is append-only'); END;
+
+-- How far this registry has taken each fleet consent stream's messages in.
+CREATE TABLE IF NOT EXISTS fleet_streams (
+    stream  TEXT    PRIMARY KEY,
+    through INTEGER NOT NULL
+);
 ";
 
 /// Where an event came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventSource {
     /// `p1guard consent grant|withdraw`, `p1guard erase`.
@@ -89,7 +95,7 @@ impl EventSource {
 }
 
 /// A consent event to record.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewEvent {
     /// The equipment id, normalised.
     pub meter: String,
@@ -176,27 +182,65 @@ impl Registry {
     /// Appends events, all or none; returns the last one's `seq`.
     pub fn append(&mut self, events: &[NewEvent], now: Timestamp) -> anyhow::Result<i64> {
         let transaction = self.connection.transaction()?;
-        {
-            let mut insert = transaction.prepare_cached(
-                "INSERT INTO consent_events
-                 (meter, level, purpose, effective_from, recorded_at, reference, source)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
-            for event in events {
-                insert.execute(params![
-                    event.meter,
-                    event.level.name(),
-                    event.purpose,
-                    event.effective_from.as_second(),
-                    now.as_second(),
-                    event.reference,
-                    event.source.name(),
-                ])?;
-            }
-        }
-        let last = transaction.last_insert_rowid();
+        let last = insert(&transaction, events, now)?;
         transaction.commit()?;
         Ok(last)
+    }
+
+    /// The last event's `seq` (0 for none).
+    pub fn last_seq(&self) -> anyhow::Result<i64> {
+        Ok(self.connection.query_row(
+            "SELECT coalesce(max(seq), 0) FROM consent_events",
+            [],
+            |row| row.get(0),
+        )?)
+    }
+
+    /// How far this registry has taken in fleet consent stream `stream` (0: nothing yet).
+    pub fn taken_in(&self, stream: &str) -> anyhow::Result<u64> {
+        let through: Option<i64> = self
+            .connection
+            .query_row(
+                "SELECT through FROM fleet_streams WHERE stream = ?1",
+                [stream],
+                |row| row.get(0),
+            )
+            .or_else(|error| match error {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                error => Err(error),
+            })?;
+        Ok(through.map_or(0, |n| n as u64))
+    }
+
+    /// Appends the events of message `seq` of fleet consent stream `stream`, recorded at
+    /// `recorded_at`, unless this registry has taken that message in already (a command and
+    /// the daemon may both catch up on one file; messages come in order). Whether they
+    /// were new.
+    pub fn take_in(
+        &mut self,
+        stream: &str,
+        seq: u64,
+        events: &[NewEvent],
+        recorded_at: Timestamp,
+    ) -> anyhow::Result<bool> {
+        let transaction = self
+            .connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let through: i64 = transaction.query_row(
+            "SELECT coalesce(max(through), 0) FROM fleet_streams WHERE stream = ?1",
+            [stream],
+            |row| row.get(0),
+        )?;
+        if seq as i64 <= through {
+            return Ok(false);
+        }
+        insert(&transaction, events, recorded_at)?;
+        transaction.execute(
+            "INSERT OR REPLACE INTO fleet_streams (stream, through) VALUES (?1, ?2)",
+            params![stream, seq as i64],
+        )?;
+        transaction.commit()?;
+        Ok(true)
     }
 
     /// Adds to `table` every event after `after` (a `seq`), in order; returns the last `seq`
@@ -337,6 +381,31 @@ impl Registry {
     }
 }
 
+/// Inserts `events`, recorded at `recorded_at`; the last one's `seq`.
+fn insert(
+    transaction: &Transaction<'_>,
+    events: &[NewEvent],
+    recorded_at: Timestamp,
+) -> anyhow::Result<i64> {
+    let mut insert = transaction.prepare_cached(
+        "INSERT INTO consent_events
+         (meter, level, purpose, effective_from, recorded_at, reference, source)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for event in events {
+        insert.execute(params![
+            event.meter,
+            event.level.name(),
+            event.purpose,
+            event.effective_from.as_second(),
+            recorded_at.as_second(),
+            event.reference,
+            event.source.name(),
+        ])?;
+    }
+    Ok(transaction.last_insert_rowid())
+}
+
 /// What an event's purpose covers in `table`: every purpose, one it serves, or (`None`) one
 /// it does not serve.
 fn scope_of(table: &ConsentTable, purpose: &str) -> Option<Scope> {
@@ -396,6 +465,30 @@ mod tests {
             reference: Some("K-1".into()),
             source: EventSource::Cli,
         }
+    }
+
+    #[test]
+    fn a_fleet_streams_messages_are_taken_in_once_each_with_their_recording_time() {
+        let path = scratch("fleet");
+        let mut registry = Registry::open(&path).unwrap();
+        let mut again = Registry::open(&path).unwrap();
+        let recorded: Timestamp = "2026-06-01T12:00:00Z".parse().unwrap();
+        let events = [event("4530", Level::Billing, "*", "2026-06-01T00:00:00Z")];
+        assert_eq!(registry.taken_in("P1_CONSENT").unwrap(), 0);
+        assert!(
+            registry
+                .take_in("P1_CONSENT", 4, &events, recorded)
+                .unwrap()
+        );
+        // The daemon and a command catching up on one file: the message goes in once.
+        assert!(!again.take_in("P1_CONSENT", 4, &events, recorded).unwrap());
+        assert!(!again.take_in("P1_CONSENT", 3, &events, recorded).unwrap());
+        assert_eq!(registry.taken_in("P1_CONSENT").unwrap(), 4);
+        assert_eq!(registry.taken_in("OTHER_CONSENT").unwrap(), 0);
+        let history = registry.history("4530").unwrap();
+        assert_eq!(history.len(), 1);
+        assert_eq!(history[0].recorded_at, recorded);
+        assert_eq!(registry.last_seq().unwrap(), history[0].seq);
     }
 
     #[test]

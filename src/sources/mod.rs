@@ -21,7 +21,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use self::mqtt::MqttSourceConfig;
-use self::nats::{NatsSettings, NatsSourceConfig};
+pub use self::nats::NatsSettings;
+use self::nats::NatsSourceConfig;
 use self::replay::ReplayConfig;
 pub use self::serial::{SerialConfig, SerialSettings};
 use self::tcp::TcpConfig;

@@ -185,7 +185,8 @@ impl NatsSettings {
         )
     }
 
-    async fn connect(&self) -> anyhow::Result<async_nats::Client> {
+    /// A connection to the server, with the configured credentials and TLS.
+    pub async fn connect(&self) -> anyhow::Result<async_nats::Client> {
         let mut options = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(5))
             .name("p1guard");

@@ -15,7 +15,7 @@ use toml::Table;
 
 use crate::config::{self, Checker, Problems};
 use crate::sinks::{SinkConfig, SinkEntry, SinkKind, TopicLayout};
-use crate::sources::{SourceConfig, SourceEntry, SourceKind};
+use crate::sources::{NatsSettings, SourceConfig, SourceEntry, SourceKind};
 
 /// A validated configuration.
 #[derive(Debug)]
@@ -45,6 +45,17 @@ pub struct Config {
     pub outbox: Option<PathBuf>,
     /// Allowed, but probably not meant: said by `check-config` and logged at start.
     pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// The fleet stream this worker reads, if any (one at most): its consent is recorded in
+    /// the fleet's consent stream.
+    pub fn fleet(&self) -> Option<&NatsSettings> {
+        self.sources.iter().find_map(|source| match &source.kind {
+            SourceKind::Nats(settings) => Some(settings),
+            _ => None,
+        })
+    }
 }
 
 /// Reads the configuration file at `path`, with the process's `P1GUARD_*` overrides.

@@ -15,7 +15,7 @@ use crate::mosquitto::publish_all;
 use crate::nats::{NatsServer, shipped_config};
 use crate::outbox::{
     PATIENCE, at, fleet_config, fleet_config_of, fleet_done, fleet_messages, meter, row_count,
-    same_rows, wait_until,
+    same_rows, sent, wait_until,
 };
 use crate::{Row, scratch, sqlite_rows};
 
@@ -251,10 +251,27 @@ struct Worker {
 
 impl Worker {
     fn new(dir: &Path, name: &str, key: &Path, server: &NatsServer) -> Worker {
+        Worker::of(SHARED_FLEET, dir, name, key, server)
+    }
+
+    /// A worker of a fleet of `fleet` meters.
+    fn of(fleet: u64, dir: &Path, name: &str, key: &Path, server: &NatsServer) -> Worker {
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        let config = fleet_config_of(SHARED_FLEET, &dir, key, &nats_source(server));
+        let config = fleet_config_of(fleet, &dir, key, &nats_source(server));
+        std::fs::write(dir.join("p1guard.toml"), &config).unwrap();
         Worker { dir, config }
+    }
+
+    /// `p1guard <args> --config <its config>`, its state directory its own.
+    fn command(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_p1guard"))
+            .args(args)
+            .arg("--config")
+            .arg(self.dir.join("p1guard.toml"))
+            .env("STATE_DIRECTORY", &self.dir)
+            .output()
+            .expect("p1guard runs")
     }
 
     fn start(&self) -> Daemon {
@@ -432,4 +449,100 @@ fn forget_the_fleet(server: &NatsServer) {
                 .expect("the bucket's stream is deleted");
         }
     });
+}
+
+/// Consent recorded for a fleet reaches every worker. A withdrawal recorded through an
+/// office's configuration (the same fleet, its own registry; it reads nothing) is taken in
+/// by both running workers' registries: whichever worker holds the meter's rows purges
+/// them, and neither stores anything finer than billing of it afterwards, while the other
+/// meters go on.
+#[test]
+fn consent_recorded_for_a_fleet_reaches_every_worker() {
+    let dir = scratch("fleet-consent");
+    let key = dir.join("identity.key");
+    std::fs::write(&key, format!("{}\n", "6b".repeat(32))).unwrap();
+    let server = nats_server(&dir);
+    let (mut messages, _) = fleet_messages();
+    let second_half = messages.split_off(messages.len() / 2);
+    let workers: Vec<Worker> = ["a", "b"]
+        .iter()
+        .map(|name| Worker::of(24, &dir, name, &key, &server))
+        .collect();
+    let office = Worker::of(24, &dir, "office", &key, &server);
+    let all: Vec<&Worker> = workers.iter().collect();
+    let daemons: Vec<Daemon> = workers.iter().map(Worker::start).collect();
+
+    // Meter 3 consents to live, meter 7 too; the stores name them by pseudonym.
+    let (withdrawn, kept) = (
+        sent(&meter(3, Style::Dsmr4).equipment_id),
+        sent(&meter(7, Style::Dsmr4).equipment_id),
+    );
+    let finer_than_billing = |pseudonym: &str| {
+        union(&all)
+            .into_iter()
+            .filter(|row| row.meter == pseudonym && row.granularity != "billing")
+            .count()
+    };
+    publish(&server, messages);
+    wait_until(
+        "the workers' first rows",
+        PATIENCE,
+        || !union(&all).is_empty(),
+        String::new,
+    );
+    let record = |args: &[&str]| -> String {
+        let output = office.command(args);
+        assert!(output.status.success(), "{output:?}");
+        let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        answer["meter"].as_str().unwrap().to_owned()
+    };
+    let kept = record(&["consent", "grant", "--meter", &kept, "--level", "live"]);
+    let pseudonym = record(&[
+        "consent",
+        "withdraw",
+        "--meter",
+        &withdrawn,
+        "--from",
+        "2026-05-31T00:00:00Z",
+        "--reference",
+        "request-17",
+    ]);
+    // The workers purge once what is in flight is written, seconds from now.
+    assert!(finer_than_billing(&pseudonym) > 0, "meter 3 had live rows");
+    for daemon in &daemons {
+        daemon.wait_for_log("events recorded for the fleet taken in", 1, PATIENCE);
+    }
+    wait_until(
+        "the workers to purge meter 3's rows finer than billing",
+        PATIENCE,
+        || finer_than_billing(&pseudonym) == 0,
+        || format!("{} left", finer_than_billing(&pseudonym)),
+    );
+
+    let before = finer_than_billing(&kept);
+    publish(&server, second_half);
+    wait_until(
+        "meter 7's next rows",
+        PATIENCE,
+        || finer_than_billing(&kept) > before,
+        String::new,
+    );
+    wait_for_union(&all, 0, "the workers' stores to settle");
+    assert_eq!(
+        finer_than_billing(&pseudonym),
+        0,
+        "nothing finer than billing of meter 3 after its withdrawal"
+    );
+    for worker in &workers {
+        let history = worker.command(&["consent", "history", "--meter", &withdrawn]);
+        let history = String::from_utf8_lossy(&history.stdout);
+        assert!(
+            history.contains("request-17") && history.contains(r#""level":"billing""#),
+            "{history}"
+        );
+    }
+    for daemon in daemons {
+        let finished = daemon.terminate();
+        assert!(finished.status.success(), "{}", finished.stderr);
+    }
 }
