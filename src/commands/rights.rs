@@ -117,7 +117,8 @@ pub fn erase(args: &EraseArgs) -> anyhow::Result<ExitCode> {
         &subject,
         now,
         now,
-    ))?;
+    ));
+    let failed = stores.iter().any(|store| store.failed.is_some());
     let answer = json!({
         "meter": subject.pseudonym,
         "requested_at": now,
@@ -134,7 +135,20 @@ pub fn erase(args: &EraseArgs) -> anyhow::Result<ExitCode> {
     let mut answer = answer;
     answer["ledger_entry"] = seq.into();
     println!("{}", serde_json::to_string_pretty(&answer)?);
-    Ok(ExitCode::SUCCESS)
+    Ok(erased(failed))
+}
+
+/// Exit 0 when every store was erased; 1 when one failed (its answer says why, and
+/// `reapply-erasures` finishes the erasure from the ledger once the store is back).
+fn erased(failed: bool) -> ExitCode {
+    if failed {
+        eprintln!(
+            "p1guard: a store could not be erased (see \"failed\"); run reapply-erasures once it is back"
+        );
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 pub fn reapply(args: &ConfigArg) -> anyhow::Result<ExitCode> {
@@ -143,6 +157,7 @@ pub fn reapply(args: &ConfigArg) -> anyhow::Result<ExitCode> {
     };
     let now = crate::rights::now();
     let runtime = runtime()?;
+    let mut failed = false;
     for erasure in setting.registry.erasures(None)? {
         let subject = Subject {
             id: None,
@@ -154,7 +169,8 @@ pub fn reapply(args: &ConfigArg) -> anyhow::Result<ExitCode> {
             &subject,
             erasure.requested_at,
             now,
-        ))?;
+        ));
+        failed |= stores.iter().any(|store| store.failed.is_some());
         let line = json!({
             "ledger_entry": erasure.seq,
             "meter": erasure.pseudonym,
@@ -163,7 +179,7 @@ pub fn reapply(args: &ConfigArg) -> anyhow::Result<ExitCode> {
         });
         println!("{line}");
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(erased(failed))
 }
 
 pub fn export(args: &ExportArgs) -> anyhow::Result<ExitCode> {

@@ -40,11 +40,8 @@ pub async fn follow(
 ) {
     let mut due: Vec<(Timestamp, Withdrawal)> = Vec::new();
     if let Some(purging) = &purging {
-        match tokio::task::block_in_place(|| registry.events_after(0)) {
-            Ok(events) => {
-                let scheduled = events
-                    .into_iter()
-                    .filter(|e| e.effective_from > e.recorded_at);
+        match tokio::task::block_in_place(|| registry.scheduled_events()) {
+            Ok(scheduled) => {
                 for event in scheduled {
                     let before = event.effective_from - SignedDuration::from_secs(1);
                     if lowers(&table, &event, before) {

@@ -104,6 +104,9 @@ pub struct StoreAnswer {
     /// Why records were kept.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kept_because: Option<String>,
+    /// Why the store could not be erased (unreachable, refused): nothing was erased there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 /// A lowered consent: the meter, the purpose (or `*`) and the level left.
@@ -199,33 +202,55 @@ pub async fn erase(
     subject: &Subject,
     requested_at: Timestamp,
     now: Timestamp,
-) -> anyhow::Result<Vec<StoreAnswer>> {
+) -> Vec<StoreAnswer> {
     let mut answers = Vec::new();
     for config in sinks {
-        let mut store = Store::open(config).await?;
-        if store.keeps_records() {
-            let purge = Purge {
-                meters: subject.names_in(&mut store, key).await?,
-                granularities: Granularity::ALL.to_vec(),
-                dated_until: Some(requested_at),
-                keep_billing_from: Some(store.fiscal_cutoff(now)),
-            };
-            let purged = store_purge(&mut store, &purge).await?;
-            answers.push(answer(&store, purged));
-        } else {
-            answers.push(StoreAnswer {
-                store: store.name.clone(),
-                kind: store.type_name(),
-                purged: Purged {
-                    note: Some("keeps nothing: records were only printed".into()),
-                    ..Purged::default()
-                },
-                kept_because: None,
-            });
-        }
-        store.close().await;
+        // A store that fails is said so in the answer, and the others are still erased:
+        // the ledger entry is written either way, for `reapply-erasures` to finish it.
+        let erased = async {
+            let mut store = Store::open(config).await?;
+            let answer = erase_from(&mut store, key, subject, requested_at, now).await;
+            store.close().await;
+            answer
+        };
+        answers.push(erased.await.unwrap_or_else(|error| StoreAnswer {
+            store: config.name.clone(),
+            kind: config.kind.type_name(),
+            purged: Purged::default(),
+            kept_because: None,
+            failed: Some(format!("{error:#}")),
+        }));
     }
-    Ok(answers)
+    answers
+}
+
+async fn erase_from(
+    store: &mut Store,
+    key: &IdentityKey,
+    subject: &Subject,
+    requested_at: Timestamp,
+    now: Timestamp,
+) -> anyhow::Result<StoreAnswer> {
+    if !store.keeps_records() {
+        return Ok(StoreAnswer {
+            store: store.name.clone(),
+            kind: store.type_name(),
+            purged: Purged {
+                note: Some("keeps nothing: records were only printed".into()),
+                ..Purged::default()
+            },
+            kept_because: None,
+            failed: None,
+        });
+    }
+    let purge = Purge {
+        meters: subject.names_in(store, key).await?,
+        granularities: Granularity::ALL.to_vec(),
+        dated_until: Some(requested_at),
+        keep_billing_from: Some(store.fiscal_cutoff(now)),
+    };
+    let purged = store_purge(store, &purge).await?;
+    Ok(answer(store, purged))
 }
 
 async fn store_purge(store: &mut Store, purge: &Purge) -> anyhow::Result<Purged> {
@@ -246,6 +271,7 @@ fn answer(store: &Store, purged: Purged) -> StoreAnswer {
         kind: store.type_name(),
         purged,
         kept_because,
+        failed: None,
     }
 }
 

@@ -539,3 +539,55 @@ fn a_running_daemon_purges_a_withdrawal_at_its_effective_instant() {
         "{left:#?}"
     );
 }
+
+/// An erasure while the broker is down erases the store it can reach, says which one it
+/// could not, exits 1, and still writes its ledger entry: `reapply-erasures` finishes it
+/// once the broker is back, and a subscriber then receives none of the meter's readings.
+#[test]
+fn an_erasure_with_a_store_down_is_finished_by_reapply_erasures() {
+    let dir = scratch("rights-erase-down");
+    let mut broker = Mosquitto::start(&dir);
+    let (capture, from) = capture(&dir);
+    let config = config(&dir, &capture, &broker);
+    let config = config.to_str().unwrap();
+    let before_capture = (from - SignedDuration::from_hours(24)).to_string();
+    let grant = [
+        "consent",
+        "grant",
+        "--config",
+        config,
+        "--meter",
+        PRINTED_ID,
+        "--level",
+        "quarter_hour",
+        "--from",
+        &before_capture,
+    ];
+    run(&grant, 0);
+    Daemon::start(&dir, &std::fs::read_to_string(config).unwrap()).wait();
+    let readings = |broker: &Mosquitto, client: &str| {
+        retained(broker, client, "supplier/+/+/+")
+            .into_iter()
+            .filter(|m| !m.topic.contains("/billing/"))
+            .count()
+    };
+    assert!(readings(&broker, "before") >= 4);
+
+    broker.stop();
+    let answer: Value = serde_json::from_str(&run(
+        &["erase", "--config", config, "--meter", PRINTED_ID],
+        1,
+    ))
+    .unwrap();
+    let stores = answer["stores"].as_array().unwrap();
+    let store = |name: &str| stores.iter().find(|s| s["store"] == name).unwrap();
+    assert!(store("store")["erased"].as_u64().unwrap() > 0, "{answer:#}");
+    assert!(store("store")["failed"].is_null(), "{answer:#}");
+    assert!(store("broker")["failed"].is_string(), "{answer:#}");
+    assert!(answer["ledger_entry"].as_i64().is_some(), "{answer:#}");
+
+    broker.spawn();
+    let reapplied = run(&["reapply-erasures", "--config", config], 0);
+    assert!(reapplied.contains(r#""store":"broker""#), "{reapplied}");
+    assert_eq!(readings(&broker, "after"), 0, "{reapplied}");
+}
