@@ -1,11 +1,11 @@
 //! Fleet ingest from NATS JetStream: 10,000 DSMR 5 meters, each publishing a telegram a
 //! second on `p1.<meter>.telegram` (one message per telegram), sent as fast as the server
 //! takes them, into one or two `p1guard run` workers (release build) sharing the stream's
-//! 64 partitions by leases (`[[sources]] type = "nats"`).
+//! 16 partitions by leases (`[[sources]] type = "nats"`).
 //!
 //! The rig of `benches/fleet.rs`, with nats-server in mosquitto's place: the bench starts
 //! `nats-server` on a free port with JetStream (file storage in a scratch directory) and the
-//! fleet's subject mapping (`p1.*.telegram` to `p1.part.<partition(64)>.<meter>`, as
+//! fleet's subject mapping (`p1.*.telegram` to `p1.part.<partition(16)>.<meter>`, as
 //! `config/nats/nats-server.conf` has it), creates the stream `P1` (`p1.part.>`, file
 //! storage) as a worker would, and starts the workers: the same configuration, each with a
 //! state directory and a `/metrics` port of its own. Before timing, it waits until the
@@ -41,7 +41,8 @@
 //! `cargo bench --bench fleet_nats`; needs `nats-server` 2.9 or later (`apt-get install
 //! nats-server`). To time another build of p1guard in the same rig, name its binary in
 //! `P1GUARD_BENCH_BINARY`; to keep the workers' and the server's logs and state (not the
-//! stream's store), set `P1GUARD_BENCH_KEEP_LOGS`. `P1GUARD_BENCH_NATS_CONFIG` is added to
+//! stream's store), set `P1GUARD_BENCH_KEEP_LOGS`; to try another partition count,
+//! `P1GUARD_BENCH_PARTITIONS`. `P1GUARD_BENCH_NATS_CONFIG` is added to
 //! the server's configuration (say `prof_port: 6060`, for the server's own pprof profile:
 //! `curl -o cpu.pprof 'http://127.0.0.1:6060/debug/pprof/profile?seconds=10'`).
 
@@ -67,8 +68,15 @@ const TELEGRAMS: u64 = (METERS * SECONDS) as u64;
 const SOURCE: &str = "fleet";
 /// The stream of partition subjects.
 const STREAM: &str = "P1";
-/// Partitions of the server's mapping and of the source.
-const PARTITIONS: u16 = 64;
+/// Partitions of the server's mapping and of the source: the shipped example's 16, or
+/// `P1GUARD_BENCH_PARTITIONS`.
+fn partitions() -> u16 {
+    std::env::var("P1GUARD_BENCH_PARTITIONS").map_or(16, |count| {
+        count
+            .parse()
+            .expect("P1GUARD_BENCH_PARTITIONS: a partition count")
+    })
+}
 /// A timed window that does not end by then fails the bench.
 const TIMEOUT: Duration = Duration::from_secs(120);
 /// How long no lease may move before the partitions count as settled.
@@ -186,10 +194,11 @@ fn wait_for_port(port: u16, what: &str) {
 /// The server's configuration: JetStream storing in `dir`, and the fleet's mapping of
 /// `p1.<meter>.telegram` onto the partitions (as `config/nats/nats-server.conf`).
 fn nats_config(dir: &Path) -> String {
+    let partitions = partitions();
     format!(
         "server_name: p1-bench\n\
          jetstream {{ store_dir: {:?} }}\n\
-         mappings = {{ \"p1.*.telegram\": \"p1.part.{{{{partition({PARTITIONS},1)}}}}.{{{{wildcard(1)}}}}\" }}\n",
+         mappings = {{ \"p1.*.telegram\": \"p1.part.{{{{partition({partitions},1)}}}}.{{{{wildcard(1)}}}}\" }}\n",
         dir.join("jetstream")
     )
 }
@@ -221,6 +230,7 @@ fn start_nats(dir: &Path) -> (Process, u16) {
 }
 
 fn p1guard_config(dir: &Path, key: &Path, server: u16, metrics: u16, sink: Sink) -> PathBuf {
+    let partitions = partitions();
     let (consent, granularity) = match sink {
         Sink::StdoutLive => ("live", "live"),
         Sink::Stdout => ("quarter_hour", "daily"),
@@ -240,7 +250,7 @@ name = "{SOURCE}"
 type = "nats"
 url = "nats://127.0.0.1:{server}"
 stream = "{STREAM}"
-partitions = {PARTITIONS}
+partitions = {partitions}
 lease_ttl_secs = 2
 
 [[sinks]]
@@ -617,8 +627,8 @@ impl Rig {
             }
             let leases: Vec<Leases> = self.workers.iter().map(Worker::leases).collect();
             let owned: Vec<i64> = leases.iter().map(Leases::owned).collect();
-            let settled =
-                owned.iter().sum::<i64>() == i64::from(PARTITIONS) && owned.iter().all(|&o| o > 0);
+            let settled = owned.iter().sum::<i64>() == i64::from(partitions())
+                && owned.iter().all(|&o| o > 0);
             if leases != last {
                 last = leases;
                 since = Instant::now();

@@ -207,8 +207,9 @@ impl NatsSettings {
     }
 }
 
-/// A message read and not yet acknowledged: its number in [`Framing`]'s count.
-type Unacknowledged = VecDeque<(u64, jetstream::Message)>;
+/// A message read and not yet acknowledged: its number in [`Framing`]'s count and its
+/// partition.
+type Unacknowledged = VecDeque<(u64, u16, jetstream::Message)>;
 
 /// What the consumers of the owned partitions deliver, tagged with the partition.
 type Deliveries =
@@ -410,7 +411,7 @@ impl Worker<'_> {
         let consumer = stream
             .create_consumer(consumer::pull::Config {
                 filter_subject: format!("p1.part.{partition}.*"),
-                ack_policy: consumer::AckPolicy::Explicit,
+                ack_policy: consumer::AckPolicy::All,
                 ack_wait: ACK_WAIT,
                 inactive_threshold: ACK_WAIT,
                 deliver_policy: consumer::DeliverPolicy::ByStartSequence {
@@ -452,7 +453,7 @@ impl Worker<'_> {
             .await
             .map_err(|Closed| Failure::Closed)?;
         reading.1 = number;
-        self.unacknowledged.push_back((number, message));
+        self.unacknowledged.push_back((number, partition, message));
         Ok(())
     }
 
@@ -554,17 +555,24 @@ impl Worker<'_> {
     }
 }
 
-/// Acknowledges the messages up to number `accepted`.
+/// Acknowledges the messages up to number `accepted`: one acknowledgement per partition,
+/// of its last message, which acknowledges the earlier ones too (`AckPolicy::All`), so the
+/// server handles one per batch rather than one per telegram.
 async fn acknowledge(unacknowledged: &mut Unacknowledged, accepted: u64) -> Result<(), Failure> {
-    while let Some((number, message)) = unacknowledged.front() {
-        if *number > accepted {
+    let mut last = BTreeMap::new();
+    while let Some(&(number, partition, _)) = unacknowledged.front() {
+        if number > accepted {
             break;
         }
+        if let Some((_, _, message)) = unacknowledged.pop_front() {
+            last.insert(partition, message);
+        }
+    }
+    for message in last.values() {
         message
             .ack()
             .await
             .map_err(|error| anyhow::anyhow!(error))?;
-        unacknowledged.pop_front();
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use p1guard_simulator::{Simulator, Style};
+use rusqlite::OpenFlags;
 
 use crate::daemon::Daemon;
 use crate::mosquitto::free_port;
@@ -289,14 +290,26 @@ impl Worker {
 /// The rows of every store of `workers`, as one set.
 fn union(workers: &[&Worker]) -> BTreeSet<Row> {
     (workers.iter().flat_map(|w| w.stores()))
-        .flat_map(|store| {
-            if store.exists() {
-                sqlite_rows(&store)
-            } else {
-                Vec::new()
-            }
-        })
+        .flat_map(|store| rows_so_far(&store))
         .collect()
+}
+
+/// The rows of a worker's store, none while it is not created yet (a newcomer's store
+/// appears with its first commit).
+fn rows_so_far(store: &Path) -> Vec<Row> {
+    let created = rusqlite::Connection::open_with_flags(store, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|connection| {
+            connection.query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'records'",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+        });
+    if matches!(created, Ok(1)) {
+        sqlite_rows(store)
+    } else {
+        Vec::new()
+    }
 }
 
 /// Waits until the stores of `workers` hold `expected` rows between them and have stopped
