@@ -16,7 +16,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use crate::cli::RunArgs;
 use crate::fleet::consent;
 use crate::registry::{self, Purging, Registry};
-use crate::sinks::Stopping;
+use crate::sinks::{NoLongerLive, Stopping};
 use crate::topology::{self, config};
 use crate::{identity_key, sources, systemd};
 
@@ -63,9 +63,11 @@ fn serve(config: config::Config) -> anyhow::Result<()> {
         "consent: the configuration's levels and the registry's events are in force"
     );
     let grace = config.shutdown_grace;
+    let no_longer_live = NoLongerLive::default();
     let purging = config.purge_on_withdrawal.then(|| Purging {
         sinks: config.sinks.clone(),
         key: key.clone(),
+        no_longer_live: no_longer_live.clone(),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -93,7 +95,7 @@ fn serve(config: config::Config) -> anyhow::Result<()> {
             tracing::info!("running");
             systemd::ready(&shutdown);
         };
-        let metrics = topology::run(config, key, stopping, ready).await;
+        let metrics = topology::run(config, key, stopping, &no_longer_live, ready).await;
         shutdown.cancel();
         let _ = follower.await;
         if let Some(taking_in) = taking_in {

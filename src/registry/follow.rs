@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Event, Registry};
 use crate::rights::{Subject, Withdrawal, purge_withdrawn};
-use crate::sinks::SinkConfig;
+use crate::sinks::{NoLongerLive, SinkConfig};
 
 /// How often the registry is read for new events.
 const POLL_EVERY: Duration = Duration::from_secs(1);
@@ -25,6 +25,8 @@ pub struct Purging {
     pub sinks: Vec<SinkConfig>,
     /// To name meters in pseudonymous stores.
     pub key: IdentityKey,
+    /// The running sinks, told which meters they may no longer show live.
+    pub no_longer_live: NoLongerLive,
 }
 
 /// Adds every event after `last` to `table` each second until `shutdown`, and, if `purging`
@@ -97,6 +99,7 @@ pub async fn follow(
             continue;
         }
         let withdrawals: Vec<Withdrawal> = ready.into_iter().map(|(_, w)| w).collect();
+        purging.no_longer_live.tell(&purging.sinks, &withdrawals);
         match purge_withdrawn(&purging.sinks, &purging.key, &withdrawals, now).await {
             Ok(answers) => {
                 let erased: u64 = answers.iter().map(|a| a.purged.erased).sum();

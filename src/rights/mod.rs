@@ -121,6 +121,11 @@ pub struct Withdrawal {
 }
 
 impl Withdrawal {
+    /// Whether it concerns the stores serving `purpose`.
+    pub fn covers(&self, purpose: &str) -> bool {
+        self.purpose == EVERY_PURPOSE || self.purpose == purpose
+    }
+
     /// Whether recording `level` for `purpose` at `from` lowers what `table` held for `meter`
     /// then (for `*`, for any purpose served): only then is there anything to purge.
     pub fn lowers(
@@ -156,7 +161,7 @@ pub async fn purge_withdrawn(
     for config in sinks {
         let mine: Vec<&Withdrawal> = withdrawals
             .iter()
-            .filter(|w| w.purpose == EVERY_PURPOSE || w.purpose == config.purpose)
+            .filter(|w| w.covers(&config.purpose))
             .filter(|w| Granularity::ALL.iter().any(|g| !w.level.allows(*g)))
             .collect();
         if mine.is_empty() {

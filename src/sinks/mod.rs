@@ -21,12 +21,14 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use p1guard_conduct::{Granularity, Identity, SinkPolicy, SinkRecord};
 use serde::Deserialize;
+use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::Checker;
 use crate::outbox::Inlet;
+use crate::rights::Withdrawal;
 use crate::telemetry::log_limit::LogLimit;
 use crate::telemetry::metrics::SinkMetrics;
 
@@ -217,6 +219,7 @@ impl SinkConfig {
         inlet: Inlet,
         counters: Arc<SinkMetrics>,
         stopping: &Stopping,
+        no_longer_live: &NoLongerLive,
         tasks: &mut JoinSet<()>,
     ) -> anyhow::Result<()> {
         let SinkConfig { name, kind, .. } = self;
@@ -230,6 +233,7 @@ impl SinkConfig {
             counters,
             shutdown: stopping.shutdown.clone(),
             give_up: stopping.give_up.clone(),
+            no_longer_live: Some(no_longer_live.sender.subscribe()),
         };
         match kind {
             SinkKind::Sqlite { path, retention } => {
@@ -267,6 +271,51 @@ impl SinkKind {
             SinkKind::Stdout => "stdout",
             SinkKind::Mqtt(_) => "mqtt",
             SinkKind::Influxdb(_) => "influxdb",
+        }
+    }
+}
+
+/// Meters the running sinks may no longer show live: the registry follower tells them when a
+/// lowered consent comes due (a withdrawal, an erasure), so that a sink that announces meters
+/// by itself (Home Assistant discovery, published again whenever Home Assistant restarts)
+/// stops announcing what the purge cleared.
+#[derive(Debug, Clone)]
+pub struct NoLongerLive {
+    sender: broadcast::Sender<Arc<Forgotten>>,
+}
+
+/// Meters no longer live on one sink, named as that sink names them.
+#[derive(Debug)]
+pub struct Forgotten {
+    sink: String,
+    meters: Vec<String>,
+}
+
+impl Default for NoLongerLive {
+    fn default() -> NoLongerLive {
+        NoLongerLive {
+            sender: broadcast::channel(1024).0,
+        }
+    }
+}
+
+impl NoLongerLive {
+    /// Tells each of `sinks` the meters of `withdrawals` that its purpose no longer allows
+    /// live.
+    pub fn tell(&self, sinks: &[SinkConfig], withdrawals: &[Withdrawal]) {
+        for sink in sinks {
+            let meters: Vec<String> = (withdrawals.iter())
+                .filter(|w| w.covers(&sink.purpose) && !w.level.allows(Granularity::Live))
+                .filter_map(|w| match sink.policy.identity() {
+                    Identity::Raw => w.subject.id.clone(),
+                    Identity::Pseudonym => Some(w.subject.pseudonym.clone()),
+                })
+                .collect();
+            if !meters.is_empty() {
+                let sink = sink.name.clone();
+                // No sink listening (a command, not the daemon): nobody to tell.
+                let _ = self.sender.send(Arc::new(Forgotten { sink, meters }));
+            }
         }
     }
 }
@@ -339,6 +388,10 @@ pub trait Sink: Send + 'static {
     fn attend(&mut self) -> impl Future<Output = anyhow::Result<()>> + Send {
         async { Ok(()) }
     }
+
+    /// Stops announcing `meters` (named as this sink names them), whose live readings it
+    /// may no longer show: their consent was lowered, and their stored records purged.
+    fn forget(&mut self, _meters: &[String]) {}
 
     /// Makes everything written durable before the process exits.
     fn flush(&mut self) -> impl Future<Output = anyhow::Result<()>> + Send;
@@ -425,6 +478,8 @@ pub struct Feed {
     /// Fires when the shutdown grace is over: what is not written by then stays in the
     /// outbox.
     pub give_up: CancellationToken,
+    /// News of meters no longer live; `None` once nobody can tell any more.
+    pub no_longer_live: Option<broadcast::Receiver<Arc<Forgotten>>>,
 }
 
 /// Feeds `sink` the records of its outbox, gathered as its batching says, until the outbox
@@ -437,6 +492,7 @@ pub async fn drive(mut sink: impl Sink, feed: Feed) {
         counters,
         shutdown,
         give_up,
+        mut no_longer_live,
     } = feed;
     let mut writer = Writer {
         max_records: batching.max_records.max(1),
@@ -502,6 +558,17 @@ pub async fn drive(mut sink: impl Sink, feed: Feed) {
                 }
                 continue;
             }
+            news = next_forgotten(&mut no_longer_live) => {
+                match news {
+                    Ok(forgotten) if forgotten.sink == *name => sink.forget(&forgotten.meters),
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(sink = %name, missed, "missed news of meters no longer live");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => no_longer_live = None,
+                }
+                continue;
+            }
             () = sink.wants_attention() => {
                 if let Err(error) = sink.attend().await {
                     tracing::warn!(sink = %name, "{error:#}");
@@ -528,6 +595,16 @@ pub async fn drive(mut sink: impl Sink, feed: Feed) {
         Ok(Ok(())) => {}
         Ok(Err(error)) => tracing::error!(sink = %name, "final flush failed: {error:#}"),
         Err(_) => tracing::error!(sink = %name, "final flush given up"),
+    }
+}
+
+/// The next news of meters no longer live; never, once nobody can tell.
+async fn next_forgotten(
+    receiver: &mut Option<broadcast::Receiver<Arc<Forgotten>>>,
+) -> Result<Arc<Forgotten>, broadcast::error::RecvError> {
+    match receiver {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 use crate::backoff::Backoff;
 use crate::fleet::snapshot::Partitions;
 use crate::outbox::{Outbox, OutboxSink, Staged, Stager};
-use crate::sinks::Stopping;
+use crate::sinks::{NoLongerLive, Stopping};
 use crate::sources::{self, Input, SourceId, SourceKind};
 use crate::telemetry::log_limit::LogLimit;
 use crate::telemetry::metrics::Metrics;
@@ -50,6 +50,7 @@ pub async fn run(
     config: Config,
     key: IdentityKey,
     stopping: Stopping,
+    no_longer_live: &NoLongerLive,
     ready: impl FnOnce(),
 ) -> anyhow::Result<Arc<Metrics>> {
     let shutdown = stopping.shutdown.clone();
@@ -98,7 +99,7 @@ pub async fn run(
     let mut sink_tasks = JoinSet::new();
     for ((index, sink), inlet) in config.sinks.into_iter().enumerate().zip(inlets) {
         let counters = Arc::clone(&metrics.sinks[index]);
-        sink.start(inlet, counters, &stopping, &mut sink_tasks)?;
+        sink.start(inlet, counters, &stopping, no_longer_live, &mut sink_tasks)?;
     }
 
     let arrivals = config.sources.iter().map(|s| arrival(&s.kind)).collect();

@@ -714,3 +714,104 @@ fn tls_and_a_password_protect_both_ways_and_a_wrong_password_is_said_plainly() {
             .any(|s| s.topic == "records/status" && s.payload == "offline")
     );
 }
+
+/// An erasure clears a meter's discovery configs, and a running daemon does not bring them
+/// back when Home Assistant restarts (it publishes every config it announced then), while it
+/// still announces the other meters again.
+#[test]
+fn an_erased_meter_is_not_announced_again_when_home_assistant_restarts() {
+    let dir = scratch("mqtt-erased-discovery");
+    let broker = Mosquitto::start(&dir);
+    let watcher = Watcher::start(broker.port, "watcher", &["homeassistant/#"]);
+    let config = format!(
+        r#"
+        [identity]
+        key_file = "{dir}/identity.key"
+
+        [consent]
+        default = "live"
+        registry = "{dir}/consent.sqlite"
+
+        {source}
+
+        [[sinks]]
+        name = "home-assistant"
+        type = "mqtt"
+        url = "{url}"
+        prefix = "home"
+        max_granularity = "live"
+        "#,
+        dir = dir.display(),
+        source = mqtt_source(&broker, ""),
+        url = broker.url(),
+    );
+    let daemon = Daemon::start(&dir, &config);
+    daemon.wait_for_log("running", 1, PATIENCE);
+    for n in [1, 2] {
+        publish_all(
+            broker.port,
+            "meters",
+            messages(n, telegrams(n, &crate::now(), 2)),
+        );
+    }
+    // A device's configs: `homeassistant/sensor/p1guard_<meter>/<entity>/config`.
+    let device = |topic: &str| topic.split('/').nth(2).map(str::to_owned);
+    let announced = |seen: &[Seen], device_name: &str| -> BTreeSet<String> {
+        (seen.iter())
+            .filter(|s| device(&s.topic).as_deref() == Some(device_name) && !s.payload.is_empty())
+            .map(|s| s.topic.clone())
+            .collect()
+    };
+    let seen = watcher.wait_until(PATIENCE, |seen| {
+        seen.iter()
+            .filter_map(|s| device(&s.topic))
+            .collect::<BTreeSet<_>>()
+            .len()
+            == 2
+    });
+
+    let erased = std::process::Command::new(env!("CARGO_BIN_EXE_p1guard"))
+        .args(["erase", "--config"])
+        .arg(dir.join("p1guard.toml"))
+        .args(["--meter", "E0053000012345601", "--reference", "AVG-1"])
+        .env("STATE_DIRECTORY", &dir)
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&erased.stdout);
+    assert!(
+        erased.status.success(),
+        "{answer}{}",
+        String::from_utf8_lossy(&erased.stderr)
+    );
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    let erased_device = format!("p1guard_{}", answer["meter"].as_str().unwrap());
+    let kept_device = (seen.iter().filter_map(|s| device(&s.topic)))
+        .find(|d| *d != erased_device)
+        .unwrap();
+    let erased_configs = announced(&seen, &erased_device);
+    let kept_configs = announced(&seen, &kept_device);
+    assert!(!erased_configs.is_empty() && !kept_configs.is_empty());
+    let cleared = |seen: &[Seen]| {
+        erased_configs.iter().all(|topic| {
+            (seen.iter().rev().find(|s| &s.topic == topic)).is_some_and(|s| s.payload.is_empty())
+        })
+    };
+    watcher.wait_until(PATIENCE, cleared);
+    // The daemon takes the erasure's consent event in and purges what it no longer allows.
+    daemon.wait_for_log("purged what lowered consent no longer allows", 1, PATIENCE);
+
+    let before = watcher.seen().len();
+    publish_all(
+        broker.port,
+        "home-assistant",
+        vec![("homeassistant/status".into(), b"online".to_vec())],
+    );
+    let seen = watcher.wait_until(PATIENCE, |seen| {
+        announced(&seen[before..], &kept_device) == kept_configs
+    });
+    assert_eq!(announced(&seen[before..], &erased_device), BTreeSet::new());
+    assert!(cleared(&seen), "an erased meter's config came back");
+
+    let finished = daemon.terminate();
+    assert!(finished.status.success(), "{}", finished.stderr);
+}

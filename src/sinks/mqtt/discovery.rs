@@ -146,6 +146,15 @@ impl Discovery {
         out[new..].sort_by(|a, b| a.topic.cmp(&b.topic));
     }
 
+    /// Forgets the configs of `meters`: they are not published again (when Home Assistant
+    /// restarts) unless a live record of the meter comes again.
+    pub fn forget(&mut self, meters: &[String]) {
+        for meter in meters {
+            let device = format!("{}/sensor/p1guard_{}/", self.prefix, topic_level(meter));
+            self.configs.retain(|topic, _| !topic.starts_with(&device));
+        }
+    }
+
     /// Every config announced so far.
     pub fn all(&self, out: &mut Vec<Message>) {
         let configs = self.configs.iter();

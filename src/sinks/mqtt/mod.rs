@@ -246,6 +246,12 @@ impl Sink for MqttSink {
         Ok(self.publish_outgoing().await?)
     }
 
+    fn forget(&mut self, meters: &[String]) {
+        if let Some(discovery) = &mut self.discovery {
+            discovery.forget(meters);
+        }
+    }
+
     /// The broker's CONNACK (the connection task logs it either way).
     async fn check(&mut self) -> anyhow::Result<String> {
         self.await_connection().await?;
