@@ -112,7 +112,11 @@ fn history(args: &MeterArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Reads every row first: a file with a bad row records nothing, and says every bad row.
+/// How many bad rows `consent import` lists; the rest it counts.
+const BAD_ROWS_SHOWN: usize = 20;
+
+/// Reads every row first: a file with a bad row records nothing, and says which rows are bad
+/// (by line) and why.
 fn import(args: &ImportArgs) -> anyhow::Result<ExitCode> {
     let Some(mut setting) = Setting::open(&args.config.config)? else {
         return Ok(ExitCode::from(2));
@@ -126,26 +130,55 @@ fn import(args: &ImportArgs) -> anyhow::Result<ExitCode> {
         .from_reader(std::io::BufReader::with_capacity(1 << 20, file));
     let mut events = Vec::new();
     let mut problems = Vec::new();
-    let mut row = csv::StringRecord::new();
-    while reader.read_record(&mut row)? {
-        let line = row.position().map_or(0, |p| p.line());
-        if line == 1 && row.get(0) == Some("meter") {
+    let mut bytes = csv::ByteRecord::new();
+    while reader
+        .read_byte_record(&mut bytes)
+        .with_context(|| format!("cannot read {}", args.file.display()))?
+    {
+        let line = bytes.position().map_or(0, |p| p.line());
+        // A row that is not UTF-8 is a bad row like any other, not the end of the file.
+        let row = match csv::StringRecord::from_byte_record(std::mem::take(&mut bytes)) {
+            Ok(row) => row,
+            Err(error) => {
+                let field = error.utf8_error().field() + 1;
+                problems.push(format!("line {line}: field {field} is not UTF-8"));
+                continue;
+            }
+        };
+        if line == 1 && row.get(0).is_some_and(|f| f.eq_ignore_ascii_case("meter")) {
             continue; // the header
         }
         match event_of(&row) {
             Ok(event) => events.push(event),
             Err(problem) => problems.push(format!("line {line}: {problem}")),
         }
+        bytes = row.into_byte_record();
     }
     if !problems.is_empty() {
-        let shown = problems.len().min(20);
+        let shown = problems.len().min(BAD_ROWS_SHOWN);
+        let more = match problems.len() - shown {
+            0 => String::new(),
+            more => format!("\n  ... and {more} more"),
+        };
         eprintln!(
-            "p1guard: {}: {} bad row(s), nothing recorded:\n  {}",
+            "p1guard: {}: {} bad row(s), nothing recorded:\n  {}{more}",
             args.file.display(),
             problems.len(),
             problems[..shown].join("\n  ")
         );
         return Ok(ExitCode::FAILURE);
+    }
+    let mut unserved: Vec<&str> = events
+        .iter()
+        .map(|e| e.purpose.as_str())
+        .filter(|p| !setting.serves(p))
+        .collect();
+    unserved.sort_unstable();
+    unserved.dedup();
+    for purpose in unserved {
+        eprintln!(
+            "p1guard: no sink serves purpose {purpose:?}: recorded, but it opens no destination"
+        );
     }
     // Which rows lower a meter's consent is judged against the registry as it stood.
     let now = crate::rights::now();

@@ -1,8 +1,9 @@
 //! The consent registry and the data subject's rights, end to end through the binary, against
 //! a real SQLite store and a real mosquitto: grant, run, audit, export, erase (fiscal billing
 //! kept), a restored backup caught by the audit and erased again, withdrawal purging stored
-//! rows and retained messages, a registry that refuses edits by hand, and a running daemon
-//! that follows the registry.
+//! rows and retained messages, a registry that refuses edits by hand, a running daemon
+//! that follows the registry, `consent import` and its bad rows, `erase --to none`, `export
+//! --output`, and `audit` on an invalid configuration.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -34,7 +35,12 @@ fn meter() -> MeterSpec {
 
 /// The id as the meter sends it: hex-encoded.
 fn sent_id() -> String {
-    PRINTED_ID.bytes().map(|b| format!("{b:02X}")).collect()
+    sent(PRINTED_ID)
+}
+
+/// `printed`, as a meter sends it: hex-encoded.
+fn sent(printed: &str) -> String {
+    printed.bytes().map(|b| format!("{b:02X}")).collect()
 }
 
 /// The last billing boundary (local midnight on the 1st of an odd month) at least a day
@@ -102,21 +108,132 @@ fn config(dir: &Path, capture: &Path, broker: &Mosquitto) -> PathBuf {
     path
 }
 
-/// Runs `p1guard` with `args`, expecting `status`; its stdout.
-fn run(args: &[&str], status: i32) -> String {
+/// The household of most tests here: its meter's capture around the last billing boundary,
+/// a broker, and the configuration that replays the capture into the store and the broker,
+/// all in the test's own directory.
+struct Household {
+    dir: PathBuf,
+    broker: Mosquitto,
+    /// `dir/capture.txt`, which the configuration replays.
+    capture: PathBuf,
+    /// The capture's first instant.
+    from: Timestamp,
+    config: PathBuf,
+    /// The SQLite store.
+    store: PathBuf,
+}
+
+impl Household {
+    /// A household nobody has recorded consent for yet.
+    fn new(test: &str) -> Household {
+        let dir = scratch(test);
+        let broker = Mosquitto::start(&dir);
+        let (capture, from) = capture(&dir);
+        let config = config(&dir, &capture, &broker);
+        let store = dir.join("store.sqlite");
+        Household {
+            dir,
+            broker,
+            capture,
+            from,
+            config,
+            store,
+        }
+    }
+
+    /// A household whose meter (named by `meter`: printed or as sent) was granted
+    /// quarter-hour consent from a day before the capture, with `reference`, and whose
+    /// capture was then replayed into the store and the broker.
+    fn granted_and_replayed(test: &str, meter: &str, reference: Option<&str>) -> Household {
+        let household = Household::new(test);
+        let granted = household.grant(meter, "quarter_hour", reference);
+        assert!(granted.contains(r#""recorded":1"#), "{granted}");
+        household.replay();
+        household
+    }
+
+    /// The configuration, for the command line.
+    fn config(&self) -> &str {
+        self.config.to_str().unwrap()
+    }
+
+    /// A day before the capture starts: consent from then covers all of it.
+    fn before_capture(&self) -> String {
+        (self.from - SignedDuration::from_hours(24)).to_string()
+    }
+
+    /// `consent grant` of `level` for `meter` from [`Household::before_capture`]; its answer.
+    fn grant(&self, meter: &str, level: &str, reference: Option<&str>) -> String {
+        let before_capture = self.before_capture();
+        let mut args = vec![
+            "consent",
+            "grant",
+            "--config",
+            self.config(),
+            "--meter",
+            meter,
+            "--level",
+            level,
+            "--from",
+            &before_capture,
+        ];
+        if let Some(reference) = reference {
+            args.extend(["--reference", reference]);
+        }
+        run(&args, 0)
+    }
+
+    /// `p1guard run` of the configuration, to the capture's end.
+    fn replay(&self) {
+        let config = std::fs::read_to_string(&self.config).unwrap();
+        let finished = Daemon::start(&self.dir, &config).wait();
+        assert!(finished.status.success(), "{}", finished.stderr);
+    }
+
+    /// What the store holds.
+    fn rows(&self) -> Vec<crate::Row> {
+        sqlite_rows(&self.store)
+    }
+
+    /// `consent history` of `meter`, one JSON object per event.
+    fn history(&self, meter: &str) -> Vec<Value> {
+        run(
+            &[
+                "consent",
+                "history",
+                "--config",
+                self.config(),
+                "--meter",
+                meter,
+            ],
+            0,
+        )
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+    }
+}
+
+/// Runs `p1guard` with `args`, expecting `status`; its stdout and stderr.
+fn run_output(args: &[&str], status: i32) -> (String, String) {
     let Output {
         status: got,
         stdout,
         stderr,
     } = p1guard(args);
     let stdout = String::from_utf8(stdout).unwrap();
-    let stderr = String::from_utf8_lossy(&stderr);
+    let stderr = String::from_utf8(stderr).unwrap();
     assert_eq!(
         got.code(),
         Some(status),
         "p1guard {args:?}\n--- stdout:\n{stdout}\n--- stderr:\n{stderr}"
     );
-    stdout
+    (stdout, stderr)
+}
+
+/// Runs `p1guard` with `args`, expecting `status`; its stdout.
+fn run(args: &[&str], status: i32) -> String {
+    run_output(args, status).0
 }
 
 /// The retained messages a subscriber that connects now receives under `filter`.
@@ -132,41 +249,22 @@ fn granularities(rows: &[crate::Row]) -> BTreeSet<String> {
 
 #[test]
 fn an_erasure_keeps_only_fiscal_billing_and_a_restored_backup_is_erased_again() {
-    let dir = scratch("rights-erase");
-    let broker = Mosquitto::start(&dir);
-    let (capture, from) = capture(&dir);
-    let config = config(&dir, &capture, &broker);
-    let config = config.to_str().unwrap();
-    let store = dir.join("store.sqlite");
-
     // Consent as printed on the meter; history names it as the meter sends it.
-    let granted = run(
-        &[
-            "consent",
-            "grant",
-            "--config",
-            config,
-            "--meter",
-            PRINTED_ID,
-            "--level",
-            "quarter_hour",
-            "--from",
-            &(from - SignedDuration::from_hours(24)).to_string(),
-            "--reference",
-            "K-2041",
-        ],
-        0,
+    let household = Household::granted_and_replayed("rights-erase", PRINTED_ID, Some("K-2041"));
+    let (dir, broker, config, store) = (
+        &household.dir,
+        &household.broker,
+        household.config(),
+        &household.store,
     );
-    assert!(granted.contains(r#""recorded":1"#), "{granted}");
-    Daemon::start(&dir, &std::fs::read_to_string(config).unwrap()).wait();
-    let rows = sqlite_rows(&store);
+    let rows = household.rows();
     assert_eq!(
         granularities(&rows),
         BTreeSet::from(["billing".into(), "daily".into(), "quarter_hour".into()]),
         "{rows:#?}"
     );
     let billing_rows = rows.iter().filter(|r| r.granularity == "billing").count();
-    let before = retained(&broker, "before", "supplier/+/+/+");
+    let before = retained(broker, "before", "supplier/+/+/+");
     assert!(before.len() >= 6, "{before:#?}");
 
     let audit = run(&["audit", "--config", config], 0);
@@ -208,7 +306,7 @@ fn an_erasure_keeps_only_fiscal_billing_and_a_restored_backup_is_erased_again() 
     );
     assert!(csv.starts_with("meter,granularity,kind,time,quality,clock,energy_import_t1_kwh"));
 
-    std::fs::copy(&store, dir.join("backup.sqlite")).unwrap();
+    std::fs::copy(store, dir.join("backup.sqlite")).unwrap();
 
     // Erasure: everything but the billing readings the tax authority needs.
     let answer: Value = serde_json::from_str(&run(
@@ -242,28 +340,23 @@ fn an_erasure_keeps_only_fiscal_billing_and_a_restored_backup_is_erased_again() 
         !answer.to_string().contains(&sent_id()),
         "the answer names no raw id"
     );
-    let left = sqlite_rows(&store);
+    let left = household.rows();
     assert_eq!(granularities(&left), BTreeSet::from(["billing".into()]));
     assert_eq!(left.len(), billing_rows);
-    let after = retained(&broker, "after", "supplier/+/+/+");
+    let after = retained(broker, "after", "supplier/+/+/+");
     assert!(
         !after.is_empty() && after.iter().all(|m| m.topic.contains("/billing/")),
         "only billing is retained: {after:#?}"
     );
-    let history = run(
-        &[
-            "consent", "history", "--config", config, "--meter", PRINTED_ID,
-        ],
-        0,
-    );
-    let last: Value = serde_json::from_str(history.lines().last().unwrap()).unwrap();
+    let history = household.history(PRINTED_ID);
+    let last = history.last().unwrap();
     assert_eq!(
         (&last["level"], &last["purpose"]),
         (&"billing".into(), &"*".into())
     );
 
     // A backup from before the erasure comes back: the audit sees it, reapplying erases it.
-    std::fs::copy(dir.join("backup.sqlite"), &store).unwrap();
+    std::fs::copy(dir.join("backup.sqlite"), store).unwrap();
     for stale in ["store.sqlite-wal", "store.sqlite-shm"] {
         let _ = std::fs::remove_file(dir.join(stale));
     }
@@ -281,41 +374,21 @@ fn an_erasure_keeps_only_fiscal_billing_and_a_restored_backup_is_erased_again() 
     assert!(again.contains(r#""erased":0"#), "idempotent: {again}");
     let audit = run(&["audit", "--config", config], 0);
     assert!(audit.contains(r#""clean":true"#), "{audit}");
-    assert_eq!(sqlite_rows(&store), left);
+    assert_eq!(household.rows(), left);
 }
 
 #[test]
 fn a_withdrawal_purges_rows_and_retained_messages_and_the_registry_refuses_edits() {
-    let dir = scratch("rights-withdraw");
-    let broker = Mosquitto::start(&dir);
-    let (capture, from) = capture(&dir);
-    let config = config(&dir, &capture, &broker);
-    let config = config.to_str().unwrap();
-    let store = dir.join("store.sqlite");
-    let before_capture = (from - SignedDuration::from_hours(24)).to_string();
-    run(
-        &[
-            "consent",
-            "grant",
-            "--config",
-            config,
-            "--meter",
-            &sent_id(),
-            "--level",
-            "quarter_hour",
-            "--from",
-            &before_capture,
-        ],
-        0,
-    );
-    Daemon::start(&dir, &std::fs::read_to_string(config).unwrap()).wait();
-    assert!(granularities(&sqlite_rows(&store)).contains("quarter_hour"));
+    // Consent as the meter sends its id.
+    let household = Household::granted_and_replayed("rights-withdraw", &sent_id(), None);
+    let (broker, config) = (&household.broker, household.config());
+    assert!(granularities(&household.rows()).contains("quarter_hour"));
     let quarter_hours = |seen: &[Seen]| {
         seen.iter()
             .filter(|m| m.topic.contains("/quarter_hour/"))
             .count()
     };
-    assert!(quarter_hours(&retained(&broker, "before", "supplier/#")) >= 2);
+    assert!(quarter_hours(&retained(broker, "before", "supplier/#")) >= 2);
 
     let withdrawn: Value = serde_json::from_str(&run(
         &[
@@ -339,10 +412,10 @@ fn a_withdrawal_purges_rows_and_retained_messages_and_the_registry_refuses_edits
         "{withdrawn:#}"
     );
     assert_eq!(
-        granularities(&sqlite_rows(&store)),
+        granularities(&household.rows()),
         BTreeSet::from(["billing".into(), "daily".into()])
     );
-    let after = retained(&broker, "after", "supplier/#");
+    let after = retained(broker, "after", "supplier/#");
     assert_eq!(quarter_hours(&after), 0, "{after:#?}");
     assert!(
         after.iter().any(|m| m.topic.contains("/daily/")),
@@ -352,7 +425,7 @@ fn a_withdrawal_purges_rows_and_retained_messages_and_the_registry_refuses_edits
     assert!(audit.contains(r#""clean":true"#), "{audit}");
 
     // By hand, history cannot be rewritten.
-    let registry = rusqlite::Connection::open(dir.join("consent.sqlite")).unwrap();
+    let registry = rusqlite::Connection::open(household.dir.join("consent.sqlite")).unwrap();
     for edit in [
         "UPDATE consent_events SET level = 'live'",
         "DELETE FROM consent_events",
@@ -360,20 +433,10 @@ fn a_withdrawal_purges_rows_and_retained_messages_and_the_registry_refuses_edits
         let error = registry.execute(edit, []).unwrap_err().to_string();
         assert!(error.contains("append-only"), "{edit}: {error}");
     }
-    let history = run(
-        &[
-            "consent", "history", "--config", config, "--meter", PRINTED_ID,
-        ],
-        0,
-    );
-    let levels: Vec<String> = history
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["level"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
+    let levels: Vec<String> = household
+        .history(PRINTED_ID)
+        .iter()
+        .map(|event| event["level"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(levels, ["quarter_hour", "daily"]);
 }
@@ -464,30 +527,14 @@ fn a_running_daemon_follows_a_grant_and_a_withdrawal() {
 
 #[test]
 fn a_running_daemon_purges_a_withdrawal_at_its_effective_instant() {
-    let dir = scratch("rights-scheduled");
-    let broker = Mosquitto::start(&dir);
-    let (capture, from) = capture(&dir);
-    let config = config(&dir, &capture, &broker);
-    let config = config.to_str().unwrap();
-    let store = dir.join("store.sqlite");
-    let before_capture = (from - SignedDuration::from_hours(24)).to_string();
-    run(
-        &[
-            "consent",
-            "grant",
-            "--config",
-            config,
-            "--meter",
-            PRINTED_ID,
-            "--level",
-            "quarter_hour",
-            "--from",
-            &before_capture,
-        ],
-        0,
+    let household = Household::granted_and_replayed("rights-scheduled", PRINTED_ID, None);
+    let (dir, broker, capture, config) = (
+        &household.dir,
+        &household.broker,
+        &household.capture,
+        household.config(),
     );
-    Daemon::start(&dir, &std::fs::read_to_string(config).unwrap()).wait();
-    assert!(granularities(&sqlite_rows(&store)).contains("quarter_hour"));
+    assert!(granularities(&household.rows()).contains("quarter_hour"));
 
     // The same stores, now behind a daemon that reads an idle fleet source.
     let daemon_config = std::fs::read_to_string(config).unwrap().replace(
@@ -501,7 +548,7 @@ fn a_running_daemon_purges_a_withdrawal_at_its_effective_instant() {
         daemon_config.contains("type = \"mqtt\"\n        url"),
         "{daemon_config}"
     );
-    let daemon = Daemon::start(&dir, &daemon_config);
+    let daemon = Daemon::start(dir, &daemon_config);
     daemon.wait_for_log("running", 1, PATIENCE);
     let effective = Timestamp::now() + SignedDuration::from_secs(3);
     let effective = Timestamp::from_second(effective.as_second())
@@ -519,7 +566,7 @@ fn a_running_daemon_purges_a_withdrawal_at_its_effective_instant() {
         "{answer}"
     );
     assert!(
-        granularities(&sqlite_rows(&store)).contains("quarter_hour"),
+        granularities(&household.rows()).contains("quarter_hour"),
         "not before"
     );
     daemon.wait_for_log("purged what lowered consent no longer allows", 1, PATIENCE);
@@ -530,10 +577,10 @@ fn a_running_daemon_purges_a_withdrawal_at_its_effective_instant() {
     let finished = daemon.terminate();
     assert!(finished.status.success(), "{}", finished.stderr);
     assert_eq!(
-        granularities(&sqlite_rows(&store)),
+        granularities(&household.rows()),
         BTreeSet::from(["billing".into(), "daily".into()])
     );
-    let left = retained(&broker, "after", "supplier/#");
+    let left = retained(broker, "after", "supplier/#");
     assert!(
         left.iter().all(|m| !m.topic.contains("/quarter_hour/")),
         "{left:#?}"
@@ -545,35 +592,18 @@ fn a_running_daemon_purges_a_withdrawal_at_its_effective_instant() {
 /// once the broker is back, and a subscriber then receives none of the meter's readings.
 #[test]
 fn an_erasure_with_a_store_down_is_finished_by_reapply_erasures() {
-    let dir = scratch("rights-erase-down");
-    let mut broker = Mosquitto::start(&dir);
-    let (capture, from) = capture(&dir);
-    let config = config(&dir, &capture, &broker);
-    let config = config.to_str().unwrap();
-    let before_capture = (from - SignedDuration::from_hours(24)).to_string();
-    let grant = [
-        "consent",
-        "grant",
-        "--config",
-        config,
-        "--meter",
-        PRINTED_ID,
-        "--level",
-        "quarter_hour",
-        "--from",
-        &before_capture,
-    ];
-    run(&grant, 0);
-    Daemon::start(&dir, &std::fs::read_to_string(config).unwrap()).wait();
+    let mut household = Household::granted_and_replayed("rights-erase-down", PRINTED_ID, None);
+    let config = household.config.to_str().unwrap().to_owned();
+    let config = config.as_str();
     let readings = |broker: &Mosquitto, client: &str| {
         retained(broker, client, "supplier/+/+/+")
             .into_iter()
             .filter(|m| !m.topic.contains("/billing/"))
             .count()
     };
-    assert!(readings(&broker, "before") >= 4);
+    assert!(readings(&household.broker, "before") >= 4);
 
-    broker.stop();
+    household.broker.stop();
     let answer: Value = serde_json::from_str(&run(
         &["erase", "--config", config, "--meter", PRINTED_ID],
         1,
@@ -586,8 +616,310 @@ fn an_erasure_with_a_store_down_is_finished_by_reapply_erasures() {
     assert!(store("broker")["failed"].is_string(), "{answer:#}");
     assert!(answer["ledger_entry"].as_i64().is_some(), "{answer:#}");
 
-    broker.spawn();
+    household.broker.spawn();
     let reapplied = run(&["reapply-erasures", "--config", config], 0);
     assert!(reapplied.contains(r#""store":"broker""#), "{reapplied}");
-    assert_eq!(readings(&broker, "after"), 0, "{reapplied}");
+    assert_eq!(readings(&household.broker, "after"), 0, "{reapplied}");
+}
+
+/// `consent import` takes ids both ways, a header, an optional purpose; a file with bad rows
+/// records nothing and names each bad row by line and reason; the imported level is the
+/// one a replay then stores at, and nothing finer.
+#[test]
+fn an_import_records_every_row_or_none_names_bad_rows_by_line_and_its_levels_hold() {
+    let household = Household::new("rights-import");
+    let config = household.config();
+    let before_capture = household.before_capture();
+    let neighbour = "E0054000099999991";
+    let good = [
+        "Meter,Level,Effective_From,Reference,Purpose".to_owned(), // as a spreadsheet saves it
+        format!("{},daily,{before_capture},K-3001", sent_id().to_lowercase()),
+        format!("{neighbour},quarter_hour,2026-01-01T00:00:00+01:00,K-3002,insight"),
+    ];
+    let bad = [
+        "E0054000099999992,hourly,2026-01-01T00:00:00Z,K-3003".to_owned(),
+        "E0054000099999993,daily,yesterday,K-3004".to_owned(),
+        "E0054000099999994,daily,2026-01-01T00:00:00Z".to_owned(),
+    ];
+    let file = household.dir.join("consents.csv");
+    let mut text = ([&good[..], &bad[..]].concat().join("\n") + "\n").into_bytes();
+    text.extend(b"E0054000099999995,daily,2026-01-01T00:00:00Z,K-\xe9\n"); // Latin-1
+    std::fs::write(&file, text).unwrap();
+    let file = file.to_str().unwrap();
+
+    // Bad rows: nothing recorded, each named by its line (the header is line 1).
+    let (stdout, stderr) = run_output(&["consent", "import", "--config", config, file], 1);
+    assert_eq!(stdout, "");
+    let expected = format!(
+        "p1guard: {file}: 4 bad row(s), nothing recorded:\n  \
+         line 4: unknown consent level \"hourly\"; expected one of none, billing, daily, \
+         quarter_hour, live\n  \
+         line 5: effective_from \"yesterday\": expected RFC 3339\n  \
+         line 6: expected meter,level,effective_from,reference[,purpose], got 3 fields\n  \
+         line 7: field 4 is not UTF-8\n"
+    );
+    assert_eq!(stderr, expected);
+    assert_eq!(
+        household.history(PRINTED_ID),
+        Vec::<Value>::new(),
+        "all or none"
+    );
+
+    // Only the good rows: recorded; the purpose no sink serves is said.
+    let file = household.dir.join("good.csv");
+    std::fs::write(&file, good.join("\n") + "\n").unwrap();
+    let (stdout, stderr) = run_output(
+        &[
+            "consent",
+            "import",
+            "--config",
+            config,
+            file.to_str().unwrap(),
+        ],
+        0,
+    );
+    assert_eq!(stdout, "{\"recorded\":2}\n");
+    assert_eq!(
+        stderr,
+        "p1guard: no sink serves purpose \"insight\": recorded, but it opens no destination\n"
+    );
+    let history = household.history(PRINTED_ID);
+    assert_eq!(history.len(), 1, "{history:#?}");
+    let event = &history[0];
+    assert_eq!(event["meter"], sent_id());
+    assert_eq!(event["level"], "daily");
+    assert_eq!(event["purpose"], "default");
+    assert_eq!(event["source"], "import");
+    assert_eq!(event["reference"], "K-3001");
+    assert_eq!(event["effective_from"], before_capture);
+    let history = household.history(&sent(neighbour));
+    assert_eq!(history.len(), 1, "{history:#?}");
+    assert_eq!(
+        (&history[0]["level"], &history[0]["purpose"]),
+        (&"quarter_hour".into(), &"insight".into())
+    );
+    assert_eq!(history[0]["effective_from"], "2025-12-31T23:00:00Z");
+    assert_eq!(history[0]["reference"], "K-3002");
+
+    // The store takes quarter hours, the import allowed daily: daily it is.
+    household.replay();
+    assert_eq!(
+        granularities(&household.rows()),
+        BTreeSet::from(["billing".into(), "daily".into()])
+    );
+}
+
+/// `audit` on a configuration that does not parse, or names a sink type that does not
+/// exist, exits 2 and says what is wrong; the same configuration made right audits clean.
+#[test]
+fn audit_exits_2_naming_the_problem_when_the_configuration_is_invalid() {
+    let dir = scratch("rights-audit-config");
+    let capture = dir.join("capture.txt");
+    std::fs::write(&capture, "").unwrap();
+    let valid = format!(
+        r#"
+        [identity]
+        key_file = "{dir}/identity.key"
+
+        [consent]
+        registry = "{dir}/consent.sqlite"
+
+        [[sources]]
+        type = "replay"
+        files = [{capture:?}]
+
+        [[sinks]]
+        name = "store"
+        type = "sqlite"
+        path = "{dir}/store.sqlite"
+        max_granularity = "quarter_hour"
+        "#,
+        dir = dir.display(),
+    );
+    let audit = |name: &str, text: &str, status: i32| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        let path = path.to_str().unwrap().to_owned();
+        let (stdout, stderr) = run_output(&["audit", "--config", &path], status);
+        (path, stdout, stderr)
+    };
+
+    let (_, stdout, _) = audit("valid.toml", &valid, 0);
+    assert!(stdout.contains(r#""clean":true"#), "{stdout}");
+
+    let (path, stdout, stderr) = audit(
+        "unknown-sink.toml",
+        &valid.replace("\"sqlite\"", "\"kafka\""),
+        2,
+    );
+    assert_eq!(stdout, "");
+    assert_eq!(
+        stderr,
+        format!(
+            "p1guard: {path}: 1 problem in the configuration:\n  \
+             - sinks[0]: unknown variant `kafka`, expected one of `sqlite`, `stdout`, `mqtt`, \
+             `influxdb`\n"
+        )
+    );
+
+    let (path, stdout, stderr) = audit(
+        "unparsable.toml",
+        &valid.replace("[[sinks]]", "[[sinks]"),
+        2,
+    );
+    assert_eq!(stdout, "");
+    assert!(
+        stderr.starts_with(&format!(
+            "p1guard: {path}: 1 problem in the configuration:\n"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("TOML syntax: unclosed array table"),
+        "{stderr}"
+    );
+}
+
+/// `erase --to none` (the contract has ended): the erasure keeps fiscal billing like any
+/// erasure, and the event it records lowers every purpose to `none`, so that later
+/// telegrams of the meter store nothing, where a neighbour with consent goes on.
+#[test]
+fn an_erasure_to_none_keeps_fiscal_billing_and_later_telegrams_store_nothing() {
+    let household =
+        Household::granted_and_replayed("rights-erase-none", PRINTED_ID, Some("K-2043"));
+    let config = household.config();
+    let rows = household.rows();
+    let billing: Vec<_> = rows
+        .iter()
+        .filter(|r| r.granularity == "billing")
+        .cloned()
+        .collect();
+    assert!(
+        !billing.is_empty() && billing.len() < rows.len(),
+        "{rows:#?}"
+    );
+    let neighbour = MeterSpec {
+        equipment_id: "E0054000099999995".into(),
+        gas_id: None,
+        seed: 13,
+        ..meter()
+    };
+    household.grant(&neighbour.equipment_id, "quarter_hour", None);
+
+    let answer: Value = serde_json::from_str(&run(
+        &[
+            "erase",
+            "--config",
+            config,
+            "--meter",
+            PRINTED_ID,
+            "--reference",
+            "AVG-18",
+            "--to",
+            "none",
+        ],
+        0,
+    ))
+    .unwrap();
+    let requested_at = answer["requested_at"].as_str().unwrap().to_owned();
+    assert_eq!(
+        answer["consent"],
+        serde_json::json!({"level": "none", "purpose": "*", "from": requested_at})
+    );
+    let store = &answer["stores"][0];
+    assert_eq!(store["store"], "store");
+    assert_eq!(store["erased"], rows.len() - billing.len());
+    assert_eq!(store["kept"], billing.len());
+    assert!(
+        store["kept_because"]
+            .as_str()
+            .unwrap()
+            .contains("fiscal retention (7 years)"),
+        "{answer:#}"
+    );
+    assert_eq!(household.rows(), billing);
+    let history = household.history(PRINTED_ID);
+    let last = history.last().unwrap();
+    assert_eq!(last["level"], "none");
+    assert_eq!(last["purpose"], "*");
+    assert_eq!(last["source"], "cli");
+    assert_eq!(last["reference"], "AVG-18");
+    assert_eq!(last["effective_from"], requested_at);
+
+    // Three hours of both meters, from just after the next full hour: the gas meter's
+    // hourly capture in the first telegram is then dated after the erasure too.
+    let erased_at: Timestamp = requested_at.parse().unwrap();
+    let next_hour = Timestamp::from_second((erased_at.as_second() / 3600 + 1) * 3600).unwrap();
+    let from = next_hour + SignedDuration::from_mins(1);
+    let to = from + SignedDuration::from_hours(3);
+    let mut later = p1guard_simulator::stream(meter(), from, to, Vec::new());
+    later.extend(p1guard_simulator::stream(neighbour, from, to, Vec::new()));
+    std::fs::write(&household.capture, later).unwrap();
+    household.replay();
+    let after = household.rows();
+    let (erased_meter, others): (Vec<_>, Vec<_>) =
+        after.into_iter().partition(|r| r.meter == billing[0].meter);
+    assert_eq!(erased_meter, billing, "nothing new for the erased meter");
+    assert!(
+        others
+            .iter()
+            .filter(|r| r.granularity == "quarter_hour")
+            .count()
+            >= 11,
+        "the neighbour's quarter hours: {others:#?}"
+    );
+    let audit = run(&["audit", "--config", config], 0);
+    assert!(audit.contains(r#""clean":true"#), "{audit}");
+}
+
+/// `export --output` writes what standard output would get: the JSON object, or with
+/// `--format csv` a header and a row per record.
+#[test]
+fn an_export_to_a_file_holds_what_standard_output_would_as_json_and_as_csv() {
+    let household =
+        Household::granted_and_replayed("rights-export-file", PRINTED_ID, Some("K-2044"));
+    let config = household.config();
+    let rows = household.rows();
+    assert!(!rows.is_empty());
+    let pseudonym = rows[0].meter.clone();
+    let export = |format: &str, output: Option<&Path>| {
+        let mut args = vec![
+            "export", "--config", config, "--meter", PRINTED_ID, "--format", format,
+        ];
+        if let Some(output) = output {
+            args.extend(["--output", output.to_str().unwrap()]);
+        }
+        run(&args, 0)
+    };
+
+    let json_file = household.dir.join("export.json");
+    assert_eq!(export("json", Some(&json_file)), "", "nothing on stdout");
+    let written = std::fs::read_to_string(&json_file).unwrap();
+    assert_eq!(written, export("json", None));
+    let json: Value = serde_json::from_str(&written).unwrap();
+    assert_eq!(json["meter"], pseudonym);
+    let records = json["records"].as_array().unwrap();
+    assert_eq!(records.len(), rows.len());
+    assert!(records.iter().all(|r| r["meter"] == pseudonym));
+    assert_eq!(json["consent"][0]["reference"], "K-2044");
+
+    let csv_file = household.dir.join("export.csv");
+    assert_eq!(export("csv", Some(&csv_file)), "", "nothing on stdout");
+    let written = std::fs::read_to_string(&csv_file).unwrap();
+    assert_eq!(written, export("csv", None));
+    let mut lines = written.lines();
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("meter,granularity,kind,time,quality,clock,energy_import_t1_kwh")
+    );
+    let body: Vec<&str> = lines.collect();
+    assert_eq!(body.len(), rows.len(), "one row per record");
+    assert!(body.iter().all(|l| l.starts_with(&format!("{pseudonym},"))));
+    let csv_granularities: BTreeSet<String> = body
+        .iter()
+        .map(|l| l.split(',').nth(1).unwrap().to_owned())
+        .collect();
+    assert_eq!(csv_granularities, granularities(&rows));
 }
