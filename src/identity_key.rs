@@ -9,9 +9,28 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use p1guard_conduct::IdentityKey;
 
+use crate::topology::config::Config;
+
 /// `identity.key` in p1guard's state directory.
 pub fn default_path() -> anyhow::Result<PathBuf> {
     Ok(crate::state::dir()?.join("identity.key"))
+}
+
+/// The key `config` names (`[identity] key_file`, or the default path), created if missing;
+/// but a fleet worker's key must be the fleet's one key, copied there, never a new one:
+/// a worker with a key of its own would give every meter a second pseudonym.
+pub fn of(config: &Config) -> anyhow::Result<IdentityKey> {
+    let path = match &config.identity_key {
+        Some(path) => path.clone(),
+        None => default_path()?,
+    };
+    if config.fleet().is_some() && !path.exists() {
+        anyhow::bail!(
+            "identity key {} is missing: every worker of a fleet needs a copy of the fleet's one key (a new key would name every meter differently)",
+            path.display()
+        );
+    }
+    load_or_create(&path)
 }
 
 /// Reads the key at `path`, or creates it (mode 0600) from the system's random source.
@@ -65,6 +84,32 @@ mod tests {
             0o600
         );
         assert_eq!(load_or_create(&path).unwrap(), created);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_fleet_worker_refuses_a_missing_key_and_reads_the_fleet_s_copy() {
+        let dir = std::env::temp_dir().join(format!("p1guard-fleet-key-{}", std::process::id()));
+        let path = dir.join("identity.key");
+        let config = crate::topology::config::parse(
+            &format!(
+                "[identity]\nkey_file = {path:?}\n\
+                 [[sources]]\nname = \"fleet\"\ntype = \"nats\"\nurl = \"nats://127.0.0.1\"\npartitions = 16\n\
+                 [[sinks]]\ntype = \"stdout\"\nmax_granularity = \"daily\"\n"
+            ),
+            Vec::new(),
+        )
+        .unwrap();
+        let refused = of(&config).unwrap_err().to_string();
+        assert!(
+            refused.contains("needs a copy of the fleet's one key"),
+            "{refused}"
+        );
+        assert!(!path.exists(), "no key of its own was made");
+
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(&path, format!("{}\n", "5a".repeat(32))).unwrap();
+        assert_eq!(of(&config).unwrap(), IdentityKey::from_bytes([0x5a; 32]));
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -33,11 +33,7 @@ impl Setting {
                 return Ok(None);
             }
         };
-        let key_path = match &config.identity_key {
-            Some(path) => path.clone(),
-            None => crate::identity_key::default_path()?,
-        };
-        let key = crate::identity_key::load_or_create(&key_path)?;
+        let key = crate::identity_key::of(&config)?;
         let registry = Registry::open(&Registry::path(config.registry.as_ref())?)?;
         let mut setting = Setting {
             config,

@@ -47,11 +47,7 @@ fn serve(config: config::Config) -> anyhow::Result<()> {
     for source in &config.sources {
         sources::check(source).with_context(|| format!("source {}: setting up", source.name))?;
     }
-    let key_path = match &config.identity_key {
-        Some(path) => path.clone(),
-        None => identity_key::default_path()?,
-    };
-    let key = identity_key::load_or_create(&key_path)?;
+    let key = identity_key::of(&config)?;
     let registry_path = Registry::path(config.registry.as_ref())?;
     let registry = Registry::open(&registry_path)?;
     let loaded = registry
