@@ -45,6 +45,11 @@ const MAX_PARTITIONS: u16 = 1024;
 /// longer than a commit takes while the outbox has room.
 const ACK_WAIT: Duration = Duration::from_secs(60);
 
+/// How long the stream p1guard creates keeps a telegram: it holds every meter's telegrams as
+/// sent, whatever their consent, so no longer than live readings may be kept (privacy.md's 7
+/// days); a fleet stopped longer than that loses what expired unread.
+const STREAM_MAX_AGE: Duration = Duration::from_secs(7 * 86_400);
+
 /// How long a lease lasts unless renewed, unless configured: how long a dead worker's
 /// partitions wait for a new owner.
 const LEASE_TTL: Duration = Duration::from_secs(10);
@@ -308,6 +313,7 @@ impl Worker<'_> {
                 name: settings.stream.clone(),
                 subjects: vec!["p1.part.>".into()],
                 storage: stream::StorageType::File,
+                max_age: STREAM_MAX_AGE,
                 ..Default::default()
             })
             .await?;

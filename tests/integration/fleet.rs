@@ -21,7 +21,7 @@ use crate::outbox::{
 use crate::{Row, scratch, sqlite_rows};
 
 /// Partitions of the shipped server config's mapping, and so of the source.
-const PARTITIONS: u16 = 64;
+const PARTITIONS: u16 = 16;
 
 /// A `nats-server` with the shipped example config (`config/nats/nats-server.conf`) but for
 /// its addresses and store, its MQTT listener on `mqtt_port`.
