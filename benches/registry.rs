@@ -100,6 +100,7 @@ fn events() -> Vec<NewEvent> {
                 effective_from: Timestamp::from_second(at).expect("an instant in range"),
                 reference: Some(format!("C{}-{:07}", 2025 + round, rng.below(10_000_000))),
                 source: EventSource::Import,
+                erasure: false,
             });
         }
     }

@@ -57,6 +57,7 @@ fn record(
         effective_from,
         reference,
         source: EventSource::Cli,
+        erasure: false,
     };
     let seq = setting.record(&[event], now)?;
     if !setting.serves(&purpose) {
@@ -237,5 +238,6 @@ fn event_of(row: &csv::StringRecord) -> anyhow::Result<NewEvent> {
             .with_context(|| format!("effective_from {:?}: expected RFC 3339", &row[2]))?,
         reference,
         source: EventSource::Import,
+        erasure: false,
     })
 }

@@ -104,6 +104,7 @@ pub fn erase(args: &EraseArgs) -> anyhow::Result<ExitCode> {
             effective_from: now,
             reference: args.reference.clone(),
             source: EventSource::Cli,
+            erasure: true,
         }],
         now,
     )?;

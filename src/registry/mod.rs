@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS consent_events (
     effective_from INTEGER NOT NULL, -- Unix seconds UTC, inclusive
     recorded_at    INTEGER NOT NULL, -- Unix seconds UTC
     reference      TEXT,             -- the supplier's consent key or request number
-    source         TEXT    NOT NULL CHECK (source IN ('cli', 'import', 'api'))
+    source         TEXT    NOT NULL CHECK (source IN ('cli', 'import', 'api')),
+    erasure        INTEGER NOT NULL DEFAULT 0 CHECK (erasure IN (0, 1)) -- see ERASURE_COLUMN
 );
 CREATE INDEX IF NOT EXISTS consent_events_by_meter ON consent_events (meter, seq);
 CREATE TRIGGER IF NOT EXISTS consent_events_are_never_updated
@@ -62,6 +63,11 @@ CREATE TABLE IF NOT EXISTS fleet_streams (
     through INTEGER NOT NULL
 );
 ";
+
+/// Added to registries made before it: 1 for an erasure's event, which also marks every
+/// record of the meter dated up to its `effective_from` as erased (billing aside), so that
+/// none comes back when it arrives late. Adding a column is no UPDATE: the triggers allow it.
+const ERASURE_COLUMN: &str = "ALTER TABLE consent_events ADD COLUMN erasure INTEGER NOT NULL DEFAULT 0 CHECK (erasure IN (0, 1))";
 
 /// Where an event came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +115,10 @@ pub struct NewEvent {
     pub reference: Option<String>,
     /// Who recorded it.
     pub source: EventSource,
+    /// Whether it is an erasure's: every record of the meter dated up to `effective_from`
+    /// is erased, billing inside the fiscal retention aside, and may not be stored again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub erasure: bool,
 }
 
 /// A recorded consent event, as `consent history` prints it.
@@ -130,6 +140,10 @@ pub struct Event {
     pub reference: Option<String>,
     /// Who recorded it.
     pub source: EventSource,
+    /// Whether it is an erasure's: every record of the meter dated up to `effective_from`
+    /// is erased, billing inside the fiscal retention aside, and may not be stored again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub erasure: bool,
 }
 
 /// An erasure ledger entry.
@@ -168,6 +182,14 @@ impl Registry {
         connection
             .execute_batch(SCHEMA)
             .with_context(|| format!("{} is not a consent registry", path.display()))?;
+        let has_erasure: bool = connection.query_row(
+            "SELECT count(*) FROM pragma_table_info('consent_events') WHERE name = 'erasure'",
+            [],
+            |row| row.get(0),
+        )?;
+        if !has_erasure {
+            connection.execute(ERASURE_COLUMN, [])?;
+        }
         Ok(Registry { connection })
     }
 
@@ -247,7 +269,7 @@ impl Registry {
     /// seen. Events for purposes the table does not serve are passed over.
     pub fn load_into(&self, table: &ConsentTable, after: i64) -> anyhow::Result<i64> {
         let mut query = self.connection.prepare_cached(
-            "SELECT seq, meter, level, purpose, effective_from FROM consent_events
+            "SELECT seq, meter, level, purpose, effective_from, erasure FROM consent_events
              WHERE seq > ?1 ORDER BY seq",
         )?;
         let mut rows = query.query([after])?;
@@ -262,6 +284,9 @@ impl Registry {
             };
             let from = Timestamp::from_second(row.get(4)?).unwrap_or(Timestamp::MIN);
             let change = Change { from, level, scope };
+            if row.get(5)? {
+                changes.push((row.get(1)?, erased_through(from)));
+            }
             changes.push((row.get(1)?, change));
             if changes.len() == 65_536 {
                 add(table, &mut changes)?;
@@ -288,7 +313,8 @@ impl Registry {
 
     fn events(&self, filter: &str, params: impl rusqlite::Params) -> anyhow::Result<Vec<Event>> {
         let mut query = self.connection.prepare(&format!(
-            "SELECT seq, meter, level, purpose, effective_from, recorded_at, reference, source
+            "SELECT seq, meter, level, purpose, effective_from, recorded_at, reference, source,
+                    erasure
              FROM consent_events {filter}"
         ))?;
         let rows = query.query_map(params, |row| {
@@ -301,11 +327,12 @@ impl Registry {
                 row.get::<_, i64>(5)?,
                 row.get::<_, Option<String>>(6)?,
                 row.get::<_, String>(7)?,
+                row.get::<_, bool>(8)?,
             ))
         })?;
         let mut events = Vec::new();
         for row in rows {
-            let (seq, meter, level, purpose, from, recorded, reference, source) = row?;
+            let (seq, meter, level, purpose, from, recorded, reference, source, erasure) = row?;
             events.push(Event {
                 seq,
                 meter,
@@ -316,6 +343,7 @@ impl Registry {
                 reference,
                 source: EventSource::from_name(&source)
                     .with_context(|| format!("event {seq}: unknown source {source:?}"))?,
+                erasure,
             });
         }
         Ok(events)
@@ -389,8 +417,8 @@ fn insert(
 ) -> anyhow::Result<i64> {
     let mut insert = transaction.prepare_cached(
         "INSERT INTO consent_events
-         (meter, level, purpose, effective_from, recorded_at, reference, source)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+         (meter, level, purpose, effective_from, recorded_at, reference, source, erasure)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     for event in events {
         insert.execute(params![
@@ -401,6 +429,7 @@ fn insert(
             recorded_at.as_second(),
             event.reference,
             event.source.name(),
+            event.erasure,
         ])?;
     }
     Ok(transaction.last_insert_rowid())
@@ -419,6 +448,11 @@ fn scope_of(table: &ConsentTable, purpose: &str) -> Option<Scope> {
 impl Event {
     /// Adds the event to `table`, unless its purpose is one the table does not serve.
     pub fn apply(&self, table: &ConsentTable) -> anyhow::Result<()> {
+        if self.erasure {
+            table
+                .add(self.meter.as_bytes(), erased_through(self.effective_from))
+                .map_err(|error| anyhow::anyhow!("event {}: {error}", self.seq))?;
+        }
         if let Some(scope) = scope_of(table, &self.purpose) {
             let change = Change {
                 from: self.effective_from,
@@ -430,6 +464,15 @@ impl Event {
                 .map_err(|error| anyhow::anyhow!("event {}: {error}", self.seq))?;
         }
         Ok(())
+    }
+}
+
+/// An erasure's mark in the table: nothing finer than billing dated up to `at`.
+fn erased_through(at: Timestamp) -> Change {
+    Change {
+        from: at,
+        level: Level::Billing,
+        scope: Scope::ErasedThrough,
     }
 }
 
@@ -464,7 +507,53 @@ mod tests {
             effective_from: from.parse().unwrap(),
             reference: Some("K-1".into()),
             source: EventSource::Cli,
+            erasure: false,
         }
+    }
+
+    #[test]
+    fn a_registry_made_before_erasure_marks_gains_the_column_and_keeps_its_events() {
+        let path = scratch("first-schema");
+        let first_schema = SCHEMA.replace(
+            "source         TEXT    NOT NULL CHECK (source IN ('cli', 'import', 'api')),\n    erasure        INTEGER NOT NULL DEFAULT 0 CHECK (erasure IN (0, 1)) -- see ERASURE_COLUMN",
+            "source         TEXT    NOT NULL CHECK (source IN ('cli', 'import', 'api'))",
+        );
+        assert_ne!(first_schema, SCHEMA, "the first schema has no mark");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(&first_schema).unwrap();
+        old.execute(
+            "INSERT INTO consent_events (meter, level, purpose, effective_from, recorded_at, source)
+             VALUES ('4530', 'live', '*', 0, 0, 'cli')",
+            [],
+        )
+        .unwrap();
+        drop(old);
+
+        let mut registry = Registry::open(&path).unwrap();
+        let mut erasure = event("4530", Level::Billing, "*", "2026-06-01T12:00:00Z");
+        erasure.erasure = true;
+        registry.append(&[erasure], Timestamp::now()).unwrap();
+        let history = registry.history("4530").unwrap();
+        assert_eq!(
+            history.iter().map(|e| e.erasure).collect::<Vec<_>>(),
+            [false, true]
+        );
+        let table = ConsentTable::new(Level::None, ["insight"]);
+        registry.load_into(&table, 0).unwrap();
+        let at = |t: &str| t.parse().unwrap();
+        let insight = table.purpose("insight").unwrap();
+        assert_eq!(
+            table.level(b"4530", insight, at("2026-05-01T00:00:00Z")),
+            Level::Billing
+        );
+        assert_eq!(
+            table.level(b"4530", insight, at("2026-06-01T12:00:01Z")),
+            Level::Billing
+        );
+        drop(registry);
+        // Opened again: the column is there, not added twice.
+        Registry::open(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

@@ -351,8 +351,18 @@ fn an_erasure_keeps_only_fiscal_billing_and_a_restored_backup_is_erased_again() 
     let history = household.history(PRINTED_ID);
     let last = history.last().unwrap();
     assert_eq!(
-        (&last["level"], &last["purpose"]),
-        (&"billing".into(), &"*".into())
+        (&last["level"], &last["purpose"], &last["erasure"]),
+        (&"billing".into(), &"*".into(), &true.into())
+    );
+
+    // The meter's telegrams from before the erasure arrive again (a late gateway, a
+    // replay): nothing they carry comes back but the billing readings the erasure kept.
+    household.replay();
+    assert_eq!(household.rows(), left);
+    let late = retained(broker, "late", "supplier/+/+/+");
+    assert!(
+        late.iter().all(|m| m.topic.contains("/billing/")),
+        "only billing is retained: {late:#?}"
     );
 
     // A backup from before the erasure comes back: the audit sees it, reapplying erases it.

@@ -128,6 +128,10 @@ pub enum Scope {
     Purpose(PurposeId),
     /// Every purpose, present and future (an erasure, a configured level).
     Every,
+    /// Not a level from `from` on but an erasure's mark: every purpose's level at instants
+    /// up to `from` is at most billing, so that nothing finer dated before an erasure is
+    /// stored again when it arrives late (the change's level is not used).
+    ErasedThrough,
 }
 
 /// One change of a meter's consent, as the table keeps it.
@@ -188,6 +192,8 @@ struct Stored {
 }
 
 const EVERY_PURPOSE: u8 = u8::MAX;
+/// The purpose index of an erasure's mark ([`Scope::ErasedThrough`]).
+const ERASED_THROUGH: u8 = u8::MAX - 1;
 
 /// Why a change could not be added.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -350,6 +356,7 @@ impl Table {
     fn add(&mut self, id: &[u8], change: Change) -> Result<(), ChangeError> {
         let purpose = match change.scope {
             Scope::Every => EVERY_PURPOSE,
+            Scope::ErasedThrough => ERASED_THROUGH,
             Scope::Purpose(purpose) => purpose.0,
         };
         let stored = Stored {
@@ -411,14 +418,22 @@ impl Table {
         let meter = self.meters[slot as usize];
         let start = meter.changes_start as usize;
         let changes = &self.changes[start..start + usize::from(meter.changes_len)];
-        for change in changes.iter().take_while(|c| c.from <= at) {
+        let mut erased = false;
+        for change in changes {
             match change.purpose {
+                ERASED_THROUGH => erased |= at <= change.from,
+                _ if change.from > at => {}
                 EVERY_PURPOSE => levels.0[..served].fill(change.level),
                 purpose => {
                     if let Some(level) = levels.0[..served].get_mut(usize::from(purpose)) {
                         *level = change.level;
                     }
                 }
+            }
+        }
+        if erased {
+            for level in &mut levels.0[..served] {
+                *level = (*level).min(Level::Billing);
             }
         }
         levels
@@ -452,6 +467,65 @@ mod tests {
         assert_eq!(timeline.at(t("2026-03-29T06:00:00Z")), Level::Live);
         assert_eq!(timeline.at(t("2026-03-29T11:59:59Z")), Level::Live);
         assert_eq!(timeline.at(t("2026-03-29T12:00:00Z")), Level::None);
+    }
+
+    #[test]
+    fn an_erasure_caps_every_purpose_at_billing_up_to_its_instant_and_not_after() {
+        let table = ConsentTable::new(Level::Billing, ["insight"]);
+        let insight = table.purpose("insight").unwrap();
+        let change = |from, level, scope| Change {
+            from: t(from),
+            level,
+            scope,
+        };
+        let meter = b"4530";
+        table
+            .add(
+                meter,
+                change("2026-01-01T00:00:00Z", Level::Live, Scope::Every),
+            )
+            .unwrap();
+        table
+            .add(
+                meter,
+                change("2026-06-01T12:00:00Z", Level::Billing, Scope::ErasedThrough),
+            )
+            .unwrap();
+        for purpose in [PurposeId::DEFAULT, insight] {
+            assert_eq!(
+                table.level(meter, purpose, t("2025-12-31T23:59:59Z")),
+                Level::Billing
+            );
+            assert_eq!(
+                table.level(meter, purpose, t("2026-03-01T00:00:00Z")),
+                Level::Billing
+            );
+            assert_eq!(
+                table.level(meter, purpose, t("2026-06-01T12:00:00Z")),
+                Level::Billing
+            );
+            assert_eq!(
+                table.level(meter, purpose, t("2026-06-01T12:00:01Z")),
+                Level::Live,
+                "after the erasure, the consent in force holds"
+            );
+        }
+        // A level below billing is not raised by the mark.
+        table
+            .add(
+                meter,
+                change("2026-02-01T00:00:00Z", Level::None, Scope::Every),
+            )
+            .unwrap();
+        assert_eq!(
+            table.level(meter, insight, t("2026-03-01T00:00:00Z")),
+            Level::None
+        );
+        // Other meters are untouched.
+        assert_eq!(
+            table.level(b"4531", insight, t("2026-03-01T00:00:00Z")),
+            Level::Billing
+        );
     }
 
     #[test]
