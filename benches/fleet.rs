@@ -28,14 +28,22 @@
 //! binary in `P1GUARD_BENCH_BINARY`.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use jiff::Timestamp;
 use p1guard_simulator::{MeterSpec, Simulator, Style};
+
+#[path = "rig/mod.rs"]
+mod rig;
+
+use rig::{
+    Process, TICKS_PER_SECOND, cpu_ticks, free_port, require, telegrams_ok, us_per_telegram,
+    wait_for_port, workdir,
+};
 
 /// Meters in the fleet.
 const METERS: usize = 10_000;
@@ -47,99 +55,6 @@ const TELEGRAMS: u64 = (METERS * SECONDS) as u64;
 const SOURCE: &str = "fleet";
 /// A timed window that does not end by then fails the bench.
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-fn workdir(variant: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "p1guard-bench-fleet-{}-{variant}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("a scratch directory");
-    dir
-}
-
-/// A port nobody listens on now.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
-    listener.local_addr().expect("an address").port()
-}
-
-/// `binary` in PATH or /usr/sbin, or a panic saying how to install it.
-fn require(binary: &str, package: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
-        .map(|dir| dir.join(binary))
-        .find(|path| path.is_file())
-        .unwrap_or_else(|| {
-            panic!("the fleet bench needs `{binary}`, which is not installed: `apt-get install {package}`")
-        })
-}
-
-/// CPU time (user + system) a process has used so far, in clock ticks (1/100 s).
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/<pid>/stat");
-    // Fields after the command name, which is in parentheses and may hold spaces: state is
-    // field 3, utime 14 and stime 15.
-    let rest = &stat[stat.rfind(')').expect("a stat line") + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    let field = |n: usize| fields[n - 3].parse::<u64>().expect("a tick count");
-    field(14) + field(15)
-}
-
-const TICKS_PER_SECOND: f64 = 100.0;
-
-/// A child process, killed when dropped.
-struct Process {
-    child: Child,
-    name: &'static str,
-}
-
-impl Process {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Fails the bench if the process has ended.
-    fn check_alive(&mut self) {
-        if let Some(status) = self.child.try_wait().expect("a status") {
-            panic!("{} exited unexpectedly: {status}", self.name);
-        }
-    }
-
-    /// SIGTERM, then waits up to a minute.
-    fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.child.try_wait().expect("a status").is_none() {
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_for_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// The mosquitto configuration: unlimited queue and in-flight window towards the daemon (the
 /// defaults drop messages beyond 1000 queued and send only 20 unacknowledged), no
@@ -238,23 +153,6 @@ fn start_p1guard(dir: &Path, config: &Path) -> Process {
         child,
         name: "p1guard",
     }
-}
-
-/// `p1guard_telegrams_total{source=SOURCE,result="ok"}` from the daemon's `/metrics`, or
-/// `None` while it does not answer.
-fn telegrams_ok(metrics: u16) -> Option<u64> {
-    let mut stream = TcpStream::connect(("127.0.0.1", metrics)).ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let source = format!("source=\"{SOURCE}\"");
-    response
-        .lines()
-        .filter(|line| line.starts_with("p1guard_telegrams_total{"))
-        .filter(|line| line.contains(&source) && line.contains("result=\"ok\""))
-        .find_map(|line| line.rsplit(' ').next()?.parse().ok())
 }
 
 /// The whole fleet's meters, each going on from where it stopped.
@@ -430,7 +328,7 @@ struct Totals {
 
 impl Rig {
     fn start(variant: &str, sink: Sink, messages: Messages) -> Rig {
-        let dir = workdir(variant);
+        let dir = workdir("p1guard-bench-fleet", variant);
         let (mosquitto, broker) = start_mosquitto(&dir);
         let metrics = free_port();
         let config = p1guard_config(&dir, broker, metrics, &sink);
@@ -460,7 +358,7 @@ impl Rig {
             publisher.send(rig.fleet.next_packets(1, Messages::PerTelegram));
             publisher.close();
             std::thread::sleep(Duration::from_millis(200));
-            rig.ingested = telegrams_ok(rig.metrics).unwrap_or(0);
+            rig.ingested = telegrams_ok(rig.metrics, SOURCE).unwrap_or(0);
         }
         rig.wait_until_quiet();
         rig
@@ -470,7 +368,7 @@ impl Rig {
     fn wait_until_quiet(&mut self) {
         loop {
             std::thread::sleep(Duration::from_millis(300));
-            let now = telegrams_ok(self.metrics).expect("p1guard serves /metrics");
+            let now = telegrams_ok(self.metrics, SOURCE).expect("p1guard serves /metrics");
             if now == self.ingested {
                 return;
             }
@@ -495,7 +393,7 @@ impl Rig {
         let published = started.elapsed();
         let mut counted;
         loop {
-            counted = telegrams_ok(self.metrics).expect("p1guard serves /metrics");
+            counted = telegrams_ok(self.metrics, SOURCE).expect("p1guard serves /metrics");
             if counted >= target {
                 break;
             }
@@ -554,7 +452,7 @@ impl Rig {
             totals.telegrams as f64 / wall,
             share(totals.p1guard),
             share(totals.p1guard) / cores,
-            totals.p1guard as f64 / TICKS_PER_SECOND / totals.telegrams.max(1) as f64 * 1e6,
+            us_per_telegram(totals.p1guard, totals.telegrams),
             share(totals.mosquitto),
             share(totals.mosquitto) / cores,
             share(totals.publisher),

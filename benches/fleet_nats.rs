@@ -48,15 +48,23 @@
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use jiff::Timestamp;
 use p1guard_simulator::{MeterSpec, Simulator, Style};
+
+#[path = "rig/mod.rs"]
+mod rig;
+
+use rig::{
+    Process, TICKS_PER_SECOND, cpu_ticks, free_port, require, stat_ticks, telegrams_ok,
+    us_per_telegram, wait_for_port, workdir,
+};
 
 /// Meters in the fleet.
 const METERS: usize = 10_000;
@@ -82,113 +90,9 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 /// How long no lease may move before the partitions count as settled.
 const SETTLED_AFTER: Duration = Duration::from_secs(3);
 
-fn workdir(variant: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "p1guard-bench-fleet-nats-{}-{variant}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("a scratch directory");
-    dir
-}
-
-/// A port nobody listens on now.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
-    listener.local_addr().expect("an address").port()
-}
-
-/// `binary` in PATH or /usr/sbin, or a panic saying how to install it.
-fn require(binary: &str, package: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
-        .map(|dir| dir.join(binary))
-        .find(|path| path.is_file())
-        .unwrap_or_else(|| {
-            panic!("the fleet bench needs `{binary}`, which is not installed: `apt-get install {package}`")
-        })
-}
-
-/// CPU time (user + system) used so far by what `stat` (a `/proc/.../stat` file) describes,
-/// in clock ticks (1/100 s).
-fn stat_ticks(stat: &str) -> u64 {
-    let stat = std::fs::read_to_string(stat).expect("/proc/<pid>/stat");
-    // Fields after the command name, which is in parentheses and may hold spaces: state is
-    // field 3, utime 14 and stime 15.
-    let rest = &stat[stat.rfind(')').expect("a stat line") + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    let field = |n: usize| fields[n - 3].parse::<u64>().expect("a tick count");
-    field(14) + field(15)
-}
-
-/// CPU time a process has used so far, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    stat_ticks(&format!("/proc/{pid}/stat"))
-}
-
 /// CPU time the calling thread has used so far, in clock ticks.
 fn thread_ticks() -> u64 {
     stat_ticks("/proc/thread-self/stat")
-}
-
-const TICKS_PER_SECOND: f64 = 100.0;
-
-/// Microseconds of CPU per telegram.
-fn us_per_telegram(ticks: u64, telegrams: u64) -> f64 {
-    ticks as f64 / TICKS_PER_SECOND / telegrams.max(1) as f64 * 1e6
-}
-
-/// A child process, killed when dropped.
-struct Process {
-    child: Child,
-    name: &'static str,
-}
-
-impl Process {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Fails the bench if the process has ended.
-    fn check_alive(&mut self) {
-        if let Some(status) = self.child.try_wait().expect("a status") {
-            panic!("{} exited unexpectedly: {status}", self.name);
-        }
-    }
-
-    /// SIGTERM, then waits up to a minute.
-    fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.child.try_wait().expect("a status").is_none() {
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_for_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The server's configuration: JetStream storing in `dir`, and the fleet's mapping of
@@ -263,23 +167,6 @@ max_granularity = "{granularity}"
     path
 }
 
-/// `p1guard_telegrams_total{source=SOURCE,result="ok"}` from a worker's `/metrics`, or
-/// `None` while it does not answer.
-fn telegrams_ok(metrics: u16) -> Option<u64> {
-    let mut stream = TcpStream::connect(("127.0.0.1", metrics)).ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let source = format!("source=\"{SOURCE}\"");
-    response
-        .lines()
-        .filter(|line| line.starts_with("p1guard_telegrams_total{"))
-        .filter(|line| line.contains(&source) && line.contains("result=\"ok\""))
-        .find_map(|line| line.rsplit(' ').next()?.parse().ok())
-}
-
 /// One `p1guard run` of the fleet.
 struct Worker {
     process: Process,
@@ -347,7 +234,7 @@ impl Worker {
     }
 
     fn ok(&self) -> u64 {
-        telegrams_ok(self.metrics).expect("p1guard serves /metrics")
+        telegrams_ok(self.metrics, SOURCE).expect("p1guard serves /metrics")
     }
 }
 
@@ -499,7 +386,7 @@ struct Rig {
 
 impl Rig {
     fn start(variant: &str, sink: Sink, workers: usize) -> Rig {
-        let dir = workdir(variant);
+        let dir = workdir("p1guard-bench-fleet-nats", variant);
         let key = dir.join("identity.key");
         std::fs::write(&key, format!("{}\n", "5a".repeat(32))).expect("the key is written");
         let (nats, port) = start_nats(&dir);
