@@ -496,21 +496,23 @@ fn consent_recorded_for_a_fleet_reaches_every_worker() {
             .filter(|row| row.meter == pseudonym && row.granularity != "billing")
             .count()
     };
-    publish(&server, messages);
-    wait_until(
-        "the workers' first rows",
-        PATIENCE,
-        || !union(&all).is_empty(),
-        String::new,
-    );
+    // What a command answers names the meter by pseudonym.
     let record = |args: &[&str]| -> String {
         let output = office.command(args);
         assert!(output.status.success(), "{output:?}");
         let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         answer["meter"].as_str().unwrap().to_owned()
     };
+    let pseudonym = record(&["export", "--meter", &withdrawn]);
+    publish(&server, messages);
+    wait_until(
+        "meter 3's rows finer than billing",
+        PATIENCE,
+        || finer_than_billing(&pseudonym) > 0,
+        String::new,
+    );
     let kept = record(&["consent", "grant", "--meter", &kept, "--level", "live"]);
-    let pseudonym = record(&[
+    let answered = record(&[
         "consent",
         "withdraw",
         "--meter",
@@ -520,8 +522,8 @@ fn consent_recorded_for_a_fleet_reaches_every_worker() {
         "--reference",
         "request-17",
     ]);
+    assert_eq!(answered, pseudonym);
     // The workers purge once what is in flight is written, seconds from now.
-    assert!(finer_than_billing(&pseudonym) > 0, "meter 3 had live rows");
     for daemon in &daemons {
         daemon.wait_for_log("events recorded for the fleet taken in", 1, PATIENCE);
     }
