@@ -34,15 +34,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
-use jiff::Timestamp;
-use p1guard_simulator::{MeterSpec, Simulator, Style};
+use p1guard_simulator::Simulator;
 
 #[path = "rig/mod.rs"]
 mod rig;
 
 use rig::{
-    Process, TICKS_PER_SECOND, cpu_ticks, free_port, require, telegrams_ok, us_per_telegram,
-    wait_for_port, workdir,
+    Process, TICKS_PER_SECOND, cpu_ticks, fleet_meters, free_port, require, telegrams_ok,
+    us_per_telegram, wait_for_port, workdir,
 };
 
 /// Meters in the fleet.
@@ -166,20 +165,7 @@ struct Fleet {
 
 impl Fleet {
     fn new() -> Fleet {
-        let start = "2026-06-01T06:00:00Z".parse::<Timestamp>().expect("a time");
-        let end = start + jiff::SignedDuration::from_hours(24);
-        let meters = (0..METERS)
-            .map(|i| {
-                let spec = MeterSpec {
-                    style: Style::Dsmr5,
-                    equipment_id: format!("E0053{:012}", 1_000_000 + i),
-                    gas_id: Some(format!("G0053{:012}", 1_000_000 + i)),
-                    seed: i as u64,
-                };
-                let topic = format!("p1/{}/telegram", spec.equipment_id);
-                (topic, Simulator::new(spec, start, end, Vec::new()))
-            })
-            .collect();
+        let meters = fleet_meters(METERS, |id| format!("p1/{id}/telegram"));
         Fleet {
             meters,
             telegram: Vec::with_capacity(16 * 1024),

@@ -134,3 +134,29 @@ pub fn telegrams_ok(metrics: u16, source: &str) -> Option<u64> {
         .filter(|line| line.contains(&source) && line.contains("result=\"ok\""))
         .find_map(|line| line.rsplit(' ').next()?.parse().ok())
 }
+
+/// The benches' fleet: `count` DSMR 5 meters with a gas meter, simulated over one day from
+/// the same instant and seeds, each with the address `address_of` gives its equipment id
+/// (an MQTT topic, a NATS subject), so that both fleet benches time the same telegrams.
+pub fn fleet_meters(
+    count: usize,
+    address_of: impl Fn(&str) -> String,
+) -> Vec<(String, p1guard_simulator::Simulator)> {
+    use p1guard_simulator::{MeterSpec, Simulator, Style};
+    let start = "2026-06-01T06:00:00Z"
+        .parse::<jiff::Timestamp>()
+        .expect("a time");
+    let end = start + jiff::SignedDuration::from_hours(24);
+    (0..count)
+        .map(|i| {
+            let spec = MeterSpec {
+                style: Style::Dsmr5,
+                equipment_id: format!("E0053{:012}", 1_000_000 + i),
+                gas_id: Some(format!("G0053{:012}", 1_000_000 + i)),
+                seed: i as u64,
+            };
+            let address = address_of(&spec.equipment_id);
+            (address, Simulator::new(spec, start, end, Vec::new()))
+        })
+        .collect()
+}
