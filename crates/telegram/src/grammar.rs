@@ -3,11 +3,8 @@
 //! exception, times without an `S`/`W` flag, is the parser's to apply where a time is expected
 //! ([`unflagged_time`]).
 
-use nom::bytes::complete::take_while1;
-use nom::character::complete::{char, digit1, satisfy, u8};
-use nom::combinator::opt;
-use nom::sequence::preceded;
-use nom::{IResult, Parser};
+use nom::IResult;
+use nom::error::{Error, ErrorKind};
 
 use crate::obis::Obis;
 use crate::value::{Decimal, MeterTime};
@@ -15,41 +12,129 @@ use crate::value::{Decimal, MeterTime};
 /// `A-B:C.D.E` with an optional `*F`, or `.F` as DSMR 4.2.2's own example writes it
 /// (`1-0:31.7.0.255`). Both separators mean the same: `.255` is the code without `F`, as `*255`
 /// is, and any other `.F` is that `F`, as `*F` is.
+///
+/// Each field is a decimal of at most 255, as nom's `u8` reads it, but read by hand: this runs
+/// on every line of every telegram, and a chain of combinators costs several times as much.
+/// The tests hold it to the combinator grammar it replaced.
 pub(crate) fn obis(input: &[u8]) -> IResult<&[u8], Obis> {
-    // Each field is a decimal of at most 255: nom's `u8` fails on overflow.
-    (
-        u8,
-        preceded(char('-'), u8),
-        preceded(char(':'), u8),
-        preceded(char('.'), u8),
-        preceded(char('.'), u8),
-        opt(preceded(satisfy(|c| c == '*' || c == '.'), u8)),
-    )
-        .map(|(a, b, c, d, e, f)| Obis {
-            a,
-            b,
-            c,
-            d,
-            e,
-            f: f.unwrap_or(255),
-        })
-        .parse(input)
+    const SEPARATORS: [u8; 4] = *b"-:..";
+    let fail = || Err(nom::Err::Error(Error::new(input, ErrorKind::Digit)));
+    let mut fields = [0u8, 0, 0, 0, 0, 255];
+    let Some((a, mut at)) = small_decimal(input, 0) else {
+        return fail();
+    };
+    fields[0] = a;
+    for (field, separator) in fields[1..5].iter_mut().zip(SEPARATORS) {
+        if input.get(at) != Some(&separator) {
+            return fail();
+        }
+        let Some((value, end)) = small_decimal(input, at + 1) else {
+            return fail();
+        };
+        (*field, at) = (value, end);
+    }
+    if let Some(b'*' | b'.') = input.get(at)
+        && let Some((f, end)) = small_decimal(input, at + 1)
+    {
+        (fields[5], at) = (f, end);
+    }
+    let [a, b, c, d, e, f] = fields;
+    Ok((&input[at..], Obis { a, b, c, d, e, f }))
 }
 
-/// `[-]digits[.digits][*unit]`: sign, integer digits, fraction digits, unit.
-type NumberParts<'a> = (Option<char>, &'a [u8], Option<&'a [u8]>, Option<&'a [u8]>);
+/// The decimal of at most 255 at `input[at..]`, and where it ends; `None` without a digit or
+/// above 255. Codes' fields have one to three digits: those are read without a loop.
+#[inline(always)]
+fn small_decimal(input: &[u8], at: usize) -> Option<(u8, usize)> {
+    let digit = |i: usize| {
+        input
+            .get(i)
+            .map(|b| b.wrapping_sub(b'0'))
+            .filter(|d| *d <= 9)
+    };
+    let first = digit(at)?;
+    let Some(second) = digit(at + 1) else {
+        return Some((first, at + 1));
+    };
+    let two = u32::from(first) * 10 + u32::from(second);
+    let Some(third) = digit(at + 2) else {
+        return Some((two as u8, at + 2));
+    };
+    if digit(at + 3).is_some() {
+        return many_digits(input, at);
+    }
+    let three = two * 10 + u32::from(third);
+    (three <= 255).then_some((three as u8, at + 3))
+}
 
-fn number(input: &[u8]) -> IResult<&[u8], NumberParts<'_>> {
-    (
-        opt(char('-')),
-        digit1,
-        opt(preceded(char('.'), digit1)),
-        opt(preceded(
-            char('*'),
-            take_while1(|b: u8| b.is_ascii_alphanumeric()),
-        )),
-    )
-        .parse(input)
+/// [`small_decimal`] for four digits or more (leading zeros), as nom's `u8` reads them.
+#[cold]
+fn many_digits(input: &[u8], at: usize) -> Option<(u8, usize)> {
+    let mut value = 0u32;
+    let mut end = at;
+    while let Some(&digit) = input.get(end)
+        && digit.is_ascii_digit()
+    {
+        value = value * 10 + u32::from(digit - b'0');
+        if value > 255 {
+            return None;
+        }
+        end += 1;
+    }
+    Some((value as u8, end))
+}
+
+/// `[-]digits[.digits][*unit]` filling all of `content`: the value and the unit. `None` when
+/// `content` is not that shape, has neither a decimal point nor a unit, or has more than 18
+/// digits (an `i64` mantissa). One pass that reads the digits as it checks them.
+fn number(content: &[u8]) -> Option<(Decimal, Option<&[u8]>)> {
+    let negative = content.first() == Some(&b'-');
+    let mut at = usize::from(negative);
+    let mut magnitude = 0u64;
+    let digits = |at: &mut usize, magnitude: &mut u64| {
+        let start = *at;
+        while let Some(&digit) = content.get(*at)
+            && digit.is_ascii_digit()
+        {
+            *magnitude = magnitude
+                .wrapping_mul(10)
+                .wrapping_add(u64::from(digit - b'0'));
+            *at += 1;
+        }
+        *at - start
+    };
+    let integer = digits(&mut at, &mut magnitude);
+    if integer == 0 {
+        return None;
+    }
+    let mut fraction = 0;
+    if content.get(at) == Some(&b'.') {
+        at += 1;
+        fraction = digits(&mut at, &mut magnitude);
+        if fraction == 0 {
+            return None;
+        }
+    }
+    let unit = match content.get(at) {
+        None => None,
+        Some(b'*') if at + 1 < content.len() => {
+            let unit = &content[at + 1..];
+            if !unit.iter().all(u8::is_ascii_alphanumeric) {
+                return None;
+            }
+            Some(unit)
+        }
+        Some(_) => return None,
+    };
+    if (fraction == 0 && unit.is_none()) || integer + fraction > 18 {
+        return None;
+    }
+    let magnitude = magnitude as i64; // below 10^18: no wrap happened
+    let value = Decimal {
+        mantissa: if negative { -magnitude } else { magnitude },
+        scale: fraction as u8,
+    };
+    Some((value, unit))
 }
 
 /// What a group's content is, by shape.
@@ -77,27 +162,8 @@ pub(crate) fn shape(content: &[u8]) -> Shape<'_> {
         return Shape::Time(time);
     }
     match number(content) {
-        Ok(([], (sign, int, frac, unit))) if frac.is_some() || unit.is_some() => {
-            let frac = frac.unwrap_or_default();
-            if int.len() + frac.len() > 18 {
-                return Shape::Text;
-            }
-            let digits = int.iter().chain(frac);
-            let magnitude = digits.fold(0i64, |n, &d| n * 10 + i64::from(d - b'0'));
-            let mantissa = if sign.is_some() {
-                -magnitude
-            } else {
-                magnitude
-            };
-            Shape::Number {
-                value: Decimal {
-                    mantissa,
-                    scale: frac.len() as u8,
-                },
-                unit,
-            }
-        }
-        _ => Shape::Text,
+        Some((value, unit)) => Shape::Number { value, unit },
+        None => Shape::Text,
     }
 }
 
@@ -150,7 +216,151 @@ pub(crate) fn next_group(line: &[u8]) -> Group<'_> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// The combinator grammar that the hand-written [`obis`] and [`number`] replaced on the
+    /// hot path: the specification they are held to.
+    mod combinators {
+        use nom::bytes::complete::take_while1;
+        use nom::character::complete::{char, digit1, satisfy, u8};
+        use nom::combinator::opt;
+        use nom::sequence::preceded;
+        use nom::{IResult, Parser};
+
+        use crate::obis::Obis;
+        use crate::value::Decimal;
+
+        pub fn obis(input: &[u8]) -> IResult<&[u8], Obis> {
+            (
+                u8,
+                preceded(char('-'), u8),
+                preceded(char(':'), u8),
+                preceded(char('.'), u8),
+                preceded(char('.'), u8),
+                opt(preceded(satisfy(|c| c == '*' || c == '.'), u8)),
+            )
+                .map(|(a, b, c, d, e, f)| Obis {
+                    a,
+                    b,
+                    c,
+                    d,
+                    e,
+                    f: f.unwrap_or(255),
+                })
+                .parse(input)
+        }
+
+        pub fn number(input: &[u8]) -> Option<(Decimal, Option<&[u8]>)> {
+            let parts: IResult<&[u8], _> = (
+                opt(char('-')),
+                digit1,
+                opt(preceded(char('.'), digit1)),
+                opt(preceded(
+                    char('*'),
+                    take_while1(|b: u8| b.is_ascii_alphanumeric()),
+                )),
+            )
+                .parse(input);
+            let Ok(([], (sign, int, frac, unit))) = parts else {
+                return None;
+            };
+            if frac.is_none() && unit.is_none() {
+                return None;
+            }
+            let frac: &[u8] = frac.unwrap_or_default();
+            if int.len() + frac.len() > 18 {
+                return None;
+            }
+            let magnitude = int
+                .iter()
+                .chain(frac)
+                .fold(0i64, |n, &d| n * 10 + i64::from(d - b'0'));
+            let mantissa = if sign.is_some() {
+                -magnitude
+            } else {
+                magnitude
+            };
+            let scale = frac.len() as u8;
+            Some((Decimal { mantissa, scale }, unit))
+        }
+    }
+
+    /// Bytes drawn from `alphabet`, up to `len` of them.
+    fn made_of(alphabet: &'static [u8], len: usize) -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(proptest::sample::select(alphabet), 0..len)
+    }
+
+    /// Text shaped like a code: five or six numbers (some above 255, some with leading zeros)
+    /// with separators that are mostly right.
+    fn code_like() -> impl Strategy<Value = Vec<u8>> {
+        let number = prop_oneof![
+            (0u16..300).prop_map(|n| n.to_string()),
+            (0u16..300).prop_map(|n| format!("00{n}")),
+            Just(String::new()),
+        ];
+        let separator = prop_oneof![
+            8 => Just(None),
+            1 => proptest::sample::select(&b"-:.*(x"[..]).prop_map(Some),
+        ];
+        (
+            proptest::collection::vec((number, separator), 6),
+            any::<bool>(),
+            made_of(b"(0123456789*.", 4),
+        )
+            .prop_map(|(fields, sixth, tail)| {
+                let mut text = Vec::new();
+                let right = [b'-', b':', b'.', b'.', b'*'];
+                let count = if sixth { 6 } else { 5 };
+                for (i, (number, separator)) in fields.into_iter().take(count).enumerate() {
+                    if i > 0 {
+                        text.push(separator.unwrap_or(right[i - 1]));
+                    }
+                    text.extend(number.bytes());
+                }
+                text.extend(tail);
+                text
+            })
+    }
+
+    /// Text shaped like a number: sign, digits (up to 20), a point, more digits, a unit.
+    fn number_like() -> impl Strategy<Value = Vec<u8>> {
+        (
+            made_of(b"-", 2),
+            made_of(b"0123456789", 20),
+            made_of(b".", 2),
+            made_of(b"0123456789", 12),
+            made_of(b"*", 2),
+            made_of(b"kWhAV3m*.-( ", 5),
+        )
+            .prop_map(|parts| [parts.0, parts.1, parts.2, parts.3, parts.4, parts.5].concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+        #[test]
+        fn obis_reads_as_the_combinator_grammar(
+            input in prop_oneof![code_like(), made_of(b"0123456789-:.*(", 24)],
+        ) {
+            let ours = obis(&input).ok();
+            let reference = combinators::obis(&input).ok();
+            prop_assert_eq!(ours, reference, "{}", input.escape_ascii());
+        }
+
+        #[test]
+        fn numbers_read_as_the_combinator_grammar(
+            input in prop_oneof![number_like(), made_of(b"0123456789-.*kW", 24)],
+        ) {
+            prop_assert_eq!(
+                number(&input),
+                combinators::number(&input),
+                "{}",
+                input.escape_ascii()
+            );
+        }
+    }
 
     #[test]
     fn obis_fields_stop_at_255() {
