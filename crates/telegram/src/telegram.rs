@@ -80,6 +80,83 @@ pub struct Parser {
     objects: Vec<RawObject>,
     values: Vec<RawValue>,
     line_errors: Vec<Error>,
+    index: CodeIndex,
+}
+
+/// Slots of the [`CodeIndex`]: a power of two, twice the objects it indexes.
+const INDEX_SLOTS: usize = 128;
+
+/// Where each code's first object is: an open-addressing table from [`Obis`] to the object's
+/// position plus one (0 is an empty slot), so that reading a telegram by code (the meter id,
+/// the clock, each register, each M-Bus device's objects) costs a hash and a compare instead
+/// of a walk over every object. It indexes a telegram's first [`CodeIndex::MAX_OBJECTS`]
+/// objects; a telegram with more (none seen so far) is searched object by object.
+#[derive(Debug, Clone, Copy)]
+struct CodeIndex {
+    slots: [u8; INDEX_SLOTS],
+    /// Whether every object of the telegram is in the table.
+    complete: bool,
+}
+
+impl Default for CodeIndex {
+    fn default() -> Self {
+        CodeIndex {
+            slots: [0; INDEX_SLOTS],
+            complete: true,
+        }
+    }
+}
+
+impl CodeIndex {
+    /// At most half the slots are used, so that a probe ends soon.
+    const MAX_OBJECTS: usize = INDEX_SLOTS / 2;
+
+    fn clear(&mut self) {
+        *self = CodeIndex::default();
+    }
+
+    /// The first slot to probe for `obis`.
+    fn home(obis: Obis) -> usize {
+        let key = u64::from_le_bytes([obis.a, obis.b, obis.c, obis.d, obis.e, obis.f, 0, 0]);
+        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 57) as usize
+    }
+
+    /// Adds the object at `position` unless an earlier object has its code.
+    fn add(&mut self, objects: &[RawObject], position: usize) {
+        if position >= CodeIndex::MAX_OBJECTS {
+            self.complete = false;
+            return;
+        }
+        let obis = objects[position].obis;
+        let mut slot = CodeIndex::home(obis);
+        loop {
+            match self.slots[slot] {
+                0 => {
+                    self.slots[slot] = position as u8 + 1;
+                    return;
+                }
+                taken if objects[usize::from(taken) - 1].obis == obis => return,
+                _ => slot = (slot + 1) % INDEX_SLOTS,
+            }
+        }
+    }
+
+    /// The position of the first object with code `obis`.
+    fn find(&self, objects: &[RawObject], obis: Obis) -> Option<usize> {
+        if !self.complete {
+            return objects.iter().position(|o| o.obis == obis);
+        }
+        let mut slot = CodeIndex::home(obis);
+        loop {
+            match self.slots[slot] {
+                0 => return None,
+                taken if objects[usize::from(taken) - 1].obis == obis => {
+                    return Some(usize::from(taken) - 1);
+                }
+                _ => slot = (slot + 1) % INDEX_SLOTS,
+            }
+        }
+    }
 }
 
 impl Parser {
@@ -106,6 +183,7 @@ impl Parser {
         self.objects.clear();
         self.values.clear();
         self.line_errors.clear();
+        self.index.clear();
 
         let header_end = memchr(b'\n', &bytes[..end]).unwrap_or(end);
         let header = trim_cr(&bytes[1..header_end]);
@@ -141,6 +219,7 @@ impl Parser {
             objects: &self.objects,
             values: &self.values,
             line_errors: &self.line_errors,
+            index: &self.index,
         })
     }
 
@@ -186,12 +265,15 @@ impl Parser {
         }
         let values_end = self.values.len() as u32;
         match (obis, self.objects.last_mut()) {
-            (Some(obis), _) => self.objects.push(RawObject {
-                obis,
-                line: line_number,
-                values_start: mark as u32,
-                values_end,
-            }),
+            (Some(obis), _) => {
+                self.objects.push(RawObject {
+                    obis,
+                    line: line_number,
+                    values_start: mark as u32,
+                    values_end,
+                });
+                self.index.add(&self.objects, self.objects.len() - 1);
+            }
             (None, Some(previous)) => previous.values_end = values_end,
             (None, None) => {} // ruled out above: a continuation follows an object
         }
@@ -248,6 +330,7 @@ pub struct Telegram<'t> {
     objects: &'t [RawObject],
     values: &'t [RawValue],
     line_errors: &'t [Error],
+    index: &'t CodeIndex,
 }
 
 /// One COSEM object: an OBIS code and its value groups.
@@ -260,6 +343,15 @@ pub struct Object<'t> {
 }
 
 impl<'t> Object<'t> {
+    fn of(raw: &RawObject, values: &'t [RawValue], bytes: &'t [u8]) -> Object<'t> {
+        Object {
+            obis: raw.obis,
+            line: raw.line,
+            values: &values[raw.values_start as usize..raw.values_end as usize],
+            bytes,
+        }
+    }
+
     /// The object's code.
     pub fn obis(&self) -> Obis {
         self.obis
@@ -357,17 +449,15 @@ impl<'t> Telegram<'t> {
     /// Every object, in telegram order.
     pub fn objects(&self) -> impl ExactSizeIterator<Item = Object<'t>> + Clone + 't {
         let (bytes, values) = (self.bytes, self.values);
-        self.objects.iter().map(move |raw| Object {
-            obis: raw.obis,
-            line: raw.line,
-            values: &values[raw.values_start as usize..raw.values_end as usize],
-            bytes,
-        })
+        self.objects
+            .iter()
+            .map(move |raw| Object::of(raw, values, bytes))
     }
 
     /// The first object with code `obis`.
     pub fn object(&self, obis: Obis) -> Option<Object<'t>> {
-        self.objects().find(|o| o.obis == obis)
+        let position = self.index.find(self.objects, obis)?;
+        Some(Object::of(&self.objects[position], self.values, self.bytes))
     }
 
     /// Lines that could not be read, each skipped without losing the rest.
@@ -417,8 +507,10 @@ impl<'t> Telegram<'t> {
 
     /// Every electricity energy register the telegram carries, in kWh.
     pub fn energy_registers(&self) -> impl Iterator<Item = (EnergyRegister, f64)> + 't {
-        self.objects().filter_map(|o| {
-            let direction = match o.obis {
+        let (bytes, values) = (self.bytes, self.values);
+        // The codes are matched before an object is made of the few that match.
+        self.objects.iter().filter_map(move |raw| {
+            let direction = match raw.obis {
                 Obis {
                     a: 1,
                     b: 0,
@@ -437,11 +529,11 @@ impl<'t> Telegram<'t> {
                 } => Direction::Export,
                 _ => return None,
             };
-            let kwh = o.value(0)?.number()?.kwh()?;
+            let kwh = Object::of(raw, values, bytes).value(0)?.number()?.kwh()?;
             Some((
                 EnergyRegister {
                     direction,
-                    tariff: o.obis.e,
+                    tariff: raw.obis.e,
                 },
                 kwh,
             ))

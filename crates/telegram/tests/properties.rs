@@ -1,10 +1,11 @@
-//! Properties over generated input: no input makes the crate panic, and how a stream is cut
-//! into chunks never changes what comes out of it.
+//! Properties over generated input: no input makes the crate panic, how a stream is cut
+//! into chunks never changes what comes out of it, and reading an object by its code finds
+//! the first object with that code.
 
 use std::path::{Path, PathBuf};
 
 use p1guard_telegram::json::Outcome;
-use p1guard_telegram::{Framer, FramerConfig, Parser};
+use p1guard_telegram::{Framer, FramerConfig, Obis, Parser};
 use proptest::prelude::*;
 
 /// Every outcome of a stream pushed in the given chunks, as JSON lines, with every typed
@@ -95,6 +96,41 @@ proptest! {
         config in config(),
     ) {
         outcomes(config, [&fragments.concat()[..]]);
+    }
+}
+
+/// A code from a small set, so that telegrams repeat codes.
+fn small_code() -> impl Strategy<Value = Obis> {
+    (0u8..2, 0u8..3, 0u8..100, 0u8..3, 0u8..3).prop_map(|(a, b, c, d, e)| Obis::new(a, b, c, d, e))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// `Telegram::object` reads by code through an index of the first 64 objects; beyond
+    /// that, and for every code whether present or not, it must agree with a walk.
+    #[test]
+    fn an_object_read_by_code_is_the_first_with_that_code(
+        codes in prop::collection::vec(small_code(), 0..150),
+        probes in prop::collection::vec(small_code(), 1..40),
+    ) {
+        let mut text = b"/XYZ5 generated\r\n\r\n".to_vec();
+        for code in &codes {
+            let Obis { a, b, c, d, e, .. } = *code;
+            text.extend(format!("{a}-{b}:{c}.{d}.{e}(1.5*kW)\r\n").bytes());
+        }
+        text.extend(b"!\r\n");
+        let mut framer = Framer::new(FramerConfig::default());
+        framer.push(&text);
+        framer.finish();
+        let frame = framer.next_frame().expect("a frame").expect("framed");
+        let mut parser = Parser::new();
+        let telegram = parser.parse(&frame).expect("parsed");
+        prop_assert_eq!(telegram.objects().len(), codes.len());
+        for code in probes.iter().chain(&codes) {
+            let walked = telegram.objects().find(|o| o.obis() == *code).map(|o| o.line());
+            prop_assert_eq!(telegram.object(*code).map(|o| o.line()), walked, "{}", code);
+        }
     }
 }
 
