@@ -94,9 +94,13 @@ pub enum MeterName {
 impl fmt::Display for MeterName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            MeterName::Raw(raw) => raw
-                .iter()
-                .try_for_each(|&b| fmt::Write::write_char(f, char::from(b))),
+            // Ids are ASCII as sent (hex on Dutch meters): written at once when they are.
+            MeterName::Raw(raw) => match std::str::from_utf8(raw) {
+                Ok(text) if text.is_ascii() => f.write_str(text),
+                _ => raw
+                    .iter()
+                    .try_for_each(|&b| fmt::Write::write_char(f, char::from(b))),
+            },
             MeterName::Pseudonym(p) => p.fmt(f),
         }
     }
