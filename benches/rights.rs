@@ -12,7 +12,7 @@
 //! copies the meter's year to 20 other meters. Before timing, one export is read back and
 //! must hold every row of the meter.
 //!
-//! `cargo bench --bench rights`; about 4 minutes.
+//! `cargo bench --bench rights`; about 3 minutes.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
