@@ -127,17 +127,8 @@ impl CodeIndex {
             self.complete = false;
             return;
         }
-        let obis = objects[position].obis;
-        let mut slot = CodeIndex::home(obis);
-        loop {
-            match self.slots[slot] {
-                0 => {
-                    self.slots[slot] = position as u8 + 1;
-                    return;
-                }
-                taken if objects[usize::from(taken) - 1].obis == obis => return,
-                _ => slot = (slot + 1) % INDEX_SLOTS,
-            }
+        if let Err(empty) = self.probe(objects, objects[position].obis) {
+            self.slots[empty] = position as u8 + 1;
         }
     }
 
@@ -146,13 +137,17 @@ impl CodeIndex {
         if !self.complete {
             return objects.iter().position(|o| o.obis == obis);
         }
+        self.probe(objects, obis).ok()
+    }
+
+    /// The position of the object with code `obis` in the table, or the empty slot where its
+    /// probe ends. (At most half the slots are taken, so there always is one.)
+    fn probe(&self, objects: &[RawObject], obis: Obis) -> Result<usize, usize> {
         let mut slot = CodeIndex::home(obis);
         loop {
-            match self.slots[slot] {
-                0 => return None,
-                taken if objects[usize::from(taken) - 1].obis == obis => {
-                    return Some(usize::from(taken) - 1);
-                }
+            match usize::from(self.slots[slot]) {
+                0 => return Err(slot),
+                taken if objects[taken - 1].obis == obis => return Ok(taken - 1),
                 _ => slot = (slot + 1) % INDEX_SLOTS,
             }
         }
