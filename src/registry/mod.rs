@@ -31,8 +31,8 @@ CREATE TABLE IF NOT EXISTS consent_events (
     effective_from INTEGER NOT NULL, -- Unix seconds UTC, inclusive
     recorded_at    INTEGER NOT NULL, -- Unix seconds UTC
     reference      TEXT,             -- the supplier's consent key or request number
-    source         TEXT    NOT NULL CHECK (source IN ('cli', 'import', 'api')),
-    erasure        INTEGER NOT NULL DEFAULT 0 CHECK (erasure IN (0, 1)) -- see ERASURE_COLUMN
+    source         TEXT    NOT NULL CHECK (source IN ('cli', 'import', 'api'))
+    -- and `erasure`, added by ERASURE_COLUMN
 );
 CREATE INDEX IF NOT EXISTS consent_events_by_meter ON consent_events (meter, seq);
 CREATE TRIGGER IF NOT EXISTS consent_events_are_never_updated
@@ -64,9 +64,10 @@ CREATE TABLE IF NOT EXISTS fleet_streams (
 );
 ";
 
-/// Added to registries made before it: 1 for an erasure's event, which also marks every
-/// record of the meter dated up to its `effective_from` as erased (billing aside), so that
-/// none comes back when it arrives late. Adding a column is no UPDATE: the triggers allow it.
+/// 1 for an erasure's event, which also marks every record of the meter dated up to its
+/// `effective_from` as erased (billing aside), so that none comes back when it arrives late.
+/// Added to every registry that lacks it, new or made before the mark existed, so that the
+/// column is defined once. Adding a column is no UPDATE: the triggers allow it.
 const ERASURE_COLUMN: &str = "ALTER TABLE consent_events ADD COLUMN erasure INTEGER NOT NULL DEFAULT 0 CHECK (erasure IN (0, 1))";
 
 /// Where an event came from.
@@ -514,13 +515,9 @@ mod tests {
     #[test]
     fn a_registry_made_before_erasure_marks_gains_the_column_and_keeps_its_events() {
         let path = scratch("first-schema");
-        let first_schema = SCHEMA.replace(
-            "source         TEXT    NOT NULL CHECK (source IN ('cli', 'import', 'api')),\n    erasure        INTEGER NOT NULL DEFAULT 0 CHECK (erasure IN (0, 1)) -- see ERASURE_COLUMN",
-            "source         TEXT    NOT NULL CHECK (source IN ('cli', 'import', 'api'))",
-        );
-        assert_ne!(first_schema, SCHEMA, "the first schema has no mark");
+        // SCHEMA has no column for the mark, as registries made before it: opening adds it.
         let old = Connection::open(&path).unwrap();
-        old.execute_batch(&first_schema).unwrap();
+        old.execute_batch(SCHEMA).unwrap();
         old.execute(
             "INSERT INTO consent_events (meter, level, purpose, effective_from, recorded_at, source)
              VALUES ('4530', 'live', '*', 0, 0, 'cli')",
