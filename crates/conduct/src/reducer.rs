@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use p1guard_telegram::{Direction, MbusKind, MeterTime, Phase, Telegram, TimeFlag};
+use p1guard_telegram::{Direction, EnergyRegister, MbusKind, MeterTime, Phase, Telegram, TimeFlag};
 use serde::{Deserialize, Serialize};
 
 use crate::calendar::{Calendar, Period};
@@ -787,18 +787,22 @@ fn meter_instant(time: MeterTime, calendar: &Calendar) -> Option<i64> {
 
 /// The electricity registers in Wh, tariffs 0 (total) to 2; others are not billing registers
 /// in the Netherlands and are left out.
+/// The six registers a record carries, each read by its code: the first object with it, as
+/// every other value is read.
 fn registers(telegram: &Telegram<'_>) -> Registers {
-    let mut registers = Registers::default();
-    for (register, kwh) in telegram.energy_registers() {
-        let slots = match register.direction {
-            Direction::Import => &mut registers.import,
-            Direction::Export => &mut registers.export,
-        };
-        if let Some(slot) = slots.get_mut(usize::from(register.tariff)) {
-            slot.get_or_insert(to_milli(kwh));
-        }
+    let read = |direction| {
+        std::array::from_fn(|tariff| {
+            let register = EnergyRegister {
+                direction,
+                tariff: tariff as u8,
+            };
+            telegram.energy_kwh(register).map(to_milli)
+        })
+    };
+    Registers {
+        import: read(Direction::Import),
+        export: read(Direction::Export),
     }
-    registers
 }
 
 fn live_values(telegram: &Telegram<'_>) -> LiveValues {

@@ -178,41 +178,80 @@ pub(crate) fn unflagged_time(content: &[u8]) -> Option<MeterTime> {
     MeterTime::from_digits(content).filter(MeterTime::fields_fit)
 }
 
-/// What comes next on an object line.
+/// A `(...)` group as [`group`] finds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Group<'a> {
-    /// A `(content)` group, and the rest of the line after it.
-    Next { content: &'a [u8], rest: &'a [u8] },
-    /// The end of the line.
-    End,
-    /// Something that is not a well-formed group.
-    Malformed,
+pub(crate) enum Group {
+    /// A group whose `)` is at `close`, and what follows it.
+    Next { close: usize, then: Then },
+    /// The line ends before the group does; the next line starts at `next_line`.
+    Malformed { next_line: usize },
 }
 
-/// Splits the next `(...)` group off `line`. A group ends at the `)` that is followed by `(`
+/// What follows a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Then {
+    /// Another group, whose `(` is right after the `)`.
+    Group,
+    /// The end of the line; the next line starts at `next_line` (past the LF).
+    LineEnd { next_line: usize },
+}
+
+/// The group whose `(` is at `text[open]`, in `text`: the rest of the body, lines ending in LF
+/// or CR LF, the last one at the end of `text`. A group ends at the `)` that is followed by `(`
 /// or by the end of the line, so a value may itself hold parentheses, as in the Belgian
 /// firmware line `1-0:0.2.0((ER11))`.
-pub(crate) fn next_group(line: &[u8]) -> Group<'_> {
-    match line.first() {
-        None => return Group::End,
-        Some(b'(') => {}
-        Some(_) => return Group::Malformed,
-    }
-    let mut from = 1;
-    // Groups are short: a plain scan beats memchr's set-up here.
-    while let Some(i) = line[from..].iter().position(|&b| b == b')') {
-        let close = from + i;
-        match line.get(close + 1) {
-            None | Some(b'(') => {
-                return Group::Next {
-                    content: &line[1..close],
-                    rest: &line[close + 1..],
-                };
-            }
-            Some(_) => from = close + 1,
+///
+/// Line and group boundaries are found in this one scan: the parser does not split the body
+/// into lines first.
+pub(crate) fn group(text: &[u8], open: usize) -> Group {
+    let mut from = open + 1;
+    loop {
+        let Some(at) = close_or_newline(text, from) else {
+            return Group::Malformed {
+                next_line: text.len(),
+            };
+        };
+        if text[at] == b'\n' {
+            return Group::Malformed { next_line: at + 1 };
         }
+        let then = match &text[at + 1..] {
+            [b'(', ..] => Then::Group,
+            [] | [b'\r'] => Then::LineEnd {
+                next_line: text.len(),
+            },
+            [b'\n', ..] => Then::LineEnd { next_line: at + 2 },
+            [b'\r', b'\n', ..] => Then::LineEnd { next_line: at + 3 },
+            _ => {
+                from = at + 1;
+                continue;
+            }
+        };
+        return Group::Next { close: at, then };
     }
-    Group::Malformed
+}
+
+/// The first `)` or LF in `text[from..]`. Groups are short, too short for memchr's set-up, so
+/// this reads eight bytes at a time as one word (SWAR): a byte equal to `)` or LF is a zero
+/// byte of the word XORed with eight of it, and the borrow of subtracting one from each byte
+/// marks the first zero byte exactly.
+fn close_or_newline(text: &[u8], from: usize) -> Option<usize> {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const HIGH_BITS: u64 = ONES << 7;
+    let zero_bytes = |word: u64| word.wrapping_sub(ONES) & !word & HIGH_BITS;
+    let mut at = from;
+    while let Some(chunk) = text.get(at..).and_then(<[u8]>::first_chunk::<8>) {
+        let word = u64::from_le_bytes(*chunk);
+        let found = zero_bytes(word ^ (ONES * u64::from(b')')))
+            | zero_bytes(word ^ (ONES * u64::from(b'\n')));
+        if found != 0 {
+            return Some(at + found.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    let rest = text.get(at..)?;
+    rest.iter()
+        .position(|&b| b == b')' || b == b'\n')
+        .map(|i| at + i)
 }
 
 #[cfg(test)]
@@ -351,6 +390,35 @@ mod tests {
         }
 
         #[test]
+        fn groups_are_found_in_one_pass_as_line_by_line(
+            text in made_of(b"((()))\r\n\nx1", 48),
+        ) {
+            prop_assert_eq!(
+                groups_in_one_pass(&text),
+                groups_line_by_line(&text),
+                "{}",
+                text.escape_ascii()
+            );
+        }
+
+        #[test]
+        fn a_close_or_newline_is_found_eight_bytes_at_a_time_as_one_by_one(
+            text in proptest::collection::vec(
+                prop_oneof![any::<u8>(), proptest::sample::select(&b")\n\x28\x0b\x2a"[..])],
+                0..40,
+            ),
+            from in 0usize..40,
+        ) {
+            let one_by_one = text
+                .iter()
+                .enumerate()
+                .skip(from)
+                .find(|(_, b)| **b == b')' || **b == b'\n')
+                .map(|(i, _)| i);
+            prop_assert_eq!(close_or_newline(&text, from), one_by_one);
+        }
+
+        #[test]
         fn numbers_read_as_the_combinator_grammar(
             input in prop_oneof![number_like(), made_of(b"0123456789-.*kW", 24)],
         ) {
@@ -395,25 +463,79 @@ mod tests {
         assert!(!matches!(obis(b"1-0:1.8.0.("), Ok((b"(", _))));
     }
 
+    /// The groups of each line of `text` that starts with `(`, found by [`group`] in one pass:
+    /// `Ok` with every group's content, or `Err` with none if the line is malformed.
+    fn groups_in_one_pass(text: &[u8]) -> Vec<Result<Vec<&[u8]>, ()>> {
+        let mut lines = Vec::new();
+        let mut start = 0;
+        while start < text.len() {
+            if text[start] != b'(' {
+                start = text[start..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(text.len(), |i| start + i + 1);
+                continue;
+            }
+            let mut groups = Vec::new();
+            let mut open = start;
+            lines.push(loop {
+                match group(text, open) {
+                    Group::Next { close, then } => {
+                        groups.push(&text[open + 1..close]);
+                        match then {
+                            Then::Group => open = close + 1,
+                            Then::LineEnd { next_line } => {
+                                start = next_line;
+                                break Ok(groups);
+                            }
+                        }
+                    }
+                    Group::Malformed { next_line } => {
+                        start = next_line;
+                        break Err(());
+                    }
+                }
+            });
+        }
+        lines
+    }
+
+    /// The same, line by line: the text split at each LF, a CR before it trimmed, and each
+    /// line's groups split off one after another. The specification [`group`] is held to.
+    fn groups_line_by_line(text: &[u8]) -> Vec<Result<Vec<&[u8]>, ()>> {
+        fn line_groups(mut line: &[u8]) -> Result<Vec<&[u8]>, ()> {
+            let mut groups = Vec::new();
+            while !line.is_empty() {
+                let close = (1..line.len())
+                    .find(|&i| line[i] == b')' && matches!(line.get(i + 1), None | Some(b'(')))
+                    .ok_or(())?;
+                groups.push(&line[1..close]);
+                line = &line[close + 1..];
+            }
+            Ok(groups)
+        }
+        text.split(|&b| b == b'\n')
+            .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+            .filter(|line| line.first() == Some(&b'('))
+            .map(line_groups)
+            .collect()
+    }
+
     #[test]
     fn groups_may_hold_parentheses() {
-        let groups = |mut line: &'static [u8]| {
-            let mut out = Vec::new();
-            loop {
-                match next_group(line) {
-                    Group::Next { content, rest } => {
-                        out.push(content);
-                        line = rest;
-                    }
-                    Group::End => return Ok(out),
-                    Group::Malformed => return Err(out),
-                }
-            }
-        };
-        assert_eq!(groups(b"((ER11))"), Ok(vec![&b"(ER11)"[..]]));
-        assert_eq!(groups(b"(a)(b)()"), Ok(vec![&b"a"[..], b"b", b""]));
-        assert_eq!(groups(b"(1)x"), Err(vec![]));
-        assert_eq!(groups(b"(1)(2"), Err(vec![&b"1"[..]]));
+        let groups = |text| groups_in_one_pass(text);
+        assert_eq!(groups(b"((ER11))"), [Ok(vec![&b"(ER11)"[..]])]);
+        assert_eq!(groups(b"(a)(b)()"), [Ok(vec![&b"a"[..], b"b", b""])]);
+        assert_eq!(groups(b"(1)x"), [Err(())]);
+        assert_eq!(groups(b"(1)(2"), [Err(())]);
+        assert_eq!(
+            groups(b"(1)\r\n(2)\n(3"),
+            [Ok(vec![&b"1"[..]]), Ok(vec![b"2"]), Err(())]
+        );
+        assert_eq!(groups(b"(1)\r\r\n(2)\r"), [Err(()), Ok(vec![&b"2"[..]])]);
+        assert_eq!(groups(b"(1\n2)"), [Err(())]);
+        // A CR ends a line only before its LF or at the end.
+        assert_eq!(groups(b"()\r("), [Err(())]);
     }
 
     #[test]

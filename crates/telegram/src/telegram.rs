@@ -1,15 +1,14 @@
 //! The parser and the zero-copy telegram it yields.
 
 use memchr::{memchr, memchr_iter};
-use nom::Offset;
 
 use crate::crc::crc16;
 use crate::error::{Error, ErrorKind};
 use crate::framer::Frame;
-use crate::grammar::{self, Group, Shape};
+use crate::grammar::{self, Group, Shape, Then};
 use crate::mbus::MbusDevice;
 use crate::obis::{Obis, codes};
-use crate::value::{Decimal, MeterTime, Number, Value};
+use crate::value::{MeterTime, Number, Value};
 
 /// A byte range of the frame, so that the parser's buffers outlive any one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,11 +18,10 @@ struct Span {
 }
 
 impl Span {
-    fn of(frame: &[u8], part: &[u8]) -> Span {
-        let start = frame.offset(part) as u32;
+    fn of(start: usize, end: usize) -> Span {
         Span {
-            start,
-            end: start + part.len() as u32,
+            start: start as u32,
+            end: end as u32,
         }
     }
 
@@ -33,40 +31,20 @@ impl Span {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RawValue {
-    Empty,
-    Number { value: Decimal, unit: Option<Span> },
-    Time(MeterTime),
-    Text(Span),
-}
-
-impl RawValue {
-    fn resolve(self, frame: &[u8]) -> Value<'_> {
-        match self {
-            RawValue::Empty => Value::Empty,
-            RawValue::Time(time) => Value::Time(time),
-            RawValue::Text(span) => Value::Text(span.get(frame)),
-            RawValue::Number { value, unit } => Value::Number(Number {
-                value,
-                // Units are ASCII alphanumerics by grammar, so this never fails.
-                unit: unit.and_then(|span| std::str::from_utf8(span.get(frame)).ok()),
-            }),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct RawObject {
     obis: Obis,
     line: u32,
-    values_start: u32,
-    values_end: u32,
+    groups_start: u32,
+    groups_end: u32,
 }
 
 /// Parses frames into [`Telegram`]s. It keeps its buffers from one telegram to the next, so
 /// that parsing allocates nothing once it has seen the largest telegram of a stream.
 ///
-/// Each `(...)` group is typed by its shape ([`Value`]), with one exception for times without
+/// Each `(...)` group is typed by its shape ([`Value`]) when it is read, not when it is parsed:
+/// typing never fails (what is neither empty, a number nor a time is text), so the parser only
+/// needs to find the groups, and a reader that wants three values of forty (the meter id, the
+/// clock, the registers) pays for three. There is one exception for times without
 /// an `S`/`W` flag (DSMR 2.2 and 3): twelve digits `YYMMDDhhmmss` are a [`Value::Time`] (its
 /// [`MeterTime::utc`] fails with [`TimeFlag::Unflagged`]) only where a time is expected and if
 /// the fields fit a clock reading (month 1-12, day 1-31, hour 0-23, minute and second 0-59).
@@ -78,7 +56,8 @@ struct RawObject {
 #[derive(Debug, Default)]
 pub struct Parser {
     objects: Vec<RawObject>,
-    values: Vec<RawValue>,
+    /// Every group's content, untyped.
+    groups: Vec<Span>,
     line_errors: Vec<Error>,
     index: CodeIndex,
 }
@@ -176,7 +155,7 @@ impl Parser {
             }
         }
         self.objects.clear();
-        self.values.clear();
+        self.groups.clear();
         self.line_errors.clear();
         self.index.clear();
 
@@ -185,26 +164,21 @@ impl Parser {
         if header.len() < 3 || !header[..3].iter().all(u8::is_ascii_alphabetic) {
             return Err(Error::new(ErrorKind::BadHeader, base, 1));
         }
-        // Lines end at each LF of the body (one memchr pass), the last one at the '!'.
+        // The body's lines end at each LF, the last one at the '!'. Each line is read where it
+        // starts, and reading it finds where the next one starts.
+        let text = &bytes[..end];
         let mut line_number = 1;
-        let mut pos = header_end + 1;
-        let body = bytes.get(pos..end).unwrap_or_default();
-        let line_ends = memchr_iter(b'\n', body)
-            .map(|i| header_end + 1 + i)
-            .chain([end]);
-        for line_end in line_ends {
-            if pos >= end {
-                break;
-            }
+        let mut start = header_end + 1;
+        while start < end {
             line_number += 1;
-            let line = trim_cr(&bytes[pos..line_end]);
-            if !line.is_empty()
-                && let Err(kind) = self.parse_line(bytes, line, line_number)
-            {
-                let offset = base + pos as u64;
-                self.line_errors.push(Error::new(kind, offset, line_number));
+            match self.parse_line(text, start, line_number) {
+                Ok(next_line) => start = next_line,
+                Err((kind, next_line)) => {
+                    let offset = base + start as u64;
+                    self.line_errors.push(Error::new(kind, offset, line_number));
+                    start = next_line;
+                }
             }
-            pos = line_end + 1;
         }
         Ok(Telegram {
             bytes,
@@ -212,83 +186,72 @@ impl Parser {
             crc: frame.crc(),
             header,
             objects: &self.objects,
-            values: &self.values,
+            groups: &self.groups,
             line_errors: &self.line_errors,
             index: &self.index,
         })
     }
 
-    /// Adds one object line, or the groups of a continuation line (a DSMR 2.2/3 gas value on
-    /// the line after its `0-n:24.3.0`) to the object before it.
-    fn parse_line(&mut self, frame: &[u8], line: &[u8], line_number: u32) -> Result<(), ErrorKind> {
-        let (obis, mut rest) = if line[0] == b'(' {
-            if self.objects.is_empty() {
-                return Err(ErrorKind::BadValue);
-            }
-            (None, line)
-        } else {
-            match grammar::obis(line) {
-                Ok((rest @ [b'(', ..], obis)) => (Some(obis), rest),
-                _ => return Err(ErrorKind::BadObis),
+    /// Adds the object on the line at `text[start..]`, or the groups of a continuation line (a
+    /// DSMR 2.2/3 gas value on the line after its `0-n:24.3.0`) to the object before it; an
+    /// empty line adds nothing. Returns where the next line starts, with the error if the line
+    /// could not be read.
+    fn parse_line(
+        &mut self,
+        text: &[u8],
+        start: usize,
+        line_number: u32,
+    ) -> Result<usize, (ErrorKind, usize)> {
+        let line = &text[start..];
+        let skip = |kind| Err((kind, next_line(text, start)));
+        let (obis, mut open) = match line {
+            [b'\n', ..] => return Ok(start + 1),
+            [b'\r', b'\n', ..] => return Ok(start + 2),
+            [b'\r'] => return Ok(text.len()),
+            [b'(', ..] if self.objects.is_empty() => return skip(ErrorKind::BadValue),
+            [b'(', ..] => (None, start),
+            _ => match grammar::obis(line) {
+                Ok((rest @ [b'(', ..], obis)) => (Some(obis), text.len() - rest.len()),
+                _ => return skip(ErrorKind::BadObis),
+            },
+        };
+        let mark = self.groups.len();
+        let next_line = loop {
+            match grammar::group(text, open) {
+                Group::Next { close, then } => {
+                    self.groups.push(Span::of(open + 1, close));
+                    match then {
+                        Then::Group => open = close + 1,
+                        Then::LineEnd { next_line } => break next_line,
+                    }
+                }
+                Group::Malformed { next_line } => {
+                    self.groups.truncate(mark);
+                    return Err((ErrorKind::BadValue, next_line));
+                }
             }
         };
-        let mark = self.values.len();
-        loop {
-            let (content, after) = match grammar::next_group(rest) {
-                Group::Next { content, rest } => (content, rest),
-                Group::End => break,
-                Group::Malformed => {
-                    self.values.truncate(mark);
-                    return Err(ErrorKind::BadValue);
-                }
-            };
-            self.values.push(match grammar::shape(content) {
-                Shape::Empty => RawValue::Empty,
-                Shape::Time(time) => RawValue::Time(time),
-                Shape::Text => RawValue::Text(Span::of(frame, content)),
-                Shape::Number { value, unit } => RawValue::Number {
-                    value,
-                    unit: unit.map(|u| Span::of(frame, u)),
-                },
-            });
-            rest = after;
-        }
-        if let Some(&RawValue::Text(span)) = self.values.get(mark)
-            && span.end - span.start == 12
-        {
-            self.type_unflagged_time(frame, mark, obis);
-        }
-        let values_end = self.values.len() as u32;
+        let groups_end = self.groups.len() as u32;
         match (obis, self.objects.last_mut()) {
             (Some(obis), _) => {
                 self.objects.push(RawObject {
                     obis,
                     line: line_number,
-                    values_start: mark as u32,
-                    values_end,
+                    groups_start: mark as u32,
+                    groups_end,
                 });
                 self.index.add(&self.objects, self.objects.len() - 1);
             }
-            (None, Some(previous)) => previous.values_end = values_end,
+            (None, Some(previous)) => previous.groups_end = groups_end,
             (None, None) => {} // ruled out above: a continuation follows an object
         }
-        Ok(())
+        Ok(next_line)
     }
+}
 
-    /// Makes a line's first group (at `first`), text of twelve characters, a time if they are
-    /// digits that fit a clock reading and the code is one whose first group is a time (see
-    /// [`Parser`]). Rare, and kept out of line so that the loop over groups stays as tight as
-    /// it was without it.
-    #[cold]
-    #[inline(never)]
-    fn type_unflagged_time(&mut self, frame: &[u8], first: usize, obis: Option<Obis>) {
-        if let Some(&RawValue::Text(span)) = self.values.get(first)
-            && obis.is_some_and(first_group_is_a_time)
-            && let Some(time) = grammar::unflagged_time(span.get(frame))
-        {
-            self.values[first] = RawValue::Time(time);
-        }
-    }
+/// Where the line after the one at `text[start..]` starts: past its LF, or at the end.
+fn next_line(text: &[u8], start: usize) -> usize {
+    memchr(b'\n', &text[start..]).map_or(text.len(), |i| start + i + 1)
 }
 
 /// Whether the code's first group is a time: the meter clock and the M-Bus readings.
@@ -323,7 +286,7 @@ pub struct Telegram<'t> {
     crc: Option<u16>,
     header: &'t [u8],
     objects: &'t [RawObject],
-    values: &'t [RawValue],
+    groups: &'t [Span],
     line_errors: &'t [Error],
     index: &'t CodeIndex,
 }
@@ -333,16 +296,16 @@ pub struct Telegram<'t> {
 pub struct Object<'t> {
     obis: Obis,
     line: u32,
-    values: &'t [RawValue],
+    groups: &'t [Span],
     bytes: &'t [u8],
 }
 
 impl<'t> Object<'t> {
-    fn of(raw: &RawObject, values: &'t [RawValue], bytes: &'t [u8]) -> Object<'t> {
+    fn of(raw: &RawObject, groups: &'t [Span], bytes: &'t [u8]) -> Object<'t> {
         Object {
             obis: raw.obis,
             line: raw.line,
-            values: &values[raw.values_start as usize..raw.values_end as usize],
+            groups: &groups[raw.groups_start as usize..raw.groups_end as usize],
             bytes,
         }
     }
@@ -359,14 +322,45 @@ impl<'t> Object<'t> {
 
     /// Its value groups, in order.
     pub fn values(&self) -> impl ExactSizeIterator<Item = Value<'t>> + 't {
-        let bytes = self.bytes;
-        self.values.iter().map(move |v| v.resolve(bytes))
+        let (obis, bytes) = (self.obis, self.bytes);
+        let groups = self.groups.iter().enumerate();
+        groups.map(move |(index, group)| typed(obis, index, group.get(bytes)))
     }
 
     /// Its `index`th value group.
     pub fn value(&self, index: usize) -> Option<Value<'t>> {
-        self.values.get(index).map(|v| v.resolve(self.bytes))
+        let group = self.groups.get(index)?;
+        Some(typed(self.obis, index, group.get(self.bytes)))
     }
+}
+
+/// The value of group `index` of an object with code `obis`: typed by its shape, and twelve
+/// digits a time where the code's first group is one (see [`Parser`]).
+fn typed(obis: Obis, index: usize, content: &[u8]) -> Value<'_> {
+    match grammar::shape(content) {
+        Shape::Empty => Value::Empty,
+        Shape::Time(time) => Value::Time(time),
+        Shape::Number { value, unit } => Value::Number(Number {
+            value,
+            // Units are ASCII alphanumerics by grammar, so this never fails.
+            unit: unit.and_then(|unit| std::str::from_utf8(unit).ok()),
+        }),
+        Shape::Text => match unflagged_time(obis, index, content) {
+            Some(time) => Value::Time(time),
+            None => Value::Text(content),
+        },
+    }
+}
+
+/// Twelve digits that fit a clock reading, in the first group of a code whose first group is a
+/// time. Rare, and kept out of line so that typing other text stays as tight as without it.
+#[cold]
+#[inline(never)]
+fn unflagged_time(obis: Obis, index: usize, content: &[u8]) -> Option<MeterTime> {
+    if index != 0 || content.len() != 12 || !first_group_is_a_time(obis) {
+        return None;
+    }
+    grammar::unflagged_time(content)
 }
 
 /// Import (delivered to the client, `1.8.x`) or export (received from the client, `2.8.x`).
@@ -443,16 +437,16 @@ impl<'t> Telegram<'t> {
 
     /// Every object, in telegram order.
     pub fn objects(&self) -> impl ExactSizeIterator<Item = Object<'t>> + Clone + 't {
-        let (bytes, values) = (self.bytes, self.values);
+        let (bytes, groups) = (self.bytes, self.groups);
         self.objects
             .iter()
-            .map(move |raw| Object::of(raw, values, bytes))
+            .map(move |raw| Object::of(raw, groups, bytes))
     }
 
     /// The first object with code `obis`.
     pub fn object(&self, obis: Obis) -> Option<Object<'t>> {
         let position = self.index.find(self.objects, obis)?;
-        Some(Object::of(&self.objects[position], self.values, self.bytes))
+        Some(Object::of(&self.objects[position], self.groups, self.bytes))
     }
 
     /// Lines that could not be read, each skipped without losing the rest.
@@ -502,7 +496,7 @@ impl<'t> Telegram<'t> {
 
     /// Every electricity energy register the telegram carries, in kWh.
     pub fn energy_registers(&self) -> impl Iterator<Item = (EnergyRegister, f64)> + 't {
-        let (bytes, values) = (self.bytes, self.values);
+        let (bytes, groups) = (self.bytes, self.groups);
         // The codes are matched before an object is made of the few that match.
         self.objects.iter().filter_map(move |raw| {
             let direction = match raw.obis {
@@ -524,7 +518,7 @@ impl<'t> Telegram<'t> {
                 } => Direction::Export,
                 _ => return None,
             };
-            let kwh = Object::of(raw, values, bytes).value(0)?.number()?.kwh()?;
+            let kwh = Object::of(raw, groups, bytes).value(0)?.number()?.kwh()?;
             Some((
                 EnergyRegister {
                     direction,
