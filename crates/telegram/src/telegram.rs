@@ -60,6 +60,76 @@ pub struct Parser {
     groups: Vec<Span>,
     line_errors: Vec<Error>,
     index: CodeIndex,
+    /// The code read at each object position of the telegrams before.
+    codes_read: CodesRead,
+}
+
+/// The code each object position held in the telegram before, with the bytes it was read
+/// from. A meter sends the same codes in the same order every time, so a line that starts with
+/// the same bytes up to its `(` as the line at its position did is that code again, found by
+/// one compare instead of reading six fields. Reading a code looks no further than the `(`
+/// after it, so the same bytes give the same code: nothing else is assumed.
+#[derive(Debug, Default)]
+struct CodesRead {
+    codes: Vec<CodeRead>,
+}
+
+/// A code, the bytes of its line up to and including the `(` (at most [`CodeRead::WINDOW`]),
+/// and the mask that selects them from the line's first bytes.
+#[derive(Debug, Clone, Copy)]
+struct CodeRead {
+    bytes: u128,
+    mask: u128,
+    obis: Obis,
+    len: u8,
+}
+
+impl CodeRead {
+    /// The line bytes compared at once.
+    const WINDOW: usize = 16;
+
+    /// Matches no line: no masked bytes equal 1.
+    const NONE: CodeRead = CodeRead {
+        bytes: 1,
+        mask: 0,
+        obis: Obis::new(0, 0, 0, 0, 0),
+        len: 0,
+    };
+}
+
+impl CodesRead {
+    /// The code at the start of `line` for the object at `position`, and its length: the one
+    /// read before if the bytes are the same, else read now and kept. `None` if the line does
+    /// not start with a code followed by `(`.
+    fn read(&mut self, line: &[u8], position: usize) -> Option<(Obis, usize)> {
+        let window = line
+            .first_chunk::<{ CodeRead::WINDOW }>()
+            .map(|bytes| u128::from_le_bytes(*bytes));
+        if let (Some(window), Some(before)) = (window, self.codes.get(position))
+            && window & before.mask == before.bytes
+        {
+            return Some((before.obis, usize::from(before.len)));
+        }
+        let Ok((rest @ [b'(', ..], obis)) = grammar::obis(line) else {
+            return None;
+        };
+        let len = line.len() - rest.len();
+        if let Some(window) = window
+            && len < CodeRead::WINDOW
+        {
+            if self.codes.len() <= position {
+                self.codes.resize(position + 1, CodeRead::NONE);
+            }
+            let mask = u128::MAX >> (8 * (CodeRead::WINDOW - 1 - len));
+            self.codes[position] = CodeRead {
+                bytes: window & mask,
+                mask,
+                obis,
+                len: len as u8,
+            };
+        }
+        Some((obis, len))
+    }
 }
 
 /// Slots of the [`CodeIndex`]: a power of two, twice the objects it indexes.
@@ -210,9 +280,9 @@ impl Parser {
             [b'\r'] => return Ok(text.len()),
             [b'(', ..] if self.objects.is_empty() => return skip(ErrorKind::BadValue),
             [b'(', ..] => (None, start),
-            _ => match grammar::obis(line) {
-                Ok((rest @ [b'(', ..], obis)) => (Some(obis), text.len() - rest.len()),
-                _ => return skip(ErrorKind::BadObis),
+            _ => match self.codes_read.read(line, self.objects.len()) {
+                Some((obis, len)) => (Some(obis), start + len),
+                None => return skip(ErrorKind::BadObis),
             },
         };
         let mark = self.groups.len();
@@ -342,14 +412,33 @@ fn typed(obis: Obis, index: usize, content: &[u8]) -> Value<'_> {
         Shape::Time(time) => Value::Time(time),
         Shape::Number { value, unit } => Value::Number(Number {
             value,
-            // Units are ASCII alphanumerics by grammar, so this never fails.
-            unit: unit.and_then(|unit| std::str::from_utf8(unit).ok()),
+            unit: unit.and_then(unit_text),
         }),
         Shape::Text => match unflagged_time(obis, index, content) {
             Some(time) => Value::Time(time),
             None => Value::Text(content),
         },
     }
+}
+
+/// A unit as text. Units are ASCII alphanumerics by grammar, so this never fails; the units
+/// meters send are matched first, as that costs a few compares where checking UTF-8 costs a
+/// call, and every number read would make it.
+fn unit_text(unit: &[u8]) -> Option<&str> {
+    Some(match unit {
+        b"kW" => "kW",
+        b"kWh" => "kWh",
+        b"A" => "A",
+        b"V" => "V",
+        b"m3" => "m3",
+        b"s" => "s",
+        b"W" => "W",
+        b"Wh" => "Wh",
+        b"kvar" => "kvar",
+        b"kvarh" => "kvarh",
+        b"GJ" => "GJ",
+        _ => return std::str::from_utf8(unit).ok(),
+    })
 }
 
 /// Twelve digits that fit a clock reading, in the first group of a code whose first group is a

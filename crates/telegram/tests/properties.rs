@@ -1,6 +1,7 @@
 //! Properties over generated input: no input makes the crate panic, how a stream is cut
-//! into chunks never changes what comes out of it, and reading an object by its code finds
-//! the first object with that code.
+//! into chunks never changes what comes out of it, reading an object by its code finds the
+//! first object with that code, and a parser reads a telegram the same whatever it read
+//! before.
 
 use std::path::{Path, PathBuf};
 
@@ -130,6 +131,63 @@ proptest! {
         for code in probes.iter().chain(&codes) {
             let walked = telegram.objects().find(|o| o.obis() == *code).map(|o| o.line());
             prop_assert_eq!(telegram.object(*code).map(|o| o.line()), walked, "{}", code);
+        }
+    }
+}
+
+/// A line from a small set whose codes share their first bytes, differ only near or after
+/// the `(`, are too long to be remembered, or are not codes at all.
+fn similar_line() -> impl Strategy<Value = &'static str> {
+    proptest::sample::select(
+        &[
+            "1-0:1.8.1(001234.567*kWh)",
+            "1-0:1.8.10(1.5*kWh)",
+            "1-0:1.8.1*2(1.5*kWh)",
+            "1-0:1.8.1.255(1.5*kWh)",
+            "1-0:1.8.1.2(1.5*kWh)",
+            "1-0:1.8.1",
+            "1-0:1.8.1x(1)",
+            "1-0:1.8.(1)",
+            "1-0:1.8.1((ER11))",
+            "0-0:96.13.0()",
+            "0-0:96.13.0(",
+            "0-1:24.2.1(101209110000W)(12785.123*m3)",
+            "0-1:24.3.0(090212160000)(00)(60)(1)(0-1:24.2.1)(m3)",
+            "(00001.001)",
+            "",
+            "100-200:255.255.255*255(1)",
+            "0001-0:1.8.1(2)",
+        ][..],
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// A parser remembers the codes of the telegram before (a meter repeats them); a
+    /// long-lived parser must still read every telegram as a new parser does.
+    #[test]
+    fn a_parser_reads_each_telegram_as_a_new_parser_does(
+        telegrams in prop::collection::vec(prop::collection::vec(similar_line(), 0..12), 1..8),
+    ) {
+        let mut long_lived = Parser::new();
+        for lines in telegrams {
+            let mut text = b"/XYZ5 similar\r\n\r\n".to_vec();
+            for line in lines {
+                text.extend(line.bytes().chain(*b"\r\n"));
+            }
+            text.extend(b"!\r\n");
+            let mut framer = Framer::new(FramerConfig::default());
+            framer.push(&text);
+            framer.finish();
+            let frame = framer.next_frame().expect("a frame").expect("framed");
+            let json = |outcome| serde_json::to_string(&Outcome(outcome)).expect("serialisable");
+            prop_assert_eq!(
+                json(long_lived.parse(&frame)),
+                json(Parser::new().parse(&frame)),
+                "{}",
+                text.escape_ascii()
+            );
         }
     }
 }
