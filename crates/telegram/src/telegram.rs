@@ -39,7 +39,9 @@ struct RawObject {
 }
 
 /// Parses frames into [`Telegram`]s. It keeps its buffers from one telegram to the next, so
-/// that parsing allocates nothing once it has seen the largest telegram of a stream.
+/// that parsing allocates nothing once it has seen the largest telegram of a stream, and the
+/// codes it read, so that the next telegram's codes, the same as a meter's always are, are
+/// recognised rather than read again.
 ///
 /// Each `(...)` group is typed by its shape ([`Value`]) when it is read, not when it is parsed:
 /// typing never fails (what is neither empty, a number nor a time is text), so the parser only
