@@ -1,5 +1,5 @@
 //! Parser, typed accessors, JSON output and DLMS decryption: no panic on any input, JSON that
-//! parses back, accessors consistent with each other.
+//! parses back, accessors consistent with each other, a long-lived parser reading as a new one.
 //!
 //! Input: the last byte (XOR LF) chooses the framer's byte repairs and whether to run the
 //! encryption round trip; the rest is the stream.
@@ -125,6 +125,7 @@ fn parse_stream(config: FramerConfig, stream: &[u8]) {
         let error = match parser.parse(&frame) {
             Ok(telegram) => {
                 exercise(&telegram, &frame);
+                read_as_by_a_new_parser(&telegram, &frame);
                 continue;
             }
             Err(error) => error,
@@ -154,6 +155,19 @@ fn parse_stream(config: FramerConfig, stream: &[u8]) {
             Err(error) => assert_eq!(error.kind, ErrorKind::BadHeader),
         }
     }
+}
+
+/// A parser remembers the codes of the telegrams before it; a new parser must read the same.
+fn read_as_by_a_new_parser(telegram: &Telegram<'_>, frame: &Frame<'_>) {
+    let mut new = Parser::new();
+    let again = new.parse(frame).expect("parsed once, it parses again");
+    fn objects<'t>(t: &Telegram<'t>) -> Vec<(Obis, u32, Vec<Value<'t>>)> {
+        t.objects()
+            .map(|o| (o.obis(), o.line(), o.values().collect()))
+            .collect()
+    }
+    assert_eq!(objects(telegram), objects(&again));
+    assert_eq!(telegram.line_errors(), again.line_errors());
 }
 
 /// Calls every accessor and checks what can be checked.
