@@ -8,9 +8,9 @@
 //! resolution). Any other boundary is counted as missing, never guessed from farther data.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::Arc;
 
+use hashbrown::HashMap;
 use jiff::Timestamp;
 use p1guard_telegram::{Direction, EnergyRegister, MbusKind, MeterTime, Phase, Telegram, TimeFlag};
 use serde::{Deserialize, Serialize};
@@ -285,6 +285,7 @@ pub struct Reducer<C> {
     consent: C,
     key: IdentityKey,
     /// Equipment id to index in `states`: the map stays small per meter, the states dense.
+    /// Hashed with foldhash, not SipHash: one lookup per telegram, and the ids are short.
     index: HashMap<Arc<[u8]>, u32>,
     states: Vec<MeterState>,
     /// Telegrams held for confirmation, by index in `states`: rare, so kept apart from the
@@ -379,7 +380,7 @@ impl<C: Consent> Reducer<C> {
         };
         let slot = slot_of(&mut self.index, &mut self.states, &self.key, id);
         self.mark_changed(slot);
-        if let Some(held) = self.held.remove(&(slot as u32)) {
+        if let Some(held) = self.held_of(slot) {
             if held.t < t && t - held.t <= CLOCK_JUMP_SECONDS {
                 self.states[slot] = held.state;
                 out.extend(held.records);
@@ -493,6 +494,14 @@ impl<C> Reducer<C> {
             None => self.held.remove(&(slot as u32)),
         };
         Ok(())
+    }
+
+    /// The telegram held for `slot`, taken out; most reducers hold none and skip the hash.
+    fn held_of(&mut self, slot: usize) -> Option<Held> {
+        if self.held.is_empty() {
+            return None;
+        }
+        self.held.remove(&(slot as u32))
     }
 
     fn mark_changed(&mut self, slot: usize) {
