@@ -138,6 +138,29 @@ fn number(content: &[u8]) -> Option<(Decimal, Option<&[u8]>)> {
     Some((value, unit))
 }
 
+/// One in every byte of a word: the SWAR helpers below read eight bytes as one word, for
+/// [`MeterTime::from_digits`] (every telegram has a time or two) and [`close_or_newline`].
+const ONES: u64 = u64::from_le_bytes([1; 8]);
+
+/// How many of `word`'s bytes, from the first (lowest), are ASCII digits: 0 to 8.
+pub(crate) fn leading_digits(word: u64) -> usize {
+    // A digit's high nibble is 3 and stays 3 when 6 is added. (Adding 6 carries out of a byte
+    // only from 0xFA up, which is no digit, so it cannot change what comes before it.)
+    let high = word & (ONES * 0xF0);
+    let high_plus_six = word.wrapping_add(ONES * 6) & (ONES * 0xF0);
+    let not_digit = (high ^ (ONES * 0x30)) | (high_plus_six ^ (ONES * 0x30));
+    // The high bit of each byte of `not_digit` that is not zero, without carries between bytes.
+    let marks = ((not_digit & (ONES * 0x7F)).wrapping_add(ONES * 0x7F) | not_digit) & (ONES * 0x80);
+    marks.trailing_zeros() as usize / 8
+}
+
+/// The two-digit values of the bytes of `word`, paired from the first: (`12`, `34`, ...) for
+/// `b"12345678"`. Each pair's value is its lane's low byte; the bytes must be digits.
+pub(crate) fn digit_pairs(word: u64) -> u64 {
+    let values = word.wrapping_sub(ONES * u64::from(b'0'));
+    (values.wrapping_mul(10) + (values >> 8)) & 0x00FF_00FF_00FF_00FF
+}
+
 /// What a group's content is, by shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Shape<'a> {
@@ -235,7 +258,6 @@ pub(crate) fn group(text: &[u8], open: usize) -> Group {
 /// byte of the word XORed with eight of it, and the borrow of subtracting one from each byte
 /// marks the first zero byte exactly.
 fn close_or_newline(text: &[u8], from: usize) -> Option<usize> {
-    const ONES: u64 = u64::from_le_bytes([1; 8]);
     const HIGH_BITS: u64 = ONES << 7;
     let zero_bytes = |word: u64| word.wrapping_sub(ONES) & !word & HIGH_BITS;
     let mut at = from;
@@ -416,6 +438,25 @@ mod tests {
                 .find(|(_, b)| **b == b')' || **b == b'\n')
                 .map(|(i, _)| i);
             prop_assert_eq!(close_or_newline(&text, from), one_by_one);
+        }
+
+        #[test]
+        fn digits_are_checked_and_paired_eight_bytes_at_a_time_as_one_by_one(
+            bytes in proptest::array::uniform8(prop_oneof![
+                3 => proptest::sample::select(&b"0123456789"[..]),
+                1 => proptest::sample::select(&b"/:\xfa\xff"[..]),
+                1 => any::<u8>(),
+            ]),
+        ) {
+            let word = u64::from_le_bytes(bytes);
+            let count = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
+            prop_assert_eq!(leading_digits(word), count);
+            if count == 8 {
+                let pairs = digit_pairs(word).to_le_bytes();
+                for (pair, digits) in pairs.iter().step_by(2).zip(bytes.chunks_exact(2)) {
+                    prop_assert_eq!(*pair, (digits[0] - b'0') * 10 + (digits[1] - b'0'));
+                }
+            }
         }
 
         #[test]

@@ -5,6 +5,8 @@ use std::fmt;
 use jiff::civil::{self, Weekday};
 use jiff::{Timestamp, tz::Offset};
 
+use crate::grammar;
+
 /// An exact decimal as the meter wrote it: `mantissa / 10^scale`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Decimal {
@@ -128,13 +130,25 @@ impl MeterTime {
             [digits @ .., b'W' | b'w'] => (digits, Some(Dst::Winter)),
             digits => (digits, None),
         };
-        if digits.len() != 12 || !digits.iter().all(u8::is_ascii_digit) {
+        // Eight digits and four, each checked and paired as one word: every telegram has a
+        // time or two.
+        let (head, tail) = digits.split_first_chunk::<8>()?;
+        let tail: &[u8; 4] = tail.try_into().ok()?;
+        let head = u64::from_le_bytes(*head);
+        let tail = u64::from(u32::from_le_bytes(*tail));
+        if grammar::leading_digits(head) != 8 || grammar::leading_digits(tail) < 4 {
             return None;
         }
-        let mut fields = [0; 6];
-        for (field, pair) in fields.iter_mut().zip(digits.chunks_exact(2)) {
-            *field = (pair[0] - b'0') * 10 + (pair[1] - b'0');
-        }
+        let (head, tail) = (grammar::digit_pairs(head), grammar::digit_pairs(tail));
+        let pair = |word: u64, index: u32| (word >> (16 * index)) as u8;
+        let fields = [
+            pair(head, 0),
+            pair(head, 1),
+            pair(head, 2),
+            pair(head, 3),
+            pair(tail, 0),
+            pair(tail, 1),
+        ];
         Some(MeterTime { fields, dst })
     }
 
@@ -283,6 +297,45 @@ impl<'a> Value<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reads `YYMMDDhhmmss[SsWw]` a byte at a time: the specification [`MeterTime::from_digits`]
+    /// is held to.
+    fn from_digits_one_by_one(text: &[u8]) -> Option<MeterTime> {
+        let (digits, dst) = match text {
+            [digits @ .., b'S' | b's'] => (digits, Some(Dst::Summer)),
+            [digits @ .., b'W' | b'w'] => (digits, Some(Dst::Winter)),
+            digits => (digits, None),
+        };
+        if digits.len() != 12 || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let mut fields = [0; 6];
+        for (field, pair) in fields.iter_mut().zip(digits.chunks_exact(2)) {
+            *field = (pair[0] - b'0') * 10 + (pair[1] - b'0');
+        }
+        Some(MeterTime { fields, dst })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(20_000))]
+
+        #[test]
+        fn times_are_read_a_word_at_a_time_as_one_by_one(
+            digits in proptest::collection::vec(
+                proptest::sample::select(&b"01234567890123456789012345678901234567890123/:x\xfa"[..]),
+                11..=13,
+            ),
+            flag in proptest::option::of(proptest::sample::select(&b"SsWwx1"[..])),
+        ) {
+            let text = [&digits[..], flag.as_slice()].concat();
+            proptest::prop_assert_eq!(
+                MeterTime::from_digits(&text),
+                from_digits_one_by_one(&text),
+                "{}",
+                text.escape_ascii()
+            );
+        }
+    }
 
     fn utc(text: &str) -> Result<String, TimeFlag> {
         MeterTime::from_digits(text.as_bytes())
