@@ -65,10 +65,15 @@ impl Number<'_> {
         self.scaled(&[(unit, 0)])
     }
 
-    /// The value times `10^exponent` for the first unit in `units` that matches.
+    /// The value times `10^exponent` for the first unit in `units` that matches. Meters send
+    /// units as the standard writes them, so an exact match is tried first: it is a length
+    /// and a word compared, where ignoring case compares byte by byte.
     fn scaled(&self, units: &[(&str, i32)]) -> Option<f64> {
         let unit = self.unit?;
-        let &(_, exponent) = units.iter().find(|(u, _)| u.eq_ignore_ascii_case(unit))?;
+        let &(_, exponent) = units
+            .iter()
+            .find(|(u, _)| *u == unit)
+            .or_else(|| units.iter().find(|(u, _)| u.eq_ignore_ascii_case(unit)))?;
         Some(self.value.times_ten_to(exponent))
     }
 }
@@ -430,5 +435,8 @@ mod tests {
         assert_eq!(n(6_545_766, 0, "Wh").kwh(), Some(6_545.766));
         assert_eq!(n(244, 3, "kW").watts(), Some(244.0));
         assert_eq!(n(244, 3, "kW").kwh(), None);
+        // Units in another case mean the same.
+        assert_eq!(n(6_545_766, 0, "WH").kwh(), Some(6_545.766));
+        assert_eq!(n(1_234, 3, "M3").in_unit("m3"), Some(1.234));
     }
 }
