@@ -267,8 +267,8 @@ fn exercise(telegram: &Telegram<'_>, frame: &Frame<'_>) {
         assert!(device.channel > channel && device.channel <= 4);
         channel = device.channel;
         let _ = device.kind();
-        assert!(device.id.is_none_or(|id| !id.is_empty()));
-        if let Some(reading) = device.reading {
+        assert!(device.id().is_none_or(|id| !id.is_empty()));
+        if let Some(reading) = device.reading() {
             touch_time(reading.captured);
             let _ = (reading.value.kwh(), reading.value.in_unit("m3"));
         }

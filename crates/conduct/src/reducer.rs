@@ -233,6 +233,11 @@ struct Observation<V> {
 struct MbusSeries {
     channel: u8,
     last: Observation<Milli>,
+    /// The capture `last` was read from, as sent: the same capture again (DSMR 5 repeats it
+    /// for 5 minutes, DSMR 4 for an hour) is known before anything is converted. Checkpoints
+    /// leave it out; after a restore the next capture takes the longer way.
+    #[serde(skip)]
+    capture: Option<MeterTime>,
 }
 
 /// Everything kept per meter between telegrams.
@@ -699,7 +704,14 @@ impl<C: Consent> Step<'_, C> {
             ),
         ];
         for device in telegram.mbus_devices() {
-            let (Some(kind), Some(reading)) = (device.kind().map(kind_of), device.reading) else {
+            let Some(reading) = device.reading() else {
+                continue;
+            };
+            let series = state.mbus.iter().position(|s| s.channel == device.channel);
+            if series.is_some_and(|index| state.mbus[index].capture == Some(reading.captured)) {
+                continue; // the same capture again
+            }
+            let Some(kind) = device.kind().map(kind_of) else {
                 continue;
             };
             let unit = if kind == Kind::Heat { "GJ" } else { "m3" };
@@ -713,10 +725,9 @@ impl<C: Consent> Step<'_, C> {
                 self.counters.bad_time += 1;
                 continue;
             }
-            let series = state.mbus.iter().position(|s| s.channel == device.channel);
             let previous = series.map(|index| state.mbus[index].last);
             if previous.is_some_and(|p| t <= p.t) {
-                continue; // the same capture again (DSMR 5 repeats it for 5 minutes)
+                continue; // not after the capture the series is at
             }
             let current = Observation { t, value };
             let meter = &state.meter;
@@ -754,13 +765,17 @@ impl<C: Consent> Step<'_, C> {
                     self.counters.withheld[Granularity::Live as usize] += 1;
                 }
             }
+            let capture = Some(reading.captured);
             match series {
-                Some(index) => state.mbus[index].last = current,
+                Some(index) => {
+                    (state.mbus[index].last, state.mbus[index].capture) = (current, capture)
+                }
                 None => {
                     state.mbus.reserve_exact(1); // most homes have one device: no spare slots
                     state.mbus.push(MbusSeries {
                         channel: device.channel,
                         last: current,
+                        capture,
                     });
                 }
             }

@@ -70,7 +70,7 @@ fn parse_all(bytes: &[u8], style: Style) -> Vec<Seen> {
             (kwh * 1000.0).round() as i64
         };
         let gas = telegram.mbus_devices().next().map(|device| {
-            let reading = device.reading.expect("a gas reading");
+            let reading = device.reading().expect("a gas reading");
             let litres = reading.value.in_unit("m3").expect("m3") * 1000.0;
             (
                 reading.captured.utc().expect("flagged capture time"),

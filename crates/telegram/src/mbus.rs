@@ -37,36 +37,54 @@ pub struct MbusReading<'t> {
     pub value: Number<'t>,
 }
 
-/// One M-Bus channel's device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One M-Bus channel's device, as the telegram describes it. Each of its values is read when
+/// asked for: a reducer that sees the same capture again (DSMR 5 repeats it for 5 minutes,
+/// DSMR 4 for an hour) stops after [`MbusDevice::reading`], never typing the id.
+#[derive(Debug, Clone, Copy)]
 pub struct MbusDevice<'t> {
     /// Channel 1 to 4 (the OBIS `B` field).
     pub channel: u8,
-    /// The device type code (`0-n:24.1.0`), if sent.
-    pub device_type: Option<u32>,
-    /// The device's equipment id as sent (hex-encoded), if not empty.
-    pub id: Option<&'t [u8]>,
-    /// The last reading, if the telegram carries one.
-    pub reading: Option<MbusReading<'t>>,
+    telegram: Telegram<'t>,
 }
 
 impl<'t> MbusDevice<'t> {
-    /// What the device measures, if its type is known.
-    pub fn kind(&self) -> Option<MbusKind> {
-        MbusKind::from_device_type(self.device_type?)
+    /// The device on `channel`, which the telegram mentions.
+    pub(crate) fn on(telegram: Telegram<'t>, channel: u8) -> MbusDevice<'t> {
+        MbusDevice { channel, telegram }
     }
 
-    /// The device on `channel`, which the telegram mentions.
-    pub(crate) fn read(telegram: &Telegram<'t>, channel: u8) -> MbusDevice<'t> {
-        let on = |code: crate::Obis| telegram.object(code.on_channel(channel));
-        let device_type = on(codes::MBUS_DEVICE_TYPE).and_then(|o| o.value(0)?.count());
-        let id = [codes::MBUS_ID, codes::MBUS_ID_EMUCS]
-            .into_iter()
-            .find_map(|code| on(code)?.value(0)?.text().filter(|id| !id.is_empty()));
-        let reading = [codes::MBUS_READING, codes::MBUS_READING_EMUCS]
+    fn object(&self, code: crate::Obis) -> Option<crate::Object<'t>> {
+        self.telegram.object(code.on_channel(self.channel))
+    }
+
+    /// The device type code (`0-n:24.1.0`), if sent.
+    pub fn device_type(&self) -> Option<u32> {
+        self.object(codes::MBUS_DEVICE_TYPE)?.value(0)?.count()
+    }
+
+    /// What the device measures, if its type is known.
+    pub fn kind(&self) -> Option<MbusKind> {
+        MbusKind::from_device_type(self.device_type()?)
+    }
+
+    /// The device's equipment id as sent (hex-encoded), if not empty.
+    pub fn id(&self) -> Option<&'t [u8]> {
+        [codes::MBUS_ID, codes::MBUS_ID_EMUCS]
             .into_iter()
             .find_map(|code| {
-                let object = on(code)?;
+                self.object(code)?
+                    .value(0)?
+                    .text()
+                    .filter(|id| !id.is_empty())
+            })
+    }
+
+    /// The last reading, if the telegram carries one.
+    pub fn reading(&self) -> Option<MbusReading<'t>> {
+        [codes::MBUS_READING, codes::MBUS_READING_EMUCS]
+            .into_iter()
+            .find_map(|code| {
+                let object = self.object(code)?;
                 Some(MbusReading {
                     captured: object.value(0)?.time()?,
                     value: object.value(1)?.number()?,
@@ -76,7 +94,7 @@ impl<'t> MbusDevice<'t> {
                 // DSMR 2.2/3: (capture time)(..)(..)(..)(obis)(unit) then (value) on the next line.
                 // The capture time is unflagged: a time if its fields fit, else text that is
                 // still read as an (impossible) time, such as `000000000000`.
-                let object = on(codes::MBUS_READING_DSMR3)?;
+                let object = self.object(codes::MBUS_READING_DSMR3)?;
                 let captured = match object.value(0)? {
                     Value::Time(time) => time,
                     Value::Text(text) => MeterTime::from_digits(text)?,
@@ -90,12 +108,6 @@ impl<'t> MbusDevice<'t> {
                         .and_then(|u| std::str::from_utf8(u).ok());
                 }
                 Some(MbusReading { captured, value })
-            });
-        MbusDevice {
-            channel,
-            device_type,
-            id,
-            reading,
-        }
+            })
     }
 }

@@ -689,6 +689,6 @@ impl<'t> Telegram<'t> {
             .fold(0u8, |channels, o| channels | (1 << o.obis.b));
         (1..=4u8)
             .filter(move |channel| mentioned & (1 << channel) != 0)
-            .map(move |channel| MbusDevice::read(&telegram, channel))
+            .map(move |channel| MbusDevice::on(telegram, channel))
     }
 }

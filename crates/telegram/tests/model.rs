@@ -62,7 +62,7 @@ fn dsmr5_registers_instantaneous_values_and_gas() {
         let gas: Vec<_> = t.mbus_devices().collect();
         assert_eq!(gas.len(), 1);
         assert_eq!((gas[0].channel, gas[0].kind()), (1, Some(MbusKind::Gas)));
-        let reading = gas[0].reading.expect("gas reading");
+        let reading = gas[0].reading().expect("gas reading");
         assert_eq!(reading.value.unit, Some("m3"));
         assert!(reading.captured.utc().is_ok());
         assert!(t.line_errors().is_empty());
@@ -76,7 +76,7 @@ fn dsmr22_gas_value_on_the_next_line_with_an_unflagged_capture_time() {
         assert_eq!(t.time(), None);
         let gas = t.mbus_devices().next().expect("gas on channel 1");
         assert_eq!(gas.kind(), Some(MbusKind::Gas));
-        let reading = gas.reading.expect("24.3.0 reading");
+        let reading = gas.reading().expect("24.3.0 reading");
         assert_eq!(reading.value.kwh(), None);
         assert_eq!(reading.value.in_unit("m3"), Some(12.345));
         assert_eq!(reading.captured.utc(), Err(TimeFlag::Unflagged));
@@ -96,7 +96,7 @@ fn belgian_gas_and_water_channels() {
             devices,
             [(1, Some(MbusKind::Gas)), (2, Some(MbusKind::Water))]
         );
-        let gas = t.mbus_devices().next().unwrap().reading.unwrap();
+        let gas = t.mbus_devices().next().unwrap().reading().unwrap();
         assert_eq!(gas.value.in_unit("m3"), Some(1534.219)); // from 0-1:24.2.3
     });
 }
@@ -107,7 +107,7 @@ fn heat_meter_in_gigajoules() {
         assert_eq!(t.crc(), Some(0x0632));
         let heat = t.mbus_devices().next().unwrap();
         assert_eq!(heat.kind(), Some(MbusKind::Heat));
-        assert_eq!(heat.reading.unwrap().value.in_unit("GJ"), Some(123.458));
+        assert_eq!(heat.reading().unwrap().value.in_unit("GJ"), Some(123.458));
     });
 }
 
@@ -167,7 +167,7 @@ fn lower_case_time_flags_read_like_upper_case_ones() {
             .mbus_devices()
             .next()
             .unwrap()
-            .reading
+            .reading()
             .expect("gas reading");
         assert_eq!(
             gas.captured.utc().unwrap().to_string(),
@@ -205,10 +205,10 @@ fn twelve_digit_times_are_unflagged_times_only_where_a_time_is_expected() {
         assert_eq!(id, Some(Value::Text(b"101209113020")));
         let mut devices = t.mbus_devices();
         let gas = devices.next().unwrap();
-        assert_eq!(gas.id, Some(&b"161107190000"[..]));
+        assert_eq!(gas.id(), Some(&b"161107190000"[..]));
         let first = t.object(codes::MBUS_READING_DSMR3.on_channel(1)).unwrap();
         assert!(matches!(first.value(0), Some(Value::Time(_))));
-        let reading = gas.reading.expect("24.3.0 reading");
+        let reading = gas.reading().expect("24.3.0 reading");
         assert_eq!(reading.captured.utc(), Err(TimeFlag::Unflagged));
         assert_eq!(reading.value.in_unit("m3"), Some(12.345));
         // A capture time whose fields do not fit stays text, and is still read as an
@@ -216,7 +216,7 @@ fn twelve_digit_times_are_unflagged_times_only_where_a_time_is_expected() {
         let empty = devices.next().unwrap();
         let second = t.object(codes::MBUS_READING_DSMR3.on_channel(2)).unwrap();
         assert_eq!(second.value(0), Some(Value::Text(b"000000000000")));
-        let reading = empty.reading.expect("24.3.0 reading on channel 2");
+        let reading = empty.reading().expect("24.3.0 reading on channel 2");
         assert_eq!(reading.captured.utc(), Err(TimeFlag::Impossible));
     });
 }
@@ -227,7 +227,7 @@ fn a_flag_that_contradicts_its_date_is_used_and_reported() {
         let time = t.time().unwrap();
         assert!(time.flag_contradicts_date(), "W in July");
         assert_eq!(time.utc().unwrap().to_string(), "2024-07-13T13:15:30Z");
-        let gas = t.mbus_devices().next().unwrap().reading.unwrap();
+        let gas = t.mbus_devices().next().unwrap().reading().unwrap();
         assert!(gas.captured.flag_contradicts_date());
         let log = t.objects().find(|o| o.obis().c == 99).unwrap();
         let contradicts: Vec<_> = log

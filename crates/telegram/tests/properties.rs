@@ -30,7 +30,7 @@ fn outcomes<'a>(config: FramerConfig, chunks: impl IntoIterator<Item = &'a [u8]>
                     t.text_message_hex(),
                 );
                 for device in t.mbus_devices() {
-                    let _ = (device.kind(), device.reading.map(|r| r.captured.utc()));
+                    let _ = (device.kind(), device.reading().map(|r| r.captured.utc()));
                 }
             }
             out.push(serde_json::to_string(&Outcome(outcome)).expect("serialisable"));
