@@ -717,7 +717,7 @@ impl<C: Consent> Step<'_, C> {
             let unit = if kind == Kind::Heat { "GJ" } else { "m3" };
             let (Some(t), Some(value)) = (
                 meter_instant(reading.captured, &self.config.calendar),
-                reading.value.in_unit(unit).map(to_milli),
+                reading.value.thousandths_in(unit),
             ) else {
                 continue;
             };
@@ -783,10 +783,6 @@ impl<C: Consent> Step<'_, C> {
     }
 }
 
-fn to_milli(value: f64) -> Milli {
-    (value * 1000.0).round() as Milli
-}
-
 fn kind_of(kind: MbusKind) -> Kind {
     match kind {
         MbusKind::Gas => Kind::Gas,
@@ -809,10 +805,9 @@ fn meter_instant(time: MeterTime, calendar: &Calendar) -> Option<i64> {
     }
 }
 
-/// The electricity registers in Wh, tariffs 0 (total) to 2; others are not billing registers
-/// in the Netherlands and are left out.
-/// The six registers a record carries, each read by its code: the first object with it, as
-/// every other value is read.
+/// The six electricity registers a record carries, in Wh: tariffs 0 (total) to 2 (others are
+/// not billing registers in the Netherlands), each read by its code (the first object with
+/// it, as every other value is read).
 fn registers(telegram: &Telegram<'_>) -> Registers {
     let read = |direction| {
         std::array::from_fn(|tariff| {
@@ -820,7 +815,7 @@ fn registers(telegram: &Telegram<'_>) -> Registers {
                 direction,
                 tariff: tariff as u8,
             };
-            telegram.energy_kwh(register).map(to_milli)
+            telegram.energy_wh(register)
         })
     };
     Registers {

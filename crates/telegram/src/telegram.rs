@@ -576,13 +576,21 @@ impl<'t> Telegram<'t> {
 
     /// The register's reading in kWh (converted from Wh where the meter counts in Wh).
     pub fn energy_kwh(&self, register: EnergyRegister) -> Option<f64> {
+        self.register(register)?.kwh()
+    }
+
+    /// The register's reading in Wh, exact: what billing counts, without floating point.
+    pub fn energy_wh(&self, register: EnergyRegister) -> Option<i64> {
+        self.register(register)?.wh()
+    }
+
+    fn register(&self, register: EnergyRegister) -> Option<Number<'t>> {
         let c = match register.direction {
             Direction::Import => 1,
             Direction::Export => 2,
         };
         self.first_value(Obis::new(1, 0, c, 8, register.tariff))?
-            .number()?
-            .kwh()
+            .number()
     }
 
     /// Every electricity energy register the telegram carries, in kWh.

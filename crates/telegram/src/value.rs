@@ -27,6 +27,29 @@ impl Decimal {
         self.times_ten_to(0)
     }
 
+    /// The value times `10^exponent` as an integer: exact, and rounded half away from zero
+    /// where digits are dropped; `None` if it does not fit an `i64`. For counting in a
+    /// register's resolution (Wh, litres), where floating point would round twice.
+    pub fn times_ten_to_integer(self, exponent: i32) -> Option<i64> {
+        let shift = exponent - i32::from(self.scale);
+        if shift >= 0 {
+            return self
+                .mantissa
+                .checked_mul(10i64.checked_pow(shift.unsigned_abs())?);
+        }
+        // Below 10^-18 of the mantissa's unit, which has at most 18 digits: rounds to 0.
+        let Some(divisor) = 10i64.checked_pow(shift.unsigned_abs()) else {
+            return Some(0);
+        };
+        let (quotient, remainder) = (self.mantissa / divisor, self.mantissa % divisor);
+        let away = if 2 * remainder.unsigned_abs() >= divisor.unsigned_abs() {
+            self.mantissa.signum()
+        } else {
+            0
+        };
+        Some(quotient + away)
+    }
+
     /// The value times `10^exponent`, still with a single rounding, so `6545766 Wh` is exactly
     /// the `f64` nearest `6545.766 kWh`.
     pub fn times_ten_to(self, exponent: i32) -> f64 {
@@ -55,9 +78,23 @@ impl Number<'_> {
         self.scaled(&[("kWh", 0), ("Wh", -3), ("MWh", 3)])
     }
 
+    /// The value in Wh, exact: from `kWh`, `Wh` or `MWh` by integer arithmetic (see
+    /// [`Decimal::times_ten_to_integer`]).
+    pub fn wh(&self) -> Option<i64> {
+        let exponent = self.exponent_of(&[("kWh", 3), ("Wh", 0), ("MWh", 6)])?;
+        self.value.times_ten_to_integer(exponent)
+    }
+
     /// The value in W, from `W` or `kW`.
     pub fn watts(&self) -> Option<f64> {
         self.scaled(&[("W", 0), ("kW", 3)])
+    }
+
+    /// The value in thousandths of `unit` (litres for `m3`, MJ for `GJ`), exact, if its unit
+    /// is `unit` (compared without regard to case).
+    pub fn thousandths_in(&self, unit: &str) -> Option<i64> {
+        let exponent = self.exponent_of(&[(unit, 3)])?;
+        self.value.times_ten_to_integer(exponent)
     }
 
     /// The value if its unit is `unit` (compared without regard to case).
@@ -69,12 +106,17 @@ impl Number<'_> {
     /// units as the standard writes them, so an exact match is tried first: it is a length
     /// and a word compared, where ignoring case compares byte by byte.
     fn scaled(&self, units: &[(&str, i32)]) -> Option<f64> {
+        Some(self.value.times_ten_to(self.exponent_of(units)?))
+    }
+
+    /// The exponent of the first unit in `units` that matches.
+    fn exponent_of(&self, units: &[(&str, i32)]) -> Option<i32> {
         let unit = self.unit?;
         let &(_, exponent) = units
             .iter()
             .find(|(u, _)| *u == unit)
             .or_else(|| units.iter().find(|(u, _)| u.eq_ignore_ascii_case(unit)))?;
-        Some(self.value.times_ten_to(exponent))
+        Some(exponent)
     }
 }
 
@@ -325,6 +367,28 @@ mod tests {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(20_000))]
 
         #[test]
+        fn integer_scaling_is_exact_and_rounds_half_away_from_zero(
+            mantissa in -999_999_999_999_999_999i64..=999_999_999_999_999_999,
+            scale in 0u8..=18,
+            exponent in -6i32..=24,
+        ) {
+            let decimal = Decimal { mantissa, scale };
+            // The same in i128, where nothing overflows: |mantissa| * 10^(exponent - scale).
+            let shift = exponent - i32::from(scale);
+            let magnitude = i128::from(mantissa).unsigned_abs();
+            let scaled = if shift >= 0 {
+                10u128.checked_pow(shift as u32).and_then(|p| magnitude.checked_mul(p))
+            } else {
+                let divisor = 10u128.pow(shift.unsigned_abs());
+                Some(magnitude / divisor + u128::from(2 * (magnitude % divisor) >= divisor))
+            };
+            let expected = scaled
+                .and_then(|m| i64::try_from(m).ok())
+                .map(|m| if mantissa < 0 { -m } else { m });
+            proptest::prop_assert_eq!(decimal.times_ten_to_integer(exponent), expected);
+        }
+
+        #[test]
         fn times_are_read_a_word_at_a_time_as_one_by_one(
             digits in proptest::collection::vec(
                 proptest::sample::select(&b"01234567890123456789012345678901234567890123/:x\xfa"[..]),
@@ -435,6 +499,13 @@ mod tests {
         assert_eq!(n(6_545_766, 0, "Wh").kwh(), Some(6_545.766));
         assert_eq!(n(244, 3, "kW").watts(), Some(244.0));
         assert_eq!(n(244, 3, "kW").kwh(), None);
+        assert_eq!(n(123_456_789, 3, "kWh").wh(), Some(123_456_789));
+        assert_eq!(n(6_545_766, 0, "Wh").wh(), Some(6_545_766));
+        assert_eq!(n(12, 0, "MWh").wh(), Some(12_000_000));
+        assert_eq!(n(314_726_048_113, 7, "kWh").wh(), Some(31_472_605));
+        assert_eq!(n(244, 3, "kW").wh(), None);
+        assert_eq!(n(1_234_567, 3, "m3").thousandths_in("m3"), Some(1_234_567));
+        assert_eq!(n(1_234_567, 3, "m3").thousandths_in("GJ"), None);
         // Units in another case mean the same.
         assert_eq!(n(6_545_766, 0, "WH").kwh(), Some(6_545.766));
         assert_eq!(n(1_234, 3, "M3").in_unit("m3"), Some(1.234));
