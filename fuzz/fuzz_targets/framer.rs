@@ -179,7 +179,11 @@ fn check_crc(crc: Option<u16>, after: &[u8]) {
     assert_eq!(crc, expected, "CRC field misread");
 }
 
-fn run_cipher(chunks: &[&[u8]], stream: &[u8]) -> Vec<Result<(Vec<u8>, u64), (ErrorKind, u64)>> {
+/// What the cipher framer yields, kept to compare single and chunked pushes: each frame with
+/// its offset, or the error with its offset.
+type CipherItem = Result<(Vec<u8>, u64), (ErrorKind, u64)>;
+
+fn run_cipher(chunks: &[&[u8]], stream: &[u8]) -> Vec<CipherItem> {
     let mut framer = CipherFramer::new();
     let mut items = Vec::new();
     let tags = stream.iter().filter(|&&b| b == 0xDB).count();

@@ -239,6 +239,7 @@ fn exercise(telegram: &Telegram<'_>, frame: &Frame<'_>) {
         let code = Obis::new(1, 0, c, 8, register.tariff);
         if telegram.objects().filter(|o| o.obis() == code).count() == 1 {
             assert_eq!(telegram.energy_kwh(register), Some(kwh));
+            assert_exact_thousandths(telegram.energy_wh(register), kwh);
         }
     }
     for register in [0, 1, 2, 3] {
@@ -270,7 +271,10 @@ fn exercise(telegram: &Telegram<'_>, frame: &Frame<'_>) {
         assert!(device.id().is_none_or(|id| !id.is_empty()));
         if let Some(reading) = device.reading() {
             touch_time(reading.captured);
-            let _ = (reading.value.kwh(), reading.value.in_unit("m3"));
+            let _ = reading.value.kwh();
+            if let Some(m3) = reading.value.in_unit("m3") {
+                assert_exact_thousandths(reading.value.thousandths_in("m3"), m3);
+            }
         }
     }
 
@@ -285,6 +289,20 @@ fn exercise(telegram: &Telegram<'_>, frame: &Frame<'_>) {
     );
     assert!(!telegram.crc_missing() || telegram.crc().is_none());
     assert_eq!(object.contains_key("flags"), telegram.crc_missing());
+}
+
+/// An exact reading in thousandths (Wh of kWh, litres of m3) is the floating-point reading
+/// times 1000, rounded: within half a unit, give or take the float's own error, and missing
+/// only where it would not fit an `i64`.
+fn assert_exact_thousandths(exact: Option<i64>, units: f64) {
+    let thousandths = units * 1000.0;
+    match exact {
+        Some(exact) => assert!(
+            (exact as f64 - thousandths).abs() <= 0.5 + thousandths.abs() * 1e-12,
+            "{exact} thousandths for {units}"
+        ),
+        None => assert!(thousandths.abs() >= 9.0e18, "no thousandths for {units}"),
+    }
 }
 
 fn touch_value(value: Value<'_>) {
