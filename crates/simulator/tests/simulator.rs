@@ -64,17 +64,15 @@ fn parse_all(bytes: &[u8], style: Style) -> Vec<Seen> {
         );
         let meter_time = telegram.time().expect("a meter time");
         let wh = |direction, tariff| {
-            let kwh = telegram
-                .energy_kwh(EnergyRegister { direction, tariff })
-                .expect("every register");
-            (kwh * 1000.0).round() as i64
+            telegram
+                .energy_wh(EnergyRegister { direction, tariff })
+                .expect("every register")
         };
         let gas = telegram.mbus_devices().next().map(|device| {
             let reading = device.reading().expect("a gas reading");
-            let litres = reading.value.in_unit("m3").expect("m3") * 1000.0;
             (
                 reading.captured.utc().expect("flagged capture time"),
-                litres.round() as i64,
+                reading.value.thousandths_in("m3").expect("m3"),
             )
         });
         // The frame runs from '/' through '!'; the CRC and CRLF follow.

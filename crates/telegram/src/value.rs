@@ -102,14 +102,14 @@ impl Number<'_> {
         self.scaled(&[(unit, 0)])
     }
 
-    /// The value times `10^exponent` for the first unit in `units` that matches. Meters send
-    /// units as the standard writes them, so an exact match is tried first: it is a length
-    /// and a word compared, where ignoring case compares byte by byte.
+    /// The value times `10^exponent` for the first unit in `units` that matches.
     fn scaled(&self, units: &[(&str, i32)]) -> Option<f64> {
         Some(self.value.times_ten_to(self.exponent_of(units)?))
     }
 
-    /// The exponent of the first unit in `units` that matches.
+    /// The exponent of the first unit in `units` that matches, ignoring case. Meters send
+    /// units as the standard writes them, so an exact match is tried first: it is a length
+    /// and a word compared, where ignoring case compares byte by byte.
     fn exponent_of(&self, units: &[(&str, i32)]) -> Option<i32> {
         let unit = self.unit?;
         let &(_, exponent) = units
