@@ -191,7 +191,7 @@ fn exercise(telegram: &Telegram<'_>, frame: &Frame<'_>) {
             .object(object.obis())
             .expect("an object is found by its code");
         assert!(first.line() <= object.line());
-        let count = object.values().len();
+        let count = object.values().count();
         for (i, value) in object.values().enumerate() {
             assert_eq!(object.value(i), Some(value));
             if let Value::Time(time) = value

@@ -5,7 +5,7 @@ use memchr::{memchr, memchr_iter};
 use crate::crc::crc16;
 use crate::error::{Error, ErrorKind};
 use crate::framer::Frame;
-use crate::grammar::{self, Group, Shape, Then};
+use crate::grammar::{self, Shape};
 use crate::mbus::MbusDevice;
 use crate::obis::{Obis, codes};
 use crate::value::{MeterTime, Number, Value};
@@ -24,29 +24,30 @@ impl Span {
             end: end as u32,
         }
     }
-
-    fn get(self, frame: &[u8]) -> &[u8] {
-        &frame[self.start as usize..self.end as usize]
-    }
 }
 
+/// An object as the parser keeps it: its code, its line, and the runs of groups it has (one,
+/// or more where a DSMR 2.2/3 value continues on the next line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct RawObject {
     obis: Obis,
     line: u32,
-    groups_start: u32,
-    groups_end: u32,
+    runs_start: u32,
+    runs_end: u32,
 }
 
 /// Parses frames into [`Telegram`]s. It keeps its buffers from one telegram to the next, so
-/// that parsing allocates nothing once it has seen the largest telegram of a stream, and the
-/// codes it read, so that the next telegram's codes, the same as a meter's always are, are
-/// recognised rather than read again.
+/// that parsing allocates nothing once it has seen the largest telegram of a stream, the codes
+/// it read, so that the next telegram's codes, the same as a meter's always are, are
+/// recognised rather than read again, and the widths of the lines, so that a telegram laid
+/// out as the one before keeps the objects read from it.
 ///
-/// Each `(...)` group is typed by its shape ([`Value`]) when it is read, not when it is parsed:
-/// typing never fails (what is neither empty, a number nor a time is text), so the parser only
-/// needs to find the groups, and a reader that wants three values of forty (the meter id, the
-/// clock, the registers) pays for three. There is one exception for times without
+/// The parser reads each line's code and checks that the rest is a run of `(...)` groups: that
+/// it starts with `(` and ends with `)`, which is all a run needs, as a group ends at the first
+/// `)` followed by `(` or by the line's end. Each group is split off and typed by its shape
+/// ([`Value`]) when it is read, not when it is parsed: typing never fails (what is neither
+/// empty, a number nor a time is text), so a reader that wants three values of forty (the meter
+/// id, the clock, the registers) pays for three. There is one exception for times without
 /// an `S`/`W` flag (DSMR 2.2 and 3): twelve digits `YYMMDDhhmmss` are a [`Value::Time`] (its
 /// [`MeterTime::utc`] fails with [`TimeFlag::Unflagged`]) only where a time is expected and if
 /// the fields fit a clock reading (month 1-12, day 1-31, hour 0-23, minute and second 0-59).
@@ -58,12 +59,107 @@ struct RawObject {
 #[derive(Debug, Default)]
 pub struct Parser {
     objects: Vec<RawObject>,
-    /// Every group's content, untyped.
-    groups: Vec<Span>,
+    /// Every line's run of groups, `(` to `)`, unsplit.
+    runs: Vec<Span>,
     line_errors: Vec<Error>,
     index: CodeIndex,
     /// The code read at each object position of the telegrams before.
     codes_read: CodesRead,
+    /// The lines of the telegram before.
+    layout: Layout,
+}
+
+/// The lines of the telegram before, by width. A meter sends the same lines in every
+/// telegram, and DSMR fixes each value's width (`F9(3)`: `000123.456`), so its next telegram's
+/// lines most often have the same widths. When they do, end where they did, and each holds the
+/// code (by [`CodesRead`]) and the run of groups it held, the telegram reads as the one before
+/// did: the same objects, runs and index, kept rather than made again. That the lines end
+/// where they did is checked in bulk: the body must hold no more LFs than the lines end with.
+#[derive(Debug, Default)]
+struct Layout {
+    /// Whether the telegram before read without a bad line; only then is its layout used.
+    usable: bool,
+    /// The length of the frame up to its '!', and where its header ends.
+    text_len: usize,
+    header_end: usize,
+    lines: Vec<LineLayout>,
+    /// How many lines end in LF: all, or all but a last one that ends at the '!'.
+    newlines: usize,
+}
+
+/// A line's width without its LF, without its CR too, and what it held.
+#[derive(Debug, Clone, Copy)]
+struct LineLayout {
+    width: u32,
+    trimmed: u32,
+    kind: LineKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LineKind {
+    Empty,
+    /// A code and its run of groups; the code is the object's at `position`.
+    Code {
+        position: u32,
+    },
+    /// A run of groups that continues the object before.
+    Continuation,
+}
+
+impl Layout {
+    /// Starts the layout of a telegram whose text (up to its '!') and header are these.
+    fn start(&mut self, text: &[u8], header_end: usize) {
+        *self = Layout {
+            usable: false,
+            text_len: text.len(),
+            header_end,
+            lines: std::mem::take(&mut self.lines),
+            newlines: 0,
+        };
+        self.lines.clear();
+    }
+
+    /// Adds the line `text[start..end]` (its LF excluded), which held `kind`.
+    fn push(&mut self, text: &[u8], start: usize, end: usize, kind: LineKind) {
+        self.lines.push(LineLayout {
+            width: (end - start) as u32,
+            trimmed: trim_cr(&text[start..end]).len() as u32,
+            kind,
+        });
+        self.newlines += usize::from(end < text.len());
+    }
+
+    /// Whether `text` (a frame up to its '!') whose header ends at `header_end` has this
+    /// layout, with every code recognised by `codes`: then it reads as the telegram before.
+    fn matches(&self, text: &[u8], header_end: usize, codes: &CodesRead) -> bool {
+        if !self.usable || text.len() != self.text_len || header_end != self.header_end {
+            return false;
+        }
+        // The same widths in a text of the same length: every index below is in bounds.
+        let body = header_end + 1;
+        let mut start = body;
+        for line in &self.lines {
+            let end = start + line.width as usize;
+            let trimmed_end = start + line.trimmed as usize;
+            let ends_there = text.get(end).is_none_or(|&b| b == b'\n');
+            if !ends_there || (trimmed_end < end && text[trimmed_end] != b'\r') {
+                return false;
+            }
+            let line_text = &text[start..trimmed_end];
+            let holds_the_same = match line.kind {
+                LineKind::Empty => true,
+                LineKind::Continuation => grammar::is_group_run(line_text),
+                LineKind::Code { position } => codes
+                    .recognised(&text[start..], position as usize)
+                    .is_some_and(|(_, len)| grammar::is_group_run(&line_text[len..])),
+            };
+            if !holds_the_same {
+                return false;
+            }
+            start = end + 1;
+        }
+        memchr_iter(b'\n', &text[body.min(text.len())..]).count() == self.newlines
+    }
 }
 
 /// The code each object position held in the telegram before, with the bytes it was read
@@ -71,9 +167,15 @@ pub struct Parser {
 /// the same bytes up to its `(` as the line at its position did is that code again, found by
 /// one compare instead of reading six fields. Reading a code looks no further than the `(`
 /// after it, so the same bytes give the same code: nothing else is assumed.
+///
+/// It also tells whether every code of a telegram was recognised so: then each object holds
+/// the code the same object held in the telegram before, as a code that was read and could not
+/// be kept leaves its position matching nothing.
 #[derive(Debug, Default)]
 struct CodesRead {
     codes: Vec<CodeRead>,
+    /// Whether a code of this telegram had to be read.
+    missed: bool,
 }
 
 /// A code, the bytes of its line up to and including the `(` (at most [`CodeRead::WINDOW`]),
@@ -100,37 +202,45 @@ impl CodeRead {
 }
 
 impl CodesRead {
-    /// The code at the start of `line` for the object at `position`, and its length: the one
-    /// read before if the bytes are the same, else read now and kept. `None` if the line does
-    /// not start with a code followed by `(`.
-    fn read(&mut self, line: &[u8], position: usize) -> Option<(Obis, usize)> {
-        let window = line
+    /// The code at the start of `text` (a line and what follows it) for the object at
+    /// `position`, and its length: the one read before if the bytes are the same, else read
+    /// now and kept. `None` if the line does not start with a code followed by `(`.
+    fn read(&mut self, text: &[u8], position: usize) -> Option<(Obis, usize)> {
+        if let Some(recognised) = self.recognised(text, position) {
+            return Some(recognised);
+        }
+        self.missed = true;
+        let window = text
             .first_chunk::<{ CodeRead::WINDOW }>()
             .map(|bytes| u128::from_le_bytes(*bytes));
-        if let (Some(window), Some(before)) = (window, self.codes.get(position))
-            && window & before.mask == before.bytes
-        {
-            return Some((before.obis, usize::from(before.len)));
-        }
-        let Ok((rest @ [b'(', ..], obis)) = grammar::obis(line) else {
+        let Ok((rest @ [b'(', ..], obis)) = grammar::obis(text) else {
             return None;
         };
-        let len = line.len() - rest.len();
-        if let Some(window) = window
-            && len < CodeRead::WINDOW
-        {
-            if self.codes.len() <= position {
-                self.codes.resize(position + 1, CodeRead::NONE);
-            }
-            let mask = u128::MAX >> (8 * (CodeRead::WINDOW - 1 - len));
-            self.codes[position] = CodeRead {
-                bytes: window & mask,
-                mask,
-                obis,
-                len: len as u8,
-            };
+        let len = text.len() - rest.len();
+        if self.codes.len() <= position {
+            self.codes.resize(position + 1, CodeRead::NONE);
         }
+        self.codes[position] = match window {
+            Some(window) if len < CodeRead::WINDOW => {
+                let mask = u128::MAX >> (8 * (CodeRead::WINDOW - 1 - len));
+                CodeRead {
+                    bytes: window & mask,
+                    mask,
+                    obis,
+                    len: len as u8,
+                }
+            }
+            _ => CodeRead::NONE,
+        };
         Some((obis, len))
+    }
+
+    /// The code at the start of `text` and its length, if it is the one read before at
+    /// `position`.
+    fn recognised(&self, text: &[u8], position: usize) -> Option<(Obis, usize)> {
+        let window = u128::from_le_bytes(*text.first_chunk::<{ CodeRead::WINDOW }>()?);
+        let before = self.codes.get(position)?;
+        (window & before.mask == before.bytes).then_some((before.obis, usize::from(before.len)))
     }
 }
 
@@ -147,6 +257,8 @@ struct CodeIndex {
     slots: [u8; INDEX_SLOTS],
     /// Whether every object of the telegram is in the table.
     complete: bool,
+    /// How many objects it indexes.
+    objects: usize,
 }
 
 impl Default for CodeIndex {
@@ -154,6 +266,7 @@ impl Default for CodeIndex {
         CodeIndex {
             slots: [0; INDEX_SLOTS],
             complete: true,
+            objects: 0,
         }
     }
 }
@@ -162,8 +275,20 @@ impl CodeIndex {
     /// At most half the slots are used, so that a probe ends soon.
     const MAX_OBJECTS: usize = INDEX_SLOTS / 2;
 
-    fn clear(&mut self) {
-        *self = CodeIndex::default();
+    /// Indexes `objects`, unless the table already does: when every code was recognised at
+    /// its position as the telegram before's ([`CodesRead`]) and there are as many objects,
+    /// each object has the code of the one at its position before, and the table stands.
+    fn update(&mut self, objects: &[RawObject], same_codes: bool) {
+        if same_codes && objects.len() == self.objects {
+            return;
+        }
+        *self = CodeIndex {
+            objects: objects.len(),
+            ..CodeIndex::default()
+        };
+        for position in 0..objects.len() {
+            self.add(objects, position);
+        }
     }
 
     /// The first slot to probe for `obis`.
@@ -226,31 +351,14 @@ impl Parser {
                 return Err(Error::new(kind, base + end as u64, line));
             }
         }
-        self.objects.clear();
-        self.groups.clear();
-        self.line_errors.clear();
-        self.index.clear();
-
         let header_end = memchr(b'\n', &bytes[..end]).unwrap_or(end);
         let header = trim_cr(&bytes[1..header_end]);
         if header.len() < 3 || !header[..3].iter().all(u8::is_ascii_alphabetic) {
             return Err(Error::new(ErrorKind::BadHeader, base, 1));
         }
-        // The body's lines end at each LF, the last one at the '!'. Each line is read where it
-        // starts, and reading it finds where the next one starts.
         let text = &bytes[..end];
-        let mut line_number = 1;
-        let mut start = header_end + 1;
-        while start < end {
-            line_number += 1;
-            match self.parse_line(text, start, line_number) {
-                Ok(next_line) => start = next_line,
-                Err((kind, next_line)) => {
-                    let offset = base + start as u64;
-                    self.line_errors.push(Error::new(kind, offset, line_number));
-                    start = next_line;
-                }
-            }
+        if !self.layout.matches(text, header_end, &self.codes_read) {
+            self.parse_body(text, header_end, base);
         }
         Ok(Telegram {
             bytes,
@@ -258,72 +366,88 @@ impl Parser {
             crc: frame.crc(),
             header,
             objects: &self.objects,
-            groups: &self.groups,
+            runs: &self.runs,
             line_errors: &self.line_errors,
             index: &self.index,
         })
     }
 
-    /// Adds the object on the line at `text[start..]`, or the groups of a continuation line (a
-    /// DSMR 2.2/3 gas value on the line after its `0-n:24.3.0`) to the object before it; an
-    /// empty line adds nothing. Returns where the next line starts, with the error if the line
-    /// could not be read.
+    /// Reads the lines of the body, `text[header_end + 1..]` (`text` ends before the '!'),
+    /// into objects, and keeps their layout. The lines end at each LF, all found in one pass,
+    /// the last one at the '!'.
+    fn parse_body(&mut self, text: &[u8], header_end: usize, base: u64) {
+        self.objects.clear();
+        self.runs.clear();
+        self.line_errors.clear();
+        self.codes_read.missed = false;
+        self.layout.start(text, header_end);
+        let body = (header_end + 1).min(text.len());
+        let mut line_ends = memchr_iter(b'\n', &text[body..]).map(|at| body + at);
+        let mut line_number = 1;
+        let mut start = body;
+        while start < text.len() {
+            line_number += 1;
+            let line_end = line_ends.next().unwrap_or(text.len());
+            match self.parse_line(text, start, line_end, line_number) {
+                Ok(kind) => self.layout.push(text, start, line_end, kind),
+                Err(kind) => {
+                    let offset = base + start as u64;
+                    self.line_errors.push(Error::new(kind, offset, line_number));
+                }
+            }
+            start = line_end + 1;
+        }
+        self.layout.usable = self.line_errors.is_empty();
+        self.index.update(&self.objects, !self.codes_read.missed);
+    }
+
+    /// Adds the object on the line `text[start..end]` (its LF excluded), or the groups of a
+    /// continuation line (a DSMR 2.2/3 gas value on the line after its `0-n:24.3.0`) to the
+    /// object before it; an empty line adds nothing. Returns what the line held.
     fn parse_line(
         &mut self,
         text: &[u8],
         start: usize,
+        end: usize,
         line_number: u32,
-    ) -> Result<usize, (ErrorKind, usize)> {
-        let line = &text[start..];
-        let skip = |kind| Err((kind, next_line(text, start)));
-        let (obis, mut open) = match line {
-            [b'\n', ..] => return Ok(start + 1),
-            [b'\r', b'\n', ..] => return Ok(start + 2),
-            [b'\r'] => return Ok(text.len()),
-            [b'(', ..] if self.objects.is_empty() => return skip(ErrorKind::BadValue),
+    ) -> Result<LineKind, ErrorKind> {
+        let line = trim_cr(&text[start..end]);
+        let (obis, run_start) = match line {
+            [] => return Ok(LineKind::Empty),
+            [b'(', ..] if self.objects.is_empty() => return Err(ErrorKind::BadValue),
             [b'(', ..] => (None, start),
-            _ => match self.codes_read.read(line, self.objects.len()) {
+            // The code is read from the rest of the text, so that a short line's code is
+            // compared in one window as a long line's is: a code stops before its `(`.
+            _ => match self.codes_read.read(&text[start..], self.objects.len()) {
                 Some((obis, len)) => (Some(obis), start + len),
-                None => return skip(ErrorKind::BadObis),
+                None => return Err(ErrorKind::BadObis),
             },
         };
-        let mark = self.groups.len();
-        let next_line = loop {
-            match grammar::group(text, open) {
-                Group::Next { close, then } => {
-                    self.groups.push(Span::of(open + 1, close));
-                    match then {
-                        Then::Group => open = close + 1,
-                        Then::LineEnd { next_line } => break next_line,
-                    }
-                }
-                Group::Malformed { next_line } => {
-                    self.groups.truncate(mark);
-                    return Err((ErrorKind::BadValue, next_line));
-                }
-            }
-        };
-        let groups_end = self.groups.len() as u32;
+        let run_end = start + line.len();
+        if !grammar::is_group_run(&text[run_start..run_end]) {
+            return Err(ErrorKind::BadValue);
+        }
+        self.runs.push(Span::of(run_start, run_end));
+        let runs_end = self.runs.len() as u32;
         match (obis, self.objects.last_mut()) {
             (Some(obis), _) => {
+                let position = self.objects.len() as u32;
                 self.objects.push(RawObject {
                     obis,
                     line: line_number,
-                    groups_start: mark as u32,
-                    groups_end,
+                    runs_start: runs_end - 1,
+                    runs_end,
                 });
-                self.index.add(&self.objects, self.objects.len() - 1);
+                Ok(LineKind::Code { position })
             }
-            (None, Some(previous)) => previous.groups_end = groups_end,
-            (None, None) => {} // ruled out above: a continuation follows an object
+            (None, Some(previous)) => {
+                previous.runs_end = runs_end;
+                Ok(LineKind::Continuation)
+            }
+            // Ruled out above: a continuation follows an object.
+            (None, None) => Err(ErrorKind::BadValue),
         }
-        Ok(next_line)
     }
-}
-
-/// Where the line after the one at `text[start..]` starts: past its LF, or at the end.
-fn next_line(text: &[u8], start: usize) -> usize {
-    memchr(b'\n', &text[start..]).map_or(text.len(), |i| start + i + 1)
 }
 
 /// Whether the code's first group is a time: the meter clock and the M-Bus readings.
@@ -358,7 +482,7 @@ pub struct Telegram<'t> {
     crc: Option<u16>,
     header: &'t [u8],
     objects: &'t [RawObject],
-    groups: &'t [Span],
+    runs: &'t [Span],
     line_errors: &'t [Error],
     index: &'t CodeIndex,
 }
@@ -368,16 +492,16 @@ pub struct Telegram<'t> {
 pub struct Object<'t> {
     obis: Obis,
     line: u32,
-    groups: &'t [Span],
+    runs: &'t [Span],
     bytes: &'t [u8],
 }
 
 impl<'t> Object<'t> {
-    fn of(raw: &RawObject, groups: &'t [Span], bytes: &'t [u8]) -> Object<'t> {
+    fn of(raw: &RawObject, runs: &'t [Span], bytes: &'t [u8]) -> Object<'t> {
         Object {
             obis: raw.obis,
             line: raw.line,
-            groups: &groups[raw.groups_start as usize..raw.groups_end as usize],
+            runs: &runs[raw.runs_start as usize..raw.runs_end as usize],
             bytes,
         }
     }
@@ -393,16 +517,31 @@ impl<'t> Object<'t> {
     }
 
     /// Its value groups, in order.
-    pub fn values(&self) -> impl ExactSizeIterator<Item = Value<'t>> + 't {
-        let (obis, bytes) = (self.obis, self.bytes);
-        let groups = self.groups.iter().enumerate();
-        groups.map(move |(index, group)| typed(obis, index, group.get(bytes)))
+    pub fn values(&self) -> impl Iterator<Item = Value<'t>> + 't {
+        let obis = self.obis;
+        let contents = self.contents().enumerate();
+        contents.map(move |(index, content)| typed(obis, index, content))
     }
 
     /// Its `index`th value group.
     pub fn value(&self, index: usize) -> Option<Value<'t>> {
-        let group = self.groups.get(index)?;
-        Some(typed(self.obis, index, group.get(self.bytes)))
+        let mut skip = index;
+        for run in self.runs {
+            for content in grammar::groups(self.bytes, run.start as usize, run.end as usize) {
+                if skip == 0 {
+                    return Some(typed(self.obis, index, content));
+                }
+                skip -= 1;
+            }
+        }
+        None
+    }
+
+    /// Its groups' contents, split off its runs as they are read.
+    fn contents(&self) -> impl Iterator<Item = &'t [u8]> + 't {
+        let bytes = self.bytes;
+        let runs = self.runs.iter();
+        runs.flat_map(move |run| grammar::groups(bytes, run.start as usize, run.end as usize))
     }
 }
 
@@ -528,16 +667,16 @@ impl<'t> Telegram<'t> {
 
     /// Every object, in telegram order.
     pub fn objects(&self) -> impl ExactSizeIterator<Item = Object<'t>> + Clone + 't {
-        let (bytes, groups) = (self.bytes, self.groups);
+        let (bytes, runs) = (self.bytes, self.runs);
         self.objects
             .iter()
-            .map(move |raw| Object::of(raw, groups, bytes))
+            .map(move |raw| Object::of(raw, runs, bytes))
     }
 
     /// The first object with code `obis`.
     pub fn object(&self, obis: Obis) -> Option<Object<'t>> {
         let position = self.index.find(self.objects, obis)?;
-        Some(Object::of(&self.objects[position], self.groups, self.bytes))
+        Some(Object::of(&self.objects[position], self.runs, self.bytes))
     }
 
     /// Lines that could not be read, each skipped without losing the rest.
@@ -595,7 +734,7 @@ impl<'t> Telegram<'t> {
 
     /// Every electricity energy register the telegram carries, in kWh.
     pub fn energy_registers(&self) -> impl Iterator<Item = (EnergyRegister, f64)> + 't {
-        let (bytes, groups) = (self.bytes, self.groups);
+        let (bytes, runs) = (self.bytes, self.runs);
         // The codes are matched before an object is made of the few that match.
         self.objects.iter().filter_map(move |raw| {
             let direction = match raw.obis {
@@ -617,7 +756,7 @@ impl<'t> Telegram<'t> {
                 } => Direction::Export,
                 _ => return None,
             };
-            let kwh = Object::of(raw, groups, bytes).value(0)?.number()?.kwh()?;
+            let kwh = Object::of(raw, runs, bytes).value(0)?.number()?.kwh()?;
             Some((
                 EnergyRegister {
                     direction,

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use p1guard_telegram::json::Outcome;
-use p1guard_telegram::{Framer, FramerConfig, Obis, Parser};
+use p1guard_telegram::{Error, Framer, FramerConfig, Obis, Parser, Telegram};
 use proptest::prelude::*;
 
 /// Every outcome of a stream pushed in the given chunks, as JSON lines, with every typed
@@ -135,6 +135,19 @@ proptest! {
     }
 }
 
+/// A parse outcome as a reader sees it: its JSON, and the line at which [`Telegram::object`]
+/// finds each object's code (through the parser's index of codes).
+fn as_read(outcome: Result<Telegram<'_>, Error>) -> String {
+    let found: Vec<_> = (outcome.iter())
+        .flat_map(|t| {
+            t.objects()
+                .map(|o| t.object(o.obis()).map(|first| first.line()))
+        })
+        .collect();
+    let json = serde_json::to_string(&Outcome(outcome)).expect("serialisable");
+    format!("{json} {found:?}")
+}
+
 /// A line from a small set whose codes share their first bytes, differ only near or after
 /// the `(`, are too long to be remembered, or are not codes at all.
 fn similar_line() -> impl Strategy<Value = &'static str> {
@@ -181,12 +194,92 @@ proptest! {
             framer.push(&text);
             framer.finish();
             let frame = framer.next_frame().expect("a frame").expect("framed");
-            let json = |outcome| serde_json::to_string(&Outcome(outcome)).expect("serialisable");
             prop_assert_eq!(
-                json(long_lived.parse(&frame)),
-                json(Parser::new().parse(&frame)),
+                as_read(long_lived.parse(&frame)),
+                as_read(Parser::new().parse(&frame)),
                 "{}",
                 text.escape_ascii()
+            );
+        }
+    }
+}
+
+/// Lines in families of the same width, ending included: a value that changed, a code that
+/// changed, an LF or a CR moved inside, a group broken, a line that became a continuation.
+/// Telegrams made of one family's lines after another have the widths of the telegram
+/// before, the parser's shortcut, without always having its lines.
+const SAME_WIDTH_FAMILIES: &[&[&str]] = &[
+    &[
+        "1-0:1.8.1(001234.567*kWh)\r\n",
+        "1-0:1.8.1(001234.568*kWh)\r\n",
+        "1-0:1.8.2(001234.567*kWh)\r\n",
+        "1-0:1.8.1*2(1234.567*kWh)\r\n",
+        "1-0:1.8.1(0012\n4.567*kWh)\r\n",
+        "1-0:1.8.1(01234.567*kWh)\n\r\n",
+        "1-0:1.8.1(001234.567*kWhx\r\n",
+        "1-0:1.8.1(001234.567*kWh))\n",
+        "1-0:1.8.1(001234.567*kW)\r\r\n",
+        "1-0:1.8.1(001234.567*kWh)\r\r",
+        "(-0:1.8.1(001234.567*kWh)\r\n",
+    ],
+    &[
+        "0-0:96.13.0()\r\n",
+        "0-0:96.13.1()\r\n",
+        "0-0:96.13.0)(\r\n",
+        "(0-0:96.13.0)\r\n",
+        "0-0:96.13.0()\n\n",
+    ],
+    &["\r\n", "\n\n", "()", "x\n", "\n\r"],
+    &[
+        "0-1:24.2.1(101209110000W)(12785.123*m3)\r\n",
+        "0-1:24.2.1(101209110000W)(12785.124*m3)\r\n",
+        "0-1:24.2.1(101209110000W)\n12785.123*m3)\r\n",
+        "0-1:24.2.1(101209110000W))12785.123*m3(\r\n",
+    ],
+    &[
+        "0-1:24.3.0(090212160000)(00)(60)(1)(0-1:24.2.1)(m3)\r\n",
+        "0-1:24.3.0(090212160000)(00)(60)(1)(0-1:24.2.1)(m3)\r\r",
+    ],
+    &[
+        "(00001.001)\r\n",
+        "(00001.002)\r\n",
+        "(00001.001\r\r\n",
+        "0-0:1.8.1()\r\n",
+    ],
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// A parser keeps the telegram before's objects for a telegram whose lines have its
+    /// widths, codes and runs of groups; it must read every telegram as a new parser does.
+    #[test]
+    fn a_telegram_laid_out_as_the_one_before_reads_as_a_new_parser_reads_it(
+        families in prop::collection::vec(0..SAME_WIDTH_FAMILIES.len(), 0..10),
+        telegrams in prop::collection::vec(
+            prop::collection::vec(prop_oneof![4 => Just(0usize), 1 => 0usize..11], 10),
+            1..8,
+        ),
+    ) {
+        // One stream, so that each frame has its own offset, as a line error's must be.
+        let mut framer = Framer::new(FramerConfig::default());
+        for variants in telegrams {
+            framer.push(b"/XYZ5 same widths\r\n\r\n");
+            for (family, variant) in families.iter().zip(variants) {
+                let family = SAME_WIDTH_FAMILIES[*family];
+                framer.push(family[variant % family.len()].as_bytes());
+            }
+            framer.push(b"!\r\n");
+        }
+        framer.finish();
+        let mut long_lived = Parser::new();
+        while let Some(frame) = framer.next_frame() {
+            let frame = frame.expect("framed");
+            prop_assert_eq!(
+                as_read(long_lived.parse(&frame)),
+                as_read(Parser::new().parse(&frame)),
+                "{}",
+                frame.bytes().escape_ascii()
             );
         }
     }
