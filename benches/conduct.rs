@@ -33,7 +33,9 @@ fn config(finest: Granularity) -> ReducerConfig {
     }
 }
 
-/// Frames, parses, reduces and encodes `stream`; returns the bytes of JSON produced.
+/// Frames, parses, reduces and encodes `stream`, read in the replay source's 64 KiB reads (so
+/// that the framer's buffer stays as small as in the daemon, rather than copying the whole
+/// day); returns the bytes of JSON produced.
 fn pipeline(stream: &[u8], level: Level, policy: SinkPolicy, out: &mut Vec<u8>) -> usize {
     let mut reducer = Reducer::new(
         config(policy.ceiling()),
@@ -44,14 +46,16 @@ fn pipeline(stream: &[u8], level: Level, policy: SinkPolicy, out: &mut Vec<u8>) 
     let mut parser = Parser::new();
     let mut records = Vec::new();
     out.clear();
-    framer.push(stream);
-    while let Some(frame) = framer.next_frame() {
-        let telegram = parser.parse(&frame.expect("framed")).expect("valid");
-        reducer.reduce(&telegram, Arrival::Recorded(Timestamp::MAX), &mut records);
-        for record in records.drain(..) {
-            if let Some(admitted) = policy.admit(&record) {
-                serde_json::to_writer(&mut *out, &admitted).expect("JSON");
-                out.push(b'\n');
+    for read in stream.chunks(64 * 1024) {
+        framer.push(read);
+        while let Some(frame) = framer.next_frame() {
+            let telegram = parser.parse(&frame.expect("framed")).expect("valid");
+            reducer.reduce(&telegram, Arrival::Recorded(Timestamp::MAX), &mut records);
+            for record in records.drain(..) {
+                if let Some(admitted) = policy.admit(&record) {
+                    serde_json::to_writer(&mut *out, &admitted).expect("JSON");
+                    out.push(b'\n');
+                }
             }
         }
     }
