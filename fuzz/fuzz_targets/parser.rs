@@ -157,13 +157,17 @@ fn parse_stream(config: FramerConfig, stream: &[u8]) {
     }
 }
 
-/// A parser remembers the codes of the telegrams before it; a new parser must read the same.
+/// A parser remembers the codes and the layout of the telegram before it, and keeps its index
+/// of codes; a new parser must read the same, and find each code at the same line.
 fn read_as_by_a_new_parser(telegram: &Telegram<'_>, frame: &Frame<'_>) {
     let mut new = Parser::new();
     let again = new.parse(frame).expect("parsed once, it parses again");
-    fn objects<'t>(t: &Telegram<'t>) -> Vec<(Obis, u32, Vec<Value<'t>>)> {
+    fn objects<'t>(t: &Telegram<'t>) -> Vec<(Obis, u32, Vec<Value<'t>>, Option<u32>)> {
         t.objects()
-            .map(|o| (o.obis(), o.line(), o.values().collect()))
+            .map(|o| {
+                let found = t.object(o.obis()).map(|first| first.line());
+                (o.obis(), o.line(), o.values().collect(), found)
+            })
             .collect()
     }
     assert_eq!(objects(telegram), objects(&again));
