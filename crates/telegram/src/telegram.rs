@@ -109,14 +109,10 @@ enum LineKind {
 impl Layout {
     /// Starts the layout of a telegram whose text (up to its '!') and header are these.
     fn start(&mut self, text: &[u8], header_end: usize) {
-        *self = Layout {
-            usable: false,
-            text_len: text.len(),
-            header_end,
-            lines: std::mem::take(&mut self.lines),
-            newlines: 0,
-        };
+        self.usable = false;
+        (self.text_len, self.header_end) = (text.len(), header_end);
         self.lines.clear();
+        self.newlines = 0;
     }
 
     /// Adds the line `text[start..end]` (its LF excluded), which held `kind`.
@@ -525,16 +521,8 @@ impl<'t> Object<'t> {
 
     /// Its `index`th value group.
     pub fn value(&self, index: usize) -> Option<Value<'t>> {
-        let mut skip = index;
-        for run in self.runs {
-            for content in grammar::groups(self.bytes, run.start as usize, run.end as usize) {
-                if skip == 0 {
-                    return Some(typed(self.obis, index, content));
-                }
-                skip -= 1;
-            }
-        }
-        None
+        let content = self.contents().nth(index)?;
+        Some(typed(self.obis, index, content))
     }
 
     /// Its groups' contents, split off its runs as they are read.
