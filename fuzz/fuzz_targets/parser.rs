@@ -195,7 +195,7 @@ fn exercise(telegram: &Telegram<'_>, frame: &Frame<'_>) {
             .object(object.obis())
             .expect("an object is found by its code");
         assert!(first.line() <= object.line());
-        let count = object.values().count();
+        let count = object.values().len();
         for (i, value) in object.values().enumerate() {
             assert_eq!(object.value(i), Some(value));
             if let Value::Time(time) = value

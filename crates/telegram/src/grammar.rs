@@ -139,7 +139,7 @@ fn number(content: &[u8]) -> Option<(Decimal, Option<&[u8]>)> {
 }
 
 /// One in every byte of a word: the SWAR helpers below read eight bytes as one word, for
-/// [`MeterTime::from_digits`] (every telegram has a time or two) and [`next_close`].
+/// [`MeterTime::from_digits`] (every telegram has a time or two) and [`close_or_newline`].
 const ONES: u64 = u64::from_le_bytes([1; 8]);
 
 /// How many of `word`'s bytes, from the first (lowest), are ASCII digits: 0 to 8.
@@ -201,75 +201,79 @@ pub(crate) fn unflagged_time(content: &[u8]) -> Option<MeterTime> {
     MeterTime::from_digits(content).filter(MeterTime::fields_fit)
 }
 
-/// Whether `run`, a line from its first `(` with its CR LF trimmed, is a run of `(...)` groups:
-/// whether it starts with `(` and ends with `)`. That is all it takes. A group ends at the first
-/// `)` followed by `(` or by the end of the line, so a `)` at the end always closes the group
-/// that is open, and the text after each close is either nothing or another group. The parser
-/// checks this on every line; [`groups`] splits the groups of the few lines that are read.
-pub(crate) fn is_group_run(run: &[u8]) -> bool {
-    matches!(run, [b'(', .., b')'])
+/// A `(...)` group as [`group`] finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Group {
+    /// A group whose `)` is at `close`, and what follows it.
+    Next { close: usize, then: Then },
+    /// The line ends before the group does; the next line starts at `next_line`.
+    Malformed { next_line: usize },
 }
 
-/// The contents of the groups of the run `text[start..end]` ([`is_group_run`]), in order. A
-/// value may itself hold parentheses, as in the Belgian firmware line `1-0:0.2.0((ER11))`.
+/// What follows a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Then {
+    /// Another group, whose `(` is right after the `)`.
+    Group,
+    /// The end of the line; the next line starts at `next_line` (past the LF).
+    LineEnd { next_line: usize },
+}
+
+/// The group whose `(` is at `text[open]`, in `text`: the rest of the body, lines ending in LF
+/// or CR LF, the last one at the end of `text`. A group ends at the `)` that is followed by `(`
+/// or by the end of the line, so a value may itself hold parentheses, as in the Belgian
+/// firmware line `1-0:0.2.0((ER11))`.
 ///
-/// `text` may go on past `end`: the scan for a `)` reads eight bytes at a time, and never past
-/// the run's own last `)`.
-pub(crate) fn groups(text: &[u8], start: usize, end: usize) -> Groups<'_> {
-    Groups {
-        text,
-        open: start,
-        end,
-    }
-}
-
-/// The iterator [`groups`] returns.
-#[derive(Debug, Clone)]
-pub(crate) struct Groups<'a> {
-    text: &'a [u8],
-    /// Where the next group's `(` is.
-    open: usize,
-    end: usize,
-}
-
-impl<'a> Iterator for Groups<'a> {
-    type Item = &'a [u8];
-
-    fn next(&mut self) -> Option<&'a [u8]> {
-        let Groups { text, open, end } = *self;
-        if open >= end {
-            return None;
-        }
-        let mut from = open + 1;
-        let close = loop {
-            let at = next_close(text, from)?;
-            if at + 1 == end || text.get(at + 1) == Some(&b'(') {
-                break at;
-            }
-            from = at + 1;
+/// Line and group boundaries are found in this one scan: the parser does not split the body
+/// into lines first.
+pub(crate) fn group(text: &[u8], open: usize) -> Group {
+    let mut from = open + 1;
+    loop {
+        let Some(at) = close_or_newline(text, from) else {
+            return Group::Malformed {
+                next_line: text.len(),
+            };
         };
-        self.open = close + 1;
-        Some(&text[open + 1..close])
+        if text[at] == b'\n' {
+            return Group::Malformed { next_line: at + 1 };
+        }
+        let then = match &text[at + 1..] {
+            [b'(', ..] => Then::Group,
+            [] | [b'\r'] => Then::LineEnd {
+                next_line: text.len(),
+            },
+            [b'\n', ..] => Then::LineEnd { next_line: at + 2 },
+            [b'\r', b'\n', ..] => Then::LineEnd { next_line: at + 3 },
+            _ => {
+                from = at + 1;
+                continue;
+            }
+        };
+        return Group::Next { close: at, then };
     }
 }
 
-/// The first `)` in `text[from..]`. Groups are short, too short for memchr's set-up, so this
-/// reads eight bytes at a time as one word (SWAR): a byte equal to `)` is a zero byte of the
-/// word XORed with eight of it, and the borrow of subtracting one from each byte marks the
-/// first zero byte exactly.
-fn next_close(text: &[u8], from: usize) -> Option<usize> {
+/// The first `)` or LF in `text[from..]`. Groups are short, too short for memchr's set-up, so
+/// this reads eight bytes at a time as one word (SWAR): a byte equal to `)` or LF is a zero
+/// byte of the word XORed with eight of it, and the borrow of subtracting one from each byte
+/// marks the first zero byte exactly.
+fn close_or_newline(text: &[u8], from: usize) -> Option<usize> {
     const HIGH_BITS: u64 = ONES << 7;
+    let zero_bytes = |word: u64| word.wrapping_sub(ONES) & !word & HIGH_BITS;
     let mut at = from;
     while let Some(chunk) = text.get(at..).and_then(<[u8]>::first_chunk::<8>) {
-        let word = u64::from_le_bytes(*chunk) ^ (ONES * u64::from(b')'));
-        let found = word.wrapping_sub(ONES) & !word & HIGH_BITS;
+        let word = u64::from_le_bytes(*chunk);
+        let found = zero_bytes(word ^ (ONES * u64::from(b')')))
+            | zero_bytes(word ^ (ONES * u64::from(b'\n')));
         if found != 0 {
             return Some(at + found.trailing_zeros() as usize / 8);
         }
         at += 8;
     }
     let rest = text.get(at..)?;
-    rest.iter().position(|&b| b == b')').map(|i| at + i)
+    rest.iter()
+        .position(|&b| b == b')' || b == b'\n')
+        .map(|i| at + i)
 }
 
 #[cfg(test)]
@@ -408,11 +412,11 @@ mod tests {
         }
 
         #[test]
-        fn a_line_is_a_run_of_groups_exactly_when_its_groups_split_one_after_another(
+        fn groups_are_found_in_one_pass_as_line_by_line(
             text in made_of(b"((()))\r\n\nx1", 48),
         ) {
             prop_assert_eq!(
-                groups_as_parsed(&text),
+                groups_in_one_pass(&text),
                 groups_line_by_line(&text),
                 "{}",
                 text.escape_ascii()
@@ -420,9 +424,9 @@ mod tests {
         }
 
         #[test]
-        fn a_close_is_found_eight_bytes_at_a_time_as_one_by_one(
+        fn a_close_or_newline_is_found_eight_bytes_at_a_time_as_one_by_one(
             text in proptest::collection::vec(
-                prop_oneof![any::<u8>(), proptest::sample::select(&b")(*\x0b\xa9"[..])],
+                prop_oneof![any::<u8>(), proptest::sample::select(&b")\n\x28\x0b\x2a"[..])],
                 0..40,
             ),
             from in 0usize..40,
@@ -431,9 +435,9 @@ mod tests {
                 .iter()
                 .enumerate()
                 .skip(from)
-                .find(|(_, b)| **b == b')')
+                .find(|(_, b)| **b == b')' || **b == b'\n')
                 .map(|(i, _)| i);
-            prop_assert_eq!(next_close(&text, from), one_by_one);
+            prop_assert_eq!(close_or_newline(&text, from), one_by_one);
         }
 
         #[test]
@@ -500,28 +504,45 @@ mod tests {
         assert!(!matches!(obis(b"1-0:1.8.0.("), Ok((b"(", _))));
     }
 
-    /// Each line of `text` that starts with `(`, read as the parser reads it: `Ok` with its
-    /// groups' contents if it is a run of groups ([`is_group_run`]), split by [`groups`] with
-    /// the rest of `text` after it, or `Err` if it is not.
-    fn groups_as_parsed(text: &[u8]) -> Vec<Result<Vec<&[u8]>, ()>> {
+    /// The groups of each line of `text` that starts with `(`, found by [`group`] in one pass:
+    /// `Ok` with every group's content, or `Err` with none if the line is malformed.
+    fn groups_in_one_pass(text: &[u8]) -> Vec<Result<Vec<&[u8]>, ()>> {
         let mut lines = Vec::new();
         let mut start = 0;
-        for line in text.split(|&b| b == b'\n') {
-            let run = line.strip_suffix(b"\r").unwrap_or(line);
-            if run.first() == Some(&b'(') {
-                lines.push(match is_group_run(run) {
-                    true => Ok(groups(text, start, start + run.len()).collect()),
-                    false => Err(()),
-                });
+        while start < text.len() {
+            if text[start] != b'(' {
+                start = text[start..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(text.len(), |i| start + i + 1);
+                continue;
             }
-            start += line.len() + 1;
+            let mut groups = Vec::new();
+            let mut open = start;
+            lines.push(loop {
+                match group(text, open) {
+                    Group::Next { close, then } => {
+                        groups.push(&text[open + 1..close]);
+                        match then {
+                            Then::Group => open = close + 1,
+                            Then::LineEnd { next_line } => {
+                                start = next_line;
+                                break Ok(groups);
+                            }
+                        }
+                    }
+                    Group::Malformed { next_line } => {
+                        start = next_line;
+                        break Err(());
+                    }
+                }
+            });
         }
         lines
     }
 
-    /// The same by the definition: each line's groups split off one after another, each at the
-    /// first `)` followed by `(` or by the end of the line. The specification the parser's
-    /// reading is held to.
+    /// The same, line by line: the text split at each LF, a CR before it trimmed, and each
+    /// line's groups split off one after another. The specification [`group`] is held to.
     fn groups_line_by_line(text: &[u8]) -> Vec<Result<Vec<&[u8]>, ()>> {
         fn line_groups(mut line: &[u8]) -> Result<Vec<&[u8]>, ()> {
             let mut groups = Vec::new();
@@ -543,7 +564,7 @@ mod tests {
 
     #[test]
     fn groups_may_hold_parentheses() {
-        let groups = |text| groups_as_parsed(text);
+        let groups = |text| groups_in_one_pass(text);
         assert_eq!(groups(b"((ER11))"), [Ok(vec![&b"(ER11)"[..]])]);
         assert_eq!(groups(b"(a)(b)()"), [Ok(vec![&b"a"[..], b"b", b""])]);
         assert_eq!(groups(b"(1)x"), [Err(())]);

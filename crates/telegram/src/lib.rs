@@ -5,10 +5,10 @@
 //! 1. [`Framer`]: byte chunks in, complete [`Frame`]s out (resync on `/`, size cap, 7E1 and
 //!    lost-CR repair);
 //! 2. [`Parser`]: checks the CRC-16/ARC and reads every line with a generic COSEM grammar into
-//!    a zero-copy [`Telegram`] (each line's code read and its run of groups checked; a
-//!    telegram laid out as the one before, as a meter's next one most often is, keeps its
-//!    objects; each group split off and typed by its shape when it is read), with typed access
-//!    to registers, instantaneous values, the meter time (S/W flag to UTC) and M-Bus devices;
+//!    a zero-copy [`Telegram`] (lines and groups found in one pass, or, for a telegram laid out
+//!    as the one before, as a meter's next one most often is, kept from it once each line and
+//!    group is checked; each group typed by its shape when it is read), with typed access to
+//!    registers, instantaneous values, the meter time (S/W flag to UTC) and M-Bus devices;
 //! 3. for encrypted meters (Luxembourg, Austria), [`dlms::CipherFramer`] and
 //!    [`dlms::Decryptor`] come first and feed the plain telegram to the framer.
 //!

@@ -5,7 +5,7 @@ use memchr::{memchr, memchr_iter};
 use crate::crc::crc16;
 use crate::error::{Error, ErrorKind};
 use crate::framer::Frame;
-use crate::grammar::{self, Shape};
+use crate::grammar::{self, Group, Shape, Then};
 use crate::mbus::MbusDevice;
 use crate::obis::{Obis, codes};
 use crate::value::{MeterTime, Number, Value};
@@ -24,30 +24,32 @@ impl Span {
             end: end as u32,
         }
     }
+
+    fn get(self, frame: &[u8]) -> &[u8] {
+        &frame[self.start as usize..self.end as usize]
+    }
 }
 
-/// An object as the parser keeps it: its code, its line, and the runs of groups it has (one,
+/// An object as the parser keeps it: its code, its line, and where its groups are (one line's,
 /// or more where a DSMR 2.2/3 value continues on the next line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct RawObject {
     obis: Obis,
     line: u32,
-    runs_start: u32,
-    runs_end: u32,
+    groups_start: u32,
+    groups_end: u32,
 }
 
 /// Parses frames into [`Telegram`]s. It keeps its buffers from one telegram to the next, so
 /// that parsing allocates nothing once it has seen the largest telegram of a stream, the codes
 /// it read, so that the next telegram's codes, the same as a meter's always are, are
-/// recognised rather than read again, and the widths of the lines, so that a telegram laid
+/// recognised rather than read again, and the layout of the lines, so that a telegram laid
 /// out as the one before keeps the objects read from it.
 ///
-/// The parser reads each line's code and checks that the rest is a run of `(...)` groups: that
-/// it starts with `(` and ends with `)`, which is all a run needs, as a group ends at the first
-/// `)` followed by `(` or by the line's end. Each group is split off and typed by its shape
-/// ([`Value`]) when it is read, not when it is parsed: typing never fails (what is neither
-/// empty, a number nor a time is text), so a reader that wants three values of forty (the meter
-/// id, the clock, the registers) pays for three. There is one exception for times without
+/// Each `(...)` group is typed by its shape ([`Value`]) when it is read, not when it is parsed:
+/// typing never fails (what is neither empty, a number nor a time is text), so the parser only
+/// needs to find the groups, and a reader that wants three values of forty (the meter id, the
+/// clock, the registers) pays for three. There is one exception for times without
 /// an `S`/`W` flag (DSMR 2.2 and 3): twelve digits `YYMMDDhhmmss` are a [`Value::Time`] (its
 /// [`MeterTime::utc`] fails with [`TimeFlag::Unflagged`]) only where a time is expected and if
 /// the fields fit a clock reading (month 1-12, day 1-31, hour 0-23, minute and second 0-59).
@@ -59,8 +61,8 @@ struct RawObject {
 #[derive(Debug, Default)]
 pub struct Parser {
     objects: Vec<RawObject>,
-    /// Every line's run of groups, `(` to `)`, unsplit.
-    runs: Vec<Span>,
+    /// Every group's content, untyped.
+    groups: Vec<Span>,
     line_errors: Vec<Error>,
     index: CodeIndex,
     /// The code read at each object position of the telegrams before.
@@ -69,12 +71,16 @@ pub struct Parser {
     layout: Layout,
 }
 
-/// The lines of the telegram before, by width. A meter sends the same lines in every
-/// telegram, and DSMR fixes each value's width (`F9(3)`: `000123.456`), so its next telegram's
-/// lines most often have the same widths. When they do, end where they did, and each holds the
-/// code (by [`CodesRead`]) and the run of groups it held, the telegram reads as the one before
-/// did: the same objects, runs and index, kept rather than made again. That the lines end
-/// where they did is checked in bulk: the body must hold no more LFs than the lines end with.
+/// The lines of the telegram before: where each ends, what it held, where its groups close. A
+/// meter sends the same lines in every telegram, and DSMR fixes each value's width (`F9(3)`:
+/// `000123.456`), so its next telegram's lines most often end and close where they did. When
+/// they do, and each holds the code (by [`CodesRead`]) it held, the telegram reads as the one
+/// before did: the same objects, groups and index, kept rather than made again.
+///
+/// What is checked line by line is checked in bulk: that the lines end where they did, by the
+/// body holding as many LFs as they end with, and that the groups close where they did, by the
+/// body holding as many `)` as there are groups, each at a group's close (so no other `)` can
+/// close a group sooner).
 #[derive(Debug, Default)]
 struct Layout {
     /// Whether the telegram before read without a bad line; only then is its layout used.
@@ -83,26 +89,25 @@ struct Layout {
     text_len: usize,
     header_end: usize,
     lines: Vec<LineLayout>,
-    /// How many lines end in LF: all, or all but a last one that ends at the '!'.
-    newlines: usize,
 }
 
-/// A line's width without its LF, without its CR too, and what it held.
+/// Where the line after a line starts (past its LF), what the line held, and where its groups
+/// end in the parser's groups.
 #[derive(Debug, Clone, Copy)]
 struct LineLayout {
-    width: u32,
-    trimmed: u32,
+    next_line: u32,
+    groups_end: u32,
     kind: LineKind,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LineKind {
     Empty,
-    /// A code and its run of groups; the code is the object's at `position`.
+    /// A code and its groups; the code is the object's at `position`.
     Code {
         position: u32,
     },
-    /// A run of groups that continues the object before.
+    /// Groups that continue the object before.
     Continuation,
 }
 
@@ -112,49 +117,66 @@ impl Layout {
         self.usable = false;
         (self.text_len, self.header_end) = (text.len(), header_end);
         self.lines.clear();
-        self.newlines = 0;
     }
 
-    /// Adds the line `text[start..end]` (its LF excluded), which held `kind`.
-    fn push(&mut self, text: &[u8], start: usize, end: usize, kind: LineKind) {
+    /// Adds a line that held `kind`, its groups ending at `groups_end`, the next line starting
+    /// at `next_line`.
+    fn push(&mut self, next_line: usize, kind: LineKind, groups_end: usize) {
         self.lines.push(LineLayout {
-            width: (end - start) as u32,
-            trimmed: trim_cr(&text[start..end]).len() as u32,
+            next_line: next_line as u32,
+            groups_end: groups_end as u32,
             kind,
         });
-        self.newlines += usize::from(end < text.len());
     }
 
     /// Whether `text` (a frame up to its '!') whose header ends at `header_end` has this
-    /// layout, with every code recognised by `codes`: then it reads as the telegram before.
-    fn matches(&self, text: &[u8], header_end: usize, codes: &CodesRead) -> bool {
+    /// layout, with every code recognised by `codes` and `groups` (the telegram before's)
+    /// closing where they did: then it reads as the telegram before.
+    fn matches(&self, text: &[u8], header_end: usize, codes: &CodesRead, groups: &[Span]) -> bool {
         if !self.usable || text.len() != self.text_len || header_end != self.header_end {
             return false;
         }
-        // The same widths in a text of the same length: every index below is in bounds.
+        // The same lines in a text of the same length: every index below is in bounds. (Only
+        // a last line's content is taken with `get`: an LF ending it where it had none before
+        // puts its end before its groups' end.)
         let body = header_end + 1;
-        let mut start = body;
+        let (mut start, mut first_group, mut newlines) = (body, 0, 0);
         for line in &self.lines {
-            let end = start + line.width as usize;
-            let trimmed_end = start + line.trimmed as usize;
-            let ends_there = text.get(end).is_none_or(|&b| b == b'\n');
-            if !ends_there || (trimmed_end < end && text[trimmed_end] != b'\r') {
-                return false;
-            }
-            let line_text = &text[start..trimmed_end];
-            let holds_the_same = match line.kind {
-                LineKind::Empty => true,
-                LineKind::Continuation => grammar::is_group_run(line_text),
-                LineKind::Code { position } => codes
-                    .recognised(&text[start..], position as usize)
-                    .is_some_and(|(_, len)| grammar::is_group_run(&line_text[len..])),
+            let next_line = line.next_line as usize;
+            // Each line ends in LF, but a last one may end at the '!'.
+            let end = match text[next_line - 1] {
+                b'\n' => next_line - 1,
+                _ if next_line == text.len() => next_line,
+                _ => return false,
             };
-            if !holds_the_same {
+            newlines += usize::from(end < next_line);
+            let line_groups = &groups[first_group..line.groups_end as usize];
+            let (opens, content_end) = match line.kind {
+                LineKind::Empty => (true, start),
+                LineKind::Continuation => (text[start] == b'(', start),
+                // The code's bytes include the `(` after it.
+                LineKind::Code { position } => {
+                    let code = codes.recognised(&text[start..], position as usize);
+                    (code.is_some(), start)
+                }
+            };
+            let (content_end, closes) = match line_groups.split_last() {
+                None => (content_end, true),
+                Some((last, others)) => (
+                    last.end as usize + 1,
+                    text[last.end as usize] == b')'
+                        && (others.iter()).all(|g| text[g.end as usize..][..2] == *b")("),
+                ),
+            };
+            let ends = matches!(text.get(content_end..end), Some([] | [b'\r']));
+            if !(opens && closes && ends) {
                 return false;
             }
-            start = end + 1;
+            (start, first_group) = (next_line, line.groups_end as usize);
         }
-        memchr_iter(b'\n', &text[body.min(text.len())..]).count() == self.newlines
+        let body = &text[body.min(text.len())..];
+        memchr_iter(b'\n', body).count() == newlines
+            && memchr_iter(b')', body).count() == groups.len()
     }
 }
 
@@ -353,7 +375,7 @@ impl Parser {
             return Err(Error::new(ErrorKind::BadHeader, base, 1));
         }
         let text = &bytes[..end];
-        if !self.layout.matches(text, header_end, &self.codes_read) {
+        if !(self.layout).matches(text, header_end, &self.codes_read, &self.groups) {
             self.parse_body(text, header_end, base);
         }
         Ok(Telegram {
@@ -362,88 +384,106 @@ impl Parser {
             crc: frame.crc(),
             header,
             objects: &self.objects,
-            runs: &self.runs,
+            groups: &self.groups,
             line_errors: &self.line_errors,
             index: &self.index,
         })
     }
 
     /// Reads the lines of the body, `text[header_end + 1..]` (`text` ends before the '!'),
-    /// into objects, and keeps their layout. The lines end at each LF, all found in one pass,
-    /// the last one at the '!'.
+    /// into objects, and keeps their layout. The lines end at each LF, the last one at the
+    /// '!'. Each line is read where it starts, and reading it finds where the next one starts.
     fn parse_body(&mut self, text: &[u8], header_end: usize, base: u64) {
         self.objects.clear();
-        self.runs.clear();
+        self.groups.clear();
         self.line_errors.clear();
         self.codes_read.missed = false;
         self.layout.start(text, header_end);
-        let body = (header_end + 1).min(text.len());
-        let mut line_ends = memchr_iter(b'\n', &text[body..]).map(|at| body + at);
         let mut line_number = 1;
-        let mut start = body;
+        let mut start = header_end + 1;
         while start < text.len() {
             line_number += 1;
-            let line_end = line_ends.next().unwrap_or(text.len());
-            match self.parse_line(text, start, line_end, line_number) {
-                Ok(kind) => self.layout.push(text, start, line_end, kind),
-                Err(kind) => {
+            match self.parse_line(text, start, line_number) {
+                Ok((kind, next_line)) => {
+                    self.layout.push(next_line, kind, self.groups.len());
+                    start = next_line;
+                }
+                Err((kind, next_line)) => {
                     let offset = base + start as u64;
                     self.line_errors.push(Error::new(kind, offset, line_number));
+                    start = next_line;
                 }
             }
-            start = line_end + 1;
         }
         self.layout.usable = self.line_errors.is_empty();
         self.index.update(&self.objects, !self.codes_read.missed);
     }
 
-    /// Adds the object on the line `text[start..end]` (its LF excluded), or the groups of a
-    /// continuation line (a DSMR 2.2/3 gas value on the line after its `0-n:24.3.0`) to the
-    /// object before it; an empty line adds nothing. Returns what the line held.
+    /// Adds the object on the line at `text[start..]`, or the groups of a continuation line (a
+    /// DSMR 2.2/3 gas value on the line after its `0-n:24.3.0`) to the object before it; an
+    /// empty line adds nothing. Returns what the line held and where the next line starts, or
+    /// the error if the line could not be read and where the next line starts.
     fn parse_line(
         &mut self,
         text: &[u8],
         start: usize,
-        end: usize,
         line_number: u32,
-    ) -> Result<LineKind, ErrorKind> {
-        let line = trim_cr(&text[start..end]);
-        let (obis, run_start) = match line {
-            [] => return Ok(LineKind::Empty),
-            [b'(', ..] if self.objects.is_empty() => return Err(ErrorKind::BadValue),
+    ) -> Result<(LineKind, usize), (ErrorKind, usize)> {
+        let line = &text[start..];
+        let skip = |kind| Err((kind, next_line(text, start)));
+        let (obis, mut open) = match line {
+            [b'\n', ..] => return Ok((LineKind::Empty, start + 1)),
+            [b'\r', b'\n', ..] => return Ok((LineKind::Empty, start + 2)),
+            [b'\r'] => return Ok((LineKind::Empty, text.len())),
+            [b'(', ..] if self.objects.is_empty() => return skip(ErrorKind::BadValue),
             [b'(', ..] => (None, start),
-            // The code is read from the rest of the text, so that a short line's code is
-            // compared in one window as a long line's is: a code stops before its `(`.
-            _ => match self.codes_read.read(&text[start..], self.objects.len()) {
+            _ => match self.codes_read.read(line, self.objects.len()) {
                 Some((obis, len)) => (Some(obis), start + len),
-                None => return Err(ErrorKind::BadObis),
+                None => return skip(ErrorKind::BadObis),
             },
         };
-        let run_end = start + line.len();
-        if !grammar::is_group_run(&text[run_start..run_end]) {
-            return Err(ErrorKind::BadValue);
-        }
-        self.runs.push(Span::of(run_start, run_end));
-        let runs_end = self.runs.len() as u32;
-        match (obis, self.objects.last_mut()) {
+        let mark = self.groups.len();
+        let next_line = loop {
+            match grammar::group(text, open) {
+                Group::Next { close, then } => {
+                    self.groups.push(Span::of(open + 1, close));
+                    match then {
+                        Then::Group => open = close + 1,
+                        Then::LineEnd { next_line } => break next_line,
+                    }
+                }
+                Group::Malformed { next_line } => {
+                    self.groups.truncate(mark);
+                    return Err((ErrorKind::BadValue, next_line));
+                }
+            }
+        };
+        let groups_end = self.groups.len() as u32;
+        let kind = match (obis, self.objects.last_mut()) {
             (Some(obis), _) => {
                 let position = self.objects.len() as u32;
                 self.objects.push(RawObject {
                     obis,
                     line: line_number,
-                    runs_start: runs_end - 1,
-                    runs_end,
+                    groups_start: mark as u32,
+                    groups_end,
                 });
-                Ok(LineKind::Code { position })
+                LineKind::Code { position }
             }
             (None, Some(previous)) => {
-                previous.runs_end = runs_end;
-                Ok(LineKind::Continuation)
+                previous.groups_end = groups_end;
+                LineKind::Continuation
             }
             // Ruled out above: a continuation follows an object.
-            (None, None) => Err(ErrorKind::BadValue),
-        }
+            (None, None) => return Err((ErrorKind::BadValue, next_line)),
+        };
+        Ok((kind, next_line))
     }
+}
+
+/// Where the line after the one at `text[start..]` starts: past its LF, or at the end.
+fn next_line(text: &[u8], start: usize) -> usize {
+    memchr(b'\n', &text[start..]).map_or(text.len(), |i| start + i + 1)
 }
 
 /// Whether the code's first group is a time: the meter clock and the M-Bus readings.
@@ -478,7 +518,7 @@ pub struct Telegram<'t> {
     crc: Option<u16>,
     header: &'t [u8],
     objects: &'t [RawObject],
-    runs: &'t [Span],
+    groups: &'t [Span],
     line_errors: &'t [Error],
     index: &'t CodeIndex,
 }
@@ -488,16 +528,16 @@ pub struct Telegram<'t> {
 pub struct Object<'t> {
     obis: Obis,
     line: u32,
-    runs: &'t [Span],
+    groups: &'t [Span],
     bytes: &'t [u8],
 }
 
 impl<'t> Object<'t> {
-    fn of(raw: &RawObject, runs: &'t [Span], bytes: &'t [u8]) -> Object<'t> {
+    fn of(raw: &RawObject, groups: &'t [Span], bytes: &'t [u8]) -> Object<'t> {
         Object {
             obis: raw.obis,
             line: raw.line,
-            runs: &runs[raw.runs_start as usize..raw.runs_end as usize],
+            groups: &groups[raw.groups_start as usize..raw.groups_end as usize],
             bytes,
         }
     }
@@ -513,23 +553,16 @@ impl<'t> Object<'t> {
     }
 
     /// Its value groups, in order.
-    pub fn values(&self) -> impl Iterator<Item = Value<'t>> + 't {
-        let obis = self.obis;
-        let contents = self.contents().enumerate();
-        contents.map(move |(index, content)| typed(obis, index, content))
+    pub fn values(&self) -> impl ExactSizeIterator<Item = Value<'t>> + 't {
+        let (obis, bytes) = (self.obis, self.bytes);
+        let groups = self.groups.iter().enumerate();
+        groups.map(move |(index, group)| typed(obis, index, group.get(bytes)))
     }
 
     /// Its `index`th value group.
     pub fn value(&self, index: usize) -> Option<Value<'t>> {
-        let content = self.contents().nth(index)?;
-        Some(typed(self.obis, index, content))
-    }
-
-    /// Its groups' contents, split off its runs as they are read.
-    fn contents(&self) -> impl Iterator<Item = &'t [u8]> + 't {
-        let bytes = self.bytes;
-        let runs = self.runs.iter();
-        runs.flat_map(move |run| grammar::groups(bytes, run.start as usize, run.end as usize))
+        let group = self.groups.get(index)?;
+        Some(typed(self.obis, index, group.get(self.bytes)))
     }
 }
 
@@ -655,16 +688,16 @@ impl<'t> Telegram<'t> {
 
     /// Every object, in telegram order.
     pub fn objects(&self) -> impl ExactSizeIterator<Item = Object<'t>> + Clone + 't {
-        let (bytes, runs) = (self.bytes, self.runs);
+        let (bytes, groups) = (self.bytes, self.groups);
         self.objects
             .iter()
-            .map(move |raw| Object::of(raw, runs, bytes))
+            .map(move |raw| Object::of(raw, groups, bytes))
     }
 
     /// The first object with code `obis`.
     pub fn object(&self, obis: Obis) -> Option<Object<'t>> {
         let position = self.index.find(self.objects, obis)?;
-        Some(Object::of(&self.objects[position], self.runs, self.bytes))
+        Some(Object::of(&self.objects[position], self.groups, self.bytes))
     }
 
     /// Lines that could not be read, each skipped without losing the rest.
@@ -722,7 +755,7 @@ impl<'t> Telegram<'t> {
 
     /// Every electricity energy register the telegram carries, in kWh.
     pub fn energy_registers(&self) -> impl Iterator<Item = (EnergyRegister, f64)> + 't {
-        let (bytes, runs) = (self.bytes, self.runs);
+        let (bytes, groups) = (self.bytes, self.groups);
         // The codes are matched before an object is made of the few that match.
         self.objects.iter().filter_map(move |raw| {
             let direction = match raw.obis {
@@ -744,7 +777,7 @@ impl<'t> Telegram<'t> {
                 } => Direction::Export,
                 _ => return None,
             };
-            let kwh = Object::of(raw, runs, bytes).value(0)?.number()?.kwh()?;
+            let kwh = Object::of(raw, groups, bytes).value(0)?.number()?.kwh()?;
             Some((
                 EnergyRegister {
                     direction,

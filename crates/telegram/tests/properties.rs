@@ -205,7 +205,8 @@ proptest! {
 }
 
 /// Lines in families of the same width, ending included: a value that changed, a code that
-/// changed, an LF or a CR moved inside, a group broken, a line that became a continuation.
+/// changed, an LF or a CR moved inside, a `)` moved, added or taken away, a group broken or
+/// split in two, a line that became a continuation.
 /// Telegrams made of one family's lines after another have the widths of the telegram
 /// before, the parser's shortcut, without always having its lines.
 const SAME_WIDTH_FAMILIES: &[&[&str]] = &[
@@ -221,6 +222,9 @@ const SAME_WIDTH_FAMILIES: &[&[&str]] = &[
         "1-0:1.8.1(001234.567*kW)\r\r\n",
         "1-0:1.8.1(001234.567*kWh)\r\r",
         "(-0:1.8.1(001234.567*kWh)\r\n",
+        "1-0:1.8.1(0012)(.567*kWh)\r\n",
+        "1-0:1.8.1(0012)4.567*kWh)\r\n",
+        "1-0:1.8.1(001234.567*kWh)(\n",
     ],
     &[
         "0-0:96.13.0()\r\n",
@@ -229,12 +233,23 @@ const SAME_WIDTH_FAMILIES: &[&[&str]] = &[
         "(0-0:96.13.0)\r\n",
         "0-0:96.13.0()\n\n",
     ],
-    &["\r\n", "\n\n", "()", "x\n", "\n\r"],
+    &["\r\n", "\n\n", "()", "x\n", "\n\r", "x("],
     &[
         "0-1:24.2.1(101209110000W)(12785.123*m3)\r\n",
         "0-1:24.2.1(101209110000W)(12785.124*m3)\r\n",
         "0-1:24.2.1(101209110000W)\n12785.123*m3)\r\n",
         "0-1:24.2.1(101209110000W))12785.123*m3(\r\n",
+        "0-1:24.2.1(101209110000W)(12785)123*m3)\r\n",
+        "0-1:24.2.1(101209110000W)x12785.123*m3)\r\n",
+        "0-1:24.2.1(101209110000W)(1278)(.123*m3)\n",
+    ],
+    &[
+        "1-0:0.2.0((ER11))\r\n",
+        "1-0:0.2.0((ER12))\r\n",
+        "1-0:0.2.0((ER)1))\r\n",
+        "1-0:0.2.0()(ER11)\r\n",
+        "1-0:0.2.0((ER11)(\r\n",
+        "1-0:0.2.0(ER11)()\r\n",
     ],
     &[
         "0-1:24.3.0(090212160000)(00)(60)(1)(0-1:24.2.1)(m3)\r\n",
@@ -257,7 +272,7 @@ proptest! {
     fn a_telegram_laid_out_as_the_one_before_reads_as_a_new_parser_reads_it(
         families in prop::collection::vec(0..SAME_WIDTH_FAMILIES.len(), 0..10),
         telegrams in prop::collection::vec(
-            prop::collection::vec(prop_oneof![4 => Just(0usize), 1 => 0usize..11], 10),
+            prop::collection::vec(prop_oneof![4 => Just(0usize), 1 => 0usize..14], 10),
             1..8,
         ),
     ) {
