@@ -150,22 +150,20 @@ impl Layout {
                 _ => return false,
             };
             newlines += usize::from(end < next_line);
-            let line_groups = &groups[first_group..line.groups_end as usize];
-            let (opens, content_end) = match line.kind {
-                LineKind::Empty => (true, start),
-                LineKind::Continuation => (text[start] == b'(', start),
+            let opens = match line.kind {
+                LineKind::Empty => true,
+                LineKind::Continuation => text[start] == b'(',
                 // The code's bytes include the `(` after it.
-                LineKind::Code { position } => {
-                    let code = codes.recognised(&text[start..], position as usize);
-                    (code.is_some(), start)
-                }
+                LineKind::Code { position } => codes
+                    .recognised(&text[start..], position as usize)
+                    .is_some(),
             };
-            let (content_end, closes) = match line_groups.split_last() {
-                None => (content_end, true),
-                Some((last, others)) => (
+            let (content_end, closes) = match groups[first_group..line.groups_end as usize] {
+                [] => (start, true),
+                [ref others @ .., last] => (
                     last.end as usize + 1,
                     text[last.end as usize] == b')'
-                        && (others.iter()).all(|g| text[g.end as usize..][..2] == *b")("),
+                        && others.iter().all(|g| text[g.end as usize..][..2] == *b")("),
                 ),
             };
             let ends = matches!(text.get(content_end..end), Some([] | [b'\r']));
@@ -375,7 +373,10 @@ impl Parser {
             return Err(Error::new(ErrorKind::BadHeader, base, 1));
         }
         let text = &bytes[..end];
-        if !(self.layout).matches(text, header_end, &self.codes_read, &self.groups) {
+        if !self
+            .layout
+            .matches(text, header_end, &self.codes_read, &self.groups)
+        {
             self.parse_body(text, header_end, base);
         }
         Ok(Telegram {
