@@ -16,9 +16,11 @@ pub struct Decimal {
     pub scale: u8,
 }
 
-const POW10: [f64; 19] = [
+/// The powers of ten an `f64` holds exactly, up to `10^22`: a decimal's scale (at most 18)
+/// less a unit's exponent (-3 from Wh to kWh) stays within them.
+const POW10: [f64; 23] = [
     1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
-    1e17, 1e18,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
 ];
 
 impl Decimal {
@@ -54,7 +56,13 @@ impl Decimal {
     /// the `f64` nearest `6545.766 kWh`.
     pub fn times_ten_to(self, exponent: i32) -> f64 {
         let shift = i32::from(self.scale) - exponent;
-        let power = |n: i32| POW10[n.unsigned_abs().min(18) as usize];
+        let power = |n: i32| {
+            let n = n.unsigned_abs();
+            POW10
+                .get(n as usize)
+                .copied()
+                .unwrap_or_else(|| 10f64.powf(n as f64))
+        };
         if shift >= 0 {
             self.mantissa as f64 / power(shift)
         } else {
@@ -386,6 +394,28 @@ mod tests {
                 .and_then(|m| i64::try_from(m).ok())
                 .map(|m| if mantissa < 0 { -m } else { m });
             proptest::prop_assert_eq!(decimal.times_ten_to_integer(exponent), expected);
+        }
+
+        /// The float reading is the decimal's value in the unit asked for: what parsing its
+        /// digits with that exponent gives (the nearest `f64`), or within a rounding of it
+        /// where the mantissa has more digits than an `f64` holds. (A Wh reading with 17
+        /// decimals once came out a hundred times too large in kWh.)
+        #[test]
+        fn float_scaling_is_the_nearest_float_to_the_scaled_decimal(
+            mantissa in -999_999_999_999_999_999i64..=999_999_999_999_999_999,
+            scale in 0u8..=18,
+            exponent in -4i32..=6,
+        ) {
+            let decimal = Decimal { mantissa, scale };
+            let nearest: f64 = format!("{mantissa}e{}", exponent - i32::from(scale))
+                .parse()
+                .expect("a float");
+            let ours = decimal.times_ten_to(exponent);
+            if mantissa.unsigned_abs() < 1 << 53 {
+                proptest::prop_assert_eq!(ours, nearest);
+            } else {
+                proptest::prop_assert!((ours - nearest).abs() <= nearest.abs() * 2.5e-16);
+            }
         }
 
         #[test]
