@@ -83,8 +83,6 @@ pub struct Parser {
 /// close a group sooner).
 #[derive(Debug, Default)]
 struct Layout {
-    /// Whether the telegram before read without a bad line; only then is its layout used.
-    usable: bool,
     /// The length of the frame up to its '!', and where its header ends.
     text_len: usize,
     header_end: usize,
@@ -114,7 +112,6 @@ enum LineKind {
 impl Layout {
     /// Starts the layout of a telegram whose text (up to its '!') and header are these.
     fn start(&mut self, text: &[u8], header_end: usize) {
-        self.usable = false;
         (self.text_len, self.header_end) = (text.len(), header_end);
         self.lines.clear();
     }
@@ -133,7 +130,7 @@ impl Layout {
     /// layout, with every code recognised by `codes` and `groups` (the telegram before's)
     /// closing where they did: then it reads as the telegram before.
     fn matches(&self, text: &[u8], header_end: usize, codes: &CodesRead, groups: &[Span]) -> bool {
-        if !self.usable || text.len() != self.text_len || header_end != self.header_end {
+        if text.len() != self.text_len || header_end != self.header_end {
             return false;
         }
         // The same lines in a text of the same length: every index below is in bounds. (Only
@@ -373,10 +370,13 @@ impl Parser {
             return Err(Error::new(ErrorKind::BadHeader, base, 1));
         }
         let text = &bytes[..end];
-        if !self
-            .layout
-            .matches(text, header_end, &self.codes_read, &self.groups)
-        {
+        // Only a telegram before without a bad line has all its lines in its layout. (A new
+        // parser's empty layout matches no text: a header alone takes four bytes.)
+        let laid_out_as_before = self.line_errors.is_empty()
+            && self
+                .layout
+                .matches(text, header_end, &self.codes_read, &self.groups);
+        if !laid_out_as_before {
             self.parse_body(text, header_end, base);
         }
         Ok(Telegram {
@@ -404,19 +404,18 @@ impl Parser {
         let mut start = header_end + 1;
         while start < text.len() {
             line_number += 1;
-            match self.parse_line(text, start, line_number) {
+            start = match self.parse_line(text, start, line_number) {
                 Ok((kind, next_line)) => {
                     self.layout.push(next_line, kind, self.groups.len());
-                    start = next_line;
+                    next_line
                 }
                 Err((kind, next_line)) => {
                     let offset = base + start as u64;
                     self.line_errors.push(Error::new(kind, offset, line_number));
-                    start = next_line;
+                    next_line
                 }
-            }
+            };
         }
-        self.layout.usable = self.line_errors.is_empty();
         self.index.update(&self.objects, !self.codes_read.missed);
     }
 
