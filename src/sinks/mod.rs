@@ -334,10 +334,6 @@ pub struct Stopping {
 /// Days billing records are kept: the tax authority's 7 years (and the leap days in them).
 pub const FISCAL_RETENTION_DAYS: u32 = 7 * 365 + 2;
 
-/// [`FISCAL_RETENTION_DAYS`] as a duration: billing records younger than this are kept
-/// through an erasure.
-pub const FISCAL_RETENTION: Duration = Duration::from_secs(FISCAL_RETENTION_DAYS as u64 * 86_400);
-
 /// Retention of each granularity (billing, daily, quarter_hour, live) unless configured:
 /// privacy.md's defaults of 7 years, 24 months, 90 days and 7 days.
 pub const DEFAULT_RETENTION_DAYS: [u32; 4] = [FISCAL_RETENTION_DAYS, 2 * 365, 90, 7];
