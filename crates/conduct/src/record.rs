@@ -360,6 +360,24 @@ mod tests {
             values,
             purposes: PurposeSet::ALL,
         };
+        // The registers are the table's electricity registers, which boundary records carry;
+        // live records add the rest of the electricity quantities.
+        let (registers, live_only): (Vec<_>, Vec<_>) = Quantity::ALL
+            .into_iter()
+            .filter(|q| q.kind() == Kind::Electricity)
+            .partition(|q| q.is_register());
+        let Values::Electricity {
+            registers: read,
+            live: Some(instant),
+        } = &record.values
+        else {
+            unreachable!("an electricity record with live values")
+        };
+        assert_eq!(read.fields().map(|(q, _)| q).collect::<Vec<_>>(), registers);
+        assert_eq!(
+            instant.fields().map(|(q, _)| q).collect::<Vec<_>>(),
+            live_only
+        );
         let mut expected = Quantity::ALL.to_vec();
         let electricity: Vec<_> = record.fields().map(|(q, _)| q).collect();
         let mbus = expected.split_off(electricity.len());
