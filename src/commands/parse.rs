@@ -132,15 +132,7 @@ fn detail(items: &[String]) -> String {
 /// A meter id for people: Dutch and Belgian meters send ASCII hex-encoded, so decode it when
 /// it decodes to printable ASCII, else show it as sent.
 fn readable_id(id: &[u8]) -> String {
-    let decoded: Option<String> = id
-        .chunks(2)
-        .map(|pair| {
-            let text = std::str::from_utf8(pair).ok().filter(|t| t.len() == 2)?;
-            let byte = u8::from_str_radix(text, 16).ok()?;
-            (byte.is_ascii_graphic()).then_some(char::from(byte))
-        })
-        .collect();
-    decoded.unwrap_or_else(|| id.iter().map(|&b| char::from(b)).collect())
+    crate::hex::printable(id).unwrap_or_else(|| id.iter().map(|&b| char::from(b)).collect())
 }
 
 #[cfg(test)]

@@ -33,14 +33,7 @@ pub fn meter_id(given: &str) -> anyhow::Result<String> {
     let Some(id) = normalise_equipment_id(given.as_bytes(), &mut normalised) else {
         anyhow::bail!("{given:?} is not a meter id");
     };
-    let decoded: Option<Vec<u8>> = (id.len() % 2 == 0)
-        .then(|| {
-            id.chunks(2)
-                .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
-                .collect()
-        })
-        .flatten();
-    if decoded.is_some_and(|bytes| bytes.iter().all(u8::is_ascii_graphic)) {
+    if crate::hex::printable(id).is_some() {
         return Ok(String::from_utf8_lossy(id).into_owned());
     }
     Ok(given.bytes().map(|b| format!("{b:02X}")).collect())

@@ -253,20 +253,7 @@ fn serial(name: &MeterName) -> String {
     let MeterName::Raw(raw) = name else {
         return name.to_string();
     };
-    let hex = |b: u8| char::from(b).to_digit(16);
-    let decoded: Option<Vec<u8>> = raw
-        .chunks(2)
-        .map(|pair| match pair {
-            [high, low] => Some((hex(*high)? * 16 + hex(*low)?) as u8),
-            _ => None,
-        })
-        .collect();
-    match decoded {
-        Some(bytes) if !bytes.is_empty() && bytes.iter().all(u8::is_ascii_graphic) => {
-            String::from_utf8(bytes).unwrap_or_else(|_| name.to_string())
-        }
-        _ => name.to_string(),
-    }
+    crate::hex::printable(raw).unwrap_or_else(|| name.to_string())
 }
 
 #[cfg(test)]
