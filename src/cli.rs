@@ -39,9 +39,9 @@ pub enum Command {
     /// invalid (a restart would not help); 1 if a source or a sink cannot be set up at start
     /// (an MQTT CA file missing or without a certificate, a store that cannot be opened), or
     /// for any later failure (worth a restart).
-    Run(RunArgs),
+    Run(ConfigArg),
     /// Check a configuration: list every problem (exit 2), or say what it would run.
-    CheckConfig(CheckConfigArgs),
+    CheckConfig(ConfigArg),
     /// Record consent in the registry: grant, withdraw, history, import.
     #[command(subcommand)]
     Consent(ConsentCommand),
@@ -61,10 +61,10 @@ pub enum Command {
     Audit(ConfigArg),
 }
 
-/// `--config`, for the commands that need nothing else.
+/// `--config`: every command that reads the configuration takes it this one way.
 #[derive(Debug, Args)]
 pub struct ConfigArg {
-    /// The configuration file (TOML), as for `run`.
+    /// The configuration file (TOML); `P1GUARD_SECTION__KEY` variables override its settings.
     #[arg(
         long,
         short,
@@ -195,27 +195,6 @@ pub enum ExportFormat {
     Json,
     /// One row per record.
     Csv,
-}
-
-/// `p1guard run`.
-#[derive(Debug, Args)]
-pub struct RunArgs {
-    /// The configuration file (TOML); `P1GUARD_SECTION__KEY` variables override its settings.
-    #[arg(
-        long,
-        short,
-        value_name = "FILE",
-        default_value = "/etc/p1guard/p1guard.toml"
-    )]
-    pub config: PathBuf,
-}
-
-/// `p1guard check-config`.
-#[derive(Debug, Args)]
-pub struct CheckConfigArgs {
-    /// The configuration file (TOML).
-    #[arg(value_name = "FILE", default_value = "/etc/p1guard/p1guard.toml")]
-    pub config: PathBuf,
 }
 
 /// How input bytes are read: line repairs and decryption.

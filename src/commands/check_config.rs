@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use p1guard_conduct::BillingCadence;
 
-use crate::cli::CheckConfigArgs;
+use crate::cli::ConfigArg;
 use crate::topology::config;
 
-pub fn run(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: &ConfigArg) -> anyhow::Result<ExitCode> {
     let config = match config::load(&args.config) {
         Ok(config) => config,
         Err(problems) => {

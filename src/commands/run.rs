@@ -13,14 +13,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-use crate::cli::RunArgs;
+use crate::cli::ConfigArg;
 use crate::fleet::consent;
 use crate::registry::{self, Purging, Registry};
 use crate::sinks::{NoLongerLive, Stopping};
 use crate::topology::{self, config};
 use crate::{identity_key, sources, systemd};
 
-pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: &ConfigArg) -> anyhow::Result<ExitCode> {
     let config = match config::load(&args.config) {
         Ok(config) => config,
         Err(problems) => {

@@ -536,7 +536,10 @@ fn a_broken_config_lists_all_its_problems() {
     )
     .unwrap();
     let path = path.to_str().unwrap();
-    for args in [vec!["check-config", path], vec!["run", "--config", path]] {
+    for args in [
+        vec!["check-config", "--config", path],
+        vec!["run", "--config", path],
+    ] {
         let output = p1guard(&args);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
@@ -561,7 +564,7 @@ fn the_example_configs_are_valid() {
     for name in ["demo", "hobbyist", "supplier"] {
         let path = root.join(format!("config/{name}.toml"));
         let output = Command::new(env!("CARGO_BIN_EXE_p1guard"))
-            .args(["check-config", path.to_str().unwrap()])
+            .args(["check-config", "--config", path.to_str().unwrap()])
             .current_dir(root)
             // Secrets are read when the configuration is checked: supplier.toml's token.
             .env("INFLUX_TOKEN", "example-token")
@@ -631,7 +634,7 @@ fn a_source_or_a_sink_that_cannot_be_set_up_exits_1_alike() {
     for (failed, why, config) in cases {
         let path = dir.join("p1guard.toml");
         std::fs::write(&path, &config).unwrap();
-        let checked = p1guard(&["check-config", path.to_str().unwrap()]);
+        let checked = p1guard(&["check-config", "--config", path.to_str().unwrap()]);
         assert!(
             checked.status.success(),
             "{failed}: the configuration is valid: {}",
