@@ -13,6 +13,7 @@ pub mod commands;
 pub mod config;
 pub mod decode;
 pub mod fleet;
+pub mod held;
 pub mod hex;
 pub mod identity_key;
 pub mod outbox;

@@ -29,7 +29,7 @@ use p1guard_conduct::{Consent, Record, Reducer, SinkPolicy, SinkRecord};
 use rusqlite::{Connection, OptionalExtension as _, params};
 use tokio::sync::{mpsc, watch};
 
-use crate::rights::{Held, Purge, Purged};
+use crate::held::{Held, Purge, Purged};
 use crate::telemetry::metrics::SinkMetrics;
 
 /// The outbox file unless configured: `outbox.sqlite` in the state directory.

@@ -99,7 +99,10 @@ pub async fn follow(
             continue;
         }
         let withdrawals: Vec<Withdrawal> = ready.into_iter().map(|(_, w)| w).collect();
-        purging.no_longer_live.tell(&purging.sinks, &withdrawals);
+        for sink in &purging.sinks {
+            let meters = withdrawals.iter().filter_map(|w| w.ends_live_on(sink));
+            purging.no_longer_live.tell(&sink.name, meters.collect());
+        }
         match purge_withdrawn(&purging.sinks, &purging.key, &withdrawals, now).await {
             Ok(answers) => {
                 let erased: u64 = answers.iter().map(|a| a.purged.erased).sum();

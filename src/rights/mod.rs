@@ -15,7 +15,8 @@ use p1guard_conduct::{
 use serde::Serialize;
 
 pub use self::audit::{Violation, audit};
-pub use self::store::{Held, Purge, Purged, Store};
+pub use self::store::Store;
+use crate::held::{Purge, Purged};
 use crate::registry::EVERY_PURPOSE;
 use crate::sinks::SinkConfig;
 
@@ -117,6 +118,18 @@ impl Withdrawal {
     /// Whether it concerns the stores serving `purpose`.
     pub fn covers(&self, purpose: &str) -> bool {
         self.purpose == EVERY_PURPOSE || self.purpose == purpose
+    }
+
+    /// The meter as `sink` names it, if the withdrawal leaves it no longer live there (and
+    /// the sink knows its name: a raw-identity sink does not when only the ledger names it).
+    pub fn ends_live_on(&self, sink: &SinkConfig) -> Option<String> {
+        if !self.covers(&sink.purpose) || self.level.allows(Granularity::Live) {
+            return None;
+        }
+        match sink.policy.identity() {
+            Identity::Raw => self.subject.id.clone(),
+            Identity::Pseudonym => Some(self.subject.pseudonym.clone()),
+        }
     }
 
     /// Whether recording `level` for `purpose` at `from` lowers what `table` held for `meter`

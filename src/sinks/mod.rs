@@ -28,7 +28,6 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::config::Checker;
 use crate::outbox::Inlet;
-use crate::rights::Withdrawal;
 use crate::telemetry::log_limit::LogLimit;
 use crate::telemetry::metrics::SinkMetrics;
 
@@ -300,23 +299,15 @@ impl Default for NoLongerLive {
 }
 
 impl NoLongerLive {
-    /// Tells each of `sinks` the meters of `withdrawals` that its purpose no longer allows
-    /// live.
-    pub fn tell(&self, sinks: &[SinkConfig], withdrawals: &[Withdrawal]) {
-        for sink in sinks {
-            let meters: Vec<String> = (withdrawals.iter())
-                .filter(|w| w.covers(&sink.purpose) && !w.level.allows(Granularity::Live))
-                .filter_map(|w| match sink.policy.identity() {
-                    Identity::Raw => w.subject.id.clone(),
-                    Identity::Pseudonym => Some(w.subject.pseudonym.clone()),
-                })
-                .collect();
-            if !meters.is_empty() {
-                let sink = sink.name.clone();
-                // No sink listening (a command, not the daemon): nobody to tell.
-                let _ = self.sender.send(Arc::new(Forgotten { sink, meters }));
-            }
+    /// Tells the sink named `sink` that it may no longer show `meters` (named as it names
+    /// them) live.
+    pub fn tell(&self, sink: &str, meters: Vec<String>) {
+        if meters.is_empty() {
+            return;
         }
+        let sink = sink.to_owned();
+        // No sink listening (a command, not the daemon): nobody to tell.
+        let _ = self.sender.send(Arc::new(Forgotten { sink, meters }));
     }
 }
 

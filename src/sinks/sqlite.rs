@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::{Sink, WriteError};
 use crate::config::Checker;
-use crate::rights::{Held, Purge, Purged};
+use crate::held::{Held, Purge, Purged};
 
 /// `[[sinks]]` `type = "sqlite"` as written.
 #[derive(Debug, Deserialize)]

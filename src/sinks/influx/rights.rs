@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 
 use super::{InfluxApi, InfluxSettings, InfluxSink, REQUEST_TIMEOUT, redact, short};
 use crate::config::Secret;
-use crate::rights::{Held, Purge, Purged};
+use crate::held::{Held, Purge, Purged};
 
 /// The measurements (record kinds) p1guard writes.
 pub(super) const KINDS: [Kind; 4] = [Kind::Electricity, Kind::Gas, Kind::Water, Kind::Heat];

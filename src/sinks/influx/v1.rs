@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::rights::{Access, Gathered, Ranges, Remote, refused};
 use super::{REQUEST_TIMEOUT, SendError, redact, short};
 use crate::config::Secret;
-use crate::rights::{Held, Purge, Purged};
+use crate::held::{Held, Purge, Purged};
 
 /// Writes to one database, a retention policy per request.
 pub struct V1 {

@@ -8,7 +8,7 @@ use jiff::Timestamp;
 
 use super::SendError;
 use super::rights::{Access, Ranges, Remote, refused};
-use crate::rights::{Purge, Purged};
+use crate::held::{Purge, Purged};
 
 /// Writes to one organisation, a bucket per request.
 pub struct V2 {

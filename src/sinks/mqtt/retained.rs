@@ -12,7 +12,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, QoS};
 
 use super::config::{MqttSettings, TopicLayout};
 use super::topics::topic_level;
-use crate::rights::{Held, Purge, Purged};
+use crate::held::{Held, Purge, Purged};
 
 /// How long the broker may take to answer at all.
 const ANSWER_WAIT: Duration = Duration::from_secs(10);
