@@ -116,11 +116,20 @@ pub async fn audit(
                     config.policy.ceiling()
                 ));
             }
+            let erased_at = erased.get(pseudonym.as_str()).copied().filter(|&at| {
+                let kept = g == Granularity::Billing && record.time >= fiscal_from;
+                record.time <= at && !kept
+            });
             let level = match &id {
                 Some(id) => consent.level(id.as_bytes(), purpose, record.time),
                 None => consent.default_level(),
             };
-            if !level.allows(g) {
+            // The table marks what an erasure covers as billing for every purpose, so that it
+            // is not stored again: such a record is the ledger's to report, not a consent it
+            // may well have had.
+            if let Some(at) = erased_at {
+                problems.push(format!("erased on {at} (erasure ledger)"));
+            } else if !level.allows(g) {
                 problems.push(format!(
                     "consent for purpose {} at that instant was {level}",
                     config.purpose
@@ -133,12 +142,6 @@ pub async fn audit(
             }
             if record.time > now.checked_add(FUTURE_TOLERANCE).unwrap_or(Timestamp::MAX) {
                 problems.push("dated more than a day ahead".to_owned());
-            }
-            if let Some(&erased_at) = erased.get(pseudonym.as_str()) {
-                let kept = g == Granularity::Billing && record.time >= fiscal_from;
-                if record.time <= erased_at && !kept {
-                    problems.push(format!("erased on {erased_at} (erasure ledger)"));
-                }
             }
             if !problems.is_empty() {
                 let meter = match config.policy.identity() {

@@ -371,8 +371,16 @@ fn an_erasure_keeps_only_fiscal_billing_and_a_restored_backup_is_erased_again() 
         let _ = std::fs::remove_file(dir.join(stale));
     }
     let audit = run(&["audit", "--config", config], 1);
+    assert!(audit.contains(r#""clean":false"#), "{audit}");
+    // Each is reported as the erasure's, not as a consent the meter had when it was recorded.
+    let reasons: BTreeSet<String> = (audit.lines())
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter_map(|v| Some(v.get("reason")?.as_str()?.to_owned()))
+        .collect();
+    assert_eq!(reasons.len(), 1, "one erasure, one reason: {audit}");
+    let reason = reasons.first().unwrap();
     assert!(
-        audit.contains("erasure ledger") && audit.contains(r#""clean":false"#),
+        reason.starts_with("erased on ") && reason.ends_with("(erasure ledger)"),
         "{audit}"
     );
     let reapplied = run(&["reapply-erasures", "--config", config], 0);
