@@ -176,6 +176,21 @@ pub fn reapply(args: &ConfigArg) -> anyhow::Result<ExitCode> {
         });
         println!("{line}");
     }
+    if setting.config.purge_on_withdrawal {
+        let consent = setting.config.consent.clone();
+        setting.registry.load_into(&consent, 0)?;
+        let changes = setting.registry.consent_instants()?;
+        let stores = runtime.block_on(rights::reapply_withdrawals(
+            &setting.config.sinks,
+            &setting.key,
+            &consent,
+            &changes,
+            now,
+        ));
+        failed |= stores.iter().any(|store| store.failed.is_some());
+        let line = json!({ "lowered_consent": { "meters": changes.len(), "stores": stores } });
+        println!("{line}");
+    }
     Ok(erased(failed))
 }
 
@@ -250,12 +265,17 @@ pub fn audit(args: &ConfigArg) -> anyhow::Result<ExitCode> {
     let mut meters = setting.registry.meters()?;
     meters.extend(setting.config.listed_meters.iter().cloned());
     let erasures = setting.registry.erasures(None)?;
+    let changes = setting.registry.consent_instants()?;
+    let registered = rights::Registered {
+        consent: &consent,
+        meters: &meters,
+        erasures: &erasures,
+        purged_at: setting.config.purge_on_withdrawal.then_some(&changes),
+    };
     let (violations, checked) = runtime()?.block_on(rights::audit(
         &setting.config.sinks,
         &setting.key,
-        &consent,
-        &meters,
-        &erasures,
+        &registered,
         crate::rights::now(),
     ))?;
     let mut out = std::io::stdout().lock();

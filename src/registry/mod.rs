@@ -6,6 +6,7 @@
 //! supplier's record of whose consent it holds. The erasure ledger names meters only by
 //! pseudonym, so that erased ids are not kept in clear.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
 use std::time::Duration;
@@ -357,6 +358,26 @@ impl Registry {
             .prepare("SELECT DISTINCT meter FROM consent_events")?;
         let rows = query.query_map([], |row| row.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Each meter's consent changes (not erasures) as the instants they took effect, in
+    /// order: where a lowered consent's purge erased records
+    /// ([`crate::rights::withdrawn_through`]).
+    pub fn consent_instants(&self) -> anyhow::Result<HashMap<String, Vec<Timestamp>>> {
+        let mut query = self.connection.prepare(
+            "SELECT meter, effective_from FROM consent_events WHERE erasure = 0
+             ORDER BY meter, effective_from",
+        )?;
+        let rows = query.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        let mut instants: HashMap<String, Vec<Timestamp>> = HashMap::new();
+        for row in rows {
+            let (meter, from): (String, i64) = row?;
+            instants
+                .entry(meter)
+                .or_default()
+                .push(Timestamp::from_second(from)?);
+        }
+        Ok(instants)
     }
 
     /// Appends an erasure to the ledger.

@@ -9,6 +9,7 @@ use p1guard_conduct::{ConsentTable, Granularity, Identity, IdentityKey, normalis
 use serde::Serialize;
 
 use super::store::Store;
+use super::withdrawn_through;
 use crate::registry::Erasure;
 use crate::sinks::SinkConfig;
 
@@ -48,15 +49,34 @@ pub struct Checked {
     pub violations: u64,
 }
 
+/// What the registry says, for the audit.
+pub struct Registered<'a> {
+    /// Consent as loaded from the configuration and the registry.
+    pub consent: &'a ConsentTable,
+    /// Every meter the registry or the configuration names.
+    pub meters: &'a [String],
+    /// The erasure ledger.
+    pub erasures: &'a [Erasure],
+    /// Each meter's consent changes ([`Registry::consent_instants`]), when a withdrawal
+    /// purges the stores (`purge_on_withdrawal`); `None` when it does not.
+    ///
+    /// [`Registry::consent_instants`]: crate::registry::Registry::consent_instants
+    pub purged_at: Option<&'a HashMap<String, Vec<Timestamp>>>,
+}
+
 /// Checks every store of `sinks`; returns the violations and what each store held.
 pub async fn audit(
     sinks: &[SinkConfig],
     key: &IdentityKey,
-    consent: &ConsentTable,
-    registry_meters: &[String],
-    erasures: &[Erasure],
+    registered: &Registered<'_>,
     now: Timestamp,
 ) -> anyhow::Result<(Vec<Violation>, Vec<Checked>)> {
+    let Registered {
+        consent,
+        meters: registry_meters,
+        erasures,
+        purged_at,
+    } = *registered;
     // Pseudonymous stores name meters by pseudonym: the registry's ids, mapped back.
     let ids: HashMap<String, &str> = registry_meters
         .iter()
@@ -89,6 +109,8 @@ pub async fn audit(
         };
         let before = violations.len();
         let purpose = config.policy.purpose();
+        // Per meter, what lowered consent for this purpose purged, and through when.
+        let mut withdrawn: HashMap<String, [Option<Timestamp>; 4]> = HashMap::new();
         for record in &held {
             let mut problems = Vec::new();
             // Who: the pseudonym, and the id when the store (raw) or the registry says it.
@@ -127,8 +149,21 @@ pub async fn audit(
             // The table marks what an erasure covers as billing for every purpose, so that it
             // is not stored again: such a record is the ledger's to report, not a consent it
             // may well have had.
+            let withdrawn_at = match (&id, purged_at) {
+                (Some(id), Some(changes)) => withdrawn.entry(id.clone()).or_insert_with(|| {
+                    let instants = changes.get(id).map_or(&[][..], Vec::as_slice);
+                    withdrawn_through(consent, id, purpose, instants, now)
+                })[g as usize]
+                    .filter(|&at| record.time <= at),
+                _ => None,
+            };
             if let Some(at) = erased_at {
                 problems.push(format!("erased on {at} (erasure ledger)"));
+            } else if let Some(at) = withdrawn_at {
+                problems.push(format!(
+                    "purged when consent for purpose {} was lowered on {at} (consent registry)",
+                    config.purpose
+                ));
             } else if !level.allows(g) {
                 problems.push(format!(
                     "consent for purpose {} at that instant was {level}",

@@ -6,7 +6,7 @@
 mod audit;
 mod store;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use jiff::Timestamp;
 use p1guard_conduct::{
@@ -14,7 +14,7 @@ use p1guard_conduct::{
 };
 use serde::Serialize;
 
-pub use self::audit::{Violation, audit};
+pub use self::audit::{Registered, Violation, audit};
 pub use self::store::Store;
 use crate::held::{Purge, Purged};
 use crate::registry::EVERY_PURPOSE;
@@ -152,6 +152,107 @@ impl Withdrawal {
             table.purpose(purpose).is_some_and(|p| before(p) > level)
         }
     }
+}
+
+/// What lowered consent purged from the stores serving `purpose`: for each granularity (by
+/// its index in [`Granularity::ALL`]), the latest of the meter's consent changes, up to
+/// `now`, at which its consent for `purpose` no longer allowed it. A withdrawal's purge
+/// erased every record of that granularity dated up to then, so no store serving the purpose
+/// holds one (unless a backup brought it back: the audit reports it, `reapply-erasures`
+/// erases it again). `changes` are the meter's instants from
+/// [`Registry::consent_instants`](crate::registry::Registry::consent_instants).
+pub fn withdrawn_through(
+    table: &ConsentTable,
+    meter: &str,
+    purpose: PurposeId,
+    changes: &[Timestamp],
+    now: Timestamp,
+) -> [Option<Timestamp>; 4] {
+    let mut through = [None; 4];
+    for &at in changes.iter().filter(|&&at| at <= now) {
+        let level = table.level(meter.as_bytes(), purpose, at);
+        for granularity in Granularity::ALL.into_iter().filter(|g| !level.allows(*g)) {
+            let latest = &mut through[granularity as usize];
+            *latest = (*latest).max(Some(at));
+        }
+    }
+    through
+}
+
+/// Erases again what lowered consent purged ([`withdrawn_through`]) from every store that
+/// keeps records, for every meter in `changes`: after a backup from before a withdrawal was
+/// restored. A store that fails is said so in its answer, and the others are still erased.
+pub async fn reapply_withdrawals(
+    sinks: &[SinkConfig],
+    key: &IdentityKey,
+    table: &ConsentTable,
+    changes: &HashMap<String, Vec<Timestamp>>,
+    now: Timestamp,
+) -> Vec<StoreAnswer> {
+    let mut answers = Vec::new();
+    for config in sinks {
+        let reapplied = async {
+            let mut store = Store::open(config).await?;
+            let answer = match store.keeps_records() {
+                true => Some(purge_withdrawn_again(&mut store, key, table, changes, now).await),
+                false => None,
+            };
+            store.close().await;
+            answer.transpose()
+        };
+        answers.extend(reapplied.await.unwrap_or_else(|error| {
+            Some(StoreAnswer {
+                store: config.name.clone(),
+                kind: config.kind.type_name(),
+                purged: Purged::default(),
+                kept_because: None,
+                failed: Some(format!("{error:#}")),
+            })
+        }));
+    }
+    answers
+}
+
+async fn purge_withdrawn_again(
+    store: &mut Store,
+    key: &IdentityKey,
+    table: &ConsentTable,
+    changes: &HashMap<String, Vec<Timestamp>>,
+    now: Timestamp,
+) -> anyhow::Result<StoreAnswer> {
+    let purpose = store.config.policy.purpose();
+    let mut total = Purged::default();
+    for (meter, instants) in changes {
+        // The granularities purged through each instant.
+        let mut purges: Vec<(Timestamp, Vec<Granularity>)> = Vec::new();
+        let through = withdrawn_through(table, meter, purpose, instants, now);
+        for (granularity, until) in Granularity::ALL.into_iter().zip(through) {
+            let Some(until) = until else { continue };
+            match purges.iter_mut().find(|(at, _)| *at == until) {
+                Some((_, granularities)) => granularities.push(granularity),
+                None => purges.push((until, vec![granularity])),
+            }
+        }
+        if purges.is_empty() {
+            continue;
+        }
+        let meters = Subject::new(meter.clone(), key)
+            .names_in(store, key)
+            .await?;
+        for (until, granularities) in purges {
+            let purge = Purge {
+                meters: meters.clone(),
+                granularities,
+                dated_until: Some(until),
+                keep_billing_from: Some(store.fiscal_cutoff(now)),
+            };
+            let purged = store_purge(store, &purge).await?;
+            total.erased += purged.erased;
+            total.kept += purged.kept;
+            total.note = total.note.take().or(purged.note);
+        }
+    }
+    Ok(answer(store, total))
 }
 
 /// Erases, in every store serving each withdrawal's purpose (every store for `*`), the
@@ -309,4 +410,70 @@ pub async fn records_of(
     }
     records.sort_by_key(|held| (held.time, held.granularity));
     Ok(records.into_iter().map(|held| held.record).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use p1guard_conduct::{Change, Scope};
+
+    use super::*;
+
+    #[test]
+    fn a_lowered_consent_purged_each_granularity_it_stopped_allowing_through_that_change() {
+        let t = |s: &str| s.parse::<Timestamp>().unwrap();
+        let table = ConsentTable::new(Level::Billing, ["insight"]);
+        let insight = table.purpose("insight").unwrap();
+        let meter = "4530303534";
+        let changes = [
+            (
+                "2026-01-01T00:00:00Z",
+                Level::QuarterHour,
+                Scope::Purpose(insight),
+            ),
+            (
+                "2026-03-01T00:00:00Z",
+                Level::Daily,
+                Scope::Purpose(insight),
+            ),
+            (
+                "2026-05-01T00:00:00Z",
+                Level::QuarterHour,
+                Scope::Purpose(insight),
+            ),
+            ("2026-07-01T00:00:00Z", Level::Billing, Scope::Every),
+        ];
+        for (from, level, scope) in changes {
+            let change = Change {
+                from: t(from),
+                level,
+                scope,
+            };
+            table.add(meter.as_bytes(), change).unwrap();
+        }
+        let instants = changes.map(|(from, ..)| t(from));
+        let through = |now: &str| withdrawn_through(&table, meter, insight, &instants, t(now));
+        let [live, quarter_hour, daily, billing] = [
+            Granularity::Live,
+            Granularity::QuarterHour,
+            Granularity::Daily,
+            Granularity::Billing,
+        ]
+        .map(|g| g as usize);
+        // Before the withdrawal: quarter hours allowed all along, live never.
+        let april = through("2026-04-01T00:00:00Z");
+        assert_eq!(april[live], Some(t("2026-03-01T00:00:00Z")));
+        assert_eq!(april[quarter_hour], Some(t("2026-03-01T00:00:00Z")));
+        assert_eq!((april[daily], april[billing]), (None, None));
+        let february = through("2026-02-01T00:00:00Z");
+        assert_eq!(february[live], Some(t("2026-01-01T00:00:00Z")));
+        assert_eq!(february[quarter_hour], None);
+        // Granted again in May: what was purged in March stays purged; then, for every
+        // purpose, down to billing in July.
+        let june = through("2026-06-01T00:00:00Z");
+        assert_eq!(june[quarter_hour], Some(t("2026-03-01T00:00:00Z")));
+        let august = through("2026-08-01T00:00:00Z");
+        assert_eq!(august[quarter_hour], Some(t("2026-07-01T00:00:00Z")));
+        assert_eq!(august[daily], Some(t("2026-07-01T00:00:00Z")));
+        assert_eq!(august[billing], None);
+    }
 }

@@ -1,7 +1,7 @@
 //! The consent registry and the data subject's rights, end to end through the binary, against
 //! a real SQLite store and a real mosquitto: grant, run, audit, export, erase (fiscal billing
 //! kept), a restored backup caught by the audit and erased again, withdrawal purging stored
-//! rows and retained messages, a registry that refuses edits by hand, a running daemon
+//! rows and retained messages (and a restored backup's again), a registry that refuses edits by hand, a running daemon
 //! that follows the registry, `consent import` and its bad rows, `erase --to none`, `export
 //! --output`, and `audit` on an invalid configuration.
 
@@ -400,7 +400,10 @@ fn a_withdrawal_purges_rows_and_retained_messages_and_the_registry_refuses_edits
     // Consent as the meter sends its id.
     let household = Household::granted_and_replayed("rights-withdraw", &sent_id(), None);
     let (broker, config) = (&household.broker, household.config());
-    assert!(granularities(&household.rows()).contains("quarter_hour"));
+    let before = household.rows();
+    assert!(granularities(&before).contains("quarter_hour"));
+    let backup = household.dir.join("backup.sqlite");
+    std::fs::copy(&household.store, &backup).unwrap();
     let quarter_hours = |seen: &[Seen]| {
         seen.iter()
             .filter(|m| m.topic.contains("/quarter_hour/"))
@@ -439,6 +442,40 @@ fn a_withdrawal_purges_rows_and_retained_messages_and_the_registry_refuses_edits
         after.iter().any(|m| m.topic.contains("/daily/")),
         "{after:#?}"
     );
+    let audit = run(&["audit", "--config", config], 0);
+    assert!(audit.contains(r#""clean":true"#), "{audit}");
+    let left = household.rows();
+
+    // A backup from before the withdrawal comes back: the audit finds every record the
+    // withdrawal purged, by the registry's lowered consent, and reapplying erases them again.
+    std::fs::copy(&backup, &household.store).unwrap();
+    for stale in ["store.sqlite-wal", "store.sqlite-shm"] {
+        let _ = std::fs::remove_file(household.dir.join(stale));
+    }
+    let audit = run(&["audit", "--config", config], 1);
+    let violations: Vec<Value> = (audit.lines())
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|v| v.get("reason").is_some())
+        .collect();
+    let purged = before.len() - left.len();
+    assert_eq!(violations.len(), purged, "{audit}");
+    for violation in &violations {
+        assert_eq!(violation["granularity"], "quarter_hour", "{violation}");
+        let reason = violation["reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with("purged when consent for purpose default was lowered on ")
+                && reason.ends_with("(consent registry)"),
+            "{reason}"
+        );
+    }
+    let reapplied = run(&["reapply-erasures", "--config", config], 0);
+    let last: Value = serde_json::from_str(reapplied.lines().last().unwrap()).unwrap();
+    assert_eq!(last["lowered_consent"]["stores"][0]["store"], "store");
+    assert_eq!(
+        last["lowered_consent"]["stores"][0]["erased"], purged,
+        "{reapplied}"
+    );
+    assert_eq!(household.rows(), left);
     let audit = run(&["audit", "--config", config], 0);
     assert!(audit.contains(r#""clean":true"#), "{audit}");
 
