@@ -95,6 +95,7 @@ pub fn erase(args: &EraseArgs) -> anyhow::Result<ExitCode> {
         ErasedTo::Billing => Level::Billing,
         ErasedTo::None => Level::None,
     };
+    let known = !setting.registry.history(&meter)?.is_empty();
     // Nothing new accumulates: the level goes down for every purpose first.
     setting.record(
         &[NewEvent {
@@ -116,6 +117,13 @@ pub fn erase(args: &EraseArgs) -> anyhow::Result<ExitCode> {
         now,
     ));
     let failed = stores.iter().any(|store| store.failed.is_some());
+    let held = |store: &rights::StoreAnswer| store.purged.erased + store.purged.kept > 0;
+    if !known && !failed && !stores.iter().any(held) {
+        eprintln!(
+            "p1guard: no store held a record of this meter and the registry had no event for \
+             it: recorded as asked, but check that the id is the meter's"
+        );
+    }
     let answer = json!({
         "meter": subject.pseudonym,
         "requested_at": now,

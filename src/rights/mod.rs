@@ -26,18 +26,18 @@ pub fn now() -> Timestamp {
 }
 
 /// The equipment id as the meter sends it (hex, normalised) from an id as sent (hex, any
-/// case) or as printed on the meter (`E0054000012345678`): an id that is hex of even length
-/// and decodes to printable characters is taken as sent; any other is hex-encoded.
+/// case) or as printed on the meter (`E0054000012345678`, any case: meters send the printed
+/// id in capitals): an id that is hex of even length and decodes to printable characters is
+/// taken as sent; any other is hex-encoded.
 pub fn meter_id(given: &str) -> anyhow::Result<String> {
-    let given = given.trim();
     let mut normalised = Vec::new();
     let Some(id) = normalise_equipment_id(given.as_bytes(), &mut normalised) else {
-        anyhow::bail!("{given:?} is not a meter id");
+        anyhow::bail!("{:?} is not a meter id", given.trim());
     };
     if crate::hex::printable(id).is_some() {
         return Ok(String::from_utf8_lossy(id).into_owned());
     }
-    Ok(given.bytes().map(|b| format!("{b:02X}")).collect())
+    Ok(id.iter().map(|b| format!("{b:02X}")).collect())
 }
 
 /// One meter, named both ways.
@@ -417,6 +417,21 @@ mod tests {
     use p1guard_conduct::{Change, Scope};
 
     use super::*;
+
+    #[test]
+    fn a_meter_is_named_alike_as_sent_and_as_printed_in_any_case() {
+        let sent = "4530303534303030303132333435363738";
+        for given in [
+            sent,
+            "4530303534303030303132333435363738 ",
+            "E0054000012345678",
+            "e0054000012345678",
+            " E0054000012345678\t",
+        ] {
+            assert_eq!(meter_id(given).unwrap(), sent, "{given:?}");
+        }
+        assert!(meter_id(" ").is_err());
+    }
 
     #[test]
     fn a_lowered_consent_purged_each_granularity_it_stopped_allowing_through_that_change() {

@@ -396,6 +396,31 @@ fn an_erasure_keeps_only_fiscal_billing_and_a_restored_backup_is_erased_again() 
 }
 
 #[test]
+fn erasing_a_meter_nobody_knows_is_recorded_and_said_to_be_unknown() {
+    let household = Household::granted_and_replayed("rights-unknown", PRINTED_ID, None);
+    let config = household.config();
+    let erase = |meter| run_output(&["erase", "--config", config, "--meter", meter], 0).1;
+    // A typo in the printed id: not this household's meter.
+    let typo = erase("E0054000012345679");
+    assert!(
+        typo.contains("no store held a record of this meter"),
+        "{typo}"
+    );
+    assert!(
+        !typo.contains("E005400001234567"),
+        "no id in the message: {typo}"
+    );
+    assert_eq!(household.history("E0054000012345679").len(), 1);
+    // The household's meter, printed in lower case, is the one it names.
+    let known = erase(&PRINTED_ID.to_lowercase());
+    assert!(known.is_empty(), "{known}");
+    assert_eq!(
+        granularities(&household.rows()),
+        BTreeSet::from(["billing".into()])
+    );
+}
+
+#[test]
 fn a_withdrawal_purges_rows_and_retained_messages_and_the_registry_refuses_edits() {
     // Consent as the meter sends its id.
     let household = Household::granted_and_replayed("rights-withdraw", &sent_id(), None);
