@@ -12,7 +12,7 @@ mod tcp;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jiff::Timestamp;
 use p1guard_telegram::{Error, OwnedFrame};
@@ -31,7 +31,6 @@ use crate::config::{Checker, SecretRef};
 use crate::decode::{CipherKeys, Deframer, InputOptions};
 use crate::fleet::snapshot::Partitions;
 use crate::pace::Speed;
-use crate::telemetry::log_limit::LogLimit;
 use crate::telemetry::metrics::{Metrics, Outcome, SourceMetrics};
 
 /// One source.
@@ -381,7 +380,6 @@ pub struct Framing {
     counters: Arc<SourceMetrics>,
     /// The pipeline's, for the queue's depth.
     metrics: Arc<Metrics>,
-    log_limit: LogLimit,
 }
 
 impl Framing {
@@ -398,7 +396,6 @@ impl Framing {
             messages: 0,
             counters: Arc::clone(&metrics.sources[source.0]),
             metrics,
-            log_limit: LogLimit::per_minute(),
         }
     }
 
@@ -530,7 +527,7 @@ impl Framing {
     /// Counts and (rate-limited) logs a frame that failed before parsing.
     fn reject(&mut self, error: Error) {
         self.counters.count(Outcome::of(error.kind));
-        if let Some(suppressed) = self.log_limit.allow(Instant::now()) {
+        if let Some(suppressed) = self.counters.may_log_bad_input() {
             tracing::warn!(source = %self.name(), suppressed, "skipped a bad frame: {error}");
         }
     }

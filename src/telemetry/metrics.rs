@@ -5,7 +5,8 @@
 
 use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use p1guard_conduct::{Counters, Granularity};
 use p1guard_telegram::{ErrorKind, Telegram};
@@ -14,6 +15,8 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+
+use super::log_limit::LogLimit;
 
 /// How a telegram fared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,9 +96,22 @@ pub struct SourceMetrics {
     pub last_telegram: AtomicI64,
     /// Whether the device is open, the connection up, or the replay reading.
     pub connected: AtomicBool,
+    /// One limit for the logs of everything bad the source brought, whichever task found it
+    /// (a frame the source's framing rejected, a telegram or line the reduce task did).
+    bad_input_logs: Mutex<LogLimit>,
 }
 
 impl SourceMetrics {
+    /// Whether a bad frame, telegram or line of the source may be logged now (five a minute):
+    /// `Some(how many were held back since the last one logged)`.
+    pub fn may_log_bad_input(&self) -> Option<u64> {
+        let mut limit = self
+            .bad_input_logs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        limit.allow(Instant::now())
+    }
+
     /// Counts one telegram.
     pub fn count(&self, outcome: Outcome) {
         self.telegrams[outcome as usize].fetch_add(1, Relaxed);
@@ -162,6 +178,7 @@ impl Metrics {
                         telegrams: Default::default(),
                         last_telegram: AtomicI64::new(0),
                         connected: AtomicBool::new(false),
+                        bad_input_logs: Mutex::new(LogLimit::per_minute()),
                     })
                 })
                 .collect(),

@@ -5,14 +5,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
 
 use jiff::Timestamp;
 use p1guard_conduct::{Arrival, Consent, Record, Reducer, normalise_equipment_id};
 use p1guard_telegram::{Error, Frame, Parser};
 
 use crate::sources::SourceId;
-use crate::telemetry::log_limit::LogLimit;
 use crate::telemetry::metrics::{Metrics, Outcome, SourceMetrics};
 
 /// How a source's receive clock judges its meters' clocks: [`Arrival::Direct`] for a serial
@@ -35,7 +33,6 @@ pub struct FrameReducer<C> {
 /// What the frame reducer keeps per source.
 struct Source {
     arrival: ArrivalOf,
-    log_limit: LogLimit,
     counters: Arc<SourceMetrics>,
 }
 
@@ -57,7 +54,6 @@ impl<C: Consent> FrameReducer<C> {
             .zip(&metrics.sources)
             .map(|(arrival, counters)| Source {
                 arrival,
-                log_limit: LogLimit::per_minute(),
                 counters: Arc::clone(counters),
             })
             .collect();
@@ -86,14 +82,13 @@ impl<C: Consent> FrameReducer<C> {
     ) -> Result<(), Error> {
         let Source {
             arrival,
-            log_limit,
             counters: metrics,
         } = &mut self.sources[source.0];
         let telegram = match self.parser.parse(frame) {
             Ok(telegram) => telegram,
             Err(error) => {
                 metrics.count(Outcome::of(error.kind));
-                if let Some(suppressed) = log_limit.allow(Instant::now()) {
+                if let Some(suppressed) = metrics.may_log_bad_input() {
                     tracing::warn!(source = %metrics.name, suppressed, "skipped a bad telegram: {error}");
                 }
                 return Err(error);
@@ -106,7 +101,7 @@ impl<C: Consent> FrameReducer<C> {
         }
         metrics.last_telegram.store(at.as_second(), Relaxed);
         if let Some(error) = telegram.line_errors().first()
-            && let Some(suppressed) = log_limit.allow(Instant::now())
+            && let Some(suppressed) = metrics.may_log_bad_input()
         {
             tracing::warn!(source = %metrics.name, suppressed, "kept a telegram without its bad line: {error}");
         }

@@ -156,6 +156,43 @@ fn sigterm_during_a_replay_loses_nothing_already_reduced() {
 
 /// A household's own setup: consent live, a TCP dongle named `dongle` at `address` (with
 /// `source_settings` added), every record on stdout (a sink named `screen`).
+/// A cable that garbles everything for a while: telegrams whose CRC fails (found by the
+/// reduce task) and telegrams cut short (found by the source's framing), twelve of each,
+/// between good ones. The source logs five of them in the minute, whichever task found them,
+/// skips them all and keeps the good ones.
+#[test]
+fn a_source_logs_bad_input_five_times_a_minute_whichever_task_finds_it() {
+    let dir = scratch("run-log-limit");
+    let mut capture = Vec::new();
+    for (i, mut telegram) in telegrams(36).into_iter().enumerate() {
+        match i % 3 {
+            0 => {}
+            1 => {
+                // A digit of the first reading turned into another: the CRC fails.
+                let at = telegram.windows(2).position(|w| w == b"*k").unwrap() - 1;
+                telegram[at] = if telegram[at] == b'1' { b'2' } else { b'1' };
+            }
+            _ => telegram.truncate(telegram.len() / 2),
+        }
+        capture.extend(telegram);
+    }
+    let path = dir.join("capture.txt");
+    std::fs::write(&path, capture).unwrap();
+    let store = dir.join("store.sqlite");
+    let finished = Daemon::start(&dir, &replay_config(&path, &store, "max")).wait();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let logged: Vec<&str> = (finished.stderr.lines())
+        .filter(|line| line.contains("skipped a bad"))
+        .collect();
+    assert_eq!(logged.len(), 5, "{}", finished.stderr);
+    // Every one was counted and skipped, and the good ones kept.
+    assert!(
+        (finished.stderr).contains("telegrams ok 12, crc_error 12, parse_error 12,"),
+        "{}",
+        finished.stderr
+    );
+}
+
 fn household_over_tcp(address: std::net::SocketAddr, source_settings: &str) -> String {
     format!(
         r#"

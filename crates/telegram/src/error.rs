@@ -1,5 +1,7 @@
 //! Errors: small, `Copy`, allocation-free, and always pointing at a place in the stream.
 
+use std::fmt;
+
 /// What went wrong with a frame or a line of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum ErrorKind {
@@ -53,7 +55,7 @@ impl ErrorKind {
 /// An error with its position: `offset` is the byte offset in the stream the framer was fed,
 /// `line` the 1-based line within the telegram (0 where the error is not tied to a line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
-#[error("{kind} at byte {offset}, line {line}")]
+#[error("{kind} at byte {offset}{}", OnLine(*.line))]
 pub struct Error {
     /// What went wrong.
     pub kind: ErrorKind,
@@ -66,5 +68,34 @@ pub struct Error {
 impl Error {
     pub(crate) const fn new(kind: ErrorKind, offset: u64, line: u32) -> Self {
         Error { kind, offset, line }
+    }
+}
+
+/// `, line N` after an error's offset; nothing for an error not tied to a line (line 0).
+struct OnLine(u32);
+
+impl fmt::Display for OnLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            0 => Ok(()),
+            line => write!(f, ", line {line}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_names_its_line_only_when_it_has_one() {
+        assert_eq!(
+            Error::new(ErrorKind::Truncated, 2565, 0).to_string(),
+            "frame truncated before its end marker '!' at byte 2565"
+        );
+        assert_eq!(
+            Error::new(ErrorKind::BadObis, 40, 3).to_string(),
+            "malformed OBIS code at byte 40, line 3"
+        );
     }
 }
