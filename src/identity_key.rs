@@ -2,7 +2,7 @@
 //! meter keeps the same pseudonym across restarts.
 
 use std::fs::{self, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -51,12 +51,9 @@ fn parse(text: &str) -> anyhow::Result<IdentityKey> {
 
 fn create(path: &Path) -> anyhow::Result<IdentityKey> {
     let mut key = [0u8; 32];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut random| random.read_exact(&mut key))
-        .context("cannot read /dev/urandom for a new identity key")?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
+    getrandom::fill(&mut key)
+        .map_err(|error| anyhow::anyhow!("no randomness for a new identity key: {error}"))?;
+    crate::state::create_parent(path)?;
     let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
     OpenOptions::new()
         .write(true)

@@ -87,11 +87,7 @@ CREATE TABLE IF NOT EXISTS reducer (
 
 /// Opens the outbox file at `path`, creating it and its folder if need be.
 fn open_file(path: &Path) -> anyhow::Result<Connection> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let mut connection = Connection::open(path)?;
-    connection.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
+    let mut connection = crate::state::open_sqlite(path)?;
     connection.pragma_update(None, "synchronous", "NORMAL")?;
     connection.pragma_update(None, "journal_size_limit", WAL_LIMIT as i64)?;
     // Erased records are overwritten, not left in free pages.

@@ -171,14 +171,8 @@ pub struct Registry {
 impl Registry {
     /// Opens (creating if needed) the registry at `path`.
     pub fn open(path: &Path) -> anyhow::Result<Registry> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-        }
-        let connection = Connection::open(path)
-            .with_context(|| format!("cannot open the consent registry {}", path.display()))?;
         // WAL: the daemon reads new events while a command appends them.
-        connection.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
+        let connection = crate::state::open_sqlite(path).context("the consent registry")?;
         connection.pragma_update(None, "synchronous", "FULL")?;
         connection.busy_timeout(Duration::from_secs(10))?;
         connection

@@ -81,14 +81,9 @@ pub struct SqliteSink {
 impl SqliteSink {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path, retention: [Option<Duration>; 4]) -> anyhow::Result<SqliteSink> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-        }
-        let connection = Connection::open(path)?;
         // WAL: readers (Grafana, sqlite3) never block the writer; NORMAL sync is durable
         // across a process crash, and an SD card is spared a sync per transaction.
-        connection.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
+        let connection = crate::state::open_sqlite(path)?;
         connection.pragma_update(None, "synchronous", "NORMAL")?;
         // Deleted readings (retention, erasure) are overwritten, not left in free pages where
         // a copy of the file would still carry them.
