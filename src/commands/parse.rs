@@ -31,7 +31,11 @@ pub fn run(args: &ParseArgs) -> anyhow::Result<ExitCode> {
         Err(error) if error.kind() == io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
         result => result.with_context(|| format!("reading {}", args.input.display()))?,
     }
-    Ok(if report.errors.is_empty() {
+    // A cable at the wrong speed gives only noise: no telegram at all is a failure too.
+    if report.frames == 0 {
+        eprintln!("p1guard: no telegram found in {}", args.input.display());
+    }
+    Ok(if report.errors.is_empty() && report.frames > 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -45,6 +45,7 @@ fn parse_stdin(args: &[&str], input: &[u8]) -> std::process::Output {
         .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     child.stdin.take().unwrap().write_all(input).unwrap();
@@ -92,6 +93,22 @@ fn an_unreadable_input_exits_2_with_the_reason() {
             .unwrap()
             .contains("cannot open /nonexistent/capture.txt")
     );
+}
+
+#[test]
+fn input_without_a_single_telegram_fails_and_says_so() {
+    for input in [
+        &b""[..],
+        &[b'A'; 100_000][..],
+        b"garbage at the wrong baud rate\r\n",
+    ] {
+        let output = parse_stdin(&["--summary"], input);
+        assert_eq!(output.status.code(), Some(1), "{}", input.len());
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(stderr.contains("no telegram found"), "{stderr}");
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        assert_eq!(summary_field(&stdout, "frames"), "0", "{stdout}");
+    }
 }
 
 /// What needs the recorded telegrams of other projects (`../shared/captures`): skipped by
