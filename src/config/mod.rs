@@ -7,6 +7,7 @@
 mod env;
 mod secret;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
@@ -127,13 +128,15 @@ impl Checker<'_> {
     }
 
     /// Each entry of an array of tables, read as the settings all entries share (`C`, whose
-    /// keys are `common`) and those of its type (`K`, tagged by `type`).
+    /// keys are `common`) and those of its type (`K`, tagged by `type`), with its name. Names
+    /// are checked here, on every entry as written, so that two entries named alike are said
+    /// at once, even when one of them has other problems.
     pub fn entries<C: DeserializeOwned, K: DeserializeOwned>(
         &mut self,
         section: &str,
         common: &[&str],
         value: Option<Value>,
-    ) -> Vec<(String, C, K)> {
+    ) -> Vec<Entry<C, K>> {
         let entries = match value {
             None => Vec::new(),
             Some(Value::Array(entries)) => entries,
@@ -143,22 +146,60 @@ impl Checker<'_> {
             }
         };
         let mut read = Vec::new();
+        let mut names: BTreeMap<String, usize> = BTreeMap::new();
         for (i, entry) in entries.into_iter().enumerate() {
             let at = format!("{section}[{i}]");
             let Value::Table(mut own) = entry else {
                 self.problem(&at, "expected a table");
                 continue;
             };
+            let name = match own.remove("name") {
+                Some(Value::String(name)) => Some(name),
+                Some(_) => {
+                    self.problem(&at, "name: expected a string");
+                    None
+                }
+                // Unnamed, an entry is called by its type.
+                None => own.get("type").and_then(Value::as_str).map(str::to_owned),
+            };
+            if let Some(name) = &name {
+                *names.entry(name.clone()).or_insert(0) += 1;
+            }
             let shared: Table = common
                 .iter()
                 .filter_map(|key| own.remove_entry(*key))
                 .collect();
             let shared = self.read(&at, Value::Table(shared));
             let own = self.read(&at, Value::Table(own));
-            if let (Some(shared), Some(own)) = (shared, own) {
-                read.push((at, shared, own));
+            if let (Some(name), Some(common), Some(settings)) = (name, shared, own) {
+                read.push(Entry {
+                    at,
+                    name,
+                    common,
+                    settings,
+                });
             }
+        }
+        for (name, uses) in names.into_iter().filter(|(_, uses)| *uses > 1) {
+            let times = if uses == 2 {
+                "twice".into()
+            } else {
+                format!("{uses} times")
+            };
+            self.problem(section, format!("the name {name:?} is used {times}"));
         }
         read
     }
+}
+
+/// One entry of an array of tables, read by [`Checker::entries`].
+pub struct Entry<C, K> {
+    /// Where it is in the file (`sinks[2]`).
+    pub at: String,
+    /// Its `name`, or its `type` when it has none: unique in its section.
+    pub name: String,
+    /// The settings all entries share.
+    pub common: C,
+    /// Its type's own settings.
+    pub settings: K,
 }

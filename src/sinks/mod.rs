@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::config::Checker;
+use crate::config::{Checker, Entry};
 use crate::outbox::Inlet;
 use crate::telemetry::log_limit::LogLimit;
 use crate::telemetry::metrics::SinkMetrics;
@@ -41,8 +41,6 @@ pub use self::stdout::StdoutSink;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkEntry {
-    /// Unique name in logs and metrics; the type if absent.
-    pub name: Option<String>,
     /// The finest granularity this sink receives.
     pub max_granularity: Granularity,
     /// `pseudonym` (default) or `raw` (only with max_granularity live).
@@ -55,13 +53,7 @@ pub struct SinkEntry {
 
 impl SinkEntry {
     /// The keys of [`SinkEntry`].
-    pub const FIELDS: &[&str] = &[
-        "name",
-        "max_granularity",
-        "identity",
-        "purpose",
-        "outbox_max_mib",
-    ];
+    pub const FIELDS: &[&str] = &["max_granularity", "identity", "purpose", "outbox_max_mib"];
 }
 
 /// Each sink type's own settings, as written.
@@ -124,13 +116,18 @@ pub enum SinkKind {
 }
 
 impl SinkConfig {
-    /// The sink `entry` and `settings` describe, at `at` in the file, every problem noted.
+    /// The sink `entry` describes, every problem noted.
     pub fn check(
         checker: &mut Checker<'_>,
-        at: &str,
-        entry: SinkEntry,
-        settings: SinkSettings,
+        entry: Entry<SinkEntry, SinkSettings>,
     ) -> Option<SinkConfig> {
+        let Entry {
+            at,
+            name,
+            common: entry,
+            settings,
+        } = entry;
+        let at = at.as_str();
         let identity = match entry.identity.as_deref() {
             None | Some("pseudonym") => Identity::Pseudonym,
             Some("raw") => Identity::Raw,
@@ -167,13 +164,9 @@ impl SinkConfig {
                 SinkKind::Sqlite { path, retention }
             }
             SinkSettings::Stdout {} => SinkKind::Stdout,
-            SinkSettings::Mqtt(mqtt) => {
-                let name = entry.name.as_deref().unwrap_or("mqtt");
-                SinkKind::Mqtt(mqtt.check(checker, at, name, policy)?)
-            }
+            SinkSettings::Mqtt(mqtt) => SinkKind::Mqtt(mqtt.check(checker, at, &name, policy)?),
             SinkSettings::Influxdb(influx) => SinkKind::Influxdb(influx.check(checker, at)?),
         };
-        let name = entry.name.unwrap_or_else(|| kind.type_name().to_owned());
         Some(SinkConfig {
             name,
             policy,

@@ -27,7 +27,7 @@ use self::replay::ReplayConfig;
 pub use self::serial::{SerialConfig, SerialSettings};
 use self::tcp::TcpConfig;
 use crate::broker::Broker;
-use crate::config::{Checker, SecretRef};
+use crate::config::{Checker, Entry, SecretRef};
 use crate::decode::{CipherKeys, Deframer, InputOptions};
 use crate::fleet::snapshot::Partitions;
 use crate::pace::Speed;
@@ -79,8 +79,6 @@ pub enum SourceKind {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceEntry {
-    /// Unique name in logs and metrics; the type if absent.
-    pub name: Option<String>,
     /// Insert the CR that LF-only captures have lost.
     #[serde(default)]
     pub lf_to_crlf: bool,
@@ -97,14 +95,7 @@ pub struct SourceEntry {
 
 impl SourceEntry {
     /// The keys of [`SourceEntry`].
-    pub const FIELDS: &[&str] = &[
-        "name",
-        "lf_to_crlf",
-        "clear_bit7",
-        "key",
-        "auth_key",
-        "no_auth_key",
-    ];
+    pub const FIELDS: &[&str] = &["lf_to_crlf", "clear_bit7", "key", "auth_key", "no_auth_key"];
 }
 
 /// Each source type's own settings, as written.
@@ -124,13 +115,18 @@ pub enum SourceSettings {
 }
 
 impl SourceConfig {
-    /// The source `entry` and `settings` describe, at `at` in the file, every problem noted.
+    /// The source `entry` describes, every problem noted.
     pub fn check(
         checker: &mut Checker<'_>,
-        at: &str,
-        source: SourceEntry,
-        settings: SourceSettings,
+        entry: Entry<SourceEntry, SourceSettings>,
     ) -> Option<SourceConfig> {
+        let Entry {
+            at,
+            name,
+            common: source,
+            settings,
+        } = entry;
+        let at = at.as_str();
         let problems_before = checker.count();
         let (kind, preset_clears_bit7) = match settings {
             SourceSettings::Serial(serial) => {
@@ -150,8 +146,7 @@ impl SourceConfig {
                 (SourceKind::Replay { files, speed }, false)
             }
             SourceSettings::Mqtt(mqtt) => {
-                let name = source.name.as_deref().unwrap_or("mqtt");
-                let (broker, subscription) = mqtt.check(checker, at, name)?;
+                let (broker, subscription) = mqtt.check(checker, at, &name)?;
                 let kind = SourceKind::Mqtt {
                     broker,
                     subscription,
@@ -160,7 +155,6 @@ impl SourceConfig {
             }
             SourceSettings::Nats(nats) => (SourceKind::Nats(nats.check(checker, at)?), false),
         };
-        let name = source.name.unwrap_or_else(|| kind.type_name().to_owned());
         let cipher = cipher(checker, at, source.key, source.auth_key, source.no_auth_key);
         let input = InputOptions {
             lf_to_crlf: source.lf_to_crlf,

@@ -187,15 +187,11 @@ impl Reader<'_, '_> {
 
         let sources: Vec<SourceConfig> = sources
             .into_iter()
-            .filter_map(|(at, entry, settings)| {
-                SourceConfig::check(self.checker, &at, entry, settings)
-            })
+            .filter_map(|entry| SourceConfig::check(self.checker, entry))
             .collect();
         let mut sinks: Vec<SinkConfig> = sinks
             .into_iter()
-            .filter_map(|(at, entry, settings)| {
-                SinkConfig::check(self.checker, &at, entry, settings)
-            })
+            .filter_map(|entry| SinkConfig::check(self.checker, entry))
             .collect();
 
         let default = consent.default.unwrap_or(Level::Billing);
@@ -230,8 +226,6 @@ impl Reader<'_, '_> {
                 );
             }
         }
-        self.unique("sources", sources.iter().map(|s| s.name.as_str()));
-        self.unique("sinks", sinks.iter().map(|s| s.name.as_str()));
         // Two stores in one file would mix their identities and prune each other's rows.
         let stores = sinks.iter().filter_map(|s| match &s.kind {
             SinkKind::Sqlite { path, .. } => Some(
@@ -316,15 +310,6 @@ impl Reader<'_, '_> {
             shutdown_grace: std::time::Duration::from_secs(grace),
             outbox: daemon.outbox,
             warnings,
-        }
-    }
-
-    fn unique<'a>(&mut self, section: &str, names: impl Iterator<Item = &'a str>) {
-        let mut seen = BTreeSet::new();
-        for name in names {
-            if !seen.insert(name) {
-                self.problem(section, format!("the name {name:?} is used twice"));
-            }
         }
     }
 }
@@ -738,11 +723,13 @@ mod tests {
             r#"
             [[sources]]
             type = "mqtt"
+            name = "mqtt1"
             url = "tcp://broker:1883"
             topic = "$share/g/p1/#"
 
             [[sources]]
             type = "mqtt"
+            name = "mqtt2"
             url = "mqtt://broker:1883"
             topic = "p1/#"
             shared_group = "a/b"
@@ -751,6 +738,7 @@ mod tests {
 
             [[sinks]]
             type = "mqtt"
+            name = "mqtt3"
             url = "mqtt://broker:port"
             max_granularity = "daily"
             discovery = true
@@ -759,6 +747,7 @@ mod tests {
 
             [[sinks]]
             type = "mqtt"
+            name = "mqtt4"
             url = "mqtt://broker"
             layout = "dsmr_reader"
             max_granularity = "quarter_hour"
@@ -989,6 +978,7 @@ mod tests {
 
             [[sinks]]
             type = "influxdb"
+            name = "influxdb1"
             api = "v2"
             url = "influx.example:8086"
             database = "p1guard"
@@ -997,6 +987,7 @@ mod tests {
 
             [[sinks]]
             type = "influxdb"
+            name = "influxdb2"
             api = "v1"
             url = "ftp://influx.example"
             org = "energy"
@@ -1006,12 +997,14 @@ mod tests {
 
             [[sinks]]
             type = "influxdb"
+            name = "influxdb3"
             api = "v3"
             url = "http://influx.example"
             max_granularity = "daily"
 
             [[sinks]]
             type = "influxdb"
+            name = "influxdb4"
             api = "v2"
             url = "http://influx.example"
             org = "energy"

@@ -569,6 +569,11 @@ fn a_broken_config_lists_all_its_problems() {
         type = "sqlite"
         max_granularity = "daily"
         identity = "raw"
+
+        [[sinks]]
+        name = "sqlite"
+        type = "stdout"
+        max_granularity = "daily"
         "#,
     )
     .unwrap();
@@ -581,11 +586,14 @@ fn a_broken_config_lists_all_its_problems() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
         for problem in [
-            "4 problems in the configuration",
+            "5 problems in the configuration",
             "consent: unknown variant `sometimes`",
             "sources[0]: invalid type: string \"fast\", expected u32",
             "sources[1]: address \"no-port\": expected host:port",
             "sinks[0]: raw meter identity is only allowed on sinks whose max_granularity is live",
+            // Named by its type, the first sink has the second's name, though it has a
+            // problem of its own.
+            "sinks: the name \"sqlite\" is used twice",
         ] {
             assert!(
                 stderr.contains(problem),
