@@ -9,22 +9,54 @@ use toml::{Table, Value};
 pub const PREFIX: &str = "P1GUARD_";
 
 /// Applies every override in `vars` to `document`; returns a problem per override that does
-/// not fit the document's shape.
+/// not fit the document's shape, and the overrides that were applied.
 pub fn apply(
     document: &mut Table,
     vars: impl IntoIterator<Item = (String, String)>,
-) -> Vec<String> {
+) -> (Vec<String>, Vec<Override>) {
     let mut problems = Vec::new();
+    let mut applied = Vec::new();
     for (name, raw) in vars {
         let Some(path) = name.strip_prefix(PREFIX).filter(|p| p.contains("__")) else {
             continue;
         };
         let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
-        if let Err(problem) = set(document, &keys, parse_value(&raw)) {
-            problems.push(format!("environment {name}: {problem}"));
+        match set(document, &keys, parse_value(&raw)) {
+            Ok(()) => applied.push(Override { name, keys }),
+            Err(problem) => problems.push(format!("environment {name}: {problem}")),
         }
     }
-    problems
+    (problems, applied)
+}
+
+/// An override that was applied: the variable's name and the keys it set.
+pub struct Override {
+    name: String,
+    keys: Vec<String>,
+}
+
+impl Override {
+    /// Says, after each of `problems` about the section or entry the override set a key of,
+    /// that the key came from the environment: the file may not say what was read. (The
+    /// variable's name only: its value may be a secret.)
+    pub fn point_out(&self, problems: &mut [String]) {
+        let section = match self.keys.as_slice() {
+            [section, index, _, ..] if index.parse::<usize>().is_ok() => {
+                format!("{section}[{index}]")
+            }
+            [section, ..] => section.clone(),
+            [] => return,
+        };
+        let key = self.keys.join(".");
+        for problem in problems.iter_mut() {
+            let about = problem
+                .strip_prefix(section.as_str())
+                .is_some_and(|rest| rest.starts_with([':', '.', '[']));
+            if about {
+                problem.push_str(&format!(" ({} sets {key})", self.name));
+            }
+        }
+    }
 }
 
 fn parse_value(raw: &str) -> Value {
@@ -79,7 +111,7 @@ mod tests {
     fn applied(document: &str, vars: &[(&str, &str)]) -> (Table, Vec<String>) {
         let mut table: Table = document.parse().unwrap();
         let vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string()));
-        let problems = apply(&mut table, vars);
+        let (problems, _) = apply(&mut table, vars);
         (table, problems)
     }
 
@@ -132,6 +164,38 @@ mod tests {
         assert_eq!(
             problems,
             ["environment P1GUARD_SINKS__3__TYPE: no entry 3 (there are 1)"]
+        );
+    }
+
+    #[test]
+    fn a_problem_where_an_override_set_a_key_names_the_variable() {
+        let mut table: Table = "[consent]\n[[sinks]]\ntype = 'stdout'\n".parse().unwrap();
+        let vars = [
+            ("P1GUARD_CONSENT__DEFAULT", "hourly"),
+            ("P1GUARD_SINKS__0__MAX_GRANULARITY", "weekly"),
+        ];
+        let vars = vars.map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let (problems, applied) = apply(&mut table, vars);
+        assert!(problems.is_empty(), "{problems:?}");
+        let mut problems = vec![
+            "consent: unknown variant `hourly`".to_owned(),
+            "consent.meters: \"\": a meter id is the equipment id as sent".to_owned(),
+            "sinks[0]: unknown variant `weekly`".to_owned(),
+            "sinks[1]: identity \"x\": expected pseudonym or raw".to_owned(),
+            "consents: unknown section".to_owned(),
+        ];
+        for applied in &applied {
+            applied.point_out(&mut problems);
+        }
+        assert_eq!(
+            problems,
+            [
+                "consent: unknown variant `hourly` (P1GUARD_CONSENT__DEFAULT sets consent.default)",
+                "consent.meters: \"\": a meter id is the equipment id as sent (P1GUARD_CONSENT__DEFAULT sets consent.default)",
+                "sinks[0]: unknown variant `weekly` (P1GUARD_SINKS__0__MAX_GRANULARITY sets sinks.0.max_granularity)",
+                "sinks[1]: identity \"x\": expected pseudonym or raw",
+                "consents: unknown section",
+            ]
         );
     }
 }

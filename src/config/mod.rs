@@ -59,13 +59,16 @@ pub fn parse<T>(
         .parse()
         .map_err(|e: toml::de::Error| Problems(vec![syntax_error(text, &e)]))?;
     let mut document = document;
-    let mut problems = env::apply(&mut document, vars);
+    let (mut problems, overrides) = env::apply(&mut document, vars);
     let built = build(
         &mut Checker {
             problems: &mut problems,
         },
         document,
     );
+    for applied in &overrides {
+        applied.point_out(&mut problems);
+    }
     if problems.is_empty() {
         Ok(built)
     } else {
