@@ -75,3 +75,46 @@ pub struct Held {
     /// The record as architecture.md's record JSON (as far as the store keeps it).
     pub record: serde_json::Value,
 }
+
+/// A record's fields as a store that keeps them in columns reads them back: put together as
+/// the record JSON (architecture.md) here, for every such store alike.
+pub struct Columns<'a> {
+    /// The meter as the store names it.
+    pub meter: String,
+    /// Its granularity.
+    pub granularity: Granularity,
+    /// Its kind's name.
+    pub kind: &'a str,
+    /// The record's instant.
+    pub time: Timestamp,
+    /// Measured or interpolated, where the store kept it.
+    pub quality: Option<&'a str>,
+    /// Whether the receiver's clock dated it (the record JSON says `clock` only then).
+    pub receiver_clock: bool,
+    /// The `values` object.
+    pub values: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Columns<'_> {
+    /// The record read back.
+    pub fn held(self) -> Held {
+        let mut record = serde_json::Map::new();
+        record.insert("meter".into(), self.meter.clone().into());
+        record.insert("granularity".into(), self.granularity.name().into());
+        record.insert("kind".into(), self.kind.into());
+        record.insert("time".into(), self.time.to_string().into());
+        if let Some(quality) = self.quality {
+            record.insert("quality".into(), quality.into());
+        }
+        if self.receiver_clock {
+            record.insert("clock".into(), "receiver".into());
+        }
+        record.insert("values".into(), self.values.into());
+        Held {
+            meter: self.meter,
+            granularity: self.granularity,
+            time: self.time,
+            record: record.into(),
+        }
+    }
+}

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use jiff::Timestamp;
-use p1guard_conduct::{Granularity, SinkRecord};
+use p1guard_conduct::{Clock, Granularity, SinkRecord};
 use rusqlite::{Connection, params};
 use serde::Deserialize;
 
 use super::{Sink, WriteError};
 use crate::config::Checker;
-use crate::held::{Held, Purge, Purged};
+use crate::held::{Columns, Held, Purge, Purged};
 
 /// `[[sinks]]` `type = "sqlite"` as written.
 #[derive(Debug, Deserialize)]
@@ -206,27 +206,18 @@ impl SqliteSink {
 
 /// A row of `records` as the record JSON.
 fn held_of(row: &rusqlite::Row<'_>) -> anyhow::Result<Held> {
-    let meter: String = row.get(0)?;
     let granularity: String = row.get(1)?;
-    let time = Timestamp::from_second(row.get(3)?)?;
-    let mut record = serde_json::json!({
-        "meter": meter,
-        "granularity": granularity,
-        "kind": row.get::<_, String>(2)?,
-        "time": time.to_string(),
-        "quality": row.get::<_, String>(4)?,
-    });
     let clock: String = row.get(5)?;
-    if clock != "meter" {
-        record["clock"] = clock.into();
-    }
-    record["values"] = serde_json::from_str(row.get_ref(6)?.as_str()?)?;
-    Ok(Held {
-        meter,
+    let columns = Columns {
+        meter: row.get(0)?,
         granularity: granularity.parse()?,
-        time,
-        record,
-    })
+        kind: row.get_ref(2)?.as_str()?,
+        time: Timestamp::from_second(row.get(3)?)?,
+        quality: Some(row.get_ref(4)?.as_str()?),
+        receiver_clock: clock == Clock::Receiver.name(),
+        values: serde_json::from_str(row.get_ref(6)?.as_str()?)?,
+    };
+    Ok(columns.held())
 }
 
 impl Sink for SqliteSink {

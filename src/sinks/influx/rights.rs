@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 
 use super::{InfluxApi, InfluxSettings, InfluxSink, REQUEST_TIMEOUT, redact, short};
 use crate::config::Secret;
-use crate::held::{Held, Purge, Purged};
+use crate::held::{Columns, Held, Purge, Purged};
 
 /// The measurements (record kinds) p1guard writes.
 pub(super) const KINDS: [Kind; 4] = [Kind::Electricity, Kind::Gas, Kind::Water, Kind::Heat];
@@ -308,24 +308,16 @@ impl Gathered {
         kind: Kind,
         time: Timestamp,
     ) -> Held {
-        let mut record = Map::new();
-        record.insert("meter".into(), meter.clone().into());
-        record.insert("granularity".into(), granularity.name().into());
-        record.insert("kind".into(), kind.name().into());
-        record.insert("time".into(), time.to_string().into());
-        if let Some(quality) = self.quality {
-            record.insert("quality".into(), quality.into());
-        }
-        if self.receiver_clock {
-            record.insert("clock".into(), "receiver".into());
-        }
-        record.insert("values".into(), Value::Object(self.values));
-        Held {
+        Columns {
             meter,
             granularity,
+            kind: kind.name(),
             time,
-            record: Value::Object(record),
+            quality: self.quality.as_deref(),
+            receiver_clock: self.receiver_clock,
+            values: self.values,
         }
+        .held()
     }
 }
 
