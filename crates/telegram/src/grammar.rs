@@ -1,8 +1,9 @@
 //! The COSEM line grammar. It knows shapes, not codes: any `A-B:C.D.E` followed by `(...)`
 //! groups is an object, and each group is typed by its shape alone. The one exception, times
 //! without an `S`/`W` flag, is the parser's to apply where a time is expected
-//! ([`unflagged_time`]). The code and the number, read on every line, are read by hand with
-//! nom's parser signature; the tests hold them to the combinator grammar they replaced.
+//! ([`unflagged_time`]). The code and the number, read on every line, are read by hand (the
+//! code with nom's parser signature, the number as a whole group's content); the tests hold
+//! them to the combinator grammar they replaced.
 
 use nom::IResult;
 use nom::error::{Error, ErrorKind};
