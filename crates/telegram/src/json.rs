@@ -6,6 +6,8 @@
 //!   value is then the digits as sent, see [`TimeFlag`](crate::TimeFlag)), or
 //!   `flag_contradicts_date` (the value is the instant the meter's `S`/`W` flag gives, see
 //!   [`MeterTime::flag_contradicts_date`](crate::MeterTime::flag_contradicts_date));
+//! - on a text value, `"flag"`: `damaged_number` for text that ends in a unit (see
+//!   [`Value::is_damaged_number`]);
 //! - on a telegram, `"flags"` after `"crc"`: a list, for now only `crc_missing` (see
 //!   [`Telegram::crc_missing`]).
 
@@ -57,7 +59,12 @@ impl Serialize for Value<'_> {
         let mut map = serializer.serialize_map(None)?;
         match *self {
             Value::Empty => map.serialize_entry("value", &())?,
-            Value::Text(text) => map.serialize_entry("value", &Latin1(text))?,
+            Value::Text(text) => {
+                map.serialize_entry("value", &Latin1(text))?;
+                if self.is_damaged_number() {
+                    map.serialize_entry("flag", DAMAGED_NUMBER)?;
+                }
+            }
             Value::Number(number) => {
                 map.serialize_entry("value", &number.value.to_f64())?;
                 if let Some(unit) = number.unit {
@@ -80,6 +87,10 @@ impl Serialize for Value<'_> {
         map.end()
     }
 }
+
+/// The flag of text that ends in a unit: a number damaged on the way (see
+/// [`Value::is_damaged_number`]).
+const DAMAGED_NUMBER: &str = "damaged_number";
 
 /// The flag of a time whose `S`/`W` flag contradicts its date.
 const FLAG_CONTRADICTS_DATE: &str = "flag_contradicts_date";

@@ -347,11 +347,47 @@ impl<'a> Value<'a> {
         }
         Some(text.iter().fold(0, |n, d| n * 10 + u32::from(d - b'0')))
     }
+
+    /// Whether this is text that ends in a unit, `digits*letters` with something else among
+    /// the digits (`0002X5.467*kWh`): a number the meter or the line damaged, since a number
+    /// with a unit is read as one. Kept as sent; `parse` flags it. (A code reference such as
+    /// `0-0:96.7.19*255` has no letter after its `*`, and is not one.)
+    pub fn is_damaged_number(&self) -> bool {
+        let Some(text) = self.text() else {
+            return false;
+        };
+        let Some(star) = text.iter().rposition(|&b| b == b'*') else {
+            return false;
+        };
+        let (number, unit) = (&text[..star], &text[star + 1..]);
+        !unit.is_empty()
+            && unit.iter().all(u8::is_ascii_alphanumeric)
+            && unit.iter().any(u8::is_ascii_alphabetic)
+            && number.iter().any(u8::is_ascii_digit)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_ending_in_a_unit_is_a_damaged_number() {
+        let damaged = |text: &[u8]| Value::Text(text).is_damaged_number();
+        assert!(damaged(b"0002X5.467*kWh"));
+        assert!(damaged(b"00.1.2*kW"));
+        assert!(damaged(b"12345*m3"));
+        for text in [
+            &b"0-0:96.7.19*255"[..],
+            b"4530303534",
+            b"ER11",
+            b"*kWh",
+            b"1234*",
+            b"12*k W",
+        ] {
+            assert!(!damaged(text), "{}", text.escape_ascii());
+        }
+    }
 
     /// Reads `YYMMDDhhmmss[SsWw]` a byte at a time: the specification [`MeterTime::from_digits`]
     /// is held to.
