@@ -103,6 +103,19 @@ pub struct StoreAnswer {
     pub failed: Option<String>,
 }
 
+impl StoreAnswer {
+    /// The answer of a store that could not be opened or refused: nothing was erased there.
+    fn failed(config: &SinkConfig, error: &anyhow::Error) -> StoreAnswer {
+        StoreAnswer {
+            store: config.name.clone(),
+            kind: config.kind.type_name(),
+            purged: Purged::default(),
+            kept_because: None,
+            failed: Some(format!("{error:#}")),
+        }
+    }
+}
+
 /// A lowered consent: the meter, the purpose (or `*`) and the level left.
 #[derive(Debug, Clone)]
 pub struct Withdrawal {
@@ -200,15 +213,9 @@ pub async fn reapply_withdrawals(
             store.close().await;
             answer.transpose()
         };
-        answers.extend(reapplied.await.unwrap_or_else(|error| {
-            Some(StoreAnswer {
-                store: config.name.clone(),
-                kind: config.kind.type_name(),
-                purged: Purged::default(),
-                kept_because: None,
-                failed: Some(format!("{error:#}")),
-            })
-        }));
+        answers.extend(
+            (reapplied.await).unwrap_or_else(|error| Some(StoreAnswer::failed(config, &error))),
+        );
     }
     answers
 }
@@ -325,13 +332,7 @@ pub async fn erase(
             store.close().await;
             answer
         };
-        answers.push(erased.await.unwrap_or_else(|error| StoreAnswer {
-            store: config.name.clone(),
-            kind: config.kind.type_name(),
-            purged: Purged::default(),
-            kept_because: None,
-            failed: Some(format!("{error:#}")),
-        }));
+        answers.push((erased.await).unwrap_or_else(|error| StoreAnswer::failed(config, &error)));
     }
     answers
 }

@@ -376,7 +376,7 @@ mod tests {
         let damaged = |text: &[u8]| Value::Text(text).is_damaged_number();
         assert!(damaged(b"0002X5.467*kWh"));
         assert!(damaged(b"00.1.2*kW"));
-        assert!(damaged(b"12345*m3"));
+        assert!(damaged(b"12,345*m3"), "a comma for a point");
         for text in [
             &b"0-0:96.7.19*255"[..],
             b"4530303534",
