@@ -278,7 +278,7 @@ pub fn audit(args: &ConfigArg) -> anyhow::Result<ExitCode> {
         consent: &consent,
         meters: &meters,
         erasures: &erasures,
-        purged_at: setting.config.purge_on_withdrawal.then_some(&changes),
+        consent_changes: setting.config.purge_on_withdrawal.then_some(&changes),
     };
     let (violations, checked) = runtime()?.block_on(rights::audit(
         &setting.config.sinks,

@@ -61,7 +61,7 @@ pub struct Registered<'a> {
     /// purges the stores (`purge_on_withdrawal`); `None` when it does not.
     ///
     /// [`Registry::consent_instants`]: crate::registry::Registry::consent_instants
-    pub purged_at: Option<&'a HashMap<String, Vec<Timestamp>>>,
+    pub consent_changes: Option<&'a HashMap<String, Vec<Timestamp>>>,
 }
 
 /// Checks every store of `sinks`; returns the violations and what each store held.
@@ -75,7 +75,7 @@ pub async fn audit(
         consent,
         meters: registry_meters,
         erasures,
-        purged_at,
+        consent_changes,
     } = *registered;
     // Pseudonymous stores name meters by pseudonym: the registry's ids, mapped back.
     let ids: HashMap<String, &str> = registry_meters
@@ -146,10 +146,7 @@ pub async fn audit(
                 Some(id) => consent.level(id.as_bytes(), purpose, record.time),
                 None => consent.default_level(),
             };
-            // The table marks what an erasure covers as billing for every purpose, so that it
-            // is not stored again: such a record is the ledger's to report, not a consent it
-            // may well have had.
-            let withdrawn_at = match (&id, purged_at) {
+            let withdrawn_at = match (&id, consent_changes) {
                 (Some(id), Some(changes)) => withdrawn.entry(id.clone()).or_insert_with(|| {
                     let instants = changes.get(id).map_or(&[][..], Vec::as_slice);
                     withdrawn_through(consent, id, purpose, instants, now)
@@ -157,6 +154,9 @@ pub async fn audit(
                     .filter(|&at| record.time <= at),
                 _ => None,
             };
+            // The table marks what an erasure covers as billing for every purpose, so that it
+            // is not stored again: such a record is the ledger's to report, not a consent it
+            // may well have had; and one a withdrawal purged is the registry's.
             if let Some(at) = erased_at {
                 problems.push(format!("erased on {at} (erasure ledger)"));
             } else if let Some(at) = withdrawn_at {
