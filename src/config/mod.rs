@@ -69,10 +69,51 @@ pub fn parse<T>(
     for applied in &overrides {
         applied.point_out(&mut problems);
     }
+    if !problems.is_empty() {
+        place(text, &mut problems);
+    }
     if problems.is_empty() {
         Ok(built)
     } else {
         Err(Problems(problems))
+    }
+}
+
+/// Says on which line of `text` each problem's section or entry starts: `sinks[1] (line 14):
+/// ...`. Problems are found in the document as read, which keeps no lines; the text is read
+/// again for them only when there are problems to place.
+fn place(text: &str, problems: &mut [String]) {
+    let Ok(document) = toml::de::DeTable::parse(text) else {
+        return;
+    };
+    let line = |at: usize| {
+        text.as_bytes()[..at.min(text.len())]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    };
+    let mut starts = Vec::new();
+    for (key, value) in document.get_ref() {
+        let section: &str = key.get_ref();
+        match value.get_ref() {
+            toml::de::DeValue::Array(entries) => {
+                for (i, entry) in entries.iter().enumerate() {
+                    starts.push((format!("{section}[{i}]"), line(entry.span().start)));
+                }
+            }
+            _ => starts.push((section.to_owned(), line(value.span().start))),
+        }
+    }
+    for problem in problems.iter_mut() {
+        let placed = starts.iter().find_map(|(at, line)| {
+            let rest = problem.strip_prefix(at.as_str())?;
+            rest.starts_with([':', '.'])
+                .then(|| format!("{at} (line {line}){rest}"))
+        });
+        if let Some(placed) = placed {
+            *problem = placed;
+        }
     }
 }
 

@@ -481,6 +481,26 @@ mod tests {
     }
 
     #[test]
+    fn a_problem_says_on_which_line_its_section_starts_and_which_variable_set_it() {
+        let text = "[consent]\ndefault = \"billing\"\n\n[[sinks]]\ntype = \"stdout\"\n\
+                    max_granularity = \"daily\"\nidentity = \"raw\"\n";
+        let env = vec![("P1GUARD_CONSENT__DEFAULT".to_owned(), "hourly".to_owned())];
+        let problems = parse(text, env).unwrap_err();
+        assert_eq!(problems.0.len(), 3, "{problems}");
+        assert!(
+            problems.0[0].starts_with("consent (line 1): unknown variant `hourly`")
+                && problems.0[0].ends_with("(P1GUARD_CONSENT__DEFAULT sets consent.default)"),
+            "{problems}"
+        );
+        assert!(
+            problems.0[1].starts_with("sinks[0] (line 4): raw meter identity"),
+            "{problems}"
+        );
+        // A section that is not there has no line.
+        assert_eq!(problems.0[2], "sources: no [[sources]]: nothing to read");
+    }
+
+    #[test]
     fn every_problem_is_reported_at_once() {
         let problems = parse(
             r#"
@@ -522,15 +542,15 @@ mod tests {
         .unwrap_err();
         let text = problems.to_string();
         for expected in [
-            "consent: unknown variant `hourly`",
-            "sources[0]: address \"dongle.local\": expected host:port",
-            "sources[1]: preset \"dsmr9\"",
-            "sources[2]: /nonexistent/capture.txt: No such file",
-            "sources[2]: speed \"warp\"",
-            "sinks[0]: raw meter identity is only allowed on sinks whose max_granularity is live",
-            "sinks[1]: unknown field `colour`",
-            "mqtt: unknown section",
-            "metrics: listen \"everywhere\": expected address:port",
+            "consent (line 2): unknown variant `hourly`",
+            "sources[0] (line 5): address \"dongle.local\": expected host:port",
+            "sources[1] (line 9): preset \"dsmr9\"",
+            "sources[2] (line 14): /nonexistent/capture.txt: No such file",
+            "sources[2] (line 14): speed \"warp\"",
+            "sinks[0] (line 19): raw meter identity is only allowed on sinks whose max_granularity is live",
+            "sinks[1] (line 24): unknown field `colour`",
+            "mqtt (line 29): unknown section",
+            "metrics (line 32): listen \"everywhere\": expected address:port",
         ] {
             assert!(
                 text.contains(expected),
@@ -757,16 +777,16 @@ mod tests {
         .unwrap_err();
         let text = problems.to_string();
         for expected in [
-            "sources[0]: url \"tcp://broker:1883\": expected mqtt://host[:port] or mqtts://host[:port]",
-            "sources[0]: topic \"$share/g/p1/#\": expected a topic filter (share it with shared_group)",
-            "sources[1]: ca_file needs an mqtts:// url",
-            "sources[1]: username and password go together",
-            "sources[1]: shared_group \"a/b\": expected a name without / + #",
-            "sinks[0]: url \"mqtt://broker:port\"",
-            "sinks[0]: prefix \"p1/#\"",
-            "sinks[0]: layout \"homie\"",
-            "sinks[0]: discovery needs max_granularity = \"live\"",
-            "sinks[1]: layout dsmr_reader carries live readings only",
+            "sources[0] (line 2): url \"tcp://broker:1883\": expected mqtt://host[:port] or mqtts://host[:port]",
+            "sources[0] (line 2): topic \"$share/g/p1/#\": expected a topic filter (share it with shared_group)",
+            "sources[1] (line 8): ca_file needs an mqtts:// url",
+            "sources[1] (line 8): username and password go together",
+            "sources[1] (line 8): shared_group \"a/b\": expected a name without / + #",
+            "sinks[0] (line 17): url \"mqtt://broker:port\"",
+            "sinks[0] (line 17): prefix \"p1/#\"",
+            "sinks[0] (line 17): layout \"homie\"",
+            "sinks[0] (line 17): discovery needs max_granularity = \"live\"",
+            "sinks[1] (line 26): layout dsmr_reader carries live readings only",
         ] {
             assert!(
                 text.contains(expected),
@@ -1016,16 +1036,16 @@ mod tests {
         .unwrap_err();
         let text = problems.to_string();
         for expected in [
-            "sinks[0]: url \"influx.example:8086\": expected http(s)://host:port",
-            "sinks[0]: database is a setting of api v1",
-            "sinks[0]: api v2 needs an org",
-            "sinks[0]: batch_records must be positive",
-            "sinks[1]: url \"ftp://influx.example\": expected http(s)://host:port",
-            "sinks[1]: org is a setting of api v2",
-            "sinks[1]: retention_policies.daily: empty",
-            "sinks[1]: username and password go together",
-            "sinks[2]: api \"v3\": expected v2 or v1",
-            "sinks[3]: unknown field `bucket`",
+            "sinks[0] (line 6): url \"influx.example:8086\": expected http(s)://host:port",
+            "sinks[0] (line 6): database is a setting of api v1",
+            "sinks[0] (line 6): api v2 needs an org",
+            "sinks[0] (line 6): batch_records must be positive",
+            "sinks[1] (line 15): url \"ftp://influx.example\": expected http(s)://host:port",
+            "sinks[1] (line 15): org is a setting of api v2",
+            "sinks[1] (line 15): retention_policies.daily: empty",
+            "sinks[1] (line 15): username and password go together",
+            "sinks[2] (line 25): api \"v3\": expected v2 or v1",
+            "sinks[3] (line 32): unknown field `bucket`",
         ] {
             assert!(
                 text.contains(expected),

@@ -587,10 +587,10 @@ fn a_broken_config_lists_all_its_problems() {
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
         for problem in [
             "5 problems in the configuration",
-            "consent: unknown variant `sometimes`",
-            "sources[0]: invalid type: string \"fast\", expected u32",
-            "sources[1]: address \"no-port\": expected host:port",
-            "sinks[0]: raw meter identity is only allowed on sinks whose max_granularity is live",
+            "consent (line 2): unknown variant `sometimes`",
+            "sources[0] (line 5): invalid type: string \"fast\", expected u32",
+            "sources[1] (line 10): address \"no-port\": expected host:port",
+            "sinks[0] (line 14): raw meter identity is only allowed on sinks whose max_granularity is live",
             // Named by its type, the first sink has the second's name, though it has a
             // problem of its own.
             "sinks: the name \"sqlite\" is used twice",
