@@ -563,34 +563,98 @@ fn a_wrong_password_is_said_at_start() {
     );
 }
 
+/// A database missing on the server (one restored, or started empty) is no reason to drop
+/// records: p1guard creates it, with a retention policy per granularity, as Telegraf creates
+/// its database, and every record arrives.
+#[test]
+fn a_missing_database_is_created_and_every_record_arrives() {
+    let dir = scratch("influx-missing-database");
+    let server = influxd_for_p1guard(&dir);
+    // Yesterday evening: inside the quarter-hour retention p1guard gives the new database.
+    let today = jiff::Timestamp::now().as_second() / 86_400 * 86_400;
+    let midnight = jiff::Timestamp::from_second(today).unwrap();
+    let from = (midnight - SignedDuration::from_hours(4)).to_string();
+    let to = (midnight + SignedDuration::from_hours(1)).to_string();
+    let capture = write_capture(&dir, Style::Dsmr4, &from, &to);
+    let config = replay_config(&capture, &v1_sink(&server, "restored", "admin"));
+    let finished = Daemon::start_with_env(&dir, &config, &password("admin-pw")).wait();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert!(
+        !finished.stderr.contains("NOT WRITTEN"),
+        "{}",
+        finished.stderr
+    );
+    let policies = influxql(&server, r#"SHOW RETENTION POLICIES ON "restored""#);
+    let names: BTreeSet<String> = policies["results"][0]["series"][0]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row[0].as_str().unwrap().to_owned())
+        .collect();
+    for policy in ["billing", "daily", "quarter_hour", "live"] {
+        assert!(names.contains(policy), "{policy}: {policies}");
+    }
+    let mut stored = 0;
+    for rp in ["billing", "daily", "quarter_hour"] {
+        for kind in ["electricity", "gas"] {
+            let count = influxql(
+                &server,
+                &format!(r#"SELECT count("quality") FROM "restored"."{rp}"."{kind}""#),
+            );
+            stored += count["results"][0]["series"][0]["values"][0][1]
+                .as_u64()
+                .unwrap_or(0);
+        }
+    }
+    assert_eq!(stored, printed(&finished.stdout).len() as u64);
+}
+
+/// A write the server refuses for good (here a field of another type than the one it holds)
+/// is dropped, counted as NOT WRITTEN and said in one clear line, and the others are written.
 #[test]
 fn a_write_influxdb_refuses_is_dropped_with_a_clear_line() {
     let dir = scratch("influx-refused");
     let server = influxd_for_p1guard(&dir);
-    let config = replay_config(&capture(&dir), &v1_sink(&server, "missing", "admin"));
+    // The quarter-hour electricity series already holds its tariff-1 energy as text, in the
+    // shard (InfluxDB types fields per shard) the capture's records go to.
+    let (status, body) = http(
+        server.address,
+        "POST",
+        &target(
+            "/write",
+            &[
+                ("db", "p1guard"),
+                ("rp", "quarter_hour"),
+                ("precision", "s"),
+                ("u", "admin"),
+                ("p", "admin-pw"),
+            ],
+        ),
+        // 2026-03-28T21:00:00Z, inside the capture.
+        "electricity energy_import_t1_kwh=\"text\" 1774731600",
+    );
+    assert_eq!(status, 204, "{body}");
+    let config = replay_config(&capture(&dir), &v1_sink(&server, "p1guard", "admin"));
     let finished = Daemon::start_with_env(&dir, &config, &password("admin-pw")).wait();
     // Records were given up: the run says so in its exit status too.
     assert_eq!(finished.status.code(), Some(1), "{}", finished.stderr);
-
-    let refused = r#"records dropped, the store refused with status 404: {"error":"database not found: \"missing\""}"#;
-    assert!(finished.stderr.contains(refused), "{}", finished.stderr);
+    let refused = "records dropped, the store refused with status 400: ";
+    let line = finished.stderr.lines().find(|l| l.contains(refused));
+    assert!(
+        line.is_some_and(|l| l.contains("field type conflict")),
+        "{}",
+        finished.stderr
+    );
     assert!(!finished.stderr.contains("retrying"), "{}", finished.stderr);
     let printed = printed(&finished.stdout);
     let count = |g: &str| printed.iter().filter(|r| r["granularity"] == g).count() as u64;
     assert_eq!(
-        count_after(&finished.stderr, "sink influx:", "NOT WRITTEN daily"),
-        count("daily")
-    );
-    assert_eq!(
-        count_after(&finished.stderr, "sink influx:", "quarter_hour"),
+        count_after(&finished.stderr, "sink influx:", "NOT WRITTEN quarter_hour"),
         count("quarter_hour")
     );
-    assert!(
-        finished
-            .stderr
-            .contains("sink influx: written none; NOT WRITTEN"),
-        "{}",
-        finished.stderr
+    assert_eq!(
+        count_after(&finished.stderr, "sink influx:", "written daily"),
+        count("daily")
     );
 }
 

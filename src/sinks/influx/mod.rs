@@ -2,8 +2,11 @@
 //! retention policy (v1 API), so that the store's retention follows the code of conduct.
 //! Failed requests are sorted the way Telegraf sorts them: 413 splits the body in halves,
 //! 429 and 503 are retried (after the server's `Retry-After` where it can be read), any
-//! other 4xx is refused for good, and everything else is retried. Writing a series and
-//! timestamp again overwrites it, so a retried write that was partly stored is harmless.
+//! other 4xx is refused for good, and everything else is retried. One exception: a 404 (the
+//! database or bucket missing, as on a server restored or started empty) is retried after
+//! the retention setup runs again, which on InfluxDB 1.x creates them: records wait for the
+//! store rather than being dropped. Writing a series and timestamp again overwrites it, so a
+//! retried write that was partly stored is harmless.
 
 mod config;
 mod line_protocol;
@@ -75,6 +78,9 @@ enum Verdict {
     RetryAfter(Duration),
     /// Retry with the usual backoff.
     Retry,
+    /// The database, bucket or retention policy is missing: run the retention setup again,
+    /// then retry with the usual backoff.
+    SetUpAgain,
 }
 
 /// Telegraf's rules for a failed write's `status` and `Retry-After` header (its seconds
@@ -86,6 +92,7 @@ fn verdict(status: u16, retry_after: Option<&str>) -> Verdict {
             Some(seconds) => Verdict::RetryAfter(Duration::from_secs(seconds)),
             None => Verdict::Retry,
         },
+        404 => Verdict::SetUpAgain,
         400..=499 => Verdict::Refuse,
         _ => Verdict::Retry,
     }
@@ -203,8 +210,17 @@ impl InfluxSink {
                         anyhow::anyhow!("status {status}, retry after {delay:?}: {message}");
                     return Err(Failed::Retry(error, Some(delay)));
                 }
-                Verdict::Retry => {
+                Verdict::Retry if !message.contains("retention policy not found") => {
                     let error = anyhow::anyhow!("status {status}: {message}");
+                    return Err(Failed::Retry(error, None));
+                }
+                // InfluxDB 1.x answers a missing retention policy with a 500.
+                Verdict::Retry | Verdict::SetUpAgain => {
+                    self.prepared = false;
+                    let error = anyhow::anyhow!(
+                        "status {status}: {message}; the store is set up again (InfluxDB 1.x: \
+                         its database and retention policies), and the records wait for it"
+                    );
                     return Err(Failed::Retry(error, None));
                 }
             }
@@ -344,7 +360,7 @@ mod tests {
             (503, Some("Wed, 21 Oct 2026 07:28:00 GMT"), Verdict::Retry),
             (400, None, Verdict::Refuse),
             (401, Some("5"), Verdict::Refuse),
-            (404, None, Verdict::Refuse),
+            (404, None, Verdict::SetUpAgain),
             (500, None, Verdict::Retry),
             (502, Some("5"), Verdict::Retry),
         ];

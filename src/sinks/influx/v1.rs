@@ -240,15 +240,26 @@ fn seconds(duration: &str) -> Option<u64> {
     (total > 0).then_some(total)
 }
 
-/// Creates each granularity's retention policy that is missing, with privacy.md's retention
-/// (policies shared by granularities get the longest), and warns about existing ones that
-/// keep records longer. Creating needs an admin; a user without the rights gets a warning,
-/// and records go on being written where policies exist.
+/// Creates the database if it is missing (as Telegraf does) and each granularity's retention
+/// policy that is missing, with privacy.md's retention (policies shared by granularities get
+/// the longest), and warns about existing ones that keep records longer. Creating needs an
+/// admin; a user without the rights gets a warning, and records go on being written where
+/// the database and policies exist.
 pub(super) async fn ensure_retention_policies(remote: &Remote, targets: &[String; 4]) {
     let Access::V1 { database, .. } = &remote.access else {
         return;
     };
     let url = remote.url.as_str();
+    // Idempotent: an existing database is left as it is.
+    let create = format!("CREATE DATABASE {}", identifier(database));
+    if let Err(error) = influxql(remote, &[create], Some(REQUEST_TIMEOUT)).await {
+        tracing::warn!(
+            url = %url,
+            database = %database,
+            "cannot create the database if it is missing ({error:#}); create it, or make \
+             p1guard's user an admin"
+        );
+    }
     let mut wanted: BTreeMap<&str, u64> = BTreeMap::new();
     for (granularity, policy) in Granularity::ALL.into_iter().zip(targets) {
         let days = crate::sinks::default_retention(granularity).as_secs() / 86_400;
