@@ -139,6 +139,13 @@ pub struct Seen {
     pub retained: bool,
 }
 
+/// The retained messages a subscriber that connects now receives under `filter`.
+pub fn retained(broker: &Mosquitto, client: &str, filter: &str) -> Vec<Seen> {
+    let watcher = Watcher::start(broker.port, client, &[filter]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    watcher.seen()
+}
+
 /// A subscriber that records every message on its filters, in a thread of its own; its
 /// session survives reconnects and broker restarts.
 pub struct Watcher {

@@ -8,7 +8,7 @@ use p1guard_simulator::{MeterSpec, Style};
 use serde_json::{Value, json};
 
 use crate::daemon::{Daemon, count_after};
-use crate::mosquitto::{Mosquitto, Seen, Watcher, publish_all};
+use crate::mosquitto::{Mosquitto, Seen, Watcher, publish_all, retained};
 use crate::scratch;
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -713,6 +713,71 @@ fn tls_and_a_password_protect_both_ways_and_a_wrong_password_is_said_plainly() {
         seen.iter()
             .any(|s| s.topic == "records/status" && s.payload == "offline")
     );
+}
+
+/// An erasure on a sink with dsmr-reader's topics clears them and the meter's discovery
+/// configs, which that layout announces too.
+#[test]
+fn an_erasure_clears_dsmr_reader_topics_and_their_discovery_configs() {
+    let dir = scratch("mqtt-erased-dsmr-reader");
+    let broker = Mosquitto::start(&dir);
+    let (dongle, server) = crate::dongle(telegrams(1, &crate::now(), 3));
+    let config = format!(
+        r#"
+        [identity]
+        key_file = "{dir}/identity.key"
+
+        [consent]
+        default = "live"
+        registry = "{dir}/consent.sqlite"
+
+        [[sources]]
+        name = "dongle"
+        type = "tcp"
+        address = "{dongle}"
+
+        [[sinks]]
+        name = "dsmr"
+        type = "mqtt"
+        url = "{url}"
+        layout = "dsmr_reader"
+        prefix = "dsmr"
+        max_granularity = "live"
+        "#,
+        dir = dir.display(),
+        url = broker.url(),
+    );
+    let watcher = Watcher::start(broker.port, "watcher", &["homeassistant/#", "dsmr/#"]);
+    let daemon = Daemon::start(&dir, &config);
+    let _connection = server.join().unwrap();
+    let configs = |seen: &[Seen]| seen.iter().filter(|s| s.topic.ends_with("/config")).count();
+    watcher.wait_until(PATIENCE, |seen| {
+        configs(seen) > 0 && seen.iter().any(|s| s.topic == "dsmr/json")
+    });
+    let finished = daemon.terminate();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert!(configs(&retained(&broker, "before", "homeassistant/#")) > 0);
+
+    let erased = std::process::Command::new(env!("CARGO_BIN_EXE_p1guard"))
+        .args(["erase", "--config"])
+        .arg(dir.join("p1guard.toml"))
+        .args(["--meter", "E0053000012345601"])
+        .env("STATE_DIRECTORY", &dir)
+        .output()
+        .unwrap();
+    assert!(
+        erased.status.success(),
+        "{}",
+        String::from_utf8_lossy(&erased.stderr)
+    );
+    for filter in ["homeassistant/#", "dsmr/#"] {
+        let left = retained(&broker, "after", filter);
+        let left: Vec<&str> = (left.iter())
+            .filter(|s| !s.payload.is_empty() && !s.topic.ends_with("/status"))
+            .map(|s| s.topic.as_str())
+            .collect();
+        assert_eq!(left, Vec::<&str>::new(), "{filter}");
+    }
 }
 
 /// An erasure clears a meter's discovery configs, and a running daemon does not bring them

@@ -16,7 +16,7 @@ use p1guard_simulator::{MeterSpec, Style};
 use serde_json::Value;
 
 use crate::daemon::{Daemon, count_after};
-use crate::mosquitto::{Mosquitto, Seen, Watcher, publish_all};
+use crate::mosquitto::{Mosquitto, Seen, publish_all, retained};
 use crate::{p1guard, scratch, sqlite_rows};
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -234,13 +234,6 @@ fn run_output(args: &[&str], status: i32) -> (String, String) {
 /// Runs `p1guard` with `args`, expecting `status`; its stdout.
 fn run(args: &[&str], status: i32) -> String {
     run_output(args, status).0
-}
-
-/// The retained messages a subscriber that connects now receives under `filter`.
-fn retained(broker: &Mosquitto, client: &str, filter: &str) -> Vec<Seen> {
-    let watcher = Watcher::start(broker.port, client, &[filter]);
-    std::thread::sleep(Duration::from_millis(500));
-    watcher.seen()
 }
 
 fn granularities(rows: &[crate::Row]) -> BTreeSet<String> {
@@ -837,7 +830,7 @@ fn audit_exits_2_naming_the_problem_when_the_configuration_is_invalid() {
         stderr,
         format!(
             "p1guard: {path}: 1 problem in the configuration:\n  \
-             - sinks[0]: unknown variant `kafka`, expected one of `sqlite`, `stdout`, `mqtt`, \
+             - sinks[0] (line 12): unknown variant `kafka`, expected one of `sqlite`, `stdout`, `mqtt`, \
              `influxdb`\n"
         )
     );

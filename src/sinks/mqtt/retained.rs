@@ -57,16 +57,13 @@ impl RetainedMessages {
             Ok(Err(error)) => bail!("sink {name}: {}: {error}", broker.describe()),
             Err(_) => bail!("sink {name}: {}: no answer", broker.describe()),
         }
-        let discovery_prefix = settings
-            .discovery_prefix
-            .clone()
-            .filter(|_| settings.layout == TopicLayout::P1guard);
         Ok(RetainedMessages {
             client,
             events,
             prefix: settings.prefix.clone(),
             layout: settings.layout,
-            discovery_prefix,
+            // Both layouts announce their entities.
+            discovery_prefix: settings.discovery_prefix.clone(),
         })
     }
 
