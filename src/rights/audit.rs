@@ -5,11 +5,14 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
-use p1guard_conduct::{ConsentTable, Granularity, Identity, IdentityKey, normalise_equipment_id};
+use p1guard_conduct::{
+    ConsentTable, Granularity, Identity, IdentityKey, MAX_CLOCK_SKEW_SECONDS,
+    normalise_equipment_id,
+};
 use serde::Serialize;
 
 use super::store::Store;
-use super::withdrawn_through;
+use super::{erased_through, withdrawn_through};
 use crate::registry::Erasure;
 use crate::sinks::SinkConfig;
 
@@ -17,8 +20,8 @@ use crate::sinks::SinkConfig;
 /// is not yet a violation.
 const HOUSEKEEPING_SLACK: Duration = Duration::from_secs(2 * 3600);
 
-/// Records are never dated further ahead than this.
-const FUTURE_TOLERANCE: SignedDuration = SignedDuration::from_hours(24);
+/// Records are never dated further ahead than a meter's clock is trusted.
+const FUTURE_TOLERANCE: SignedDuration = SignedDuration::from_secs(MAX_CLOCK_SKEW_SECONDS);
 
 /// One record a store should not hold, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -140,7 +143,7 @@ pub async fn audit(
             }
             let erased_at = erased.get(pseudonym.as_str()).copied().filter(|&at| {
                 let kept = g == Granularity::Billing && record.time >= fiscal_from;
-                record.time <= at && !kept
+                record.time <= erased_through(at) && !kept
             });
             let level = match &id {
                 Some(id) => consent.level(id.as_bytes(), purpose, record.time),

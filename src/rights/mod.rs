@@ -8,9 +8,10 @@ mod store;
 
 use std::collections::{BTreeSet, HashMap};
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use p1guard_conduct::{
-    ConsentTable, Granularity, Identity, IdentityKey, Level, PurposeId, normalise_equipment_id,
+    ConsentTable, Granularity, Identity, IdentityKey, Level, MAX_CLOCK_SKEW_SECONDS, PurposeId,
+    normalise_equipment_id,
 };
 use serde::Serialize;
 
@@ -19,6 +20,14 @@ pub use self::store::Store;
 use crate::held::{Purge, Purged};
 use crate::registry::EVERY_PURPOSE;
 use crate::sinks::SinkConfig;
+
+/// The latest record an erasure asked for at `requested_at` covers: one dated a day after it,
+/// as far ahead as a meter's clock is trusted ([`MAX_CLOCK_SKEW_SECONDS`]). A clock running
+/// ahead dates records after the request that were held when it was made.
+pub fn erased_through(requested_at: Timestamp) -> Timestamp {
+    let skew = SignedDuration::from_secs(MAX_CLOCK_SKEW_SECONDS);
+    requested_at.checked_add(skew).unwrap_or(Timestamp::MAX)
+}
 
 /// Now, to the second: the instants the registry and the ledger keep.
 pub fn now() -> Timestamp {
@@ -359,7 +368,7 @@ async fn erase_from(
     let purge = Purge {
         meters: subject.names_in(store, key).await?,
         granularities: Granularity::ALL.to_vec(),
-        dated_until: Some(requested_at),
+        dated_until: Some(erased_through(requested_at)),
         keep_billing_from: Some(store.fiscal_cutoff(now)),
     };
     let purged = store_purge(store, &purge).await?;

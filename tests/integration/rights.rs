@@ -388,6 +388,32 @@ fn an_erasure_keeps_only_fiscal_billing_and_a_restored_backup_is_erased_again() 
     assert_eq!(household.rows(), left);
 }
 
+/// A meter whose clock runs an hour fast has records dated after the erasure was asked for,
+/// held when it was: they are erased too, and the audit finds nothing left.
+#[test]
+fn an_erasure_takes_the_records_a_fast_meter_clock_dated_ahead() {
+    let household = Household::new("rights-erase-ahead");
+    let now = Timestamp::now();
+    let stream = p1guard_simulator::stream(
+        meter(),
+        now - SignedDuration::from_hours(2),
+        now + SignedDuration::from_hours(1),
+        Vec::new(),
+    );
+    std::fs::write(&household.capture, stream).unwrap();
+    household.grant(PRINTED_ID, "quarter_hour", None);
+    household.replay();
+    let ahead = |rows: &[crate::Row]| rows.iter().filter(|r| r.time > now.as_second()).count();
+    assert!(ahead(&household.rows()) > 0, "records dated ahead of now");
+    let config = household.config();
+    run(&["erase", "--config", config, "--meter", PRINTED_ID], 0);
+    let left = household.rows();
+    assert_eq!(ahead(&left), 0, "{left:#?}");
+    assert!(granularities(&left).iter().all(|g| g == "billing"));
+    let audit = run(&["audit", "--config", config], 0);
+    assert!(audit.contains(r#""clean":true"#), "{audit}");
+}
+
 #[test]
 fn erasing_a_meter_nobody_knows_is_recorded_and_said_to_be_unknown() {
     let household = Household::granted_and_replayed("rights-unknown", PRINTED_ID, None);
