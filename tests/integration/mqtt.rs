@@ -715,6 +715,87 @@ fn tls_and_a_password_protect_both_ways_and_a_wrong_password_is_said_plainly() {
     );
 }
 
+/// dsmr-reader's topics have room for one meter. A TCP gateway that turns out to carry two
+/// (no check of the configuration can know) gets the first one's readings published, the
+/// second's left out and said, rather than both mixed on one topic.
+#[test]
+fn dsmr_reader_topics_carry_the_first_meter_of_a_gateway_and_say_so_of_a_second() {
+    let dir = scratch("mqtt-dsmr-reader-gateway");
+    let broker = Mosquitto::start(&dir);
+    let now = crate::now();
+    let interleaved = telegrams(1, &now, 3)
+        .into_iter()
+        .zip(telegrams(2, &now, 3))
+        .flat_map(|(first, second)| [first, second])
+        .collect();
+    let (gateway, server) = crate::dongle(interleaved);
+    let config = format!(
+        r#"
+        [consent]
+        default = "live"
+
+        [[sources]]
+        name = "gateway"
+        type = "tcp"
+        address = "{gateway}"
+
+        [[sinks]]
+        name = "dsmr"
+        type = "mqtt"
+        url = "{url}"
+        layout = "dsmr_reader"
+        prefix = "dsmr"
+        max_granularity = "live"
+
+        [[sinks]]
+        type = "stdout"
+        max_granularity = "live"
+        identity = "raw"
+        "#,
+        url = broker.url(),
+    );
+    let watcher = Watcher::start(broker.port, "watcher", &["homeassistant/#", "dsmr/json"]);
+    let daemon = Daemon::start(&dir, &config);
+    let _connection = server.join().unwrap();
+    daemon.wait_for_output(r#""granularity":"live""#, 6, PATIENCE);
+    daemon.wait_for_log("records of a second meter are not published", 1, PATIENCE);
+    let finished = daemon.terminate();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let seen = watcher.seen();
+    let devices: BTreeSet<&str> = (seen.iter())
+        .filter(|s| s.topic.ends_with("/config"))
+        .filter_map(|s| s.topic.split('/').nth(2))
+        .collect();
+    assert_eq!(devices.len(), 1, "one household's entities: {devices:?}");
+    let readings: Vec<Value> = (seen.iter())
+        .filter(|s| s.topic == "dsmr/json")
+        .map(|s| serde_json::from_str(&s.payload).unwrap())
+        .collect();
+    // Each reading is one of the first meter's, none the second's.
+    let imports = |id: &str| -> Vec<f64> {
+        let id = sent_id(id);
+        (finished.stdout.lines())
+            .map(|line| serde_json::from_str::<Value>(line).unwrap())
+            .filter(|r| r["meter"] == id.as_str() && r["kind"] == "electricity")
+            .map(|r| r["values"]["energy_import_t1_kwh"].as_f64().unwrap())
+            .collect()
+    };
+    let (first, second) = (imports("E0053000012345601"), imports("E0053000012345602"));
+    assert!(
+        !first.is_empty() && !second.is_empty(),
+        "{}",
+        finished.stdout
+    );
+    assert!(!readings.is_empty());
+    for reading in &readings {
+        let delivered = reading["electricity_delivered_1"].as_f64().unwrap();
+        assert!(
+            first.contains(&delivered) && !second.contains(&delivered),
+            "{delivered}: first {first:?}, second {second:?}"
+        );
+    }
+}
+
 /// An erasure on a sink with dsmr-reader's topics clears them and the meter's discovery
 /// configs, which that layout announces too.
 #[test]

@@ -13,11 +13,12 @@ mod discovery;
 mod retained;
 mod topics;
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use p1guard_conduct::SinkRecord;
+use p1guard_conduct::{MeterName, SinkRecord};
 use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, Outgoing, QoS};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -28,6 +29,7 @@ pub use self::retained::RetainedMessages;
 use self::topics::{Layout, Message};
 use super::{Sink, WriteError};
 use crate::backoff::Backoff;
+use crate::telemetry::log_limit::LogLimit;
 
 /// How long a write waits for a connection before failing (and being retried).
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
@@ -72,6 +74,10 @@ pub struct MqttSink {
     /// The sink's name and settings, for the housekeeping connection.
     name: String,
     settings: MqttSettings,
+    /// dsmr-reader's topics have room for one meter: the first one published. A TCP
+    /// gateway may carry more, which no check of the configuration can know.
+    household: Option<MeterName>,
+    strangers: LogLimit,
 }
 
 impl MqttSink {
@@ -120,7 +126,36 @@ impl MqttSink {
             outgoing: Vec::new(),
             name: name.to_owned(),
             settings,
+            household: None,
+            strangers: LogLimit::per_minute(),
         })
+    }
+
+    /// The records this sink may publish: on dsmr-reader's topics, only the household's
+    /// meter's (the first one published); another meter's would overwrite its readings, and
+    /// Home Assistant would take each drop for a meter reset. They are left out and said.
+    fn of_one_meter<'r>(&mut self, records: &'r [SinkRecord]) -> Cow<'r, [SinkRecord]> {
+        if self.settings.layout != TopicLayout::DsmrReader || records.is_empty() {
+            return Cow::Borrowed(records);
+        }
+        let household = self
+            .household
+            .get_or_insert_with(|| records[0].meter.clone());
+        if records.iter().all(|r| r.meter == *household) {
+            return Cow::Borrowed(records);
+        }
+        let (mine, strangers): (Vec<_>, Vec<_>) =
+            records.iter().cloned().partition(|r| r.meter == *household);
+        if let Some(suppressed) = self.strangers.allow(std::time::Instant::now()) {
+            tracing::error!(
+                sink = %self.name,
+                suppressed,
+                records = strangers.len(),
+                "records of a second meter are not published: layout dsmr_reader has room for \
+                 one meter's readings (a gateway with several meters needs layout p1guard)"
+            );
+        }
+        Cow::Owned(mine)
     }
 
     /// Takes the connection task's news that needs no waiting.
@@ -235,10 +270,11 @@ impl Sink for MqttSink {
     async fn write(&mut self, records: &[SinkRecord]) -> Result<(), WriteError> {
         self.await_connection().await?;
         self.outgoing.clear();
+        let records = self.of_one_meter(records);
         if let Some(discovery) = &mut self.discovery {
-            discovery.announce(records, &mut self.outgoing);
+            discovery.announce(&records, &mut self.outgoing);
         }
-        self.layout.messages(records, &mut self.outgoing);
+        self.layout.messages(&records, &mut self.outgoing);
         self.announce().await?;
         if self.outgoing.is_empty() {
             return Ok(());
