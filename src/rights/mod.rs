@@ -6,7 +6,8 @@
 mod audit;
 mod store;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 
 use jiff::{SignedDuration, Timestamp};
 use p1guard_conduct::{
@@ -17,7 +18,7 @@ use serde::Serialize;
 
 pub use self::audit::{Registered, Violation, audit};
 pub use self::store::Store;
-use crate::held::{Purge, Purged};
+use crate::held::{Held, Purge, Purged};
 use crate::registry::EVERY_PURPOSE;
 use crate::sinks::SinkConfig;
 
@@ -404,22 +405,31 @@ pub async fn records_of(
     key: &IdentityKey,
     subject: &Subject,
 ) -> anyhow::Result<Vec<serde_json::Value>> {
-    let mut seen = BTreeSet::new();
-    let mut records = Vec::new();
+    // One reading per instant, granularity and kind, whatever each store names the meter;
+    // of its copies, the one that kept the most of the record (VictoriaMetrics keeps no
+    // `quality`).
+    let mut records: BTreeMap<(Timestamp, Granularity, String), Held> = BTreeMap::new();
     for config in sinks {
         let mut store = Store::open(config).await?;
         let names = subject.names_in(&mut store, key).await?;
         if let Some(held) = store.read(Some(&names)).await? {
             for held in held {
-                if seen.insert(held.record.to_string()) {
-                    records.push(held);
+                let kind = held.record["kind"].as_str().unwrap_or_default().to_owned();
+                let fields = |held: &Held| held.record.as_object().map_or(0, |r| r.len());
+                match records.entry((held.time, held.granularity, kind)) {
+                    Entry::Vacant(entry) => {
+                        entry.insert(held);
+                    }
+                    Entry::Occupied(mut entry) if fields(&held) > fields(entry.get()) => {
+                        entry.insert(held);
+                    }
+                    Entry::Occupied(_) => {}
                 }
             }
         }
         store.close().await;
     }
-    records.sort_by_key(|held| (held.time, held.granularity));
-    Ok(records.into_iter().map(|held| held.record).collect())
+    Ok(records.into_values().map(|held| held.record).collect())
 }
 
 #[cfg(test)]

@@ -1014,6 +1014,41 @@ fn influxdb_1_erases_all_but_fiscal_billing_and_reads_back_what_it_holds() {
 /// The granularities a quarter-hour sink holds.
 const GRANULARITIES: [&str; 3] = ["billing", "daily", "quarter_hour"];
 
+/// A record held by two stores is exported once, as the one that kept the most of it:
+/// SQLite's, with its `quality`, rather than VictoriaMetrics', which keeps no string field.
+#[test]
+fn a_record_in_two_stores_is_exported_once_as_fully_as_one_kept_it() {
+    let dir = scratch("influx-export-twice");
+    let vm = victoria_metrics(&dir, free_address());
+    let sinks = format!(
+        r#"
+        [[sinks]]
+        name = "vm"
+        type = "influxdb"
+        api = "v2"
+        url = "http://{address}"
+        org = "household"
+        max_granularity = "quarter_hour"
+
+        [[sinks]]
+        name = "store"
+        type = "sqlite"
+        path = "{dir}/store.sqlite"
+        max_granularity = "quarter_hour"
+        "#,
+        address = vm.address,
+        dir = dir.display(),
+    );
+    let config = rights_config(&dir, &sinks);
+    let finished = Daemon::start(&dir, &std::fs::read_to_string(&config).unwrap()).wait();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let name = pseudonym(ERASED);
+    let printed: Vec<Value> = (printed(&finished.stdout).into_iter())
+        .filter(|r| r["meter"] == name.as_str())
+        .collect();
+    assert_eq!(texts(&export(&config, ERASED)), texts(&printed));
+}
+
 #[test]
 fn victoria_metrics_erases_whole_series_and_keeps_fiscal_billing_ones() {
     let dir = scratch("influx-vm-rights");
