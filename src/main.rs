@@ -10,6 +10,8 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     match commands::run(cli) {
         Ok(code) => code,
+        // `p1guard export ... | head`: the reader has what it wanted.
+        Err(error) if commands::reader_gone(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("p1guard: {error:#}");
             ExitCode::from(2)

@@ -27,10 +27,7 @@ pub fn run(args: &ParseArgs) -> anyhow::Result<ExitCode> {
                 started.elapsed().as_secs_f64(),
             )
         });
-    match result {
-        Err(error) if error.kind() == io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
-        result => result.with_context(|| format!("reading {}", args.input.display()))?,
-    }
+    result.with_context(|| format!("reading {}", args.input.display()))?;
     // A cable at the wrong speed gives only noise: no telegram at all is a failure too.
     if report.frames == 0 {
         eprintln!("p1guard: no telegram found in {}", args.input.display());

@@ -68,12 +68,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(())
         });
-        match result {
-            Err(error) if error.kind() == io::ErrorKind::BrokenPipe => {
-                return Ok(ExitCode::SUCCESS);
-            }
-            result => result.with_context(|| format!("reading {}", file.display()))?,
-        };
+        result.with_context(|| format!("reading {}", file.display()))?;
     }
     out.flush()?;
 

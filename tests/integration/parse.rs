@@ -95,6 +95,47 @@ fn an_unreadable_input_exits_2_with_the_reason() {
     );
 }
 
+/// `p1guard parse capture | head`: a reader that stops reading ends the command quietly, as
+/// it ends any Unix tool, with nothing said on standard error.
+#[test]
+fn a_reader_that_stops_reading_ends_parse_quietly() {
+    use std::io::{Read as _, Write as _};
+    let telegram = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("crates/telegram/tests/golden/dsmr5_nl.txt"),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_p1guard"))
+        .arg("parse")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        // Far more output than a pipe holds; the write fails once p1guard has stopped.
+        for _ in 0..20_000 {
+            if stdin.write_all(&telegram).is_err() {
+                break;
+            }
+        }
+    });
+    let mut first = [0u8; 100];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    // The reader is gone now.
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(first.starts_with(b"{\"header\""));
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "");
+}
+
 #[test]
 fn input_without_a_single_telegram_fails_and_says_so() {
     for input in [
