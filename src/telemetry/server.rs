@@ -1,4 +1,4 @@
-//! The Prometheus endpoint: `GET /metrics` in the text exposition format, on the address the
+//! The Prometheus endpoint: `GET /metrics` in the OpenMetrics text format, on the address the
 //! configuration's `[metrics] listen` names. Everything else is 404.
 
 use std::convert::Infallible;
@@ -16,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::telemetry::metrics::Metrics;
 
-const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// What prometheus_client's text encoder writes: OpenMetrics (`# EOF`, counters typed as
+/// such with `_total` samples), which Prometheus reads when told so.
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Binds `address` now (so a taken port fails at start), then serves scrapes until
 /// `shutdown`.
