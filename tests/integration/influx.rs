@@ -359,6 +359,20 @@ fn victoria_metrics_holds_every_record_through_both_write_apis() {
         "no write failed: {}",
         finished.stderr
     );
+    // Both APIs' start checks pass: VictoriaMetrics serves no bucket lookup, so the v2
+    // sink's check is an empty write there too.
+    let accepted = "answers and accepts p1guard's credentials";
+    assert_eq!(
+        finished.stderr.matches(accepted).count(),
+        2,
+        "{}",
+        finished.stderr
+    );
+    assert!(
+        !finished.stderr.contains("not reachable at start"),
+        "{}",
+        finished.stderr
+    );
 }
 
 #[test]

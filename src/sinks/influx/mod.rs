@@ -263,13 +263,24 @@ enum Failed {
 
 impl Sink for InfluxSink {
     /// Sets up retention, then proves the credentials with an empty write into the billing
-    /// target (v1; InfluxDB and VictoriaMetrics answer 204) or by looking the billing bucket
-    /// up (v2).
+    /// target (v1, and VictoriaMetrics on either API: both answer 204) or by looking the
+    /// billing bucket up (InfluxDB 2, which VictoriaMetrics does not serve).
     async fn check(&mut self) -> anyhow::Result<String> {
         self.prepared = self.prepare().await;
         let url = self.remote.url.clone();
         let billing = &self.targets[Granularity::Billing as usize];
+        let server = self.remote.server().await.ok();
         let response = match &self.remote.access {
+            rights::Access::V2 { org, .. } if server == Some(rights::Server::VictoriaMetrics) => {
+                let query = [
+                    ("org", org.as_str()),
+                    ("bucket", billing),
+                    ("precision", "s"),
+                ];
+                self.remote
+                    .request(reqwest::Method::POST, "/api/v2/write")
+                    .query(&query)
+            }
             rights::Access::V1 { database, .. } => {
                 let query = [
                     ("db", database.as_str()),
