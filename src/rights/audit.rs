@@ -141,10 +141,10 @@ pub async fn audit(
                     config.policy.ceiling()
                 ));
             }
-            let erased_at = erased.get(pseudonym.as_str()).copied().filter(|&at| {
-                let kept = g == Granularity::Billing && record.time >= fiscal_from;
-                record.time <= erased_through(at) && !kept
-            });
+            // Erasures and withdrawals alike keep billing inside the fiscal retention.
+            let fiscal = g == Granularity::Billing && record.time >= fiscal_from;
+            let erased_at = (erased.get(pseudonym.as_str()).copied())
+                .filter(|&at| record.time <= erased_through(at) && !fiscal);
             let level = match &id {
                 Some(id) => consent.level(id.as_bytes(), purpose, record.time),
                 None => consent.default_level(),
@@ -154,7 +154,7 @@ pub async fn audit(
                     let instants = changes.get(id).map_or(&[][..], Vec::as_slice);
                     withdrawn_through(consent, id, purpose, instants, now)
                 })[g as usize]
-                    .filter(|&at| record.time <= at),
+                    .filter(|&at| record.time <= at && !fiscal),
                 _ => None,
             };
             // The table marks what an erasure covers as billing for every purpose, so that it

@@ -540,6 +540,25 @@ fn a_withdrawal_purges_rows_and_retained_messages_and_the_registry_refuses_edits
     assert_eq!(levels, ["quarter_hour", "daily"]);
 }
 
+/// A withdrawal to `none` erases everything but the billing readings the tax authority needs,
+/// and the audit, which finds what a withdrawal purged, leaves those alone too.
+#[test]
+fn a_withdrawal_to_none_keeps_fiscal_billing_and_the_audit_agrees() {
+    let household = Household::granted_and_replayed("rights-withdraw-none", PRINTED_ID, None);
+    let config = household.config();
+    run(
+        &[
+            "consent", "withdraw", "--config", config, "--meter", PRINTED_ID, "--to", "none",
+        ],
+        0,
+    );
+    let left = household.rows();
+    assert!(!left.is_empty(), "fiscal billing is kept");
+    assert_eq!(granularities(&left), BTreeSet::from(["billing".into()]));
+    let audit = run(&["audit", "--config", config], 0);
+    assert!(audit.contains(r#""clean":true"#), "{audit}");
+}
+
 #[test]
 fn a_running_daemon_follows_a_grant_and_a_withdrawal() {
     let dir = scratch("rights-follow");
