@@ -179,10 +179,12 @@ impl Withdrawal {
 
 /// What lowered consent purged from the stores serving `purpose`: for each granularity (by
 /// its index in [`Granularity::ALL`]), the latest of the meter's consent changes, up to
-/// `now`, at which its consent for `purpose` no longer allowed it. A withdrawal's purge
-/// erased every record of that granularity dated up to then, so no store serving the purpose
-/// holds one (unless a backup brought it back: the audit reports it, `reapply-erasures`
-/// erases it again). `changes` are the meter's instants from
+/// `now`, at which its consent for `purpose` stopped allowing it (allowed the second before,
+/// not from then on). A withdrawal's purge erased every record of that granularity dated up
+/// to then, so no store serving the purpose holds one (unless a backup brought it back: the
+/// audit reports it, `reapply-erasures` erases it again). A change that lowers nothing
+/// purged nothing: what consent never allowed is the ordinary consent check's to find.
+/// `changes` are the meter's instants from
 /// [`Registry::consent_instants`](crate::registry::Registry::consent_instants).
 pub fn withdrawn_through(
     table: &ConsentTable,
@@ -193,8 +195,10 @@ pub fn withdrawn_through(
 ) -> [Option<Timestamp>; 4] {
     let mut through = [None; 4];
     for &at in changes.iter().filter(|&&at| at <= now) {
-        let level = table.level(meter.as_bytes(), purpose, at);
-        for granularity in Granularity::ALL.into_iter().filter(|g| !level.allows(*g)) {
+        let level = |at| table.level(meter.as_bytes(), purpose, at);
+        let (before, after) = (level(at - SignedDuration::from_secs(1)), level(at));
+        let lowered = |g: &Granularity| before.allows(*g) && !after.allows(*g);
+        for granularity in Granularity::ALL.into_iter().filter(lowered) {
             let latest = &mut through[granularity as usize];
             *latest = (*latest).max(Some(at));
         }
@@ -494,21 +498,23 @@ mod tests {
             Granularity::Billing,
         ]
         .map(|g| g as usize);
-        // Before the withdrawal: quarter hours allowed all along, live never.
+        // The grant in January lowered nothing: live was never allowed, and is the ordinary
+        // consent check's to find.
+        assert_eq!(through("2026-02-01T00:00:00Z"), [None; 4]);
+        // The withdrawal in March took the quarter hours, and only them.
         let april = through("2026-04-01T00:00:00Z");
-        assert_eq!(april[live], Some(t("2026-03-01T00:00:00Z")));
         assert_eq!(april[quarter_hour], Some(t("2026-03-01T00:00:00Z")));
-        assert_eq!((april[daily], april[billing]), (None, None));
-        let february = through("2026-02-01T00:00:00Z");
-        assert_eq!(february[live], Some(t("2026-01-01T00:00:00Z")));
-        assert_eq!(february[quarter_hour], None);
+        assert_eq!(
+            (april[live], april[daily], april[billing]),
+            (None, None, None)
+        );
         // Granted again in May: what was purged in March stays purged; then, for every
-        // purpose, down to billing in July.
+        // purpose, down to billing in July, which takes the daily readings too.
         let june = through("2026-06-01T00:00:00Z");
         assert_eq!(june[quarter_hour], Some(t("2026-03-01T00:00:00Z")));
         let august = through("2026-08-01T00:00:00Z");
         assert_eq!(august[quarter_hour], Some(t("2026-07-01T00:00:00Z")));
         assert_eq!(august[daily], Some(t("2026-07-01T00:00:00Z")));
-        assert_eq!(august[billing], None);
+        assert_eq!((august[live], august[billing]), (None, None));
     }
 }
