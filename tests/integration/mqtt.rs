@@ -715,6 +715,41 @@ fn tls_and_a_password_protect_both_ways_and_a_wrong_password_is_said_plainly() {
     );
 }
 
+/// The sink says `online` as soon as it is connected, not with the first record: Home
+/// Assistant shows the entities available while the meter has yet to send.
+#[test]
+fn a_sink_says_online_before_the_first_telegram() {
+    let dir = scratch("mqtt-online-at-once");
+    let broker = Mosquitto::start(&dir);
+    let (dongle, server) = crate::dongle(Vec::new());
+    let config = format!(
+        r#"
+        [consent]
+        default = "live"
+
+        [[sources]]
+        name = "dongle"
+        type = "tcp"
+        address = "{dongle}"
+
+        [[sinks]]
+        name = "home-assistant"
+        type = "mqtt"
+        url = "{url}"
+        prefix = "home"
+        max_granularity = "live"
+        "#,
+        url = broker.url(),
+    );
+    let watcher = Watcher::start(broker.port, "watcher", &["home/status"]);
+    let daemon = Daemon::start(&dir, &config);
+    let _connection = server.join().unwrap();
+    watcher.wait_until(PATIENCE, |seen| seen.iter().any(|s| s.payload == "online"));
+    let finished = daemon.terminate();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert_eq!(count_after(&finished.stderr, "source dongle:", "ok"), 0);
+}
+
 /// dsmr-reader's topics have room for one meter. A TCP gateway that turns out to carry two
 /// (no check of the configuration can know) gets the first one's readings published, the
 /// second's left out and said, rather than both mixed on one topic.

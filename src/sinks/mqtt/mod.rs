@@ -288,9 +288,12 @@ impl Sink for MqttSink {
         }
     }
 
-    /// The broker's CONNACK (the connection task logs it either way).
+    /// The broker's CONNACK (the connection task logs it either way); then availability
+    /// goes out at once, not with the first record, which may be a while away (a meter slow
+    /// to send, a cable not yet plugged in): Home Assistant shows the entities available.
     async fn check(&mut self) -> anyhow::Result<String> {
         self.await_connection().await?;
+        self.attend().await?;
         Ok(String::new())
     }
 
