@@ -116,19 +116,29 @@ fn history(args: &MeterArgs) -> anyhow::Result<ExitCode> {
 /// How many bad rows `consent import` lists; the rest it counts.
 const BAD_ROWS_SHOWN: usize = 20;
 
+/// The line a record of `text` is on. The csv reader dates a record from where it began
+/// reading it, so a record after blank lines (a spreadsheet's export) is dated at the first
+/// of them.
+fn record_line(text: &[u8], position: &csv::Position) -> u64 {
+    let from = usize::try_from(position.byte()).unwrap_or(usize::MAX);
+    let blank = text.get(from..).unwrap_or_default();
+    let blank = blank.iter().take_while(|&&b| b == b'\r' || b == b'\n');
+    position.line() + blank.filter(|&&b| b == b'\n').count() as u64
+}
+
 /// Reads every row first: a file with a bad row records nothing, and says which rows are bad
 /// (by line) and why.
 fn import(args: &ImportArgs) -> anyhow::Result<ExitCode> {
     let Some(mut setting) = Setting::open(&args.config.config)? else {
         return Ok(ExitCode::from(2));
     };
-    let file = std::fs::File::open(&args.file)
-        .with_context(|| format!("cannot open {}", args.file.display()))?;
+    let text = std::fs::read(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .trim(csv::Trim::All)
-        .from_reader(std::io::BufReader::with_capacity(1 << 20, file));
+        .from_reader(text.as_slice());
     let mut events = Vec::new();
     let mut problems = Vec::new();
     let mut bytes = csv::ByteRecord::new();
@@ -136,7 +146,7 @@ fn import(args: &ImportArgs) -> anyhow::Result<ExitCode> {
         .read_byte_record(&mut bytes)
         .with_context(|| format!("cannot read {}", args.file.display()))?
     {
-        let line = bytes.position().map_or(0, |p| p.line());
+        let line = bytes.position().map_or(0, |p| record_line(&text, p));
         // A row that is not UTF-8 is a bad row like any other, not the end of the file.
         let row = match csv::StringRecord::from_byte_record(std::mem::take(&mut bytes)) {
             Ok(row) => row,

@@ -760,7 +760,10 @@ fn an_import_records_every_row_or_none_names_bad_rows_by_line_and_its_levels_hol
         "E0054000099999994,daily,2026-01-01T00:00:00Z".to_owned(),
     ];
     let file = household.dir.join("consents.csv");
-    let mut text = ([&good[..], &bad[..]].concat().join("\n") + "\n").into_bytes();
+    let mut text = ([&good[..], &bad[..1]].concat().join("\n") + "\n").into_bytes();
+    // Blank lines, as spreadsheets leave them, with Windows line ends: lines still count.
+    text.extend(b"\r\n\r\n");
+    text.extend((bad[1..].join("\r\n") + "\r\n").into_bytes());
     text.extend(b"E0054000099999995,daily,2026-01-01T00:00:00Z,K-\xe9\n"); // Latin-1
     std::fs::write(&file, text).unwrap();
     let file = file.to_str().unwrap();
@@ -772,9 +775,9 @@ fn an_import_records_every_row_or_none_names_bad_rows_by_line_and_its_levels_hol
         "p1guard: {file}: 4 bad row(s), nothing recorded:\n  \
          line 4: unknown consent level \"hourly\"; expected one of none, billing, daily, \
          quarter_hour, live\n  \
-         line 5: effective_from \"yesterday\": expected RFC 3339\n  \
-         line 6: expected meter,level,effective_from,reference[,purpose], got 3 fields\n  \
-         line 7: field 4 is not UTF-8\n"
+         line 7: effective_from \"yesterday\": expected RFC 3339\n  \
+         line 8: expected meter,level,effective_from,reference[,purpose], got 3 fields\n  \
+         line 9: field 4 is not UTF-8\n"
     );
     assert_eq!(stderr, expected);
     assert_eq!(
