@@ -179,6 +179,19 @@ fn import(args: &ImportArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::FAILURE);
     }
+    // A row the registry already holds (an import run again, a row twice in the file) is
+    // not recorded again: the registry is append-only, and a copy would be noise in every
+    // history for good.
+    let rows = events.len();
+    let mut seen = std::collections::HashSet::with_capacity(rows);
+    let mut fresh: Vec<NewEvent> = Vec::with_capacity(rows);
+    for event in events {
+        if !seen.contains(&event) && !setting.registry.holds(&event)? {
+            seen.insert(event.clone());
+            fresh.push(event);
+        }
+    }
+    let events = fresh;
     let mut unserved: Vec<&str> = events
         .iter()
         .map(|e| e.purpose.as_str())
@@ -216,6 +229,9 @@ fn import(args: &ImportArgs) -> anyhow::Result<ExitCode> {
     }
     setting.record(&events, now)?;
     let mut answer = serde_json::json!({ "recorded": events.len() });
+    if rows > events.len() {
+        answer["already_recorded"] = (rows - events.len()).into();
+    }
     if !withdrawals.is_empty() {
         let purged = runtime()?.block_on(purge_withdrawn(
             &setting.config.sinks,

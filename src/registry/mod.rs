@@ -72,7 +72,7 @@ CREATE TABLE IF NOT EXISTS fleet_streams (
 const ERASURE_COLUMN: &str = "ALTER TABLE consent_events ADD COLUMN erasure INTEGER NOT NULL DEFAULT 0 CHECK (erasure IN (0, 1))";
 
 /// Where an event came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventSource {
     /// `p1guard consent grant|withdraw`, `p1guard erase`.
@@ -103,7 +103,7 @@ impl EventSource {
 }
 
 /// A consent event to record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct NewEvent {
     /// The equipment id, normalised.
     pub meter: String,
@@ -372,6 +372,26 @@ impl Registry {
                 .push(Timestamp::from_second(from)?);
         }
         Ok(instants)
+    }
+
+    /// Whether the registry already holds a consent event like `event`: its meter, level,
+    /// purpose, effective instant and reference (an import run twice).
+    pub fn holds(&self, event: &NewEvent) -> anyhow::Result<bool> {
+        let mut query = self.connection.prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM consent_events WHERE meter = ?1 AND level = ?2
+             AND purpose = ?3 AND effective_from = ?4 AND reference IS ?5 AND erasure = 0)",
+        )?;
+        let held = query.query_row(
+            params![
+                event.meter,
+                event.level.name(),
+                event.purpose,
+                event.effective_from.as_second(),
+                event.reference,
+            ],
+            |row| row.get(0),
+        )?;
+        Ok(held)
     }
 
     /// Appends an erasure to the ledger.

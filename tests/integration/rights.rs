@@ -822,6 +822,13 @@ fn an_import_records_every_row_or_none_names_bad_rows_by_line_and_its_levels_hol
     assert_eq!(history[0]["effective_from"], "2025-12-31T23:00:00Z");
     assert_eq!(history[0]["reference"], "K-3002");
 
+    // The same file again, with a row twice: nothing recorded twice, and said.
+    std::fs::write(&file, [&good[..], &good[1..2]].concat().join("\n") + "\n").unwrap();
+    let file = file.to_str().unwrap();
+    let (stdout, _) = run_output(&["consent", "import", "--config", config, file], 0);
+    assert_eq!(stdout, "{\"already_recorded\":3,\"recorded\":0}\n");
+    assert_eq!(household.history(PRINTED_ID).len(), 1);
+
     // The store takes quarter hours, the import allowed daily: daily it is.
     household.replay();
     assert_eq!(
