@@ -65,6 +65,9 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
     })
 }
 
+/// The speeds P1 ports send at: DSMR 2.2 and 3, then DSMR 4 and 5.
+const P1_BAUD_RATES: [u32; 2] = [9_600, 115_200];
+
 /// Reads a configuration's text with the environment `vars`.
 pub fn parse(
     text: &str,
@@ -285,6 +288,17 @@ impl Reader<'_, '_> {
             }
         }
         let mut warnings = Vec::new();
+        // A cable at another speed reads only noise: allowed (a converter may need it), said.
+        for source in &sources {
+            if let SourceKind::Serial(serial) = &source.kind
+                && !P1_BAUD_RATES.contains(&serial.baud)
+            {
+                warnings.push(format!(
+                    "source {}: {} baud is no P1 speed (9600 for DSMR 2.2 and 3, 115200 for DSMR 4 and 5): check the setting if no telegram arrives",
+                    source.name, serial.baud
+                ));
+            }
+        }
         if !fleet.is_empty() && default > Level::Billing {
             warnings.push(format!(
                 "consent.default = \"{default}\" gives every meter of the fleet (source {}) {default} readings, but daily and finer readings are opt-in per meter: list the meters that consented under [consent] meters",
@@ -498,6 +512,25 @@ mod tests {
         );
         // A section that is not there has no line.
         assert_eq!(problems.0[2], "sources: no [[sources]]: nothing to read");
+    }
+
+    #[test]
+    fn a_serial_speed_no_meter_sends_at_is_said() {
+        let config = |baud: u32| {
+            let text = format!(
+                "[[sources]]\ntype = \"serial\"\ndevice = \"/dev/ttyUSB0\"\nbaud = {baud}\n\
+                 [[sinks]]\ntype = \"stdout\"\nmax_granularity = \"daily\"\n"
+            );
+            parse(&text, no_env()).unwrap()
+        };
+        assert_eq!(config(115_200).warnings, Vec::<String>::new());
+        assert_eq!(config(9_600).warnings, Vec::<String>::new());
+        let typo = config(11_520).warnings;
+        assert_eq!(typo.len(), 1, "{typo:?}");
+        assert!(
+            typo[0].starts_with("source serial: 11520 baud is no P1 speed"),
+            "{typo:?}"
+        );
     }
 
     #[test]
