@@ -49,10 +49,7 @@ impl Override {
         };
         let key = self.keys.join(".");
         for problem in problems.iter_mut() {
-            let about = problem
-                .strip_prefix(section.as_str())
-                .is_some_and(|rest| rest.starts_with([':', '.', '[']));
-            if about {
+            if super::about(problem, &section).is_some() {
                 problem.push_str(&format!(" ({} sets {key})", self.name));
             }
         }

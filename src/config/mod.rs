@@ -86,31 +86,21 @@ fn place(text: &str, problems: &mut [String]) {
     let Ok(document) = toml::de::DeTable::parse(text) else {
         return;
     };
-    let line = |at: usize| {
-        text.as_bytes()[..at.min(text.len())]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
-            + 1
-    };
     let mut starts = Vec::new();
     for (key, value) in document.get_ref() {
         let section: &str = key.get_ref();
         match value.get_ref() {
             toml::de::DeValue::Array(entries) => {
                 for (i, entry) in entries.iter().enumerate() {
-                    starts.push((format!("{section}[{i}]"), line(entry.span().start)));
+                    starts.push((format!("{section}[{i}]"), line_of(text, entry.span().start)));
                 }
             }
-            _ => starts.push((section.to_owned(), line(value.span().start))),
+            _ => starts.push((section.to_owned(), line_of(text, value.span().start))),
         }
     }
     for problem in problems.iter_mut() {
-        let placed = starts.iter().find_map(|(at, line)| {
-            let rest = problem.strip_prefix(at.as_str())?;
-            rest.starts_with([':', '.'])
-                .then(|| format!("{at} (line {line}){rest}"))
-        });
+        let placed = (starts.iter())
+            .find_map(|(at, line)| Some(format!("{at} (line {line}){}", about(problem, at)?)));
         if let Some(placed) = placed {
             *problem = placed;
         }
@@ -125,9 +115,22 @@ fn syntax_error(text: &str, error: &toml::de::Error) -> String {
         return format!("TOML syntax: {message}");
     };
     let before = &text.as_bytes()[..span.start.min(text.len())];
-    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let line = line_of(text, span.start);
     let column = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
     format!("line {line}, column {column}: TOML syntax: {message}")
+}
+
+/// The 1-based line of `text` that byte `offset` is on.
+fn line_of(text: &str, offset: usize) -> usize {
+    let before = &text.as_bytes()[..offset.min(text.len())];
+    before.iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// What `problem` says of `at` (a section, `sinks[2]`, or a key under them), if it is about
+/// it: problems begin with where they are, then `:`, `.` or `[`.
+fn about<'p>(problem: &'p str, at: &str) -> Option<&'p str> {
+    let rest = problem.strip_prefix(at)?;
+    rest.starts_with([':', '.', '[']).then_some(rest)
 }
 
 /// Collects problems while something is built from the document; what is built alongside
