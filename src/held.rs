@@ -63,6 +63,15 @@ pub struct Purged {
     pub note: Option<String>,
 }
 
+impl Purged {
+    /// Adds what another purge of the same store did; the first note stands.
+    pub fn add(&mut self, other: Purged) {
+        self.erased += other.erased;
+        self.kept += other.kept;
+        self.note = self.note.take().or(other.note);
+    }
+}
+
 /// One record read back from a store.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Held {

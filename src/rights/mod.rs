@@ -268,9 +268,7 @@ async fn purge_withdrawn_again(
                 keep_billing_from: Some(store.fiscal_cutoff(now)),
             };
             let purged = store_purge(store, &purge).await?;
-            total.erased += purged.erased;
-            total.kept += purged.kept;
-            total.note = total.note.take().or(purged.note);
+            total.add(purged);
         }
     }
     Ok(answer(store, total))
@@ -316,9 +314,7 @@ pub async fn purge_withdrawn(
                     keep_billing_from: Some(store.fiscal_cutoff(now)),
                 };
                 let purged = store_purge(&mut store, &purge).await?;
-                total.erased += purged.erased;
-                total.kept += purged.kept;
-                total.note = total.note.or(purged.note);
+                total.add(purged);
             }
             answers.push(answer(&store, total));
         }

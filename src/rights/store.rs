@@ -121,8 +121,7 @@ impl Store {
             Opened::Influx(store) => store.purge(purge).await?,
             Opened::Nothing => Purged::default(),
         };
-        purged.erased += waiting.erased;
-        purged.kept += waiting.kept;
+        purged.add(waiting);
         Ok(purged)
     }
 
