@@ -144,13 +144,15 @@ impl MqttSink {
         if records.iter().all(|r| r.meter == *household) {
             return Cow::Borrowed(records);
         }
-        let (mine, strangers): (Vec<_>, Vec<_>) =
-            records.iter().cloned().partition(|r| r.meter == *household);
+        let mine: Vec<SinkRecord> = (records.iter())
+            .filter(|r| r.meter == *household)
+            .cloned()
+            .collect();
         if let Some(suppressed) = self.strangers.allow(std::time::Instant::now()) {
             tracing::error!(
                 sink = %self.name,
                 suppressed,
-                records = strangers.len(),
+                records = records.len() - mine.len(),
                 "records of a second meter are not published: layout dsmr_reader has room for \
                  one meter's readings (a gateway with several meters needs layout p1guard)"
             );
