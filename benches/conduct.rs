@@ -53,7 +53,7 @@ fn pipeline(stream: &[u8], level: Level, policy: SinkPolicy, out: &mut Vec<u8>) 
             reducer.reduce(&telegram, Arrival::Recorded(Timestamp::MAX), &mut records);
             for record in records.drain(..) {
                 if let Some(admitted) = policy.admit(&record) {
-                    serde_json::to_writer(&mut *out, &admitted).expect("JSON");
+                    admitted.write_json(&mut *out).expect("JSON in memory");
                     out.push(b'\n');
                 }
             }

@@ -810,11 +810,13 @@ impl OutboxStore {
             if meters.is_some_and(|meters| !meters.contains(&meter)) {
                 continue;
             }
+            let mut json = Vec::new();
+            record.write_json(&mut json)?;
             held.push(Held {
                 meter,
                 granularity: record.granularity,
                 time: record.time,
-                record: serde_json::to_value(&record)?,
+                record: serde_json::from_slice(&json)?,
             });
         }
         Ok(held)
@@ -1076,7 +1078,11 @@ mod tests {
         let waiting = store.read(Some(std::slice::from_ref(&meter))).unwrap();
         let json: Vec<_> = committed
             .iter()
-            .map(|r| serde_json::to_value(r).unwrap())
+            .map(|r| {
+                let mut json = Vec::new();
+                r.write_json(&mut json).unwrap();
+                serde_json::from_slice::<serde_json::Value>(&json).unwrap()
+            })
             .collect();
         assert_eq!(
             waiting.into_iter().map(|h| h.record).collect::<Vec<_>>(),

@@ -62,7 +62,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
             }
             for record in records.drain(..) {
                 if let Some(admitted) = policy.admit(&record) {
-                    serde_json::to_writer(&mut out, &admitted)?;
+                    admitted.write_json(&mut out)?;
                     out.write_all(b"\n")?;
                 }
             }

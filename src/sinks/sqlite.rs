@@ -102,7 +102,11 @@ impl SqliteSink {
             let mut upsert = transaction.prepare_cached(UPSERT)?;
             for record in records {
                 let r = record;
-                let readings = serde_json::to_string(&record.values_json())
+                let mut readings = Vec::new();
+                record
+                    .write_values_json(&mut readings)
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
+                let readings = String::from_utf8(readings)
                     .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
                 upsert.execute(params![
                     record.meter.to_string(),

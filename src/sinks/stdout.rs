@@ -28,7 +28,7 @@ impl StdoutSink {
     fn write_lines(&mut self, records: &[SinkRecord]) -> io::Result<()> {
         self.lines.clear();
         for record in records {
-            serde_json::to_writer(&mut self.lines, record)?;
+            record.write_json(&mut self.lines)?;
             self.lines.push(b'\n');
         }
         // A pipe whose reader is slow blocks: let the runtime move other tasks meanwhile.

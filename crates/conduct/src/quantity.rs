@@ -65,6 +65,14 @@ macro_rules! quantities {
                 }
             }
 
+            /// The name as a record JSON key, quoted and with its colon: names are plain
+            /// snake_case, which JSON needs no escaping for (tested).
+            pub(crate) const fn json_key(self) -> &'static str {
+                match self {
+                    $(Quantity::$quantity => concat!("\"", $name, "\":"),)*
+                }
+            }
+
             /// The kind of meter that measures it.
             pub const fn kind(self) -> Kind {
                 match self {
@@ -181,6 +189,14 @@ mod tests {
             assert!(name.ends_with(&format!("_{suffix}")), "{name}");
         }
         assert_eq!(seen.len(), Quantity::ALL.len());
+    }
+
+    #[test]
+    fn json_keys_are_the_names_as_json_writes_them() {
+        for quantity in Quantity::ALL {
+            let key = serde_json::to_string(quantity.name()).unwrap() + ":";
+            assert_eq!(quantity.json_key(), key);
+        }
     }
 
     #[test]

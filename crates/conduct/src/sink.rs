@@ -154,11 +154,17 @@ mod tests {
         assert!(policy.admit(&record(Granularity::Live)).is_none());
     }
 
+    fn json_of(record: &SinkRecord) -> String {
+        let mut out = Vec::new();
+        record.write_json(&mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn json_follows_the_record_contract() {
         let policy = SinkPolicy::new(Granularity::QuarterHour, Identity::Pseudonym).unwrap();
         let record = record(Granularity::QuarterHour);
-        let json = serde_json::to_string(&policy.admit(&record).unwrap()).unwrap();
+        let json = json_of(&policy.admit(&record).unwrap());
         let pseudonym =
             IdentityKey::from_bytes([9; 32]).pseudonym(b"4B384547303034303436333935353037");
         assert_eq!(
@@ -168,7 +174,7 @@ mod tests {
             )
         );
         let owner = SinkPolicy::new(Granularity::Live, Identity::Raw).unwrap();
-        let json = serde_json::to_string(&owner.admit(&record).unwrap()).unwrap();
+        let json = json_of(&owner.admit(&record).unwrap());
         assert!(json.starts_with(r#"{"meter":"4B384547303034303436333935353037","#));
     }
 }

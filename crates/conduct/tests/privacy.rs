@@ -244,7 +244,9 @@ fn replay(s: &Scenario, stream: &[u8], chunk_sizes: &[usize]) -> [Vec<(Value, St
                     let Some(admitted) = policy.admit(&record) else {
                         continue;
                     };
-                    let line = serde_json::to_string(&admitted).expect("JSON");
+                    let mut line = Vec::new();
+                    admitted.write_json(&mut line).expect("JSON in memory");
+                    let line = String::from_utf8(line).expect("UTF-8");
                     lines.push((serde_json::from_str(&line).expect("valid JSON"), line));
                 }
             }

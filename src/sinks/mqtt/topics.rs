@@ -73,7 +73,8 @@ impl Layout {
                     let r = record;
                     let meter = topic_level(&record.meter.to_string());
                     let topic = state_topic(prefix, &meter, r.granularity, r.kind);
-                    let payload = serde_json::to_vec(record).expect("a record serialises");
+                    let mut payload = Vec::new();
+                    record.write_json(&mut payload).expect("JSON in memory");
                     out.push(Message::retained(topic, payload));
                 }
             }
