@@ -27,6 +27,9 @@ enum Opened {
     Influx(InfluxSink),
     /// Standard output keeps nothing.
     Nothing,
+    /// A store that could not be reached (a broker that is down): what waits for it in the
+    /// outbox is still erased, so that none of it is written once the store is back.
+    Unreachable(anyhow::Error),
 }
 
 impl Store {
@@ -41,9 +44,12 @@ impl Store {
                 Opened::Sqlite(SqliteSink::open(&path, *retention)?)
             }
             SinkKind::Stdout => Opened::Nothing,
-            SinkKind::Mqtt(settings) => Opened::Mqtt(Box::new(
-                RetainedMessages::connect(&config.name, settings).await?,
-            )),
+            SinkKind::Mqtt(settings) => {
+                match RetainedMessages::connect(&config.name, settings).await {
+                    Ok(retained) => Opened::Mqtt(Box::new(retained)),
+                    Err(error) => Opened::Unreachable(error),
+                }
+            }
             SinkKind::Influxdb(settings) => Opened::Influx(InfluxSink::new(settings.clone())?),
         };
         let outbox = crate::outbox::path(config.outbox.as_deref())?;
@@ -96,6 +102,7 @@ impl Store {
             Opened::Mqtt(store) => store.stored_meters().await?,
             Opened::Influx(store) => store.stored_meters().await?,
             Opened::Nothing => Vec::new(),
+            Opened::Unreachable(error) => return Err(unreachable(error)),
         };
         if let Some(outbox) = &self.outbox {
             meters.extend(outbox.meters()?);
@@ -106,7 +113,8 @@ impl Store {
     }
 
     /// Erases what `purge` covers, in the outbox first (so that nothing waiting there is
-    /// written after the store was purged), then in the store.
+    /// written after the store was purged, and even when the store cannot be reached), then
+    /// in the store.
     pub async fn purge(&mut self, purge: &Purge) -> anyhow::Result<Purged> {
         if purge.meters.is_empty() {
             return Ok(Purged::default());
@@ -120,6 +128,12 @@ impl Store {
             Opened::Mqtt(store) => store.purge(purge).await?,
             Opened::Influx(store) => store.purge(purge).await?,
             Opened::Nothing => Purged::default(),
+            Opened::Unreachable(error) => {
+                let erased = waiting.erased;
+                return Err(unreachable(error).context(format!(
+                    "the {erased} record(s) waiting for it in the outbox were erased, the store's own were not"
+                )));
+            }
         };
         purged.add(waiting);
         Ok(purged)
@@ -133,6 +147,7 @@ impl Store {
             Opened::Mqtt(store) => store.read(meters).await.map(Some)?,
             Opened::Influx(store) => store.read(meters).await?,
             Opened::Nothing => None,
+            Opened::Unreachable(error) => return Err(unreachable(error)),
         };
         let waiting = match &self.outbox {
             Some(outbox) => outbox.read(meters)?,
@@ -154,4 +169,9 @@ impl Store {
             store.close().await;
         }
     }
+}
+
+/// The error of an unreachable store, again for each use.
+fn unreachable(error: &anyhow::Error) -> anyhow::Error {
+    anyhow::anyhow!("{error:#}")
 }

@@ -740,6 +740,60 @@ fn an_erasure_with_a_store_down_is_finished_by_reapply_erasures() {
     assert_eq!(readings(&household.broker, "after"), 0, "{reapplied}");
 }
 
+/// What waits in the outbox for a broker that is down is erased with the meter, although the
+/// broker itself cannot be reached: once it is back, the next start publishes none of the
+/// meter's readings but the billing ones the law keeps.
+#[test]
+fn an_erasure_with_the_broker_down_erases_what_waits_for_it_in_the_outbox() {
+    let mut household = Household::new("rights-erase-waiting");
+    let granted = household.grant(PRINTED_ID, "quarter_hour", None);
+    assert!(granted.contains(r#""recorded":1"#), "{granted}");
+    let mut config = std::fs::read_to_string(&household.config).unwrap();
+    let outbox = household.dir.join("outbox.sqlite");
+    config.push_str(&format!(
+        "\n[daemon]\nshutdown_grace_secs = 1\noutbox = {outbox:?}\n"
+    ));
+    std::fs::write(&household.config, &config).unwrap();
+    household.broker.stop();
+    let first = Daemon::start(&household.dir, &config);
+    first.wait_for_log("source finished", 1, PATIENCE);
+    let first = first.terminate();
+    assert!(
+        first.stderr.contains("wait in the outbox"),
+        "{}",
+        first.stderr
+    );
+
+    let answer: Value = serde_json::from_str(&run(
+        &[
+            "erase",
+            "--config",
+            household.config(),
+            "--meter",
+            PRINTED_ID,
+        ],
+        1,
+    ))
+    .unwrap();
+    let stores = answer["stores"].as_array().unwrap();
+    let broker = stores.iter().find(|s| s["store"] == "broker").unwrap();
+    let failed = broker["failed"].as_str().unwrap_or_default();
+    assert!(
+        failed.contains("waiting for it in the outbox were erased"),
+        "{answer:#}"
+    );
+
+    household.broker.spawn();
+    std::fs::write(&household.capture, b"").unwrap();
+    let second = Daemon::start(&household.dir, &config).wait();
+    assert!(second.status.success(), "{}", second.stderr);
+    let published = retained(&household.broker, "after", "supplier/+/+/+");
+    assert!(
+        published.iter().all(|m| m.topic.contains("/billing/")),
+        "{published:#?}"
+    );
+}
+
 /// `consent import` takes ids both ways, a header, an optional purpose; a file with bad rows
 /// records nothing and names each bad row by line and reason; the imported level is the
 /// one a replay then stores at, and nothing finer.
