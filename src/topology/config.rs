@@ -205,7 +205,11 @@ impl Reader<'_, '_> {
                 format!("more than {MAX_PURPOSES} purposes: sinks serve {purposes:?}"),
             );
         }
-        let consent_table = ConsentTable::new(default, purposes);
+        let purge_on_withdrawal = consent.purge_on_withdrawal.unwrap_or(true);
+        let mut consent_table = ConsentTable::new(default, purposes);
+        if purge_on_withdrawal {
+            consent_table = consent_table.withdrawals_reach_back();
+        }
         for sink in &mut sinks {
             let purpose = consent_table.purpose(&sink.purpose).unwrap_or_default();
             sink.policy = sink.policy.serving(purpose);
@@ -316,7 +320,7 @@ impl Reader<'_, '_> {
             consent: consent_table,
             listed_meters,
             registry: consent.registry,
-            purge_on_withdrawal: consent.purge_on_withdrawal.unwrap_or(true),
+            purge_on_withdrawal,
             billing: consent.billing_cadence.unwrap_or_default(),
             sources,
             sinks,

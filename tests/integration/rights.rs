@@ -559,6 +559,42 @@ fn a_withdrawal_to_none_keeps_fiscal_billing_and_the_audit_agrees() {
     assert!(audit.contains(r#""clean":true"#), "{audit}");
 }
 
+/// A withdrawal recorded with an effective time in the past reaches back: what arrives after
+/// it dated before it (a replay, a late gateway, a fleet behind) is judged by the level left,
+/// so nothing is stored that its purge would have erased, and the audit agrees.
+#[test]
+fn records_that_arrive_after_a_withdrawal_dated_before_it_are_not_stored_finer() {
+    let household = Household::new("rights-withdrawal-reaches-back");
+    let config = household.config();
+    let granted = household.grant(PRINTED_ID, "quarter_hour", None);
+    assert!(granted.contains(r#""recorded":1"#), "{granted}");
+    let withdrawn_at = (household.from + SignedDuration::from_hours(2)).to_string();
+    run(
+        &[
+            "consent",
+            "withdraw",
+            "--config",
+            config,
+            "--meter",
+            PRINTED_ID,
+            "--to",
+            "daily",
+            "--from",
+            &withdrawn_at,
+        ],
+        0,
+    );
+    household.replay();
+    let stored = household.rows();
+    assert!(!stored.is_empty());
+    assert!(
+        !granularities(&stored).contains("quarter_hour"),
+        "{stored:#?}"
+    );
+    let audit = run(&["audit", "--config", config], 0);
+    assert!(audit.contains(r#""clean":true"#), "{audit}");
+}
+
 #[test]
 fn a_running_daemon_follows_a_grant_and_a_withdrawal() {
     let dir = scratch("rights-follow");

@@ -66,6 +66,21 @@ impl Levels {
         self.0[purpose.index()]
     }
 
+    /// Changes the level of stored purpose `purpose` (of every purpose for
+    /// [`EVERY_PURPOSE`]) to `to` of it, among the first `served`.
+    fn change(&mut self, purpose: u8, served: usize, to: impl Fn(Level) -> Level) {
+        let levels = &mut self.0[..served];
+        let changed = match purpose {
+            EVERY_PURPOSE => levels,
+            purpose => levels
+                .get_mut(usize::from(purpose)..=usize::from(purpose))
+                .unwrap_or_default(),
+        };
+        for level in changed {
+            *level = to(*level);
+        }
+    }
+
     /// The purposes under which a record of `granularity` may leave.
     pub fn allowing(&self, granularity: Granularity) -> PurposeSet {
         let mut set = 0u16;
@@ -151,7 +166,10 @@ pub struct Change {
 ///
 /// A meter's level for a purpose at an instant is that of its latest change in force then
 /// (for that purpose or for every purpose; of two at one instant, the one added last);
-/// before its first change, the table's default. Compact, as a fleet's registry is millions
+/// before its first change, the table's default. Where withdrawals erase what they no longer
+/// allow ([`ConsentTable::withdrawals_reach_back`]), a level is also at most the lowest the
+/// purpose has had since, up to now (billing aside, which the tax authority keeps): a record
+/// a withdrawal would have purged is not stored when it arrives after it. Compact, as a fleet's registry is millions
 /// of meters: ids live in one arena, changes in another, and the index holds only a slot
 /// number per meter.
 #[derive(Debug, Clone)]
@@ -171,6 +189,8 @@ struct Table {
     ids: Vec<u8>,
     /// Every meter's changes, each meter's contiguous and in force order.
     changes: Vec<Stored>,
+    /// Whether a level is at most the lowest since (see [`ConsentTable`]).
+    reach_back: bool,
 }
 
 /// Where a meter's id and changes are.
@@ -228,10 +248,22 @@ impl ConsentTable {
             meters: Vec::new(),
             ids: Vec::new(),
             changes: Vec::new(),
+            reach_back: false,
         };
         ConsentTable {
             shared: Arc::new(RwLock::new(table)),
         }
+    }
+
+    /// Makes withdrawals reach back, as when they erase the stored records they no longer
+    /// allow: a record dated before a withdrawal in force now is judged by the level left
+    /// (at least billing), so that none arrives late to be stored after the purge.
+    pub fn withdrawals_reach_back(self) -> ConsentTable {
+        self.shared
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .reach_back = true;
+        self
     }
 
     /// The purpose named `name`, if served.
@@ -419,22 +451,26 @@ impl Table {
         let start = meter.changes_start as usize;
         let changes = &self.changes[start..start + usize::from(meter.changes_len)];
         let mut erased = false;
+        // The lowest level each purpose was given after `at`, up to now; the clock is read
+        // only for a meter with changes after `at`, which few telegrams see.
+        let mut since = Levels::uniform(Level::Live);
+        let mut now = None;
         for change in changes {
             match change.purpose {
                 ERASED_THROUGH => erased |= at <= change.from,
-                _ if change.from > at => {}
-                EVERY_PURPOSE => levels.0[..served].fill(change.level),
-                purpose => {
-                    if let Some(level) = levels.0[..served].get_mut(usize::from(purpose)) {
-                        *level = change.level;
+                _ if change.from > at => {
+                    if self.reach_back
+                        && change.from <= *now.get_or_insert_with(|| Timestamp::now().as_second())
+                    {
+                        since.change(change.purpose, served, |l| l.min(change.level));
                     }
                 }
+                purpose => levels.change(purpose, served, |_| change.level),
             }
         }
-        if erased {
-            for level in &mut levels.0[..served] {
-                *level = (*level).min(Level::Billing);
-            }
+        for (level, lowest) in levels.0[..served].iter_mut().zip(since.0) {
+            let floor = if erased { Level::Billing } else { Level::Live };
+            *level = (*level).min(floor).min(lowest.max(Level::Billing));
         }
         levels
     }
@@ -526,6 +562,47 @@ mod tests {
             table.level(b"4531", insight, t("2026-03-01T00:00:00Z")),
             Level::Billing
         );
+    }
+
+    /// Where withdrawals purge, a record dated before one in force now is judged by the level
+    /// left, down to billing, purpose by purpose; a withdrawal still to come reaches back only
+    /// once it is in force, and without purging nothing reaches back.
+    #[test]
+    fn a_withdrawal_in_force_reaches_back_to_what_it_would_have_purged() {
+        let purging = ConsentTable::new(Level::Billing, ["insight"]).withdrawals_reach_back();
+        let keeping = ConsentTable::new(Level::Billing, ["insight"]);
+        let insight = purging.purpose("insight").unwrap();
+        let default = PurposeId::DEFAULT;
+        let now = Timestamp::now();
+        let ago = |hours: i64| now - jiff::SignedDuration::from_hours(hours);
+        let changes = [
+            (ago(10), Level::Live, Scope::Every),
+            (ago(8), Level::Daily, Scope::Purpose(default)),
+            (ago(6), Level::Live, Scope::Purpose(default)),
+            (ago(4), Level::None, Scope::Purpose(insight)),
+            (
+                now + jiff::SignedDuration::from_hours(2),
+                Level::None,
+                Scope::Every,
+            ),
+        ];
+        for table in [&purging, &keeping] {
+            for (from, level, scope) in changes {
+                table.add(b"4530", Change { from, level, scope }).unwrap();
+            }
+        }
+        let level = |table: &ConsentTable, purpose, at| table.level(b"4530", purpose, at);
+        // Before the lowering to daily: daily, though live was in force then.
+        assert_eq!(level(&purging, default, ago(9)), Level::Daily);
+        assert_eq!(level(&keeping, default, ago(9)), Level::Live);
+        // From the re-grant on: live again, the withdrawal to come not yet in force.
+        assert_eq!(level(&purging, default, ago(6)), Level::Live);
+        assert_eq!(level(&purging, default, ago(1)), Level::Live);
+        // Insight, withdrawn to none: billing before (the tax authority keeps it), none after.
+        assert_eq!(level(&purging, insight, ago(9)), Level::Billing);
+        assert_eq!(level(&purging, insight, ago(5)), Level::Billing);
+        assert_eq!(level(&keeping, insight, ago(5)), Level::Live);
+        assert_eq!(level(&purging, insight, ago(3)), Level::None);
     }
 
     #[test]
