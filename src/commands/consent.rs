@@ -78,10 +78,15 @@ fn record(
             subject: subject.clone(),
             purpose: purpose.clone(),
             level,
+            from: effective_from,
         };
+        // What it purges ends where a later event allows it again: the table holds them all.
+        let table = setting.config.consent.clone();
+        setting.registry.load_into(&table, 0)?;
         let purged = runtime()?.block_on(purge_withdrawn(
             &setting.config.sinks,
             &setting.key,
+            &table,
             &[withdrawal],
             now,
         ))?;
@@ -208,8 +213,9 @@ fn import(args: &ImportArgs) -> anyhow::Result<ExitCode> {
     let now = crate::rights::now();
     let table = setting.config.consent.clone();
     let purge = setting.config.purge_on_withdrawal;
+    let mut loaded = 0;
     if purge {
-        setting.registry.load_into(&table, 0)?;
+        loaded = setting.registry.load_into(&table, 0)?;
     }
     let mut withdrawals = Vec::new();
     for event in events.iter().filter(|e| purge && e.effective_from <= now) {
@@ -224,6 +230,7 @@ fn import(args: &ImportArgs) -> anyhow::Result<ExitCode> {
                 subject: Subject::new(event.meter.clone(), &setting.key),
                 purpose: event.purpose.clone(),
                 level: event.level,
+                from: event.effective_from,
             });
         }
     }
@@ -233,9 +240,12 @@ fn import(args: &ImportArgs) -> anyhow::Result<ExitCode> {
         answer["already_recorded"] = (rows - events.len()).into();
     }
     if !withdrawals.is_empty() {
+        // What each purges ends where a later event, maybe one of this file's, allows it again.
+        setting.registry.load_into(&table, loaded)?;
         let purged = runtime()?.block_on(purge_withdrawn(
             &setting.config.sinks,
             &setting.key,
+            &table,
             &withdrawals,
             now,
         ))?;

@@ -54,6 +54,11 @@ fn serve(config: config::Config) -> anyhow::Result<()> {
         .load_into(&config.consent, 0)
         .with_context(|| format!("reading the consent registry {}", registry_path.display()))?;
     config.consent.shrink_to_fit();
+    if config.purge_on_withdrawal {
+        // What a withdrawal purged must not be stored when it arrives late; the rights
+        // commands judge by the levels as given, and by what each withdrawal purged.
+        config.consent.reach_back_withdrawals();
+    }
     tracing::info!(
         meters = config.consent.listed(),
         "consent: the configuration's levels and the registry's events are in force"

@@ -103,7 +103,7 @@ pub async fn follow(
             let meters = withdrawals.iter().filter_map(|w| w.ends_live_on(sink));
             purging.no_longer_live.tell(&sink.name, meters.collect());
         }
-        match purge_withdrawn(&purging.sinks, &purging.key, &withdrawals, now).await {
+        match purge_withdrawn(&purging.sinks, &purging.key, &table, &withdrawals, now).await {
             Ok(answers) => {
                 let erased: u64 = answers.iter().map(|a| a.purged.erased).sum();
                 tracing::info!(
@@ -132,5 +132,6 @@ fn withdrawal(event: &Event, purging: &Purging) -> Withdrawal {
         subject: Subject::new(event.meter.clone(), &purging.key),
         purpose: event.purpose.clone(),
         level: event.level,
+        from: event.effective_from,
     }
 }

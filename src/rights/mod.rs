@@ -133,11 +133,28 @@ pub struct Withdrawal {
     pub subject: Subject,
     /// For which purpose; `*` for every purpose.
     pub purpose: String,
-    /// The level from now on.
+    /// The level left.
     pub level: Level,
+    /// When it took effect: what it purges is dated up to then, as a later grant may allow
+    /// what came after.
+    pub from: Timestamp,
 }
 
 impl Withdrawal {
+    /// The instant up to which it purges records of `granularity` for the stores serving
+    /// `purpose`: the second before a later change in `table` allows them again; `None`
+    /// (every record) if none does.
+    fn purged_through(
+        &self,
+        table: &ConsentTable,
+        purpose: Option<PurposeId>,
+        granularity: Granularity,
+    ) -> Option<Timestamp> {
+        let id = self.subject.id.as_deref()?;
+        let again = table.allowed_again(id.as_bytes(), purpose?, granularity, self.from)?;
+        again.checked_sub(SignedDuration::from_secs(1)).ok()
+    }
+
     /// Whether it concerns the stores serving `purpose`.
     pub fn covers(&self, purpose: &str) -> bool {
         self.purpose == EVERY_PURPOSE || self.purpose == purpose
@@ -275,11 +292,14 @@ async fn purge_withdrawn_again(
 }
 
 /// Erases, in every store serving each withdrawal's purpose (every store for `*`), the
-/// records of its meter that its level no longer allows; billing records inside the fiscal
-/// retention are kept. Each store is opened once, and each level's meters purged together.
+/// records of its meter that its level no longer allows, dated up to the next change in
+/// `table` (which holds every event, the withdrawals' too) that allows them again; billing
+/// records inside the fiscal retention are kept. Each store is opened once, and meters whose
+/// purges cover the same granularity and instants are purged together.
 pub async fn purge_withdrawn(
     sinks: &[SinkConfig],
     key: &IdentityKey,
+    table: &ConsentTable,
     withdrawals: &[Withdrawal],
     now: Timestamp,
 ) -> anyhow::Result<Vec<StoreAnswer>> {
@@ -296,21 +316,27 @@ pub async fn purge_withdrawn(
         let mut store = Store::open(config).await?;
         if store.keeps_records() {
             let mut total = Purged::default();
-            for level in Level::ALL {
-                let mut meters = Vec::new();
-                for withdrawal in mine.iter().filter(|w| w.level == level) {
-                    meters.extend(withdrawal.subject.names_in(&mut store, key).await?);
+            let purpose = table.purpose(&config.purpose);
+            // By granularity and how far back: an import's rows often share both.
+            let mut groups: BTreeMap<(Granularity, Option<Timestamp>), Vec<String>> =
+                BTreeMap::new();
+            for withdrawal in mine {
+                let names = withdrawal.subject.names_in(&mut store, key).await?;
+                let level = withdrawal.level;
+                for granularity in Granularity::ALL.into_iter().filter(|g| !level.allows(*g)) {
+                    let until = withdrawal.purged_through(table, purpose, granularity);
+                    let group = groups.entry((granularity, until)).or_default();
+                    group.extend(names.iter().cloned());
                 }
+            }
+            for ((granularity, dated_until), meters) in groups {
                 if meters.is_empty() {
                     continue;
                 }
                 let purge = Purge {
                     meters,
-                    granularities: Granularity::ALL
-                        .into_iter()
-                        .filter(|g| !level.allows(*g))
-                        .collect(),
-                    dated_until: None,
+                    granularities: vec![granularity],
+                    dated_until,
                     keep_billing_from: Some(store.fiscal_cutoff(now)),
                 };
                 let purged = store_purge(&mut store, &purge).await?;

@@ -205,11 +205,7 @@ impl Reader<'_, '_> {
                 format!("more than {MAX_PURPOSES} purposes: sinks serve {purposes:?}"),
             );
         }
-        let purge_on_withdrawal = consent.purge_on_withdrawal.unwrap_or(true);
-        let mut consent_table = ConsentTable::new(default, purposes);
-        if purge_on_withdrawal {
-            consent_table = consent_table.withdrawals_reach_back();
-        }
+        let consent_table = ConsentTable::new(default, purposes);
         for sink in &mut sinks {
             let purpose = consent_table.purpose(&sink.purpose).unwrap_or_default();
             sink.policy = sink.policy.serving(purpose);
@@ -320,7 +316,7 @@ impl Reader<'_, '_> {
             consent: consent_table,
             listed_meters,
             registry: consent.registry,
-            purge_on_withdrawal,
+            purge_on_withdrawal: consent.purge_on_withdrawal.unwrap_or(true),
             billing: consent.billing_cadence.unwrap_or_default(),
             sources,
             sinks,

@@ -595,6 +595,48 @@ fn records_that_arrive_after_a_withdrawal_dated_before_it_are_not_stored_finer()
     assert!(audit.contains(r#""clean":true"#), "{audit}");
 }
 
+/// A withdrawal purges what its level no longer allows only up to where a later grant allows
+/// it again: importing a withdrawal and the grant that ends it keeps the readings after the
+/// grant, which the consent in force at their instant allows, and the audit agrees.
+#[test]
+fn a_withdrawal_ended_by_a_later_grant_purges_only_up_to_that_grant() {
+    let household = Household::granted_and_replayed("rights-withdrawal-regrant", PRINTED_ID, None);
+    let config = household.config();
+    let withdrawn = household.from + SignedDuration::from_hours(1);
+    let granted = household.from + SignedDuration::from_hours(2);
+    let file = household.dir.join("events.csv");
+    let rows = [
+        format!("{PRINTED_ID},billing,{withdrawn},W-1"),
+        format!("{PRINTED_ID},quarter_hour,{granted},G-1"),
+    ];
+    std::fs::write(&file, rows.join("\n") + "\n").unwrap();
+    let imported = run(
+        &[
+            "consent",
+            "import",
+            "--config",
+            config,
+            file.to_str().unwrap(),
+        ],
+        0,
+    );
+    assert!(imported.contains(r#""withdrawals":1"#), "{imported}");
+    let quarter_hours: Vec<i64> = (household.rows().into_iter())
+        .filter(|row| row.granularity == "quarter_hour")
+        .map(|row| row.time)
+        .collect();
+    assert!(
+        !quarter_hours.is_empty(),
+        "the readings after the grant are kept"
+    );
+    assert!(
+        quarter_hours.iter().all(|&t| t >= granted.as_second()),
+        "{quarter_hours:?}"
+    );
+    let audit = run(&["audit", "--config", config], 0);
+    assert!(audit.contains(r#""clean":true"#), "{audit}");
+}
+
 #[test]
 fn a_running_daemon_follows_a_grant_and_a_withdrawal() {
     let dir = scratch("rights-follow");

@@ -167,7 +167,7 @@ pub struct Change {
 /// A meter's level for a purpose at an instant is that of its latest change in force then
 /// (for that purpose or for every purpose; of two at one instant, the one added last);
 /// before its first change, the table's default. Where withdrawals erase what they no longer
-/// allow ([`ConsentTable::withdrawals_reach_back`]), a level is also at most the lowest the
+/// allow ([`ConsentTable::reach_back_withdrawals`]), a level is also at most the lowest the
 /// purpose has had since, up to now (billing aside, which the tax authority keeps): a record
 /// a withdrawal would have purged is not stored when it arrives after it. Compact, as a fleet's registry is millions
 /// of meters: ids live in one arena, changes in another, and the index holds only a slot
@@ -258,12 +258,11 @@ impl ConsentTable {
     /// Makes withdrawals reach back, as when they erase the stored records they no longer
     /// allow: a record dated before a withdrawal in force now is judged by the level left
     /// (at least billing), so that none arrives late to be stored after the purge.
-    pub fn withdrawals_reach_back(self) -> ConsentTable {
+    pub fn reach_back_withdrawals(&self) {
         self.shared
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .reach_back = true;
-        self
     }
 
     /// The purpose named `name`, if served.
@@ -313,6 +312,29 @@ impl ConsentTable {
             Some(id) => self.levels(id, at).of(purpose),
             None => self.read().default,
         }
+    }
+
+    /// The first instant after `after` from which the meter's level for `purpose` allows
+    /// `granularity` again, as its changes give it (not reaching back): where what a
+    /// withdrawal at `after` purges ends, when a later grant allows it again.
+    pub fn allowed_again(
+        &self,
+        meter: &[u8],
+        purpose: PurposeId,
+        granularity: Granularity,
+        after: Timestamp,
+    ) -> Option<Timestamp> {
+        let mut normalised = Vec::new();
+        let id = normalise_equipment_id(meter, &mut normalised)?;
+        let table = self.read();
+        let later = (table.changes_of(id).iter()).filter(|c| c.from > after.as_second());
+        let again = later.map(|c| c.from).find(|&from| {
+            table
+                .levels(id, from, false)
+                .of(purpose)
+                .allows(granularity)
+        })?;
+        Timestamp::from_second(again).ok()
     }
 
     /// How many meters have changes of their own.
@@ -440,16 +462,22 @@ impl Table {
         Ok(())
     }
 
-    fn levels(&self, id: &[u8], at: i64) -> Levels {
-        let served = self.purposes.len();
-        let mut levels = Levels::uniform(Level::None);
-        levels.0[..served].fill(self.default);
+    /// The meter's changes, in force order (none for a meter without any).
+    fn changes_of(&self, id: &[u8]) -> &[Stored] {
         let Some(slot) = self.slot(id) else {
-            return levels;
+            return &[];
         };
         let meter = self.meters[slot as usize];
         let start = meter.changes_start as usize;
-        let changes = &self.changes[start..start + usize::from(meter.changes_len)];
+        &self.changes[start..start + usize::from(meter.changes_len)]
+    }
+
+    /// The levels at `at`; with `reach_back`, capped by the withdrawals in force since.
+    fn levels(&self, id: &[u8], at: i64, reach_back: bool) -> Levels {
+        let served = self.purposes.len();
+        let mut levels = Levels::uniform(Level::None);
+        levels.0[..served].fill(self.default);
+        let changes = self.changes_of(id);
         let mut erased = false;
         // The lowest level each purpose was given after `at`, up to now; the clock is read
         // only for a meter with changes after `at`, which few telegrams see.
@@ -459,7 +487,7 @@ impl Table {
             match change.purpose {
                 ERASED_THROUGH => erased |= at <= change.from,
                 _ if change.from > at => {
-                    if self.reach_back
+                    if reach_back
                         && change.from <= *now.get_or_insert_with(|| Timestamp::now().as_second())
                     {
                         since.change(change.purpose, served, |l| l.min(change.level));
@@ -478,7 +506,8 @@ impl Table {
 
 impl Consent for ConsentTable {
     fn levels(&self, meter: &[u8], at: Timestamp) -> Levels {
-        self.read().levels(meter, at.as_second())
+        let table = self.read();
+        table.levels(meter, at.as_second(), table.reach_back)
     }
 }
 
@@ -569,11 +598,12 @@ mod tests {
     /// once it is in force, and without purging nothing reaches back.
     #[test]
     fn a_withdrawal_in_force_reaches_back_to_what_it_would_have_purged() {
-        let purging = ConsentTable::new(Level::Billing, ["insight"]).withdrawals_reach_back();
+        let purging = ConsentTable::new(Level::Billing, ["insight"]);
+        purging.reach_back_withdrawals();
         let keeping = ConsentTable::new(Level::Billing, ["insight"]);
         let insight = purging.purpose("insight").unwrap();
         let default = PurposeId::DEFAULT;
-        let now = Timestamp::now();
+        let now = Timestamp::from_second(Timestamp::now().as_second()).unwrap();
         let ago = |hours: i64| now - jiff::SignedDuration::from_hours(hours);
         let changes = [
             (ago(10), Level::Live, Scope::Every),
@@ -603,6 +633,16 @@ mod tests {
         assert_eq!(level(&purging, insight, ago(5)), Level::Billing);
         assert_eq!(level(&keeping, insight, ago(5)), Level::Live);
         assert_eq!(level(&purging, insight, ago(3)), Level::None);
+        // Where what a withdrawal purged ends: at the grant that allows it again, if any.
+        let again = |purpose, granularity, after| {
+            keeping.allowed_again(b"4530", purpose, granularity, after)
+        };
+        assert_eq!(
+            again(default, Granularity::QuarterHour, ago(8)),
+            Some(ago(6))
+        );
+        assert_eq!(again(default, Granularity::Daily, ago(8)), Some(ago(6)));
+        assert_eq!(again(insight, Granularity::Live, ago(4)), None);
     }
 
     #[test]
