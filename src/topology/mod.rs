@@ -285,16 +285,12 @@ async fn commit_all(
                 None => break,
             },
             _ = tidy.tick() => {
-                if let Err(error) = tokio::task::block_in_place(|| outbox.delete_acknowledged())
-                    && let Some(suppressed) = failures.allow(Instant::now())
-                {
-                    tracing::warn!(suppressed, "cannot delete written records from the outbox: {error:#}");
-                }
+                delete_written(&mut outbox, &mut failures);
                 continue;
             }
         };
         let committed = staged.is_empty() || {
-            wait_for_room(&mut outbox, &give_up).await;
+            wait_for_room(&mut outbox, &mut failures, &give_up).await;
             commit(&mut outbox, &mut staged, &give_up, &metrics).await
         };
         // Before the sources hear of it, and only what is on disk: a snapshot covers no
@@ -312,15 +308,30 @@ async fn commit_all(
     outbox
 }
 
+/// Deletes from the outbox what every sink has written. It fails on a full disk, which the
+/// loops that call it wait out, so the failure is logged rate-limited.
+fn delete_written(outbox: &mut Outbox, failures: &mut LogLimit) {
+    if let Err(error) = tokio::task::block_in_place(|| outbox.delete_acknowledged())
+        && let Some(suppressed) = failures.allow(Instant::now())
+    {
+        tracing::warn!(
+            suppressed,
+            "cannot delete written records from the outbox: {error:#}"
+        );
+    }
+}
+
 /// Waits while a sink's share of the outbox is full, or its disk nearly is (back-pressure
 /// on every source: a record is never dropped to make room), deleting what the sinks write
 /// meanwhile, until the shutdown grace is over.
-async fn wait_for_room(outbox: &mut Outbox, give_up: &tokio_util::sync::CancellationToken) {
+async fn wait_for_room(
+    outbox: &mut Outbox,
+    failures: &mut LogLimit,
+    give_up: &tokio_util::sync::CancellationToken,
+) {
     let mut logs = LogLimit::per_minute();
     loop {
-        if let Err(error) = tokio::task::block_in_place(|| outbox.delete_acknowledged()) {
-            tracing::warn!("cannot delete written records from the outbox: {error:#}");
-        }
+        delete_written(outbox, failures);
         let full: Vec<&str> = outbox.full().collect();
         let short = tokio::task::block_in_place(|| outbox.disk_short());
         if (full.is_empty() && short.is_none()) || give_up.is_cancelled() {
