@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use p1guard_conduct::{
-    ConsentTable, Granularity, Identity, IdentityKey, MAX_CLOCK_SKEW_SECONDS,
-    normalise_equipment_id,
+    CAPTURE_TOLERANCE_SECONDS, ConsentTable, Granularity, Identity, IdentityKey, Level,
+    MAX_CLOCK_SKEW_SECONDS, PurposeId, normalise_equipment_id,
 };
 use serde::Serialize;
 
@@ -22,6 +22,13 @@ const HOUSEKEEPING_SLACK: Duration = Duration::from_secs(2 * 3600);
 
 /// Records are never dated further ahead than a meter's clock is trusted.
 const FUTURE_TOLERANCE: SignedDuration = SignedDuration::from_secs(MAX_CLOCK_SKEW_SECONDS);
+
+/// A live M-Bus record is dated by its capture but judged at the telegram that first carried
+/// it: from a little before the capture (the two clocks drift) to an hour after it, as M-Bus
+/// devices capture hourly at the least often. Consent at any instant of that span may have
+/// allowed it.
+const MBUS_JUDGED_FROM: SignedDuration = SignedDuration::from_secs(-CAPTURE_TOLERANCE_SECONDS);
+const MBUS_JUDGED_UNTIL: SignedDuration = SignedDuration::from_secs(3600);
 
 /// One record a store should not hold, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -146,7 +153,10 @@ pub async fn audit(
             let fiscal = g == Granularity::Billing && record.time >= fiscal_from;
             let erased_at = (erased.get(pseudonym.as_str()).copied())
                 .filter(|&at| record.time <= erased_through(at) && !fiscal);
+            let mbus_live =
+                g == Granularity::Live && record.record["kind"].as_str() != Some("electricity");
             let level = match &id {
+                Some(id) if mbus_live => mbus_live_level(consent, id, purpose, record.time),
                 Some(id) => consent.level(id.as_bytes(), purpose, record.time),
                 None => consent.default_level(),
             };
@@ -211,6 +221,26 @@ pub async fn audit(
     Ok((violations, checked))
 }
 
+/// The level a live M-Bus record captured at `captured` was judged by: live if consent
+/// allowed it at any instant its telegram may have had, else the level at its capture.
+fn mbus_live_level(
+    consent: &ConsentTable,
+    id: &str,
+    purpose: PurposeId,
+    captured: Timestamp,
+) -> Level {
+    let from = captured.checked_add(MBUS_JUDGED_FROM).unwrap_or(captured);
+    let until = captured.checked_add(MBUS_JUDGED_UNTIL).unwrap_or(captured);
+    let live = Granularity::Live;
+    let at_first = consent.level(id.as_bytes(), purpose, from);
+    let later = consent.allowed_again(id.as_bytes(), purpose, live, from);
+    match later {
+        _ if at_first.allows(live) => at_first,
+        Some(at) if at <= until => Level::Live,
+        _ => consent.level(id.as_bytes(), purpose, captured),
+    }
+}
+
 /// A pseudonym is 32 lower-case hex digits that do not spell an id: a 16-character id as
 /// Dutch meters send it, hex-encoded, is 32 such digits too. (16 random bytes spell printable
 /// ASCII about once in nine million; the registry's meters' pseudonyms are known for sure.)
@@ -223,6 +253,29 @@ fn is_pseudonym(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_live_mbus_record_is_judged_at_any_instant_its_telegram_may_have_had() {
+        use p1guard_conduct::{Change, Scope};
+        let captured: Timestamp = "2026-12-05T23:00:00Z".parse().unwrap();
+        let level = |grant_after_capture: i64| {
+            let table = ConsentTable::new(Level::Billing, []);
+            let from = captured + SignedDuration::from_secs(grant_after_capture);
+            let change = Change {
+                from,
+                level: Level::Live,
+                scope: Scope::Every,
+            };
+            table.add(b"E0012345678901234", change).unwrap();
+            mbus_live_level(&table, "E0012345678901234", PurposeId::DEFAULT, captured)
+        };
+        // Granted live before the capture, or after it but before its telegram may have come.
+        assert_eq!(level(-60), Level::Live);
+        assert_eq!(level(180), Level::Live);
+        assert_eq!(level(3600), Level::Live);
+        // Granted only later: no telegram carrying this capture was judged live.
+        assert_eq!(level(3601), Level::Billing);
+    }
 
     #[test]
     fn an_id_hex_encoded_to_32_digits_is_no_pseudonym() {
