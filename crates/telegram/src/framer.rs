@@ -187,17 +187,30 @@ impl Framer {
                 0
             };
         }
-        let Some(skip) = memchr(b'/', &self.buf[self.pos..]) else {
-            self.discarded += (self.buf.len() - self.pos) as u64;
-            self.pos = self.buf.len();
-            return None;
+        let (start, hit) = loop {
+            let Some(skip) = memchr(b'/', &self.buf[self.pos..]) else {
+                self.discarded += (self.buf.len() - self.pos) as u64;
+                self.pos = self.buf.len();
+                return None;
+            };
+            self.discarded += skip as u64;
+            self.pos += skip;
+            let start = self.pos;
+            let scan_from = self.scanned.max(start + 1);
+            let hit = memchr2(b'!', b'/', &self.buf[scan_from..]).map(|i| scan_from + i);
+            let end = hit.unwrap_or(self.buf.len());
+            let cut_short = hit.map_or(self.finished, |hit| self.buf[hit] == b'/');
+            // A `/` cut short before its first line ended is line noise, not a telegram: a
+            // burst of noise is not a burst of errors.
+            if cut_short && end - start <= max && memchr(b'\n', &self.buf[start..end]).is_none() {
+                self.discarded += (end - start) as u64;
+                self.pos = end;
+                continue;
+            }
+            break (start, hit);
         };
-        self.discarded += skip as u64;
-        self.pos += skip;
-        let start = self.pos;
         let offset = self.base + start as u64;
-        let scan_from = self.scanned.max(start + 1);
-        let Some(hit) = memchr2(b'!', b'/', &self.buf[scan_from..]).map(|i| scan_from + i) else {
+        let Some(hit) = hit else {
             self.scanned = self.buf.len();
             if self.buf.len() - start > max {
                 self.pos = start + 1;
@@ -311,6 +324,17 @@ mod tests {
             5,
             "what the first stream discarded stays counted"
         );
+    }
+
+    #[test]
+    fn a_slash_cut_short_before_its_first_line_ends_is_noise() {
+        let mut framer = Framer::new(FramerConfig::default());
+        framer.push(b"////x/\x00/A\r\n!0000\r\n/B//");
+        framer.finish();
+        let frame = framer.next_frame().unwrap().unwrap();
+        assert_eq!((frame.bytes(), frame.offset()), (&b"/A\r\n!"[..], 7));
+        assert!(framer.next_frame().is_none());
+        assert_eq!(framer.discarded_bytes(), 7 + 4);
     }
 
     #[test]
