@@ -120,7 +120,8 @@ impl Drop for Server {
     }
 }
 
-/// VictoriaMetrics on `address`, keeping everything (the captures are dated in the past).
+/// VictoriaMetrics on `address`, keeping everything (the captures are dated in the past), and
+/// one sample per instant of a series, as the README asks of it.
 pub(crate) fn victoria_metrics(dir: &Path, address: SocketAddr) -> Server {
     let binary = require("victoria-metrics", "victoria-metrics");
     let args = [
@@ -130,6 +131,8 @@ pub(crate) fn victoria_metrics(dir: &Path, address: SocketAddr) -> Server {
         &dir.join("vm-data").display().to_string(),
         "-retentionPeriod",
         "100y",
+        "-dedup.minScrapeInterval",
+        "1ms",
     ];
     Server::start(binary, args.map(str::to_owned).to_vec(), address, "/health")
 }
