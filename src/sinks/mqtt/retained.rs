@@ -219,25 +219,34 @@ impl RetainedMessages {
     }
 
     /// Empties every retained record older than its granularity's retention (privacy.md's
-    /// defaults); returns how many.
+    /// defaults); returns how many. dsmr-reader's topics hold the household's latest live
+    /// readings, replaced every telegram: all of them go once the latest is past the live
+    /// retention (a meter that stopped sending).
     pub async fn expire(&mut self, now: Timestamp) -> anyhow::Result<u64> {
-        if self.layout == TopicLayout::DsmrReader {
-            return Ok(0); // live values only, replaced every telegram
-        }
         let messages = self.retained(&[self.state_filter("+")]).await?;
-        let expired = |payload: &[u8]| {
-            held(payload).is_some_and(|record| {
-                let retention = crate::sinks::default_retention(record.granularity);
-                let retention = jiff::SignedDuration::try_from(retention).unwrap_or_default();
-                now.checked_sub(retention)
-                    .is_ok_and(|cutoff| record.time < cutoff)
-            })
+        let expired = |time: Timestamp, granularity: Granularity| {
+            let retention = crate::sinks::default_retention(granularity);
+            let retention = jiff::SignedDuration::try_from(retention).unwrap_or_default();
+            now.checked_sub(retention).is_ok_and(|cutoff| time < cutoff)
         };
-        let doomed: Vec<String> = messages
-            .into_iter()
-            .filter(|(_, payload)| expired(payload))
-            .map(|(topic, _)| topic)
-            .collect();
+        let doomed: Vec<String> = match self.layout {
+            TopicLayout::DsmrReader => {
+                let latest = latest_reading(&self.prefix, &messages);
+                match latest.is_some_and(|time| expired(time, Granularity::Live)) {
+                    true => (messages.into_keys())
+                        .filter(|topic| is_dsmr_reader_reading(&self.prefix, topic))
+                        .collect(),
+                    false => Vec::new(),
+                }
+            }
+            TopicLayout::P1guard => messages
+                .into_iter()
+                .filter(|(_, payload)| {
+                    held(payload).is_some_and(|record| expired(record.time, record.granularity))
+                })
+                .map(|(topic, _)| topic)
+                .collect(),
+        };
         self.clear(&doomed).await?;
         Ok(doomed.len() as u64)
     }
@@ -256,6 +265,26 @@ impl RetainedMessages {
     }
 }
 
+/// The time of the latest reading under dsmr-reader's topics: its electricity and its gas
+/// reading each say theirs.
+fn latest_reading(prefix: &str, messages: &BTreeMap<String, Vec<u8>>) -> Option<Timestamp> {
+    ["timestamp", "extra_device_timestamp"]
+        .into_iter()
+        .filter_map(|field| messages.get(&format!("{prefix}/reading/{field}")))
+        .filter_map(|text| std::str::from_utf8(text).ok()?.parse::<Timestamp>().ok())
+        .max()
+}
+
+/// Whether `topic` holds one of dsmr-reader's readings: a field, or them all as JSON.
+fn is_dsmr_reader_reading(prefix: &str, topic: &str) -> bool {
+    topic.strip_prefix(prefix).is_some_and(|rest| {
+        rest == "/json"
+            || rest
+                .strip_prefix("/reading/")
+                .is_some_and(|f| !f.is_empty())
+    })
+}
+
 /// A retained record, if the payload is one.
 fn held(payload: &[u8]) -> Option<Held> {
     let record: serde_json::Value = serde_json::from_slice(payload).ok()?;
@@ -268,4 +297,39 @@ fn held(payload: &[u8]) -> Option<Held> {
         time,
         record,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dsmr_readers_latest_reading_is_the_later_of_electricitys_and_gas() {
+        let message = |topic: &str, text: &str| (topic.to_owned(), text.as_bytes().to_vec());
+        let mut messages = BTreeMap::from([
+            message("dsmr/reading/timestamp", "2026-11-20T10:05:00Z"),
+            message("dsmr/reading/electricity_delivered_1", "4312.087"),
+            message("dsmr/json", "{}"),
+        ]);
+        let at = |text: &str| text.parse::<Timestamp>().ok();
+        assert_eq!(
+            latest_reading("dsmr", &messages),
+            at("2026-11-20T10:05:00Z")
+        );
+        messages.extend([message(
+            "dsmr/reading/extra_device_timestamp",
+            "2026-11-21T00:00:00Z",
+        )]);
+        assert_eq!(
+            latest_reading("dsmr", &messages),
+            at("2026-11-21T00:00:00Z")
+        );
+        assert_eq!(latest_reading("other", &messages), None);
+        let readings: Vec<&String> = (messages.keys())
+            .filter(|topic| is_dsmr_reader_reading("dsmr", topic))
+            .collect();
+        assert_eq!(readings.len(), 4);
+        assert!(!is_dsmr_reader_reading("dsmr", "dsmr/status"));
+        assert!(!is_dsmr_reader_reading("dsmr", "dsmrx/json"));
+    }
 }
