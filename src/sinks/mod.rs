@@ -404,17 +404,10 @@ pub struct Refused {
     pub status: u16,
     /// What the store said.
     pub message: String,
-    /// The granularities whose records were refused; `None` for every record of the write
-    /// (a sink writing each granularity to its own place may be refused for some only).
-    pub granularities: Option<Vec<Granularity>>,
-}
-
-impl Refused {
-    fn covers(&self, granularity: Granularity) -> bool {
-        self.granularities
-            .as_ref()
-            .is_none_or(|refused| refused.contains(&granularity))
-    }
+    /// How many records of each granularity the store did not take: a sink writing each
+    /// granularity to its own place may be refused for some only, and a store may drop some
+    /// points of a write and keep the rest (InfluxDB's partial write says how many).
+    pub not_written: [usize; 4],
 }
 
 /// How a write failed: what [`drive`] does next depends on it.
@@ -616,20 +609,19 @@ impl Writer<'_> {
     async fn write(&mut self, sink: &mut impl Sink, held: &[SinkRecord]) -> bool {
         for records in held.chunks(self.max_records) {
             let delivery = self.deliver(sink, records).await;
+            let mut sent = [0usize; 4];
             for record in records {
-                let granularity = record.granularity;
-                let written = match &delivery {
-                    Delivery::Written => true,
-                    Delivery::Refused(refused) => !refused.covers(granularity),
-                    Delivery::Gone => false,
+                sent[record.granularity as usize] += 1;
+            }
+            for (g, sent) in sent.into_iter().enumerate() {
+                let lost = match &delivery {
+                    Delivery::Written => 0,
+                    Delivery::Refused(refused) => refused.not_written[g].min(sent),
+                    Delivery::Gone => sent,
                     Delivery::Deferred => return false,
                 };
-                let tally = if written {
-                    &self.counters.records
-                } else {
-                    &self.counters.lost
-                };
-                tally[granularity as usize].fetch_add(1, Relaxed);
+                self.counters.records[g].fetch_add((sent - lost) as u64, Relaxed);
+                self.counters.lost[g].fetch_add(lost as u64, Relaxed);
             }
         }
         true

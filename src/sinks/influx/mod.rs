@@ -188,14 +188,18 @@ impl InfluxSink {
     async fn write_group(&mut self, target: usize, records: &[&SinkRecord]) -> Result<(), Failed> {
         let mut parts = vec![records];
         while let Some(part) = parts.pop() {
-            let (status, retry_after, message) = match self.send(target, part).await {
+            let (status, retry_after, message, dropped) = match self.send(target, part).await {
                 Ok(()) => continue,
                 Err(SendError::Other(error)) => return Err(Failed::Retry(error, None)),
                 Err(SendError::Status {
                     status,
                     retry_after,
                     message,
-                }) => (status, retry_after, short(&redact(&message, &self.lines))),
+                }) => {
+                    let dropped = partly_dropped(&message);
+                    let message = short(&redact(&message, &self.lines));
+                    (status, retry_after, message, dropped)
+                }
             };
             match verdict(status, retry_after.as_deref()) {
                 Verdict::Split if part.len() > 1 => {
@@ -203,7 +207,14 @@ impl InfluxSink {
                     parts.extend([second, first]);
                 }
                 Verdict::Split | Verdict::Refuse => {
-                    return Err(Failed::Refused { status, message });
+                    // This part's records the store dropped, and the parts not yet sent.
+                    let dropped = dropped.unwrap_or(part.len()).min(part.len());
+                    let not_written = dropped + parts.iter().map(|p| p.len()).sum::<usize>();
+                    return Err(Failed::Refused {
+                        status,
+                        message,
+                        not_written,
+                    });
                 }
                 Verdict::RetryAfter(delay) => {
                     let error =
@@ -252,11 +263,26 @@ impl InfluxSink {
     }
 }
 
+/// How many points of a write InfluxDB 1.x dropped while storing the rest: its partial
+/// write ends `dropped=N` (`partial write: points beyond retention policy dropped=374`).
+fn partly_dropped(message: &str) -> Option<usize> {
+    if !message.contains("partial write") {
+        return None;
+    }
+    let (_, after) = message.rsplit_once("dropped=")?;
+    let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+    after[..digits].parse().ok()
+}
+
 /// How writing one granularity's records failed.
 #[derive(Debug)]
 enum Failed {
-    /// Refused for good.
-    Refused { status: u16, message: String },
+    /// Refused for good: `not_written` of the records were not stored.
+    Refused {
+        status: u16,
+        message: String,
+        not_written: usize,
+    },
     /// For [`super::drive`] to retry, not before the server's hint if it gave one.
     Retry(anyhow::Error, Option<Duration>),
 }
@@ -330,16 +356,17 @@ impl Sink for InfluxSink {
             }
             match self.write_group(target, &group).await {
                 Ok(()) => {}
-                Err(Failed::Refused { status, message }) => {
+                Err(Failed::Refused {
+                    status,
+                    message,
+                    not_written,
+                }) => {
                     let first = refused.get_or_insert(Refused {
                         status,
                         message,
-                        granularities: Some(Vec::new()),
+                        not_written: [0; 4],
                     });
-                    first
-                        .granularities
-                        .get_or_insert_default()
-                        .push(granularity);
+                    first.not_written[granularity as usize] = not_written;
                 }
                 Err(Failed::Retry(error, after)) => {
                     let error = error.context(format!("writing {granularity} records"));
@@ -404,6 +431,11 @@ mod tests {
         let sent =
             "electricity,meter=7b9f,granularity=live tariff=2i,energy_export_t1_kwh=0 1780308000\n";
         let partial = r#"{"error":"partial write: points beyond retention policy dropped=20"}"#;
+        assert_eq!(partly_dropped(partial), Some(20));
+        assert_eq!(
+            partly_dropped(r#"{"error":"unable to parse 'x dropped=3'"}"#),
+            None
+        );
         assert_eq!(redact(partial, sent), partial);
     }
 
