@@ -8,6 +8,7 @@
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -17,6 +18,7 @@ use crate::cli::ConfigArg;
 use crate::fleet::consent;
 use crate::registry::{self, Purging, Registry};
 use crate::sinks::{NoLongerLive, Stopping};
+use crate::telemetry::metrics::Metrics;
 use crate::topology::{self, config};
 use crate::{identity_key, sources, systemd};
 
@@ -75,11 +77,15 @@ fn serve(config: config::Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let metrics = Arc::new(Metrics::new(
+        config.sources.iter().map(|s| s.name.as_str()),
+        config.sinks.iter().map(|s| s.name.as_str()),
+    ));
     let metrics = runtime.block_on(async {
         let stopping = Stopping::default();
         let shutdown = stopping.shutdown.clone();
         let signals = Signals::listen().context("cannot listen for SIGTERM/SIGINT")?;
-        tokio::spawn(signals.stop(stopping.clone(), grace));
+        tokio::spawn(signals.stop(stopping.clone(), grace, metrics.clone()));
         // A fleet's consent events reach this registry through the fleet's consent stream.
         let taking_in = config.fleet().cloned().map(|fleet| {
             let (path, shutdown) = (registry_path.clone(), shutdown.clone());
@@ -96,7 +102,7 @@ fn serve(config: config::Config) -> anyhow::Result<()> {
             tracing::info!("running");
             systemd::ready(&shutdown);
         };
-        let metrics = topology::run(config, key, stopping, &no_longer_live, ready).await;
+        let metrics = topology::run(config, key, metrics, stopping, &no_longer_live, ready).await;
         shutdown.cancel();
         let _ = follower.await;
         if let Some(taking_in) = taking_in {
@@ -149,10 +155,11 @@ impl Signals {
     }
 
     /// The first signal cancels `shutdown`: sources stop, what is in flight is written.
-    /// After `grace` the sinks leave what they have not written in the outbox; a sink that still does
-    /// not stop (blocked in a write nobody reads) is left behind [`HARD_STOP`] later. A
+    /// After `grace` the sinks leave what they have not written in the outbox; a sink that
+    /// still does not stop (blocked in a write nobody reads) is left behind [`HARD_STOP`]
+    /// later, its records in the outbox, and the counters are printed as at any end. A
     /// second signal means the operator will not wait: exit at once.
-    async fn stop(mut self, stopping: Stopping, grace: Duration) {
+    async fn stop(mut self, stopping: Stopping, grace: Duration, metrics: Arc<Metrics>) {
         let name = tokio::select! {
             () = stopping.shutdown.cancelled() => return,
             name = self.next() => name,
@@ -168,8 +175,9 @@ impl Signals {
                 tokio::select! {
                     name = self.next() => name,
                     () = tokio::time::sleep(HARD_STOP) => {
-                        tracing::error!("a sink is stuck in a write (a stdout nobody reads?): exiting without it");
-                        std::process::exit(1);
+                        tracing::error!("a sink is stuck in a write (a stdout nobody reads?): exiting without it, its records in the outbox");
+                        eprintln!("{}", metrics.summary());
+                        std::process::exit(i32::from(metrics.not_written() > 0));
                     }
                 }
             }

@@ -45,19 +45,16 @@ const STAGED_QUEUE: usize = 2;
 /// Opens every sink, starts every source, and runs until the sources end (replays) or
 /// `stopping.shutdown` fires and everything in flight has been written, or given up once
 /// `stopping.give_up` fires. `ready` is called once sinks are open and sources started.
-/// Returns the counters.
+/// Counts into `metrics`, made for the configuration's sources and sinks; returns them.
 pub async fn run(
     config: Config,
     key: IdentityKey,
+    metrics: Arc<Metrics>,
     stopping: Stopping,
     no_longer_live: &NoLongerLive,
     ready: impl FnOnce(),
 ) -> anyhow::Result<Arc<Metrics>> {
     let shutdown = stopping.shutdown.clone();
-    let metrics = Arc::new(Metrics::new(
-        config.sources.iter().map(|s| s.name.as_str()),
-        config.sinks.iter().map(|s| s.name.as_str()),
-    ));
     if let Some(address) = config.metrics_listen {
         crate::telemetry::server::start(address, metrics.clone(), shutdown.clone()).await?;
     }
