@@ -760,7 +760,10 @@ fn a_stdout_nobody_reads_does_not_keep_sigterm_from_ending_p1guard() {
     let took = signalled.elapsed();
     let log = log.join().unwrap();
     assert!(took < Duration::from_secs(8), "took {took:?}");
-    assert!(log.contains("exiting without it, its records in the outbox"), "{log}");
+    assert!(
+        log.contains("exiting without it, its records in the outbox"),
+        "{log}"
+    );
     assert!(log.contains("source replay:"), "the counters: {log}");
     assert!(!log.contains("NOT WRITTEN"), "{log}");
     assert_eq!(status.code(), Some(0), "{log}");
