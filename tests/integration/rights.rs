@@ -236,6 +236,12 @@ fn run(args: &[&str], status: i32) -> String {
     run_output(args, status).0
 }
 
+/// `audit` of `config` exits 0 and finds every store clean.
+fn audit_is_clean(config: &str) {
+    let audit = run(&["audit", "--config", config], 0);
+    assert!(audit.contains(r#""clean":true"#), "{audit}");
+}
+
 fn granularities(rows: &[crate::Row]) -> BTreeSet<String> {
     rows.iter().map(|r| r.granularity.clone()).collect()
 }
@@ -260,8 +266,7 @@ fn an_erasure_keeps_only_fiscal_billing_and_a_restored_backup_is_erased_again() 
     let before = retained(broker, "before", "supplier/+/+/+");
     assert!(before.len() >= 6, "{before:#?}");
 
-    let audit = run(&["audit", "--config", config], 0);
-    assert!(audit.contains(r#""clean":true"#), "{audit}");
+    audit_is_clean(config);
 
     // Access: every record held, once, with the consent history.
     let export: Value = serde_json::from_str(&run(
@@ -383,8 +388,7 @@ fn an_erasure_keeps_only_fiscal_billing_and_a_restored_backup_is_erased_again() 
     );
     let again = run(&["reapply-erasures", "--config", config], 0);
     assert!(again.contains(r#""erased":0"#), "idempotent: {again}");
-    let audit = run(&["audit", "--config", config], 0);
-    assert!(audit.contains(r#""clean":true"#), "{audit}");
+    audit_is_clean(config);
     assert_eq!(household.rows(), left);
 }
 
@@ -410,8 +414,7 @@ fn an_erasure_takes_the_records_a_fast_meter_clock_dated_ahead() {
     let left = household.rows();
     assert_eq!(ahead(&left), 0, "{left:#?}");
     assert!(granularities(&left).iter().all(|g| g == "billing"));
-    let audit = run(&["audit", "--config", config], 0);
-    assert!(audit.contains(r#""clean":true"#), "{audit}");
+    audit_is_clean(config);
 }
 
 #[test]
@@ -486,8 +489,7 @@ fn a_withdrawal_purges_rows_and_retained_messages_and_the_registry_refuses_edits
         after.iter().any(|m| m.topic.contains("/daily/")),
         "{after:#?}"
     );
-    let audit = run(&["audit", "--config", config], 0);
-    assert!(audit.contains(r#""clean":true"#), "{audit}");
+    audit_is_clean(config);
     let left = household.rows();
 
     // A backup from before the withdrawal comes back: the audit finds every record the
@@ -520,8 +522,7 @@ fn a_withdrawal_purges_rows_and_retained_messages_and_the_registry_refuses_edits
         "{reapplied}"
     );
     assert_eq!(household.rows(), left);
-    let audit = run(&["audit", "--config", config], 0);
-    assert!(audit.contains(r#""clean":true"#), "{audit}");
+    audit_is_clean(config);
 
     // By hand, history cannot be rewritten.
     let registry = rusqlite::Connection::open(household.dir.join("consent.sqlite")).unwrap();
@@ -555,8 +556,7 @@ fn a_withdrawal_to_none_keeps_fiscal_billing_and_the_audit_agrees() {
     let left = household.rows();
     assert!(!left.is_empty(), "fiscal billing is kept");
     assert_eq!(granularities(&left), BTreeSet::from(["billing".into()]));
-    let audit = run(&["audit", "--config", config], 0);
-    assert!(audit.contains(r#""clean":true"#), "{audit}");
+    audit_is_clean(config);
 }
 
 /// A withdrawal recorded with an effective time in the past reaches back: what arrives after
@@ -591,8 +591,7 @@ fn records_that_arrive_after_a_withdrawal_dated_before_it_are_not_stored_finer()
         !granularities(&stored).contains("quarter_hour"),
         "{stored:#?}"
     );
-    let audit = run(&["audit", "--config", config], 0);
-    assert!(audit.contains(r#""clean":true"#), "{audit}");
+    audit_is_clean(config);
 }
 
 /// A withdrawal purges what its level no longer allows only up to where a later grant allows
@@ -633,8 +632,7 @@ fn a_withdrawal_ended_by_a_later_grant_purges_only_up_to_that_grant() {
         quarter_hours.iter().all(|&t| t >= granted.as_second()),
         "{quarter_hours:?}"
     );
-    let audit = run(&["audit", "--config", config], 0);
-    assert!(audit.contains(r#""clean":true"#), "{audit}");
+    audit_is_clean(config);
 }
 
 #[test]
@@ -1128,8 +1126,7 @@ fn an_erasure_to_none_keeps_fiscal_billing_and_later_telegrams_store_nothing() {
             >= 11,
         "the neighbour's quarter hours: {others:#?}"
     );
-    let audit = run(&["audit", "--config", config], 0);
-    assert!(audit.contains(r#""clean":true"#), "{audit}");
+    audit_is_clean(config);
 }
 
 /// `export --output` writes what standard output would get: the JSON object, or with
