@@ -167,11 +167,11 @@ pub struct Change {
 /// A meter's level for a purpose at an instant is that of its latest change in force then
 /// (for that purpose or for every purpose; of two at one instant, the one added last);
 /// before its first change, the table's default. Where withdrawals erase what they no longer
-/// allow ([`ConsentTable::reach_back_withdrawals`]), a level is also at most the lowest the
-/// purpose has had since, up to now (billing aside, which the tax authority keeps): a record
-/// a withdrawal would have purged is not stored when it arrives after it. Compact, as a fleet's registry is millions
-/// of meters: ids live in one arena, changes in another, and the index holds only a slot
-/// number per meter.
+/// allow ([`ConsentTable::reach_back_withdrawals`]), the levels the reducer is given are also
+/// at most the lowest the purpose has had since, up to now (billing aside, which the tax
+/// authority keeps): a record a withdrawal would have purged is not stored when it arrives
+/// after it. Compact, as a fleet's registry is millions of meters: ids live in one arena,
+/// changes in another, and the index holds only a slot number per meter.
 #[derive(Debug, Clone)]
 pub struct ConsentTable {
     shared: Arc<RwLock<Table>>,
@@ -305,12 +305,14 @@ impl ConsentTable {
         self.read().default
     }
 
-    /// The level for `meter` (normalised or not) and `purpose` at `at`.
+    /// The level for `meter` (normalised or not) and `purpose` at `at`, as its changes give
+    /// it: what was recorded, not reaching back (the reducer's [`Consent::levels`] does).
     pub fn level(&self, meter: &[u8], purpose: PurposeId, at: Timestamp) -> Level {
         let mut normalised = Vec::new();
+        let table = self.read();
         match normalise_equipment_id(meter, &mut normalised) {
-            Some(id) => self.levels(id, at).of(purpose),
-            None => self.read().default,
+            Some(id) => table.levels(id, at.as_second(), false).of(purpose),
+            None => table.default,
         }
     }
 
@@ -496,9 +498,9 @@ impl Table {
                 purpose => levels.change(purpose, served, |_| change.level),
             }
         }
+        let ceiling = if erased { Level::Billing } else { Level::Live };
         for (level, lowest) in levels.0[..served].iter_mut().zip(since.0) {
-            let floor = if erased { Level::Billing } else { Level::Live };
-            *level = (*level).min(floor).min(lowest.max(Level::Billing));
+            *level = (*level).min(ceiling).min(lowest.max(Level::Billing));
         }
         levels
     }
@@ -621,7 +623,8 @@ mod tests {
                 table.add(b"4530", Change { from, level, scope }).unwrap();
             }
         }
-        let level = |table: &ConsentTable, purpose, at| table.level(b"4530", purpose, at);
+        let level =
+            |table: &ConsentTable, purpose, at| Consent::levels(table, b"4530", at).of(purpose);
         // Before the lowering to daily: daily, though live was in force then.
         assert_eq!(level(&purging, default, ago(9)), Level::Daily);
         assert_eq!(level(&keeping, default, ago(9)), Level::Live);
