@@ -57,9 +57,10 @@ fn serve(config: config::Config) -> anyhow::Result<()> {
         .with_context(|| format!("reading the consent registry {}", registry_path.display()))?;
     config.consent.shrink_to_fit();
     if config.purge_on_withdrawal {
-        // What a withdrawal purged must not be stored when it arrives late; the rights
-        // commands judge by the levels as given, and by what each withdrawal purged.
-        config.consent.reach_back_withdrawals();
+        // What a withdrawal purged must not be stored when it arrives late (the registry's
+        // follower moves this on each second); the rights commands judge by the levels as
+        // recorded, and by what each withdrawal purged.
+        config.consent.reach_back_through(jiff::Timestamp::now());
     }
     tracing::info!(
         meters = config.consent.listed(),

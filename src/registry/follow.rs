@@ -62,6 +62,10 @@ pub async fn follow(
             () = shutdown.cancelled() => return,
         }
         let now = Timestamp::now();
+        if purging.is_some() {
+            // Withdrawals in force now reach back to records arriving late (see run).
+            table.reach_back_through(now);
+        }
         let settled = now.checked_add(SETTLE).unwrap_or(now);
         let events = tokio::task::block_in_place(|| registry.events_after(last));
         match events {

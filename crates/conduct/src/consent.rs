@@ -167,7 +167,7 @@ pub struct Change {
 /// A meter's level for a purpose at an instant is that of its latest change in force then
 /// (for that purpose or for every purpose; of two at one instant, the one added last);
 /// before its first change, the table's default. Where withdrawals erase what they no longer
-/// allow ([`ConsentTable::reach_back_withdrawals`]), the levels the reducer is given are also
+/// allow ([`ConsentTable::reach_back_through`]), the levels the reducer is given are also
 /// at most the lowest the purpose has had since, up to now (billing aside, which the tax
 /// authority keeps): a record a withdrawal would have purged is not stored when it arrives
 /// after it. Compact, as a fleet's registry is millions of meters: ids live in one arena,
@@ -189,8 +189,9 @@ struct Table {
     ids: Vec<u8>,
     /// Every meter's changes, each meter's contiguous and in force order.
     changes: Vec<Stored>,
-    /// Whether a level is at most the lowest since (see [`ConsentTable`]).
-    reach_back: bool,
+    /// Through when withdrawals reach back, if they do (see [`ConsentTable`]): now, as the
+    /// daemon keeps telling the table (the table reads no clock).
+    reach_back: Option<i64>,
 }
 
 /// Where a meter's id and changes are.
@@ -248,21 +249,22 @@ impl ConsentTable {
             meters: Vec::new(),
             ids: Vec::new(),
             changes: Vec::new(),
-            reach_back: false,
+            reach_back: None,
         };
         ConsentTable {
             shared: Arc::new(RwLock::new(table)),
         }
     }
 
-    /// Makes withdrawals reach back, as when they erase the stored records they no longer
-    /// allow: a record dated before a withdrawal in force now is judged by the level left
-    /// (at least billing), so that none arrives late to be stored after the purge.
-    pub fn reach_back_withdrawals(&self) {
+    /// Makes withdrawals in force at `now` reach back, as when they erase the stored records
+    /// they no longer allow: a record dated before one is judged by the level left (at least
+    /// billing), so that none arrives late to be stored after the purge. The daemon calls it
+    /// again as time passes, so that a withdrawal reaches back once it is in force.
+    pub fn reach_back_through(&self, now: Timestamp) {
         self.shared
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .reach_back = true;
+            .reach_back = Some(now.as_second());
     }
 
     /// The purpose named `name`, if served.
@@ -311,7 +313,7 @@ impl ConsentTable {
         let mut normalised = Vec::new();
         let table = self.read();
         match normalise_equipment_id(meter, &mut normalised) {
-            Some(id) => table.levels(id, at.as_second(), false).of(purpose),
+            Some(id) => table.levels(id, at.as_second(), None).of(purpose),
             None => table.default,
         }
     }
@@ -330,12 +332,9 @@ impl ConsentTable {
         let id = normalise_equipment_id(meter, &mut normalised)?;
         let table = self.read();
         let later = (table.changes_of(id).iter()).filter(|c| c.from > after.as_second());
-        let again = later.map(|c| c.from).find(|&from| {
-            table
-                .levels(id, from, false)
-                .of(purpose)
-                .allows(granularity)
-        })?;
+        let again = later
+            .map(|c| c.from)
+            .find(|&from| table.levels(id, from, None).of(purpose).allows(granularity))?;
         Timestamp::from_second(again).ok()
     }
 
@@ -474,24 +473,20 @@ impl Table {
         &self.changes[start..start + usize::from(meter.changes_len)]
     }
 
-    /// The levels at `at`; with `reach_back`, capped by the withdrawals in force since.
-    fn levels(&self, id: &[u8], at: i64, reach_back: bool) -> Levels {
+    /// The levels at `at`; with `reach_back` (now), capped by the withdrawals in force since.
+    fn levels(&self, id: &[u8], at: i64, reach_back: Option<i64>) -> Levels {
         let served = self.purposes.len();
         let mut levels = Levels::uniform(Level::None);
         levels.0[..served].fill(self.default);
         let changes = self.changes_of(id);
         let mut erased = false;
-        // The lowest level each purpose was given after `at`, up to now; the clock is read
-        // only for a meter with changes after `at`, which few telegrams see.
+        // The lowest level each purpose was given after `at`, up to now.
         let mut since = Levels::uniform(Level::Live);
-        let mut now = None;
         for change in changes {
             match change.purpose {
                 ERASED_THROUGH => erased |= at <= change.from,
                 _ if change.from > at => {
-                    if reach_back
-                        && change.from <= *now.get_or_insert_with(|| Timestamp::now().as_second())
-                    {
+                    if reach_back.is_some_and(|now| change.from <= now) {
                         since.change(change.purpose, served, |l| l.min(change.level));
                     }
                 }
@@ -600,12 +595,12 @@ mod tests {
     /// once it is in force, and without purging nothing reaches back.
     #[test]
     fn a_withdrawal_in_force_reaches_back_to_what_it_would_have_purged() {
+        let now: Timestamp = "2026-12-07T12:00:00Z".parse().unwrap();
         let purging = ConsentTable::new(Level::Billing, ["insight"]);
-        purging.reach_back_withdrawals();
+        purging.reach_back_through(now);
         let keeping = ConsentTable::new(Level::Billing, ["insight"]);
         let insight = purging.purpose("insight").unwrap();
         let default = PurposeId::DEFAULT;
-        let now = Timestamp::from_second(Timestamp::now().as_second()).unwrap();
         let ago = |hours: i64| now - jiff::SignedDuration::from_hours(hours);
         let changes = [
             (ago(10), Level::Live, Scope::Every),
