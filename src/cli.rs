@@ -94,8 +94,9 @@ pub struct MeterArgs {
     /// The configuration file and its registry.
     #[command(flatten)]
     pub config: ConfigArg,
-    /// The equipment id as the meter sends it (hex, any case) or as printed on the meter.
-    #[arg(long, value_name = "ID")]
+    /// The equipment id as the meter sends it (hex, any case) or as printed on the meter;
+    /// held as the meter sends it, normalised.
+    #[arg(long, value_name = "ID", value_parser = parse_meter)]
     pub meter: String,
 }
 
@@ -109,7 +110,7 @@ pub struct GrantArgs {
     #[arg(long, value_name = "LEVEL")]
     pub level: Level,
     /// What the consent is for: the `purpose` of the sinks it opens.
-    #[arg(long, default_value = "default")]
+    #[arg(long, default_value = "default", value_parser = parse_purpose)]
     pub purpose: String,
     /// From when (RFC 3339); now if absent.
     #[arg(long, value_name = "RFC3339")]
@@ -129,7 +130,7 @@ pub struct WithdrawArgs {
     #[arg(long, value_name = "LEVEL", default_value = "billing")]
     pub to: Level,
     /// The purpose withdrawn from.
-    #[arg(long, default_value = "default")]
+    #[arg(long, default_value = "default", value_parser = parse_purpose)]
     pub purpose: String,
     /// From when (RFC 3339); now if absent.
     #[arg(long, value_name = "RFC3339")]
@@ -312,6 +313,14 @@ impl From<IdentityArg> for Identity {
             IdentityArg::Pseudonym => Identity::Pseudonym,
         }
     }
+}
+
+fn parse_meter(text: &str) -> Result<String, String> {
+    crate::rights::meter_id(text).map_err(|error| format!("{error:#}"))
+}
+
+fn parse_purpose(text: &str) -> Result<String, String> {
+    crate::rights::purpose_name(text).map_err(|error| format!("{error:#}"))
 }
 
 fn parse_change(text: &str) -> Result<(Timestamp, Level), String> {

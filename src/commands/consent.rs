@@ -11,8 +11,8 @@ use p1guard_conduct::Level;
 
 use super::rights::{Setting, runtime};
 use crate::cli::{ConsentCommand, GrantArgs, ImportArgs, MeterArgs, WithdrawArgs};
-use crate::registry::{EVERY_PURPOSE, EventSource, NewEvent};
-use crate::rights::{Subject, Withdrawal, meter_id, purge_withdrawn};
+use crate::registry::{EventSource, NewEvent};
+use crate::rights::{Subject, Withdrawal, meter_id, purge_withdrawn, purpose_name};
 
 pub fn run(command: ConsentCommand) -> anyhow::Result<ExitCode> {
     match command {
@@ -46,9 +46,8 @@ fn record(
     let Some(mut setting) = Setting::open(&args.config.config)? else {
         return Ok(ExitCode::from(2));
     };
-    check_purpose(&purpose)?;
     let now = crate::rights::now();
-    let meter = meter_id(&args.meter)?;
+    let meter = args.meter.clone();
     let effective_from = from.unwrap_or(now);
     let event = NewEvent {
         meter: meter.clone(),
@@ -98,20 +97,11 @@ fn record(
     Ok(ExitCode::SUCCESS)
 }
 
-/// A purpose is a sink's purpose name, or `*` for all.
-fn check_purpose(purpose: &str) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        crate::sinks::is_purpose_name(purpose) || purpose == EVERY_PURPOSE,
-        "purpose {purpose:?}: expected a name of a-z, 0-9, _ and -, or * for every purpose"
-    );
-    Ok(())
-}
-
 fn history(args: &MeterArgs) -> anyhow::Result<ExitCode> {
     let Some(setting) = Setting::open(&args.config.config)? else {
         return Ok(ExitCode::from(2));
     };
-    let meter = meter_id(&args.meter)?;
+    let meter = args.meter.clone();
     for event in setting.registry.history(&meter)? {
         println!("{}", serde_json::to_string(&event)?);
     }
@@ -262,13 +252,12 @@ fn event_of(row: &csv::StringRecord) -> anyhow::Result<NewEvent> {
         "expected meter,level,effective_from,reference[,purpose], got {} fields",
         row.len()
     );
-    let purpose = row.get(4).filter(|p| !p.is_empty()).unwrap_or("default");
-    check_purpose(purpose)?;
+    let purpose = purpose_name(row.get(4).filter(|p| !p.is_empty()).unwrap_or("default"))?;
     let reference = row.get(3).filter(|r| !r.is_empty()).map(str::to_owned);
     Ok(NewEvent {
         meter: meter_id(&row[0])?,
         level: row[1].parse()?,
-        purpose: purpose.to_owned(),
+        purpose,
         effective_from: row[2]
             .parse()
             .with_context(|| format!("effective_from {:?}: expected RFC 3339", &row[2]))?,

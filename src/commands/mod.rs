@@ -28,10 +28,23 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replay(args) => replay::run(&args),
         Command::Run(args) => run::run(&args),
         Command::CheckConfig(args) => check_config::run(&args),
-        Command::Consent(command) => consent::run(command),
-        Command::Erase(args) => rights::erase(&args),
-        Command::ReapplyErasures(args) => rights::reapply(&args),
-        Command::Export(args) => rights::export(&args),
-        Command::Audit(args) => rights::audit(&args),
+        Command::Consent(command) => failed_at_run_time(consent::run(command)),
+        Command::Erase(args) => failed_at_run_time(rights::erase(&args)),
+        Command::ReapplyErasures(args) => failed_at_run_time(rights::reapply(&args)),
+        Command::Export(args) => failed_at_run_time(rights::export(&args)),
+        Command::Audit(args) => failed_at_run_time(rights::audit(&args)),
+    }
+}
+
+/// A consent or rights command that fails once it runs (a store, registry or server that
+/// cannot be reached) exits 1, as `run` does: 2 is for a bad argument or configuration,
+/// which are found before anything runs, so that a supplier's script knows to retry.
+fn failed_at_run_time(result: anyhow::Result<ExitCode>) -> anyhow::Result<ExitCode> {
+    match result {
+        Err(error) if !reader_gone(&error) => {
+            eprintln!("p1guard: {error:#}");
+            Ok(ExitCode::FAILURE)
+        }
+        result => result,
     }
 }

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::cli::{ConfigArg, EraseArgs, ErasedTo, ExportArgs, ExportFormat};
 use crate::fleet::consent::ConsentStream;
 use crate::registry::{EVERY_PURPOSE, EventSource, NewEvent, Registry};
-use crate::rights::{self, Subject, meter_id};
+use crate::rights::{self, Subject};
 use crate::topology::config::{self, Config};
 
 /// What every rights command works with: the configuration, the pseudonym key and the
@@ -89,7 +89,7 @@ pub fn erase(args: &EraseArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     };
     let now = crate::rights::now();
-    let meter = meter_id(&args.meter.meter)?;
+    let meter = args.meter.meter.clone();
     let subject = Subject::new(meter.clone(), &setting.key);
     let level = match args.to {
         ErasedTo::Billing => Level::Billing,
@@ -206,7 +206,7 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<ExitCode> {
     let Some(setting) = Setting::open(&args.meter.config.config)? else {
         return Ok(ExitCode::from(2));
     };
-    let meter = meter_id(&args.meter.meter)?;
+    let meter = args.meter.meter.clone();
     let subject = Subject::new(meter.clone(), &setting.key);
     let records = runtime()?.block_on(rights::records_of(
         &setting.config.sinks,

@@ -35,6 +35,15 @@ pub fn now() -> Timestamp {
     Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
+/// A purpose as the consent commands take it: a sink's purpose name, or `*` for all.
+pub fn purpose_name(given: &str) -> anyhow::Result<String> {
+    anyhow::ensure!(
+        crate::sinks::is_purpose_name(given) || given == EVERY_PURPOSE,
+        "purpose {given:?}: expected a name of a-z, 0-9, _ and -, or * for every purpose"
+    );
+    Ok(given.to_owned())
+}
+
 /// The equipment id as the meter sends it (hex, normalised) from an id as sent (hex, any
 /// case) or as printed on the meter (`E0054000012345678`, any case: meters send the printed
 /// id in capitals): an id that is hex of even length and decodes to printable characters is

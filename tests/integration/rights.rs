@@ -870,6 +870,45 @@ fn an_erasure_with_the_broker_down_erases_what_waits_for_it_in_the_outbox() {
     );
 }
 
+/// A bad argument exits 2 before anything is done; a registry that cannot be opened, a
+/// failure at run time, exits 1, so that a supplier's script knows to retry.
+#[test]
+fn a_bad_argument_exits_2_and_a_failure_at_run_time_exits_1() {
+    let household = Household::new("rights-exit-status");
+    let config = household.config();
+    let grant = |meter: &str, purpose: &str, status| {
+        let args = [
+            "consent",
+            "grant",
+            "--config",
+            config,
+            "--meter",
+            meter,
+            "--level",
+            "live",
+            "--purpose",
+            purpose,
+        ];
+        run_output(&args, status).1
+    };
+    assert!(grant(" ", "default", 2).contains("is not a meter id"));
+    assert!(grant(PRINTED_ID, "Not A Name", 2).contains("purpose"));
+
+    let text = std::fs::read_to_string(&household.config).unwrap();
+    let registry = format!("{}/consent.sqlite", household.dir.display());
+    let unreachable = text.replace(&registry, "/proc/p1guard-nowhere/consent.sqlite");
+    assert_ne!(unreachable, text);
+    let elsewhere = household.dir.join("unreachable.toml");
+    std::fs::write(&elsewhere, unreachable).unwrap();
+    let config = elsewhere.to_str().unwrap();
+    let (_, stderr) = run_output(&["audit", "--config", config], 1);
+    assert!(stderr.contains("/proc/p1guard-nowhere"), "{stderr}");
+    let args = [
+        "consent", "grant", "--config", config, "--meter", PRINTED_ID, "--level", "live",
+    ];
+    run_output(&args, 1);
+}
+
 /// `consent import` takes ids both ways, a header, an optional purpose; a file with bad rows
 /// records nothing and names each bad row by line and reason; the imported level is the
 /// one a replay then stores at, and nothing finer.
