@@ -164,6 +164,22 @@ impl Withdrawal {
         again.checked_sub(SignedDuration::from_secs(1)).ok()
     }
 
+    /// Whether the level `table` gives at its own instant allows `granularity` after all: an
+    /// event recorded later for the same instant corrected it, and it purges nothing of it.
+    fn corrected(
+        &self,
+        table: &ConsentTable,
+        purpose: Option<PurposeId>,
+        granularity: Granularity,
+    ) -> bool {
+        let (Some(id), Some(purpose)) = (self.subject.id.as_deref(), purpose) else {
+            return false;
+        };
+        table
+            .level(id.as_bytes(), purpose, self.from)
+            .allows(granularity)
+    }
+
     /// Whether it concerns the stores serving `purpose`.
     pub fn covers(&self, purpose: &str) -> bool {
         self.purpose == EVERY_PURPOSE || self.purpose == purpose
@@ -333,6 +349,9 @@ pub async fn purge_withdrawn(
                 let names = withdrawal.subject.names_in(&mut store, key).await?;
                 let level = withdrawal.level;
                 for granularity in Granularity::ALL.into_iter().filter(|g| !level.allows(*g)) {
+                    if withdrawal.corrected(table, purpose, granularity) {
+                        continue;
+                    }
                     let until = withdrawal.purged_through(table, purpose, granularity);
                     let group = groups.entry((granularity, until)).or_default();
                     group.extend(names.iter().cloned());

@@ -635,6 +635,35 @@ fn a_withdrawal_ended_by_a_later_grant_purges_only_up_to_that_grant() {
     audit_is_clean(config);
 }
 
+/// A withdrawal corrected by an event for the same instant recorded after it (of two at one
+/// instant, the one recorded last holds) was never in force, and purges nothing.
+#[test]
+fn a_withdrawal_corrected_at_its_own_instant_purges_nothing() {
+    let household =
+        Household::granted_and_replayed("rights-withdrawal-corrected", PRINTED_ID, None);
+    let before = household.rows();
+    let at = household.from + SignedDuration::from_hours(1);
+    let file = household.dir.join("events.csv");
+    let rows = [
+        format!("{PRINTED_ID},billing,{at},W-1"),
+        format!("{PRINTED_ID},quarter_hour,{at},W-1-corrected"),
+    ];
+    std::fs::write(&file, rows.join("\n") + "\n").unwrap();
+    let config = household.config();
+    run(
+        &[
+            "consent",
+            "import",
+            "--config",
+            config,
+            file.to_str().unwrap(),
+        ],
+        0,
+    );
+    assert_eq!(household.rows(), before);
+    audit_is_clean(config);
+}
+
 #[test]
 fn a_running_daemon_follows_a_grant_and_a_withdrawal() {
     let dir = scratch("rights-follow");
