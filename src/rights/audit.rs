@@ -7,7 +7,7 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use p1guard_conduct::{
     CAPTURE_TOLERANCE_SECONDS, ConsentTable, Granularity, Identity, IdentityKey, Level,
-    MAX_CLOCK_SKEW_SECONDS, PurposeId, normalise_equipment_id,
+    MAX_CLOCK_SKEW_SECONDS, MBUS_LIVE_MAX_AGE_SECONDS, PurposeId, normalise_equipment_id,
 };
 use serde::Serialize;
 
@@ -23,12 +23,11 @@ const HOUSEKEEPING_SLACK: Duration = Duration::from_secs(2 * 3600);
 /// Records are never dated further ahead than a meter's clock is trusted.
 const FUTURE_TOLERANCE: SignedDuration = SignedDuration::from_secs(MAX_CLOCK_SKEW_SECONDS);
 
-/// A live M-Bus record is dated by its capture but judged at the telegram that first carried
-/// it: from a little before the capture (the two clocks drift) to an hour after it, as M-Bus
-/// devices capture hourly at the least often. Consent at any instant of that span may have
-/// allowed it.
+/// A live M-Bus record is dated by its capture but judged at the telegram that carried it:
+/// from a little before the capture (the two clocks drift) to the oldest a capture may be to
+/// make a live record. Consent at any instant of that span may have allowed it.
 const MBUS_JUDGED_FROM: SignedDuration = SignedDuration::from_secs(-CAPTURE_TOLERANCE_SECONDS);
-const MBUS_JUDGED_UNTIL: SignedDuration = SignedDuration::from_secs(3600);
+const MBUS_JUDGED_UNTIL: SignedDuration = SignedDuration::from_secs(MBUS_LIVE_MAX_AGE_SECONDS);
 
 /// One record a store should not hold, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

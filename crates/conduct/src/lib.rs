@@ -49,7 +49,7 @@ pub use crate::record::{
 };
 pub use crate::reducer::{
     Arrival, CAPTURE_TOLERANCE_SECONDS, CLOCK_JUMP_SECONDS, Counters, MAX_CLOCK_SKEW_SECONDS,
-    MaxGaps, Reducer, ReducerConfig,
+    MBUS_LIVE_MAX_AGE_SECONDS, MaxGaps, Reducer, ReducerConfig,
 };
 pub use crate::sink::{MeterName, PolicyError, SinkPolicy, SinkRecord};
 pub use crate::stored::{StoredError, decode_batch, decode_record, encode_batch, encode_record};

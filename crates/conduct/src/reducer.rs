@@ -106,6 +106,13 @@ pub const CLOCK_JUMP_SECONDS: i64 = 3600;
 /// devices); anything later is not trusted.
 pub const CAPTURE_TOLERANCE_SECONDS: i64 = 300;
 
+/// How old an M-Bus capture may be at its telegram to make a live record: hourly captures,
+/// the slowest meters make, are carried within the hour; an older one is no live reading
+/// (a device that missed its captures), though it still counts for the boundaries. The
+/// audit judges a live M-Bus record by consent anywhere in that span, as the record keeps
+/// only the capture's time.
+pub const MBUS_LIVE_MAX_AGE_SECONDS: i64 = 3600;
+
 /// How far a meter's clock may be from the receiver's before a live source's telegram is not
 /// trusted (a Raspberry Pi's clock before NTP, a meter set to 2068).
 pub const MAX_CLOCK_SKEW_SECONDS: i64 = 24 * 3600;
@@ -750,7 +757,9 @@ impl<C: Consent> Step<'_, C> {
                     step.push(record(granularity, b, quality, value, purposes));
                 },
             );
-            if self.config.finest == Granularity::Live {
+            if self.config.finest == Granularity::Live
+                && telegram_t - t <= MBUS_LIVE_MAX_AGE_SECONDS
+            {
                 // Live records are judged at their telegram's time, dated by the capture.
                 let purposes = self.allowing(meter, telegram_t, Granularity::Live);
                 if !purposes.is_empty() {

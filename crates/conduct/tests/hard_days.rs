@@ -379,6 +379,38 @@ fn a_gas_capture_first_sent_after_a_withdrawal_is_judged_at_its_telegrams_time()
 }
 
 #[test]
+fn a_gas_capture_more_than_an_hour_old_at_its_telegram_is_no_live_reading() {
+    // A device that missed its captures: its 08:30:01 capture is first sent at 09:30:02.
+    let telegrams = [
+        telegram(
+            at("2026-06-01T08:00:00Z"),
+            0,
+            Some((at("2026-06-01T08:00:00Z"), 1_000)),
+        ),
+        telegram(
+            at("2026-06-01T09:30:00Z"),
+            10,
+            Some((at("2026-06-01T08:30:00Z"), 1_050)),
+        ),
+        telegram(
+            at("2026-06-01T09:30:02Z"),
+            20,
+            Some((at("2026-06-01T08:30:01Z"), 1_051)),
+        ),
+    ];
+    let (records, _) = reduce_with(
+        config(Granularity::Live),
+        Timeline::constant(Level::Live),
+        &telegrams,
+    );
+    // An hour old is still live; older is not.
+    assert_eq!(
+        live_times(&records, Kind::Gas),
+        ["2026-06-01T08:00:00Z", "2026-06-01T08:30:00Z"]
+    );
+}
+
+#[test]
 fn a_gas_capture_dated_after_its_telegram_is_not_trusted() {
     let telegrams = [
         telegram(
