@@ -123,20 +123,23 @@ impl Store {
             Some(outbox) => outbox.purge(purge)?,
             None => Purged::default(),
         };
-        let mut purged = match &mut self.kind {
-            Opened::Sqlite(store) => store.purge(purge)?,
-            Opened::Mqtt(store) => store.purge(purge).await?,
-            Opened::Influx(store) => store.purge(purge).await?,
-            Opened::Nothing => Purged::default(),
-            Opened::Unreachable(error) => {
-                let erased = waiting.erased;
-                return Err(unreachable(error).context(format!(
-                    "the {erased} record(s) waiting for it in the outbox were erased, the store's own were not"
-                )));
-            }
+        let stored = match &mut self.kind {
+            Opened::Sqlite(store) => store.purge(purge),
+            Opened::Mqtt(store) => store.purge(purge).await,
+            Opened::Influx(store) => store.purge(purge).await,
+            Opened::Nothing => Ok(Purged::default()),
+            Opened::Unreachable(error) => Err(unreachable(error)),
         };
-        purged.add(waiting);
-        Ok(purged)
+        match stored {
+            Ok(mut purged) => {
+                purged.add(waiting);
+                Ok(purged)
+            }
+            Err(error) => Err(error.context(format!(
+                "the {} record(s) waiting for it in the outbox were erased, the store's own were not",
+                waiting.erased
+            ))),
+        }
     }
 
     /// The records of `meters` (every record if `None`), those waiting for the store in the
