@@ -546,10 +546,16 @@ impl Outbox {
         for (slot, deleted) in self.sinks.iter_mut().zip(deleted) {
             if let Some((through, records, bytes)) = deleted {
                 slot.deleted_through = through;
-                slot.depth = (
-                    slot.depth.0.saturating_sub(records),
-                    slot.depth.1.saturating_sub(bytes),
-                );
+                slot.depth = if through >= slot.next - 1 {
+                    // Nothing left: exact even where an erasure made batches smaller than
+                    // they were counted.
+                    (0, 0)
+                } else {
+                    (
+                        slot.depth.0.saturating_sub(records),
+                        slot.depth.1.saturating_sub(bytes),
+                    )
+                };
                 slot.counters.set_outbox_depth(slot.depth.0, slot.depth.1);
             }
         }
@@ -703,6 +709,41 @@ impl Inlet {
         })
         .context("reading the outbox")?;
         Ok(batch)
+    }
+
+    /// The records of the batches numbered `first..=through`, handed out and not yet
+    /// acknowledged, that still wait, if fewer than `handed_out` do: an erasure (`erase`, a
+    /// withdrawal's purge) took them out of the file, and a sink holding them in memory,
+    /// retrying a write, must not write them. `None` if none was taken out.
+    pub fn erased_among(
+        &mut self,
+        first: i64,
+        through: i64,
+        handed_out: usize,
+    ) -> anyhow::Result<Option<Vec<SinkRecord>>> {
+        tokio::task::block_in_place(|| -> anyhow::Result<Option<Vec<SinkRecord>>> {
+            let left: i64 = self
+                .reader
+                .prepare_cached(
+                    "SELECT COALESCE(SUM(records), 0) FROM batches
+                     WHERE sink = ?1 AND seq >= ?2 AND seq <= ?3",
+                )?
+                .query_row(params![self.sink, first, through], |row| row.get(0))?;
+            if left as usize >= handed_out {
+                return Ok(None);
+            }
+            let mut query = self.reader.prepare_cached(
+                "SELECT batch FROM batches WHERE sink = ?1 AND seq >= ?2 AND seq <= ?3
+                 ORDER BY seq",
+            )?;
+            let mut rows = query.query(params![self.sink, first, through])?;
+            let mut records = Vec::with_capacity(left as usize);
+            while let Some(row) = rows.next()? {
+                records.extend(p1guard_conduct::decode_batch(row.get_ref(0)?.as_blob()?)?);
+            }
+            Ok(Some(records))
+        })
+        .context("reading the outbox")
     }
 
     /// Reads the batches from the next number through `until` from the file, whole batches

@@ -13,13 +13,14 @@ mod mqtt;
 mod sqlite;
 mod stdout;
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use p1guard_conduct::{Granularity, Identity, SinkPolicy, SinkRecord};
+use p1guard_conduct::{Granularity, Identity, Kind, MeterName, SinkPolicy, SinkRecord};
 use serde::Deserialize;
 use tokio::sync::broadcast;
 use tokio::task::JoinSet;
@@ -495,8 +496,9 @@ pub async fn drive(mut sink: impl Sink, feed: Feed) {
     // Not at once: a sink's first moments are for announcing itself and the backlog.
     let first = tokio::time::Instant::now() + MAINTENANCE_EVERY;
     let mut maintenance = tokio::time::interval_at(first, MAINTENANCE_EVERY);
-    // The records waiting to be written, and the outbox number they reach.
+    // The records waiting to be written, and the outbox numbers they span.
     let mut held: Vec<SinkRecord> = Vec::new();
+    let mut held_from = inlet.acknowledged() + 1;
     let mut held_through = inlet.acknowledged();
     let mut due = None;
     let mut open = true;
@@ -504,6 +506,9 @@ pub async fn drive(mut sink: impl Sink, feed: Feed) {
         tokio::select! {
             next = inlet.next() => match next {
                 Ok(Some(batch)) => {
+                    if held.is_empty() {
+                        held_from = batch.first;
+                    }
                     held_through = batch.through;
                     if batch.records.is_empty() {
                         // Erased while it waited: nothing to write, but its numbers are done.
@@ -552,10 +557,20 @@ pub async fn drive(mut sink: impl Sink, feed: Feed) {
         }
         let is_due = due.is_some_and(|due| due <= tokio::time::Instant::now());
         if held.len() >= batching.max_records || is_due || (!open && !held.is_empty()) {
-            if writer.write(&mut sink, &held).await {
+            let mut waiting = Waiting {
+                handed_out: held.len(),
+                records: std::mem::take(&mut held),
+                inlet: &mut inlet,
+                first: held_from,
+                through: held_through,
+            };
+            if !batching.max_wait.is_zero() {
+                // They waited for others: an erasure may have come first.
+                writer.drop_erased(&mut waiting, 0);
+            }
+            if writer.write(&mut sink, &mut waiting).await {
                 inlet.acknowledge(held_through);
             }
-            held.clear();
             due = None;
         }
     }
@@ -604,13 +619,14 @@ struct Writer<'m> {
 }
 
 impl Writer<'_> {
-    /// Writes `held`, at most `max_records` per write; whether every record is settled
-    /// (written, or given up for good) rather than left for the next start.
-    async fn write(&mut self, sink: &mut impl Sink, held: &[SinkRecord]) -> bool {
-        for records in held.chunks(self.max_records) {
-            let delivery = self.deliver(sink, records).await;
+    /// Writes the waiting records, at most `max_records` per write; whether every record is
+    /// settled (written, erased, or given up for good) rather than left for the next start.
+    async fn write(&mut self, sink: &mut impl Sink, waiting: &mut Waiting<'_>) -> bool {
+        let mut written = 0;
+        while written < waiting.records.len() {
+            let (delivery, end) = self.deliver(sink, waiting, written).await;
             let mut sent = [0usize; 4];
-            for record in records {
+            for record in &waiting.records[written..end] {
                 sent[record.granularity as usize] += 1;
             }
             for (g, sent) in sent.into_iter().enumerate() {
@@ -623,20 +639,36 @@ impl Writer<'_> {
                 self.counters.records[g].fetch_add((sent - lost) as u64, Relaxed);
                 self.counters.lost[g].fetch_add(lost as u64, Relaxed);
             }
+            written = end;
         }
         true
     }
 
-    /// Writes `records` until the sink succeeds or refuses them, or the shutdown grace is
-    /// over (a write in progress then is abandoned, and the records stay in the outbox).
-    async fn deliver(&mut self, sink: &mut impl Sink, records: &[SinkRecord]) -> Delivery {
+    /// Writes the waiting records from index `from`, at most `max_records` of them, until the
+    /// sink succeeds or refuses them, or the shutdown grace is over (a write in progress then
+    /// is abandoned, and the records stay in the outbox); and where the records it wrote end.
+    /// Before each retry, records erased from the outbox meanwhile are dropped.
+    async fn deliver(
+        &mut self,
+        sink: &mut impl Sink,
+        waiting: &mut Waiting<'_>,
+        from: usize,
+    ) -> (Delivery, usize) {
         let name = &self.counters.name;
         let mut backoff = Backoff::new(Duration::from_millis(100), MAX_RETRY_DELAY);
         let mut failed_since: Option<Instant> = None;
         loop {
+            let end = waiting
+                .records
+                .len()
+                .min(from.saturating_add(self.max_records));
+            if end == from {
+                return (Delivery::Written, end); // every one of them was erased
+            }
+            let records = &waiting.records[from..end];
             let written = tokio::select! {
                 written = sink.write(records), if !self.give_up.is_cancelled() => written,
-                () = self.give_up.cancelled() => return Delivery::Deferred,
+                () = self.give_up.cancelled() => return (Delivery::Deferred, end),
             };
             let up = !matches!(written, Err(WriteError::Retry { .. }));
             let was_up = self.counters.up.swap(up, Relaxed);
@@ -645,18 +677,18 @@ impl Writer<'_> {
                 tracing::info!(sink = %name, "writing again{}", down.map_or(String::new(), |d| format!(" after {:.0?} of failures", d)));
             }
             let (error, after) = match written {
-                Ok(()) => return Delivery::Written,
+                Ok(()) => return (Delivery::Written, end),
                 Err(WriteError::Gone(why)) => {
                     if let Some(suppressed) = self.refusals.allow(Instant::now()) {
                         tracing::error!(sink = %name, suppressed, records = records.len(), "records dropped: {why}");
                     }
-                    return Delivery::Gone;
+                    return (Delivery::Gone, end);
                 }
                 Err(WriteError::Refused(refused)) => {
                     if let Some(suppressed) = self.refusals.allow(Instant::now()) {
                         tracing::error!(sink = %name, suppressed, records = records.len(), "records dropped, the store {refused}");
                     }
-                    return Delivery::Refused(refused);
+                    return (Delivery::Refused(refused), end);
                 }
                 Err(WriteError::Retry { error, after }) => (error, after),
             };
@@ -673,6 +705,54 @@ impl Writer<'_> {
                 () = self.shutdown.cancelled(), if !self.shutdown.is_cancelled() => {}
                 () = self.give_up.cancelled() => {}
             }
+            self.drop_erased(waiting, from);
         }
     }
+
+    /// Drops the waiting records from index `from` on that an erasure took out of the
+    /// outbox since they were handed out, so that what `erase` or a withdrawal's purge
+    /// erased is not written once the store is back. Records before `from` are written.
+    fn drop_erased(&self, waiting: &mut Waiting<'_>, from: usize) {
+        let left = match waiting.inlet.erased_among(
+            waiting.first,
+            waiting.through,
+            waiting.handed_out,
+        ) {
+            Ok(Some(left)) => left,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(sink = %self.counters.name, "cannot tell whether held records were erased: {error:#}");
+                return;
+            }
+        };
+        waiting.handed_out = left.len();
+        // A record's key is erased with every record of that key: a purge covers meters,
+        // granularities and instants, so keys are either left or gone.
+        let left: HashSet<_> = left.iter().map(record_key).collect();
+        let before = waiting.records.len();
+        let mut index = 0;
+        waiting.records.retain(|record| {
+            index += 1;
+            index <= from || left.contains(&record_key(record))
+        });
+        let erased = before - waiting.records.len();
+        if erased > 0 {
+            tracing::info!(sink = %self.counters.name, erased, "held records were erased from the outbox meanwhile: not written");
+        }
+    }
+}
+
+/// Records [`drive`] holds for a write, and the outbox numbers they span.
+struct Waiting<'i> {
+    records: Vec<SinkRecord>,
+    /// How many records of those numbers the outbox held when last looked at.
+    handed_out: usize,
+    inlet: &'i mut Inlet,
+    first: i64,
+    through: i64,
+}
+
+/// What names a record in every store: a store overwrites a record of the same key.
+fn record_key(record: &SinkRecord) -> (&MeterName, Granularity, Kind, jiff::Timestamp) {
+    (&record.meter, record.granularity, record.kind, record.time)
 }

@@ -899,6 +899,62 @@ fn an_erasure_with_the_broker_down_erases_what_waits_for_it_in_the_outbox() {
     );
 }
 
+/// What a running daemon holds in memory for a broker that is down, retrying the write, is
+/// erased with the meter too: once the broker is back, the daemon publishes none of the
+/// meter's readings but the billing ones the law keeps.
+#[test]
+fn an_erasure_while_the_daemon_retries_a_broker_that_is_down_is_not_published_later() {
+    let mut household = Household::new("rights-erase-held");
+    let granted = household.grant(PRINTED_ID, "quarter_hour", None);
+    assert!(granted.contains(r#""recorded":1"#), "{granted}");
+    let mut config = std::fs::read_to_string(&household.config).unwrap();
+    let outbox = household.dir.join("outbox.sqlite");
+    config.push_str(&format!("\n[daemon]\noutbox = {outbox:?}\n"));
+    std::fs::write(&household.config, &config).unwrap();
+    household.broker.stop();
+    let daemon = Daemon::start(&household.dir, &config);
+    daemon.wait_for_log("source finished", 1, PATIENCE);
+    daemon.wait_for_log("write failed, retrying", 1, PATIENCE);
+
+    run(
+        &[
+            "erase",
+            "--config",
+            household.config(),
+            "--meter",
+            PRINTED_ID,
+        ],
+        1,
+    );
+    household.broker.spawn();
+    let finished = daemon.wait();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let published = retained(&household.broker, "after", "supplier/+/+/+");
+    assert!(
+        published.iter().any(|m| m.topic.contains("/billing/")),
+        "{published:#?}"
+    );
+    assert!(
+        published.iter().all(|m| m.topic.contains("/billing/")),
+        "{published:#?}"
+    );
+    assert!(
+        finished
+            .stderr
+            .contains("held records were erased from the outbox meanwhile"),
+        "{}",
+        finished.stderr
+    );
+    // What the erasure took out of the outbox is not counted as waiting there.
+    assert!(
+        !finished
+            .stderr
+            .contains("wait in the outbox for the next start"),
+        "{}",
+        finished.stderr
+    );
+}
+
 /// A bad argument exits 2 before anything is done; a registry that cannot be opened, a
 /// failure at run time, exits 1, so that a supplier's script knows to retry.
 #[test]
