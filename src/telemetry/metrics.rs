@@ -233,6 +233,13 @@ impl Metrics {
             counters.bad_time,
             counters.out_of_order,
         );
+        if counters.another_of_its_kind > 0 {
+            let _ = writeln!(
+                text,
+                "conduct: M-Bus devices not read as another of their kind is on a lower channel: {}",
+                counters.another_of_its_kind
+            );
+        }
         for sink in &self.sinks {
             let written = sink.records.each_ref().map(|n| n.load(Relaxed));
             let lost = sink.lost.each_ref().map(|n| n.load(Relaxed));

@@ -157,6 +157,12 @@ impl<C: Consent> FrameReducer<C> {
     /// the summary at shutdown.
     pub fn publish_counters(&self) {
         if let Ok(mut counters) = self.metrics.reducer.lock() {
+            if counters.another_of_its_kind == 0 && self.reducer.counters().another_of_its_kind > 0
+            {
+                tracing::warn!(
+                    "a meter carries two M-Bus devices of one kind (two gas meters, say): only the lower channel's is read, as records name a kind, not a channel"
+                );
+            }
             counters.clone_from(self.reducer.counters());
         }
     }

@@ -80,6 +80,11 @@ pub struct Counters {
     pub bad_time: u64,
     /// Telegrams not later than the meter's previous one (repeats, clock steps back).
     pub out_of_order: u64,
+    /// M-Bus devices not read, once per telegram, because a device of the same kind is on a
+    /// lower channel (two gas meters): a record names its kind, not its channel, so both
+    /// would make one series. Not kept in checkpoints.
+    #[serde(skip)]
+    pub another_of_its_kind: u64,
 }
 
 impl Counters {
@@ -94,6 +99,7 @@ impl Counters {
         self.without_meter_id += other.without_meter_id;
         self.bad_time += other.bad_time;
         self.out_of_order += other.out_of_order;
+        self.another_of_its_kind += other.another_of_its_kind;
     }
 }
 
@@ -710,7 +716,24 @@ impl<C: Consent> Step<'_, C> {
                 gaps.hourly,
             ),
         ];
+        let mut devices = [None; 4];
+        let mut count = 0;
         for device in telegram.mbus_devices() {
+            devices[count] = Some(device);
+            count += 1;
+        }
+        // Only the lowest channel's device of each kind is read (see `another_of_its_kind`).
+        let mut kinds = [None; 4];
+        if count > 1 {
+            for (kind, device) in kinds.iter_mut().zip(&devices) {
+                *kind = device.and_then(|device| device.kind());
+            }
+        }
+        for (index, device) in devices.into_iter().flatten().enumerate() {
+            if kinds[index].is_some() && kinds[..index].contains(&kinds[index]) {
+                self.counters.another_of_its_kind += 1;
+                continue;
+            }
             let Some(reading) = device.reading() else {
                 continue;
             };

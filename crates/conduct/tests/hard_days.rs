@@ -651,3 +651,55 @@ fn a_reducer_restored_from_its_checkpoint_continues_every_series_as_if_it_never_
         );
     }
 }
+
+#[test]
+fn of_two_gas_meters_on_one_meter_only_the_lower_channel_is_read() {
+    // Channel 1 counts 1 m3 an hour, channel 2 (another gas meter) 100 m3 an hour: read
+    // both, one gas series would jump between them at every capture. Captures fall on the
+    // hour, so each is an hourly boundary too.
+    let with_two = |utc: Timestamp, litres: i64| {
+        let text = String::from_utf8(telegram(utc, 0, Some((utc, litres)))).unwrap();
+        let body = text.split('!').next().unwrap();
+        let mut text = format!(
+            "{body}0-2:24.1.0(003)\r\n0-2:96.1.0(4730303339303031393336393930363230)\r\n\
+             0-2:24.2.1({})({:05}.{:03}*m3)\r\n!",
+            meter_time(utc),
+            litres * 100 / 1000,
+            litres * 100 % 1000
+        );
+        let crc = crc16(text.as_bytes());
+        text += &format!("{crc:04X}\r\n");
+        text.into_bytes()
+    };
+    let telegrams: Vec<Vec<u8>> = (0..3)
+        .map(|hour| {
+            with_two(
+                at("2026-06-01T08:00:00Z") + jiff::SignedDuration::from_hours(hour),
+                1_000 + hour as i64 * 1_000,
+            )
+        })
+        .collect();
+    let (records, reducer) = reduce_with(
+        config(Granularity::Live),
+        Timeline::constant(Level::Live),
+        &telegrams,
+    );
+    let gas: Vec<(Granularity, Values)> = records
+        .iter()
+        .filter(|r| r.kind == Kind::Gas)
+        .map(|r| (r.granularity, r.values.clone()))
+        .collect();
+    let m3 = |litres| Values::Mbus(litres);
+    assert_eq!(
+        gas,
+        [
+            (Granularity::QuarterHour, m3(1_000)),
+            (Granularity::Live, m3(1_000)),
+            (Granularity::QuarterHour, m3(2_000)),
+            (Granularity::Live, m3(2_000)),
+            (Granularity::QuarterHour, m3(3_000)),
+            (Granularity::Live, m3(3_000)),
+        ]
+    );
+    assert_eq!(reducer.counters().another_of_its_kind, 3);
+}
