@@ -134,10 +134,12 @@ fn init_logging() {
 /// How long after the grace a sink stuck in a write that cannot be cancelled is waited for.
 const HARD_STOP: Duration = Duration::from_secs(3);
 
-/// SIGTERM and SIGINT, caught from before the pipeline starts.
+/// SIGTERM, SIGINT and SIGHUP (the terminal p1guard runs in was closed), caught from before
+/// the pipeline starts: each stops it alike.
 struct Signals {
     term: Signal,
     int: Signal,
+    hup: Signal,
 }
 
 impl Signals {
@@ -145,6 +147,7 @@ impl Signals {
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
         })
     }
 
@@ -152,6 +155,7 @@ impl Signals {
         tokio::select! {
             _ = self.term.recv() => "SIGTERM",
             _ = self.int.recv() => "SIGINT",
+            _ = self.hup.recv() => "SIGHUP",
         }
     }
 

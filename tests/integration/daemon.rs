@@ -90,7 +90,12 @@ impl Daemon {
 
     /// Sends SIGTERM and waits for the process to end.
     pub fn terminate(self) -> Finished {
-        signal(self.child.id(), "TERM");
+        self.stop_with("TERM")
+    }
+
+    /// Sends the signal `name` (`TERM`, `HUP`) and waits for the process to end.
+    pub fn stop_with(self, name: &str) -> Finished {
+        signal(self.child.id(), name);
         self.wait()
     }
 

@@ -116,42 +116,48 @@ fn replaying_into_sqlite_twice_gives_identical_rows() {
     }
 }
 
+/// SIGTERM, and SIGHUP (a closed terminal) alike, stop the sources; everything already read
+/// reaches every sink.
 #[test]
-fn sigterm_during_a_replay_loses_nothing_already_reduced() {
-    let dir = scratch("run-sigterm");
-    let capture = write_capture(
-        &dir,
-        Style::Dsmr5,
-        "2026-06-01T00:00:00Z",
-        "2026-06-01T06:00:00Z",
-    );
-    let store = dir.join("store.sqlite");
-    // 600× real time: six meter hours take 36 s, and a quarter hour passes every 1.5 s.
-    let daemon = Daemon::start(&dir, &replay_config(&capture, &store, "600"));
-    daemon.wait_for_output("\n", 4, PATIENCE);
-    let finished = daemon.terminate();
+fn sigterm_or_sighup_during_a_replay_loses_nothing_already_reduced() {
+    for signal in ["TERM", "HUP"] {
+        let dir = scratch(&format!("run-sig{signal}"));
+        let capture = write_capture(
+            &dir,
+            Style::Dsmr5,
+            "2026-06-01T00:00:00Z",
+            "2026-06-01T06:00:00Z",
+        );
+        let store = dir.join("store.sqlite");
+        // 600× real time: six meter hours take 36 s, and a quarter hour passes every 1.5 s.
+        let daemon = Daemon::start(&dir, &replay_config(&capture, &store, "600"));
+        daemon.wait_for_output("\n", 4, PATIENCE);
+        let finished = daemon.stop_with(signal);
 
-    assert!(
-        finished.status.success(),
-        "exit 0 after SIGTERM: {}",
-        finished.stderr
-    );
-    let reduced = count_after(&finished.stderr, "conduct:", "quarter_hour");
-    let printed = finished.stdout.lines().count() as u64;
-    let stored = sqlite_rows(&store).len() as u64;
-    assert!(
-        finished.stderr.contains("SIGTERM: stopping sources"),
-        "{}",
-        finished.stderr
-    );
-    assert!(reduced >= 4, "{}", finished.stderr);
-    // The whole capture gives 24 quarter hours; the signal came long before its end.
-    assert!(reduced < 24, "stopped early: {}", finished.stderr);
-    assert_eq!(
-        (printed, stored),
-        (reduced, reduced),
-        "every reduced record reached both sinks"
-    );
+        assert!(
+            finished.status.success(),
+            "exit 0 after SIG{signal}: {}",
+            finished.stderr
+        );
+        let reduced = count_after(&finished.stderr, "conduct:", "quarter_hour");
+        let printed = finished.stdout.lines().count() as u64;
+        let stored = sqlite_rows(&store).len() as u64;
+        assert!(
+            finished
+                .stderr
+                .contains(&format!("SIG{signal}: stopping sources")),
+            "{}",
+            finished.stderr
+        );
+        assert!(reduced >= 4, "{}", finished.stderr);
+        // The whole capture gives 24 quarter hours; the signal came long before its end.
+        assert!(reduced < 24, "stopped early: {}", finished.stderr);
+        assert_eq!(
+            (printed, stored),
+            (reduced, reduced),
+            "every reduced record reached both sinks"
+        );
+    }
 }
 
 /// A household's own setup: consent live, a TCP dongle named `dongle` at `address` (with
