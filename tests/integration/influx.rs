@@ -31,9 +31,8 @@ fn hex(id: &str) -> String {
     id.bytes().map(|b| format!("{b:02X}")).collect()
 }
 
-/// A free port on 127.0.0.1 (free when asked; nothing else here takes ports).
 /// An HTTP/1.0 request (so the answer is neither chunked nor kept alive): status and body.
-fn http(address: SocketAddr, method: &str, target: &str, body: &str) -> (u16, String) {
+pub(crate) fn http(address: SocketAddr, method: &str, target: &str, body: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(address).expect("the server accepts");
     write!(
         stream,
@@ -49,7 +48,7 @@ fn http(address: SocketAddr, method: &str, target: &str, body: &str) -> (u16, St
 }
 
 /// `path?key=value&...` with the values percent-encoded.
-fn target(path: &str, query: &[(&str, &str)]) -> String {
+pub(crate) fn target(path: &str, query: &[(&str, &str)]) -> String {
     let mut url = reqwest::Url::parse("http://test").unwrap();
     url.set_path(path);
     url.query_pairs_mut().extend_pairs(query);
@@ -68,7 +67,7 @@ pub(crate) struct Server {
 
 impl Server {
     /// Starts `binary` with `args`, then waits until `GET health` succeeds.
-    fn start(
+    pub(crate) fn start(
         binary: PathBuf,
         args: Vec<String>,
         address: SocketAddr,

@@ -340,6 +340,8 @@ pub(crate) fn http_get(address: std::net::SocketAddr, path: &str) -> String {
     response
 }
 
+/// A real Prometheus scrapes p1guard each second and answers queries of its counters: the
+/// endpoint speaks Prometheus's text format, and no meter id is among the labels.
 #[test]
 fn prometheus_scrapes_counters_without_meter_ids() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -363,43 +365,88 @@ fn prometheus_scrapes_counters_without_meter_ids() {
     );
     daemon.wait_for_output(LIVE, 2, PATIENCE);
     let _connection = server.join().unwrap();
-    // The sink counts a batch just after writing it: scrape until the count is there.
-    let sink_line = r#"p1guard_sink_records_total{sink="screen",granularity="live"} 3"#;
+    let prometheus = prometheus(&dir, metrics_address);
+    // The sink counts a batch just after writing it: query until a scrape has it.
+    let sink = r#"p1guard_sink_records_total{sink="screen",granularity="live"}"#;
     let deadline = Instant::now() + PATIENCE;
-    let scrape = loop {
-        let scrape = http_get(metrics_address, "/metrics");
-        if scrape.lines().any(|l| l == sink_line) || Instant::now() > deadline {
-            break scrape;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    while query(&prometheus, sink).as_deref() != Some("3") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let answers: Vec<(&str, Option<String>)> = [
+        r#"up{job="p1guard"}"#,
+        r#"p1guard_telegrams_total{source="dongle",result="ok"}"#,
+        r#"p1guard_telegrams_total{source="dongle",result="crc_error"}"#,
+        r#"p1guard_source_connected{source="dongle"}"#,
+        r#"p1guard_queue_depth{queue="frames"}"#,
+        r#"p1guard_conduct_records_total{granularity="live"}"#,
+        sink,
+    ]
+    .into_iter()
+    .map(|series| (series, query(&prometheus, series)))
+    .collect();
+    let (status, labels) = crate::influx::http(
+        prometheus.address,
+        "GET",
+        &crate::influx::target("/api/v1/series", &[("match[]", r#"{job="p1guard"}"#)]),
+        "",
+    );
     let elsewhere = http_get(metrics_address, "/");
     let finished = daemon.terminate();
 
     assert!(finished.status.success(), "{}", finished.stderr);
-    assert!(scrape.starts_with("HTTP/1.1 200"), "{scrape}");
-    for line in [
-        r#"p1guard_telegrams_total{source="dongle",result="ok"} 2"#,
-        r#"p1guard_telegrams_total{source="dongle",result="crc_error"} 0"#,
-        r#"p1guard_source_connected{source="dongle"} 1"#,
-        r#"p1guard_queue_depth{queue="frames"} 0"#,
-        r#"p1guard_conduct_records_total{granularity="live"} 3"#,
-        sink_line,
-    ] {
-        assert!(
-            scrape.lines().any(|l| l == line),
-            "{line:?} missing from:\n{scrape}"
+    let expected = ["1", "2", "0", "1", "0", "3", "3"];
+    for ((series, answer), expected) in answers.iter().zip(expected) {
+        assert_eq!(
+            answer.as_deref(),
+            Some(expected),
+            "{series} in {answers:#?}"
         );
     }
+    assert_eq!(status, 200, "{labels}");
     let meter_id: String = "E0053000012345621"
         .bytes()
         .map(|b| format!("{b:02X}"))
         .collect();
+    assert!(labels.contains("p1guard_sink_records_total"), "{labels}");
     assert!(
-        !scrape.contains(&meter_id),
-        "a meter id in the metrics:\n{scrape}"
+        !labels.contains(&meter_id) && !labels.contains("E0053000012345621"),
+        "a meter id among the labels:\n{labels}"
     );
     assert!(elsewhere.starts_with("HTTP/1.1 404"), "{elsewhere}");
+}
+
+/// Prometheus scraping p1guard's `/metrics` at `target` each second.
+fn prometheus(dir: &Path, target: std::net::SocketAddr) -> crate::influx::Server {
+    let binary = require("prometheus", "prometheus");
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "scrape_configs:\n  - job_name: p1guard\n    scrape_interval: 1s\n    \
+             static_configs:\n      - targets: [\"{target}\"]\n"
+        ),
+    )
+    .unwrap();
+    let address = crate::free_address();
+    let args = [
+        format!("--config.file={}", config.display()),
+        format!("--storage.tsdb.path={}", dir.join("prometheus").display()),
+        format!("--web.listen-address={address}"),
+    ];
+    crate::influx::Server::start(binary, args.to_vec(), address, "/-/ready")
+}
+
+/// The value of the one series `query` selects, as Prometheus answers it now.
+fn query(prometheus: &crate::influx::Server, query: &str) -> Option<String> {
+    let (_, body) = crate::influx::http(
+        prometheus.address,
+        "GET",
+        &crate::influx::target("/api/v1/query", &[("query", query)]),
+        "",
+    );
+    let answer: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let value = &answer["data"]["result"][0]["value"][1];
+    value.as_str().map(str::to_owned)
 }
 
 /// A serial line pair: p1guard reads `dir/p1`, the test writes `dir/meter`.
