@@ -41,14 +41,50 @@ pub fn create_parent(path: &Path) -> anyhow::Result<()> {
 pub fn open_sqlite(path: &Path) -> anyhow::Result<Connection> {
     create_parent(path)?;
     let new = !path.exists();
-    let connection =
-        Connection::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let connection = Connection::open(path).map_err(|error| cannot_open(path, error))?;
     if new {
         std::fs::set_permissions(path, Permissions::from_mode(0o600))
             .with_context(|| format!("cannot make {} private", path.display()))?;
     }
-    connection.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
+    connection
+        .pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))
+        .map_err(|error| cannot_open(path, error))?;
     Ok(connection)
+}
+
+/// SQLite's error opening `path`, with the system's reason where it has one.
+fn cannot_open(path: &Path, error: rusqlite::Error) -> anyhow::Error {
+    let error = anyhow::Error::from(error);
+    match os_error(path) {
+        Some(os) => error.context(format!("cannot open {}: {os}", path.display())),
+        None => error.context(format!("cannot open {}", path.display())),
+    }
+}
+
+/// Why the system would not let `path`, or the WAL file SQLite keeps beside it, be opened
+/// for writing: SQLite says only "unable to open database file" (a folder left to root by
+/// one `sudo p1guard run` says "Permission denied" here).
+fn os_error(path: &Path) -> Option<std::io::Error> {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    [path, Path::new(&wal)].into_iter().find_map(|file| {
+        let exists = file.exists();
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(!exists)
+            .truncate(false)
+            .open(file)
+        {
+            Ok(_) => {
+                if !exists {
+                    let _ = std::fs::remove_file(file);
+                }
+                None
+            }
+            Err(error) => Some(error),
+        }
+    })
 }
 
 #[cfg(test)]
@@ -56,6 +92,29 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;
+
+    #[test]
+    fn a_folder_p1guard_may_not_write_is_named_with_the_systems_reason() {
+        let root = std::env::temp_dir().join(format!("p1guard-readonly-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::set_permissions(&root, Permissions::from_mode(0o500)).unwrap();
+        let path = root.join("outbox.sqlite");
+        // Root may write anywhere: the folder is then read-only by a file standing in its way.
+        let blocked = if std::fs::write(root.join("probe"), b"").is_ok() {
+            std::fs::remove_file(root.join("probe")).unwrap();
+            std::fs::set_permissions(&root, Permissions::from_mode(0o700)).unwrap();
+            std::fs::create_dir(&path).unwrap();
+            "Is a directory"
+        } else {
+            "Permission denied"
+        };
+        let error = format!("{:#}", open_sqlite(&path).err().unwrap());
+        std::fs::set_permissions(&root, Permissions::from_mode(0o700)).unwrap();
+        std::fs::remove_dir_all(&root).unwrap();
+        assert!(error.contains(blocked), "{error}");
+        assert!(error.contains("outbox.sqlite"), "{error}");
+    }
 
     #[test]
     fn what_p1guard_creates_is_its_users_only_and_what_exists_is_left_as_it_is() {
