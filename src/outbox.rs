@@ -85,6 +85,44 @@ CREATE TABLE IF NOT EXISTS reducer (
 ) WITHOUT ROWID;
 ";
 
+/// Whether `error` is SQLite finding the file damaged (not a database, or malformed).
+fn is_damaged(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<rusqlite::Error>(),
+            Some(rusqlite::Error::SqliteFailure(failure, _))
+                if matches!(
+                    failure.code,
+                    rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt
+                )
+        )
+    })
+}
+
+/// Moves the file at `path`, with its WAL, to `<path>.damaged-<Unix seconds>`; its new path.
+fn set_aside(path: &Path) -> anyhow::Result<PathBuf> {
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(".damaged-{}", jiff::Timestamp::now().as_second()));
+    let aside = PathBuf::from(aside);
+    std::fs::rename(path, &aside)
+        .with_context(|| format!("cannot move the damaged outbox {} aside", path.display()))?;
+    for (suffix, keep) in [("-wal", true), ("-shm", false)] {
+        let mut beside = path.as_os_str().to_owned();
+        beside.push(suffix);
+        let beside = PathBuf::from(beside);
+        if beside.exists() {
+            let _ = if keep {
+                let mut moved = aside.as_os_str().to_owned();
+                moved.push(suffix);
+                std::fs::rename(&beside, moved)
+            } else {
+                std::fs::remove_file(&beside)
+            };
+        }
+    }
+    Ok(aside)
+}
+
 /// Opens the outbox file at `path`, creating it and its folder if need be.
 fn open_file(path: &Path) -> anyhow::Result<Connection> {
     let mut connection = crate::state::open_sqlite(path)?;
@@ -180,6 +218,7 @@ fn forget_removed_sinks(connection: &Connection, sinks: &[OutboxSink<'_>]) -> ru
 }
 
 /// One sink as the outbox's writer knows it.
+#[derive(Clone)]
 pub struct OutboxSink<'a> {
     /// The sink's name: its outbox is found by it across restarts.
     pub name: &'a str,
@@ -325,8 +364,32 @@ impl Staged {
 
 impl Outbox {
     /// Opens the outbox at `path` for `sinks`, restoring `reducer`'s state if `checkpoint`;
-    /// and each sink's [`Inlet`], in the same order.
+    /// and each sink's [`Inlet`], in the same order. A file SQLite finds damaged is moved
+    /// aside and a new one started, as journald does with a damaged journal: a daemon that
+    /// cannot start would hold up every meter for good.
     pub fn open<C: Consent>(
+        path: &Path,
+        sinks: Vec<OutboxSink<'_>>,
+        checkpoint: bool,
+        reducer: &mut Reducer<C>,
+    ) -> anyhow::Result<(Outbox, Vec<Inlet>)> {
+        match Outbox::open_as_is(path, sinks.clone(), checkpoint, reducer) {
+            Err(error) if is_damaged(&error) => {
+                let aside = set_aside(path)?;
+                tracing::error!(
+                    "the outbox {} is damaged ({error:#}): moved to {} and a new one started; \
+                     the records that waited in it are not written (sqlite3's .recover may get \
+                     them back)",
+                    path.display(),
+                    aside.display()
+                );
+                Outbox::open_as_is(path, sinks, checkpoint, reducer)
+            }
+            opened => opened,
+        }
+    }
+
+    fn open_as_is<C: Consent>(
         path: &Path,
         sinks: Vec<OutboxSink<'_>>,
         checkpoint: bool,

@@ -957,3 +957,54 @@ fn a_sinks_full_share_of_the_outbox_holds_input_back() {
         records.len()
     );
 }
+
+/// A damaged outbox (a power cut on a worn SD card) is moved aside, kept for recovery, and a
+/// new one started: a daemon that failed at every start would hold up every meter for good.
+#[test]
+fn a_damaged_outbox_is_moved_aside_and_a_new_one_started() {
+    let dir = scratch("outbox-damaged");
+    let capture = capture(&dir, at("2026-06-01T00:00:00Z"), at("2026-06-01T01:00:00Z"));
+    let outbox = dir.join("outbox.sqlite");
+    let damaged = [b"SQLite format 3\0".as_slice(), &[0xA5; 8176]].concat();
+    std::fs::write(&outbox, &damaged).unwrap();
+    let config = format!(
+        r#"
+        [consent]
+        default = "quarter_hour"
+
+        [daemon]
+        outbox = {outbox:?}
+
+        [[sources]]
+        name = "capture"
+        type = "replay"
+        files = [{capture:?}]
+
+        [[sinks]]
+        name = "screen"
+        type = "stdout"
+        max_granularity = "quarter_hour"
+        "#
+    );
+    let finished = Daemon::start(&dir, &config).wait();
+
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert!(
+        finished.stderr.contains("is damaged") && finished.stderr.contains("a new one started"),
+        "{}",
+        finished.stderr
+    );
+    assert_eq!(
+        records(&finished.stdout).len(),
+        5,
+        "electricity 00:00 to 00:45, gas 00:00: {}",
+        finished.stdout
+    );
+    let aside: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.to_string_lossy().contains("outbox.sqlite.damaged-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(std::fs::read(&aside[0]).unwrap(), damaged, "kept as it was");
+}
