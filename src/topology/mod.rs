@@ -155,7 +155,7 @@ pub async fn run(
         tracing::error!("the reduce task failed: {error}");
         failed.get_or_insert(anyhow::anyhow!("the reduce task failed: {error}"));
     }
-    let outbox = match commit_task.await {
+    let mut outbox = match commit_task.await {
         Ok(outbox) => Some(outbox),
         Err(error) => {
             tracing::error!("the commit task failed: {error}");
@@ -163,9 +163,15 @@ pub async fn run(
             None
         }
     };
+    let mut failures = LogLimit::per_minute();
     while let Some(joined) = sink_tasks.join_next().await {
         if let Err(error) = joined {
             failed.get_or_insert(anyhow::anyhow!("a sink task failed: {error}"));
+        }
+        // As each sink ends: a sink stuck past the hard stop then leaves only its own
+        // records for the next start, not what the others wrote.
+        if let Some(outbox) = &mut outbox {
+            delete_written(outbox, &mut failures);
         }
     }
     if let Some(outbox) = outbox {

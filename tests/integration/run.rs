@@ -758,7 +758,8 @@ fn a_source_or_a_sink_that_cannot_be_set_up_exits_1_alike() {
 
 /// SIGTERM ends p1guard though its stdout sink is stuck in a write nobody reads: the sink's
 /// records stay in the outbox for the next start, so nothing was given up (exit 0), and the
-/// counters are printed as at any end.
+/// counters are printed as at any end. What the other sink wrote leaves the outbox, so the
+/// next start does not write it again.
 #[test]
 fn a_stdout_nobody_reads_does_not_keep_sigterm_from_ending_p1guard() {
     let dir = scratch("run-blocked-stdout");
@@ -766,8 +767,9 @@ fn a_stdout_nobody_reads_does_not_keep_sigterm_from_ending_p1guard() {
         &dir,
         Style::Dsmr5,
         "2026-06-01T00:00:00Z",
-        "2026-06-01T12:00:00Z",
+        "2026-06-01T01:00:00Z",
     );
+    let store = dir.join("store.sqlite");
     let config = dir.join("p1guard.toml");
     std::fs::write(
         &config,
@@ -784,8 +786,16 @@ fn a_stdout_nobody_reads_does_not_keep_sigterm_from_ending_p1guard() {
             files = [{capture:?}]
 
             [[sinks]]
+            name = "screen"
             type = "stdout"
             max_granularity = "live"
+
+            [[sinks]]
+            name = "store"
+            type = "sqlite"
+            path = {store:?}
+            max_granularity = "live"
+            retention_days = {{ live = 36500, quarter_hour = 36500, daily = 36500, billing = 36500 }}
             "#
         ),
     )
@@ -820,6 +830,25 @@ fn a_stdout_nobody_reads_does_not_keep_sigterm_from_ending_p1guard() {
     assert!(log.contains("source replay:"), "the counters: {log}");
     assert!(!log.contains("NOT WRITTEN"), "{log}");
     assert_eq!(status.code(), Some(0), "{log}");
+    let stored = sqlite_rows(&store).len() as u64;
+    assert_eq!(
+        stored,
+        count_after(&log, "sink store:", "live") + 5,
+        "{log}"
+    );
+    let outbox = rusqlite::Connection::open(dir.join("outbox.sqlite")).unwrap();
+    let waiting = |sink: &str| -> i64 {
+        outbox
+            .query_row(
+                "SELECT coalesce(sum(records), 0) FROM batches
+                 JOIN sinks ON sinks.id = batches.sink WHERE sinks.name = ?1",
+                [sink],
+                |row| row.get(0),
+            )
+            .unwrap()
+    };
+    assert!(waiting("screen") > 0);
+    assert_eq!(waiting("store"), 0, "{log}");
 }
 
 /// The child's exit status, or a failed test (with the child killed) after `limit`.
