@@ -3,8 +3,9 @@
 //! meter with a gas meter. Home Assistant must render every announced sensor with the value
 //! p1guard published, show the meters as devices named by their serials (the gas meter
 //! behind the electricity meter), accept the sensors for its energy dashboard, find the
-//! announcements again after a restart that lost them, and show the sensors unavailable
-//! once p1guard stops.
+//! announcements again after a restart that lost them, show the sensors unavailable once
+//! p1guard stops, and keep a sensor's last state, without a warning, when a telegram lacks
+//! its value.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -321,6 +322,138 @@ fn home_assistant_renders_every_announced_sensor_and_the_energy_dashboard_accept
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn a_value_missing_from_a_telegram_keeps_its_sensor_at_its_last_state_without_a_template_warning() {
+    let Some(hass) = hass() else { return };
+    let dir = scratch("home-assistant-missing");
+    let broker = Mosquitto::start(&dir);
+    let watcher = Watcher::start(broker.port, "watcher", &["homeassistant/#", "home/#"]);
+    let mut ha = HomeAssistant::new(hass, faketime_library(), &dir.join("home-assistant"));
+    ha.start(0);
+    ha.onboard();
+    ha.add_mqtt(broker.port);
+    let config = format!(
+        r#"
+        [consent]
+        default = "live"
+
+        [[sources]]
+        name = "meter"
+        type = "mqtt"
+        url = "{url}"
+        topic = "p1/+/telegram"
+
+        [[sinks]]
+        name = "home-assistant"
+        type = "mqtt"
+        url = "{url}"
+        prefix = "home"
+        max_granularity = "live"
+        identity = "raw"
+        "#,
+        url = broker.url(),
+    );
+    let daemon = Daemon::start(&dir, &config);
+    daemon.wait_for_log("subscribed to p1/+/telegram", 1, PATIENCE);
+    let send = |telegrams: Vec<Vec<u8>>| {
+        let messages = telegrams
+            .into_iter()
+            .map(|t| ("p1/1/telegram".to_owned(), t))
+            .collect();
+        publish_all(broker.port, "meter", messages);
+    };
+    let mut telegrams = crate::telegrams(meter(), "2026-06-01T10:00:02Z", 3).into_iter();
+    let electricity_states = |seen: &[Seen]| {
+        seen.iter()
+            .filter(|s| s.topic.starts_with("home/") && s.topic.ends_with("/live/electricity"))
+            .count()
+    };
+    send(telegrams.by_ref().take(2).collect());
+    watcher.wait_until(PATIENCE, |seen| electricity_states(seen) >= 2);
+    let announced: BTreeMap<String, Value> = announced(&watcher)
+        .into_iter()
+        .filter(|(_, c)| kind_of(c) == "electricity")
+        .collect();
+    let entities = ha.entities(&announced);
+    ha.wait_for_values(&announced, &entities, &watcher);
+    let entity = |field: &str| -> String {
+        let config = announced
+            .values()
+            .find(|config| field_of(config) == field)
+            .unwrap_or_else(|| panic!("no sensor announced for {field}: {announced:#?}"));
+        entities[config["unique_id"].as_str().unwrap()]
+            .entity_id
+            .clone()
+    };
+    let missing = ["energy_import_t1_kwh", "voltage_l2_v", "tariff"];
+    let kept: Vec<String> = missing.iter().map(|field| entity(field)).collect();
+    let before = ha.states();
+
+    // A telegram without the tariff 1 import register, the voltage of phase 2 and the
+    // tariff in force: its record has none of these values.
+    let lines = ["1-0:1.8.1(", "1-0:52.7.0(", "0-0:96.14.0("];
+    let telegram = without(telegrams.next().unwrap(), &lines);
+    send(vec![telegram]);
+    let seen = watcher.wait_until(PATIENCE, |seen| electricity_states(seen) >= 3);
+    let last = seen
+        .iter()
+        .rev()
+        .find(|s| s.topic.ends_with("/live/electricity"))
+        .unwrap();
+    let record: Value = serde_json::from_str(&last.payload).unwrap();
+    for field in missing {
+        assert!(
+            record["values"].get(field).is_none(),
+            "the record still has {field}: {record:#}"
+        );
+    }
+
+    // Home Assistant took the record (the sensors of the values it has show them), and the
+    // sensors without a value kept their last state: a counter that dropped to 0 or unknown
+    // and came back would be booked as a reset by the energy dashboard. The tariff is a text
+    // sensor, which would show an empty state.
+    ha.wait_for_values_keeping(&announced, &entities, &watcher, &before);
+    let after = ha.states();
+    for id in &kept {
+        assert_eq!(
+            after.get(id),
+            before.get(id),
+            "{id} did not keep its state when its value was missing"
+        );
+    }
+    let finished = daemon.terminate();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    ha.stop();
+
+    // And Home Assistant found nothing wrong with rendering the templates of the values
+    // that were missing.
+    let mut words: Vec<&str> = entities.values().map(|e| e.entity_id.as_str()).collect();
+    words.extend(announced.values().filter_map(|c| c["unique_id"].as_str()));
+    let complaints = ha.complaints(&words);
+    assert!(
+        complaints.is_empty(),
+        "Home Assistant complained:\n{}",
+        complaints.join("\n")
+    );
+    drop((ha, watcher, broker));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `telegram` without its lines that start with one of `codes`, its CRC made right again.
+fn without(telegram: Vec<u8>, codes: &[&str]) -> Vec<u8> {
+    let text = String::from_utf8(telegram).expect("a DSMR 5 telegram is text");
+    let end = text.find('!').expect("a telegram ends with !");
+    let body: String = text[..=end]
+        .split_inclusive("\r\n")
+        .filter(|line| !codes.iter().any(|code| line.starts_with(code)))
+        .collect();
+    for code in codes {
+        assert!(text.contains(code), "no {code} line in {text}");
+    }
+    let crc = p1guard_telegram::crc16(body.as_bytes());
+    format!("{body}{crc:04X}\r\n").into_bytes()
+}
+
 /// The discovery configs on the broker now, by topic: the latest message of each config
 /// topic, unless that deleted it (an empty payload).
 fn announced(watcher: &Watcher) -> BTreeMap<String, Value> {
@@ -353,13 +486,16 @@ fn kind_of(config: &Value) -> &str {
 }
 
 /// The record value a sensor's template picks: the last name in `{{ value_json.values.X }}`
-/// or `{{ value_json['values']['X'] }}`.
+/// or `{{ value_json['values']['X'] }}`, before any filter (`| default(...)`).
 fn field_of(config: &Value) -> &str {
     let template = config["value_template"].as_str().unwrap_or_default();
     let expression = template
         .trim()
         .trim_start_matches("{{")
         .trim_end_matches("}}")
+        .split('|')
+        .next()
+        .unwrap_or_default()
         .trim();
     expression
         .rsplit(['.', '[', ']', '\'', '"'])
@@ -600,6 +736,18 @@ impl HomeAssistant {
         entities: &BTreeMap<String, Entity>,
         watcher: &Watcher,
     ) {
+        self.wait_for_values_keeping(announced, entities, watcher, &BTreeMap::new());
+    }
+
+    /// As [`Self::wait_for_values`], but a sensor whose value the latest state message
+    /// lacks must show its state in `before` (by entity id).
+    fn wait_for_values_keeping(
+        &self,
+        announced: &BTreeMap<String, Value>,
+        entities: &BTreeMap<String, Entity>,
+        watcher: &Watcher,
+        before: &BTreeMap<String, String>,
+    ) {
         self.wait_until(
             "every sensor showing p1guard's latest value",
             PATIENCE,
@@ -617,13 +765,16 @@ impl HomeAssistant {
                         .and_then(|state| state["values"][field].as_f64());
                     let shown = states.get(&entity.entity_id);
                     let value = shown.and_then(|s| s.parse::<f64>().ok());
+                    let kept = before.get(&entity.entity_id);
                     let same = match (value, expected) {
                         (Some(v), Some(e)) => (v - e).abs() <= 1e-9 * e.abs().max(1.0),
+                        (_, None) => kept.is_some() && shown == kept,
                         _ => false,
                     };
                     if !same {
                         wrong.push(format!(
-                            "{} ({topic}, {:?}): shows {shown:?}, {state_topic} holds {expected:?}",
+                            "{} ({topic}, {:?}): shows {shown:?}, {state_topic} holds {expected:?}, \
+                             showed {kept:?} before",
                             entity.entity_id, config["value_template"]
                         ));
                     }

@@ -423,7 +423,8 @@ fn home_assistant_discovery_and_dsmr_reader_topics_describe_what_is_published() 
         let template = text("value_template").unwrap();
         let field = template
             .strip_prefix("{{ value_json['values']['")
-            .and_then(|t| t.strip_suffix("'] }}"))
+            .and_then(|t| t.split_once("']"))
+            .map(|(field, _)| field)
             .unwrap_or_else(|| panic!("{topic}: {template}"));
         assert!(
             state["values"][field].is_number(),

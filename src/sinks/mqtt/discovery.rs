@@ -168,11 +168,11 @@ impl Discovery {
     fn config(&self, meter: &str, name: &MeterName, quantity: Quantity) -> Option<Value> {
         let mut entity = entity_of(quantity);
         let (kind, field) = (quantity.kind(), quantity.name());
-        let (state_topic, value_template) = match self.layout {
+        let (state_topic, value) = match self.layout {
             TopicLayout::P1guard => (
                 state_topic(&self.state_prefix, meter, Granularity::Live, kind),
                 // Not `value_json.values.X`: Jinja finds a dict's `values()` method first.
-                format!("{{{{ value_json['values']['{field}'] }}}}"),
+                format!("value_json['values']['{field}']"),
             ),
             TopicLayout::DsmrReader => {
                 let (name, factor) = dsmr_reader_name(quantity)?;
@@ -180,9 +180,10 @@ impl Discovery {
                     entity.unit = Some("kW"); // dsmr-reader's power unit
                 }
                 let topic = format!("{}/json", self.state_prefix);
-                (topic, format!("{{{{ value_json.{name} }}}}"))
+                (topic, format!("value_json.{name}"))
             }
         };
+        let value_template = value_template(&value, &entity);
         let mut config = json!({
             "unique_id": format!("p1guard_{meter}_{}_{field}", kind.name()),
             "state_topic": state_topic,
@@ -212,6 +213,18 @@ impl Discovery {
         }
         Some(config)
     }
+}
+
+/// The template that picks `value` out of a state message, keeping the sensor's last state
+/// when a message lacks it (a telegram without one phase's voltage): a counter must never
+/// drop to 0 or `unknown`, which the energy dashboard would book as a reset, and an undefined
+/// value makes Home Assistant log a warning at every message. A numeric sensor ignores an
+/// empty state (`homeassistant/components/mqtt/sensor.py`, "Ignore empty state"); a text
+/// sensor would show it, so it is given its own state back (`this`).
+fn value_template(value: &str, entity: &Entity) -> String {
+    let numeric = entity.state_class.is_some() || entity.unit.is_some();
+    let kept = if numeric { "''" } else { "this.state" };
+    format!("{{{{ {value} | default({kept}) }}}}")
 }
 
 /// The Home Assistant device an entity of `kind` belongs to: the electricity meter, or one
