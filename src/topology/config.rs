@@ -3,7 +3,7 @@
 //! names, one store per file, topics that cannot mix households). Built by
 //! [`crate::config`]'s checker, so every problem is reported at once.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
@@ -284,6 +284,36 @@ impl Reader<'_, '_> {
                 self.problem(
                     &format!("sinks.{}", sink.name),
                     "layout dsmr_reader publishes every meter on the same topics, so one household would read another's: it needs a single meter (one serial, TCP or replay source)",
+                );
+            }
+        }
+        // Two sinks announcing to one Home Assistant under one discovery prefix, naming
+        // meters alike, announce the same config topics and unique ids: each overwrites the
+        // other's retained config, and Home Assistant's entities switch unit and state topic
+        // at every restart. Never meant, so refused, as two stores in one file are. (Ids that
+        // include the sink would keep them apart, but change every existing user's entities.)
+        let mut announcers: HashMap<_, &str> = HashMap::new();
+        for sink in &sinks {
+            let SinkKind::Mqtt(settings) = &sink.kind else {
+                continue;
+            };
+            let Some(prefix) = &settings.discovery_prefix else {
+                continue;
+            };
+            let broker = &settings.broker;
+            let place = (
+                broker.host.to_ascii_lowercase(),
+                broker.port,
+                prefix.as_str(),
+                sink.policy.identity(),
+            );
+            if let Some(first) = announcers.insert(place, &sink.name) {
+                self.problem(
+                    &format!("sinks.{}", sink.name),
+                    format!(
+                        "announces the same Home Assistant entities as sink {first} (discovery under {prefix}/ on {}:{}, meters named alike), which would switch between the two sinks' settings: set discovery = false on one of them",
+                        broker.host, broker.port
+                    ),
                 );
             }
         }
@@ -827,6 +857,62 @@ mod tests {
             );
         }
         assert_eq!(problems.0.len(), 10, "{text}");
+    }
+
+    #[test]
+    fn two_sinks_announcing_the_same_home_assistant_entities_are_refused() {
+        let config = |second: &str| {
+            parse(
+                &format!(
+                    r#"
+                    [[sources]]
+                    type = "tcp"
+                    name = "dongle"
+                    address = "192.168.1.20:8088"
+
+                    [[sinks]]
+                    type = "mqtt"
+                    name = "records"
+                    url = "mqtt://broker"
+                    max_granularity = "live"
+                    identity = "raw"
+
+                    [[sinks]]
+                    type = "mqtt"
+                    name = "dsmr-reader"
+                    layout = "dsmr_reader"
+                    max_granularity = "live"
+                    {second}
+                    "#
+                ),
+                no_env(),
+            )
+        };
+        let problems = config(
+            r#"url = "mqtt://BROKER:1883"
+                                 identity = "raw""#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            problems.contains(
+                "sinks.dsmr-reader: announces the same Home Assistant entities as sink records (discovery under homeassistant/ on BROKER:1883, meters named alike)"
+            ),
+            "{problems}"
+        );
+        // Apart: discovery off on one, another broker, another prefix, or meters named
+        // otherwise (a raw id and a pseudonym are different entities).
+        for apart in [
+            "url = \"mqtt://broker\"\nidentity = \"raw\"\ndiscovery = false",
+            "url = \"mqtt://other-broker\"\nidentity = \"raw\"",
+            "url = \"mqtt://broker:1884\"\nidentity = \"raw\"",
+            "url = \"mqtt://broker\"\nidentity = \"raw\"\ndiscovery_prefix = \"ha2\"",
+            "url = \"mqtt://broker\"\nidentity = \"pseudonym\"",
+        ] {
+            if let Err(problems) = config(apart) {
+                panic!("{apart}: {problems}");
+            }
+        }
     }
 
     #[test]
