@@ -24,7 +24,8 @@ pub struct Config {
     pub identity_key: Option<PathBuf>,
     /// Each meter's consent: the configured levels, to which the registry's events are added.
     pub consent: ConsentTable,
-    /// The meters `[consent] meters` lists, normalised (as sent, upper case).
+    /// The meters `[consent] meters` lists, normalised (upper case), each also as sent when
+    /// listed by its printed id.
     pub listed_meters: Vec<String>,
     /// The consent registry's file; the state directory's `consent.sqlite` if `None`.
     pub registry: Option<PathBuf>,
@@ -115,7 +116,7 @@ pub struct Metrics {
 pub struct Consent {
     /// Level of meters not listed; billing (no consent needed) if absent.
     pub default: Option<Level>,
-    /// Equipment id as the meter sends it -> level, for every purpose.
+    /// Equipment id as the meter sends it or as printed on it -> level, for every purpose.
     #[serde(default)]
     pub meters: BTreeMap<String, Level>,
     /// Billing boundaries: bi_monthly (default) or monthly.
@@ -213,7 +214,6 @@ impl Reader<'_, '_> {
         }
         let mut listed_meters = Vec::new();
         for (id, level) in consent.meters {
-            listed_meters.push(id.trim().to_ascii_uppercase());
             let configured = Change {
                 from: Timestamp::MIN,
                 level,
@@ -227,6 +227,17 @@ impl Reader<'_, '_> {
                     "consent.meters",
                     format!("{id:?}: a meter id is the equipment id as sent, printable ASCII"),
                 );
+                continue;
+            }
+            listed_meters.push(id.trim().to_ascii_uppercase());
+            // The id as printed on the meter (`E0054…`), which Home Assistant shows and
+            // `consent grant` takes, stands for the hex the meter sends, as it does there.
+            // The id as written is kept too: a meter may send its id unencoded.
+            if let Ok(sent) = crate::rights::meter_id(&id)
+                && !listed_meters.contains(&sent)
+            {
+                let _ = consent_table.add(sent.as_bytes(), configured);
+                listed_meters.push(sent);
             }
         }
         // Two stores in one file would mix their identities and prune each other's rows.

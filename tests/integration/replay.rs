@@ -148,3 +148,53 @@ fn raw_identity_is_refused_below_live() {
     assert!(!records.is_empty() && records.iter().all(|r| r["meter"] == raw_id.as_str()));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `[consent] meters` names a meter as it sends its id (hex) or as its id is printed on it,
+/// which Home Assistant shows and `consent grant` takes: both give it its level.
+#[test]
+fn a_meter_listed_by_its_printed_id_gets_its_consent() {
+    let dir = scratch("consent-printed-id");
+    let file = capture(&dir);
+    for (run, listed) in ["E0026004150987321", "e0026004150987321", SENT_ID]
+        .into_iter()
+        .enumerate()
+    {
+        // A state directory of its own: its outbox and reducer start afresh.
+        let state = dir.join(run.to_string());
+        std::fs::create_dir_all(&state).unwrap();
+        let config = format!(
+            r#"
+            [consent]
+            default = "billing"
+
+            [consent.meters]
+            "{listed}" = "live"
+
+            [[sources]]
+            name = "capture"
+            type = "replay"
+            files = [{file:?}]
+            speed = "max"
+
+            [[sinks]]
+            name = "out"
+            type = "stdout"
+            max_granularity = "live"
+            identity = "raw"
+            "#
+        );
+        let finished = crate::daemon::Daemon::start(&state, &config).wait();
+        assert!(finished.status.success(), "{listed}: {}", finished.stderr);
+        let records = records(finished.stdout.as_bytes());
+        let live = records
+            .iter()
+            .filter(|r| r["granularity"] == "live" && r["kind"] == "electricity")
+            .filter(|r| r["meter"] == SENT_ID)
+            .count();
+        assert_eq!(live, 6 * 360, "{listed}: six hours of 10 s telegrams, live");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `E0026004150987321` as the meter sends it.
+const SENT_ID: &str = "4530303236303034313530393837333231";
