@@ -323,7 +323,8 @@ fn home_assistant_renders_every_announced_sensor_and_the_energy_dashboard_accept
 }
 
 #[test]
-fn a_value_missing_from_a_telegram_keeps_its_sensor_at_its_last_state_without_a_template_warning() {
+fn a_missing_value_keeps_its_sensor_without_a_template_warning_and_a_silent_meter_goes_unavailable()
+{
     let Some(hass) = hass() else { return };
     let dir = scratch("home-assistant-missing");
     let broker = Mosquitto::start(&dir);
@@ -421,6 +422,30 @@ fn a_value_missing_from_a_telegram_keeps_its_sensor_at_its_last_state_without_a_
             "{id} did not keep its state when its value was missing"
         );
     }
+    let last_sent = Instant::now();
+
+    // A cable gone silent, while p1guard runs: after a minute without a reading, Home
+    // Assistant shows the meter's sensors unavailable, not its last values as current.
+    ha.wait_until(
+        "the silent meter's sensors unavailable",
+        Duration::from_secs(120),
+        || {
+            let states = ha.states();
+            let available: Vec<(&String, Option<&String>)> = (entities.values())
+                .map(|e| (&e.entity_id, states.get(&e.entity_id)))
+                .filter(|(_, state)| state.map(String::as_str) != Some("unavailable"))
+                .collect();
+            match available.is_empty() {
+                true => Ok(()),
+                false => Err(format!("still showing {available:?}")),
+            }
+        },
+    );
+    let silent = last_sent.elapsed();
+    assert!(
+        silent >= Duration::from_secs(55),
+        "unavailable after {silent:?} of silence already"
+    );
     let finished = daemon.terminate();
     assert!(finished.status.success(), "{}", finished.stderr);
     ha.stop();

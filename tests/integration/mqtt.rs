@@ -237,6 +237,7 @@ mod home_assistant {
         "unique_id",
         "state_topic",
         "value_template",
+        "expire_after",
         "availability_topic",
         "payload_available",
         "payload_not_available",

@@ -32,6 +32,17 @@ const VOLTAGE: Classes = (Some("voltage"), Some("measurement"));
 const CURRENT: Classes = (Some("current"), Some("measurement"));
 const COUNT: Classes = (None, Some("total_increasing"));
 
+/// Seconds without a reading after which Home Assistant shows a sensor unavailable: a cable
+/// pulled or a dongle gone silent, while p1guard itself (the availability topic) runs. An
+/// electricity meter sends every 1 to 10 s; an M-Bus meter's capture comes every 5 minutes
+/// (DSMR 5) or every hour (DSMR 4).
+fn expire_after(kind: Kind) -> u32 {
+    match kind {
+        Kind::Electricity => 60,
+        _ => 2 * 3600,
+    }
+}
+
 /// The entity of a quantity; its unit is the quantity's.
 pub fn entity_of(quantity: Quantity) -> Entity {
     use Quantity::*;
@@ -188,6 +199,7 @@ impl Discovery {
             "unique_id": format!("p1guard_{meter}_{}_{field}", kind.name()),
             "state_topic": state_topic,
             "value_template": value_template,
+            "expire_after": expire_after(kind),
             "availability_topic": self.availability,
             "payload_available": "online",
             "payload_not_available": "offline",
