@@ -421,9 +421,8 @@ fn records_wait_for_a_server_that_is_down_and_all_arrive() {
     );
 }
 
-/// An InfluxDB 1.x with an admin, database `p1guard` with a retention policy per
-/// granularity, and a user `p1guard` who may write to it.
-fn influxd_for_p1guard(dir: &Path) -> Server {
+/// An InfluxDB 1.x with an admin (`admin`, `admin-pw`) and database `p1guard`.
+fn influxd_with_admin(dir: &Path) -> Server {
     let server = influxd(dir);
     // The first user may be created without credentials, and must be an admin.
     let (status, body) = http(
@@ -440,6 +439,26 @@ fn influxd_for_p1guard(dir: &Path) -> Server {
     );
     assert_eq!(status, 200, "{body}");
     influxql(&server, r#"CREATE DATABASE "p1guard""#);
+    server
+}
+
+/// Writes line protocol into `policy` of database `p1guard` as the admin.
+fn write_as_admin(server: &Server, policy: &str, lines: &str) {
+    let query = [
+        ("db", "p1guard"),
+        ("rp", policy),
+        ("precision", "s"),
+        ("u", "admin"),
+        ("p", "admin-pw"),
+    ];
+    let (status, body) = http(server.address, "POST", &target("/write", &query), lines);
+    assert_eq!(status, 204, "{body}");
+}
+
+/// An InfluxDB 1.x with an admin, database `p1guard` with a retention policy per
+/// granularity, and a user `p1guard` who may write to it.
+fn influxd_for_p1guard(dir: &Path) -> Server {
+    let server = influxd_with_admin(dir);
     // The capture is dated in the past: keep everything, or the server refuses it as
     // beyond retention.
     for granularity in ["billing", "daily", "quarter_hour"] {
@@ -502,6 +521,14 @@ fn influxdb_1_holds_each_granularity_in_its_own_retention_policy() {
     assert_eq!(
         finished.stderr.matches(warning).count(),
         1,
+        "{}",
+        finished.stderr
+    );
+    // Deleting what is past its retention needs only the right to write.
+    assert!(
+        !finished
+            .stderr
+            .contains("cannot delete records past their retention"),
         "{}",
         finished.stderr
     );
@@ -623,6 +650,101 @@ fn a_missing_database_is_created_and_every_record_arrives() {
         }
     }
     assert_eq!(stored, printed(&finished.stdout).len() as u64);
+}
+
+/// The times of the records of `meter` InfluxDB holds in `policy` of database `p1guard`.
+fn times_held(server: &Server, policy: &str, meter: &str) -> Vec<i64> {
+    let select =
+        format!(r#"SELECT "quality" FROM "p1guard"."{policy}"./.*/ WHERE "meter" = '{meter}'"#);
+    let results = influxql(server, &select);
+    let mut times: Vec<i64> = (results["results"][0]["series"].as_array().into_iter())
+        .flatten()
+        .flat_map(|series| series["values"].as_array().unwrap())
+        .map(|row| row[0].as_i64().unwrap())
+        .collect();
+    times.sort_unstable();
+    times
+}
+
+/// InfluxDB drops records only with their whole shard group, once its end is past the
+/// retention: in the policies an earlier p1guard created (InfluxDB's default groups, a day
+/// long for a week's policy), live records stayed up to eight days. p1guard deletes what is
+/// past its retention itself, as the SQLite store does; records inside it stay.
+#[test]
+fn influxdb_1_keeps_no_record_past_its_retention() {
+    let dir = scratch("influx-v1-retention");
+    let server = influxd_with_admin(&dir);
+    let now = jiff::Timestamp::now().as_second();
+    let midnight = now / 86_400 * 86_400;
+    let meter = "0123456789abcdef0123456789abcdef";
+    // Each policy as an earlier p1guard created it, holding a record dated the last UTC
+    // midnight its retention ago (past it, but in a day-long group that ends after it) and
+    // one a day inside it. Written while the policy kept a day more: InfluxDB refuses
+    // records older than a policy's retention.
+    let mut expected = BTreeMap::new();
+    for (policy, days) in [("live", 7), ("quarter_hour", 90)] {
+        let names = format!(r#""{policy}" ON "p1guard""#);
+        influxql(
+            &server,
+            &format!(
+                "CREATE RETENTION POLICY {names} DURATION {}d REPLICATION 1",
+                days + 1
+            ),
+        );
+        let (stale, inside) = (midnight - days * 86_400, now - (days - 1) * 86_400);
+        let lines: String = [stale, inside]
+            .map(|time| {
+                format!(
+                    "electricity,granularity={policy},meter={meter} quality=\"measured\" {time}\n"
+                )
+            })
+            .concat();
+        write_as_admin(&server, policy, &lines);
+        influxql(
+            &server,
+            &format!("ALTER RETENTION POLICY {names} DURATION {days}d"),
+        );
+        // InfluxDB itself keeps the stale record: the defect.
+        assert_eq!(
+            times_held(&server, policy, meter),
+            [stale, inside],
+            "{policy}"
+        );
+        expected.insert(policy, vec![inside]);
+    }
+
+    // Yesterday evening: every record of the run is inside its retention, and stays.
+    let capture = write_capture(
+        &dir,
+        Style::Dsmr4,
+        &jiff::Timestamp::from_second(midnight - 4 * 3600)
+            .unwrap()
+            .to_string(),
+        &jiff::Timestamp::from_second(midnight + 3600)
+            .unwrap()
+            .to_string(),
+    );
+    let config = replay_config(&capture, &v1_sink(&server, "p1guard", "admin"));
+    let finished = Daemon::start_with_env(&dir, &config, &password("admin-pw")).wait();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    for (policy, inside) in &expected {
+        assert_eq!(&times_held(&server, policy, meter), inside, "{policy}");
+    }
+    let printed = printed(&finished.stdout);
+    let mut stored = 0;
+    for policy in ["billing", "daily", "quarter_hour"] {
+        let count = influxql(
+            &server,
+            &format!(
+                r#"SELECT count("quality") FROM "p1guard"."{policy}"./.*/ WHERE "meter" != '{meter}'"#
+            ),
+        );
+        stored += (count["results"][0]["series"].as_array().into_iter())
+            .flatten()
+            .map(|series| series["values"][0][1].as_u64().unwrap())
+            .sum::<u64>();
+    }
+    assert_eq!(stored, printed.len() as u64);
 }
 
 /// A write the server refuses for good (here a field of another type than the one it holds)
@@ -926,21 +1048,7 @@ fn split(printed: &[Value], meter: &str, ceiling: &[&str]) -> (u64, u64) {
 #[test]
 fn influxdb_1_erases_all_but_fiscal_billing_and_reads_back_what_it_holds() {
     let dir = scratch("influx-v1-rights");
-    let server = influxd(&dir);
-    let (status, body) = http(
-        server.address,
-        "POST",
-        &target(
-            "/query",
-            &[(
-                "q",
-                "CREATE USER admin WITH PASSWORD 'admin-pw' WITH ALL PRIVILEGES",
-            )],
-        ),
-        "",
-    );
-    assert_eq!(status, 200, "{body}");
-    influxql(&server, r#"CREATE DATABASE "p1guard""#);
+    let server = influxd_with_admin(&dir);
     std::fs::write(dir.join("influx-password"), "admin-pw").unwrap();
     // No retention policies yet: p1guard creates them, its user being an admin.
     let sinks = format!(
@@ -961,17 +1069,7 @@ fn influxdb_1_erases_all_but_fiscal_billing_and_reads_back_what_it_holds() {
     let run = Daemon::start(&dir, &std::fs::read_to_string(&config).unwrap());
     // The stale record goes where an earlier configuration could have put it: p1guard
     // reads every retention policy, and DELETE spans them.
-    let write_stale = |line: &str| {
-        let query = [
-            ("db", "p1guard"),
-            ("rp", "autogen"),
-            ("precision", "s"),
-            ("u", "admin"),
-            ("p", "admin-pw"),
-        ];
-        let (status, body) = http(server.address, "POST", &target("/write", &query), line);
-        assert_eq!(status, 204, "{body}");
-    };
+    let write_stale = |line: &str| write_as_admin(&server, "autogen", line);
     let round = rights_round(&config, run, Value::clone, write_stale);
 
     let policies = influxql(&server, r#"SHOW RETENTION POLICIES ON "p1guard""#);

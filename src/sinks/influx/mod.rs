@@ -1,5 +1,7 @@
 //! InfluxDB: records as line protocol, each granularity into its own bucket (v2 API) or
 //! retention policy (v1 API), so that the store's retention follows the code of conduct.
+//! InfluxDB drops records only with whole shard groups, so on 1.x the sink also deletes what
+//! is past its retention, at start and hourly, as the SQLite store does.
 //! Failed requests are sorted the way Telegraf sorts them: 413 splits the body in halves,
 //! 429 and 503 are retried (after the server's `Retry-After` where it can be read), any
 //! other 4xx is refused for good, and everything else is retried. One exception: a 404 (the
@@ -375,6 +377,11 @@ impl Sink for InfluxSink {
             }
         }
         refused.map_or(Ok(()), |refused| Err(WriteError::Refused(refused)))
+    }
+
+    /// Deletes what is past its retention (InfluxDB 1.x), on the SQLite store's schedule.
+    async fn maintain(&mut self) -> anyhow::Result<()> {
+        self.expire().await
     }
 
     async fn flush(&mut self) -> anyhow::Result<()> {

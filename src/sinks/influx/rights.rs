@@ -187,7 +187,8 @@ pub(super) fn refused(
 impl InfluxSink {
     /// Before the first write: InfluxDB 1.x gets each granularity's retention policy it
     /// lacks, with privacy.md's retention (when p1guard's user may create them; if not, a
-    /// warning says so). `false` if the server could not be reached: tried again next time.
+    /// warning says so), and loses what expired while p1guard was not running. `false` if
+    /// the server could not be reached: tried again next time.
     pub(super) async fn prepare(&mut self) -> bool {
         let server = match self.remote.server().await {
             Ok(server) => server,
@@ -205,6 +206,15 @@ impl InfluxSink {
             ),
             (Server::InfluxDb, Access::V1 { .. }) => {
                 super::v1::ensure_retention_policies(&self.remote, &self.targets).await;
+                let now = Timestamp::now();
+                let expired = super::v1::expire(&self.remote, now, Some(REQUEST_TIMEOUT)).await;
+                if let Err(error) = expired {
+                    tracing::warn!(
+                        url = %url,
+                        "cannot delete records past their retention ({error:#}): tried \
+                         again within the hour"
+                    );
+                }
             }
             (Server::InfluxDb, Access::V2 { .. }) => {
                 let days = Granularity::ALL.map(|g| {
@@ -220,6 +230,18 @@ impl InfluxSink {
             }
         }
         true
+    }
+
+    /// Deletes the records past their retention on InfluxDB 1.x; elsewhere the store's own
+    /// retention is all there is (see the README).
+    pub(super) async fn expire(&mut self) -> anyhow::Result<()> {
+        if matches!(self.remote.access, Access::V2 { .. }) {
+            return Ok(());
+        }
+        match self.remote.server().await? {
+            Server::InfluxDb => super::v1::expire(&self.remote, Timestamp::now(), None).await,
+            Server::VictoriaMetrics => Ok(()),
+        }
     }
 
     /// Every meter name with records.

@@ -315,6 +315,30 @@ pub(super) async fn ensure_retention_policies(remote: &Remote, targets: &[String
     }
 }
 
+/// Deletes every record older than its granularity's retention, as the SQLite store's
+/// housekeeping does: InfluxDB drops records only with whole shard groups, up to a group
+/// late. `DELETE` spans every retention policy of the database (records an earlier
+/// configuration put elsewhere go too) and needs only the right to write.
+pub(super) async fn expire(
+    remote: &Remote,
+    now: Timestamp,
+    timeout: Option<Duration>,
+) -> anyhow::Result<()> {
+    let deletes: Vec<String> = Granularity::ALL
+        .into_iter()
+        .map(|granularity| {
+            let kept = crate::sinks::default_retention(granularity).as_secs() as i64;
+            let cutoff = (now.as_second() - kept) * 1_000_000_000;
+            format!(
+                "DELETE FROM {MEASUREMENTS} WHERE \"granularity\" = {} AND time < {cutoff}",
+                literal(granularity.name())
+            )
+        })
+        .collect();
+    influxql(remote, &deletes, timeout).await?;
+    Ok(())
+}
+
 /// Every `meter` tag value of p1guard's measurements.
 pub(super) async fn meters(remote: &Remote) -> anyhow::Result<Vec<String>> {
     let show = format!("SHOW TAG VALUES FROM {MEASUREMENTS} WITH KEY = \"meter\"");
