@@ -666,10 +666,20 @@ fn times_held(server: &Server, policy: &str, meter: &str) -> Vec<i64> {
     times
 }
 
+/// The shard group duration of each retention policy of database `p1guard`.
+fn shard_groups(server: &Server) -> BTreeMap<String, String> {
+    let policies = influxql(server, r#"SHOW RETENTION POLICIES ON "p1guard""#);
+    let rows = policies["results"][0]["series"][0]["values"].as_array();
+    (rows.into_iter().flatten())
+        .map(|row| (cell(&row[0]), cell(&row[2])))
+        .collect()
+}
+
 /// InfluxDB drops records only with their whole shard group, once its end is past the
 /// retention: in the policies an earlier p1guard created (InfluxDB's default groups, a day
 /// long for a week's policy), live records stayed up to eight days. p1guard deletes what is
-/// past its retention itself, as the SQLite store does; records inside it stay.
+/// past its retention itself, as the SQLite store does, and gives the live policy groups of
+/// an hour; records inside their retention stay.
 #[test]
 fn influxdb_1_keeps_no_record_past_its_retention() {
     let dir = scratch("influx-v1-retention");
@@ -712,6 +722,7 @@ fn influxdb_1_keeps_no_record_past_its_retention() {
         );
         expected.insert(policy, vec![inside]);
     }
+    assert_eq!(shard_groups(&server)["live"], "24h0m0s");
 
     // Yesterday evening: every record of the run is inside its retention, and stays.
     let capture = write_capture(
@@ -730,6 +741,26 @@ fn influxdb_1_keeps_no_record_past_its_retention() {
     for (policy, inside) in &expected {
         assert_eq!(&times_held(&server, policy, meter), inside, "{policy}");
     }
+    assert_eq!(
+        shard_groups(&server),
+        BTreeMap::from(
+            [
+                ("autogen", "168h0m0s"),
+                ("billing", "168h0m0s"),
+                ("daily", "168h0m0s"),
+                ("quarter_hour", "24h0m0s"),
+                ("live", "1h0m0s"),
+            ]
+            .map(|(policy, hours)| (policy.to_owned(), hours.to_owned()))
+        )
+    );
+    assert!(
+        finished
+            .stderr
+            .contains("shortened the shard groups of retention policy live from 24h0m0s to 1 h"),
+        "{}",
+        finished.stderr
+    );
     let printed = printed(&finished.stdout);
     let mut stored = 0;
     for policy in ["billing", "daily", "quarter_hour"] {

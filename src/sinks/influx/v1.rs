@@ -196,12 +196,19 @@ async fn influxql(
     Ok(results)
 }
 
-/// The database's retention policies, with their durations as InfluxDB writes them.
+/// A retention policy's durations as InfluxDB writes them (`168h0m0s`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Policy {
+    duration: String,
+    shard_group: String,
+}
+
+/// The database's retention policies.
 async fn retention_policies(
     remote: &Remote,
     database: &str,
     timeout: Option<Duration>,
-) -> anyhow::Result<BTreeMap<String, String>> {
+) -> anyhow::Result<BTreeMap<String, Policy>> {
     let show = format!("SHOW RETENTION POLICIES ON {}", identifier(database));
     let mut policies = BTreeMap::new();
     for series in influxql(remote, &[show], timeout)
@@ -209,19 +216,41 @@ async fn retention_policies(
         .into_iter()
         .flatten()
     {
-        let (Some(name), Some(duration)) = (series.column("name"), series.column("duration"))
-        else {
+        let columns = ["name", "duration", "shardGroupDuration"].map(|c| series.column(c));
+        let [Some(name), Some(duration), Some(shard_group)] = columns else {
             continue;
         };
         for row in &series.values {
-            if let (Some(Value::String(name)), Some(Value::String(duration))) =
-                (row.get(name), row.get(duration))
+            let text = |i: usize| row.get(i).and_then(Value::as_str).map(str::to_owned);
+            if let (Some(name), Some(duration), Some(shard_group)) =
+                (text(name), text(duration), text(shard_group))
             {
-                policies.insert(name.clone(), duration.clone());
+                policies.insert(
+                    name,
+                    Policy {
+                        duration,
+                        shard_group,
+                    },
+                );
             }
         }
     }
     Ok(policies)
+}
+
+/// The shard group duration, in hours, of a policy keeping records `days`. InfluxDB drops
+/// records only with their whole shard group, once its end is past the retention (checked
+/// every 30 minutes): with its default of a day for a week's policy, live records stayed
+/// eight days. An hour keeps live records within the audit's two hours of slack even while
+/// p1guard is not running, in 168 groups. Longer policies keep InfluxDB's defaults (a day up
+/// to six months, a week beyond): hourly groups would be 2,160 for 90 days of quarter hours,
+/// and the sink's hourly `DELETE` ([`expire`]) ends their records on time.
+fn shard_group_hours(days: u64) -> u64 {
+    match days {
+        0..=7 => 1,
+        8..=180 => 24,
+        _ => 7 * 24,
+    }
 }
 
 /// A duration as InfluxDB writes it (`61368h0m0s`) in seconds; `0s` is for ever (`None`).
@@ -242,9 +271,11 @@ fn seconds(duration: &str) -> Option<u64> {
 
 /// Creates the database if it is missing (as Telegraf does) and each granularity's retention
 /// policy that is missing, with privacy.md's retention (policies shared by granularities get
-/// the longest), and warns about existing ones that keep records longer. Creating needs an
-/// admin; a user without the rights gets a warning, and records go on being written where
-/// the database and policies exist.
+/// the longest) in shard groups of [`shard_group_hours`]; shortens the shard groups of
+/// existing policies of that retention (as an earlier p1guard created them, in InfluxDB's
+/// default groups), and warns about existing ones that keep records longer. Creating and
+/// altering need an admin; a user without the rights gets a warning, and records go on
+/// being written where the database and policies exist.
 pub(super) async fn ensure_retention_policies(remote: &Remote, targets: &[String; 4]) {
     let Access::V1 { database, .. } = &remote.access else {
         return;
@@ -279,38 +310,54 @@ pub(super) async fn ensure_retention_policies(remote: &Remote, targets: &[String
         }
     };
     for (policy, days) in wanted {
-        match existing.get(policy) {
-            Some(duration) => {
-                if seconds(duration).is_none_or(|s| s > days * 86_400) {
-                    tracing::warn!(
-                        url = %url,
-                        database = %database,
-                        "retention policy {policy} keeps records for {}, longer than the \
-                         code of conduct's {days} days",
-                        if duration == "0s" { "ever" } else { duration }
-                    );
-                }
-            }
-            None => {
-                let create = format!(
-                    "CREATE RETENTION POLICY {} ON {} DURATION {days}d REPLICATION 1",
-                    identifier(policy),
-                    identifier(database)
+        let hours = shard_group_hours(days);
+        let names = format!("{} ON {}", identifier(policy), identifier(database));
+        let (statement, what) = match existing.get(policy) {
+            None => (
+                format!(
+                    "CREATE RETENTION POLICY {names} DURATION {days}d REPLICATION 1 \
+                     SHARD DURATION {hours}h"
+                ),
+                ["create", "created"].map(|verb| {
+                    format!("{verb} retention policy {policy}: {days} days, in shard groups of {hours} h")
+                }),
+            ),
+            Some(Policy { duration, .. }) if seconds(duration).is_none_or(|s| s > days * 86_400) => {
+                tracing::warn!(
+                    url = %url,
+                    database = %database,
+                    "retention policy {policy} keeps records for {}, longer than the \
+                     code of conduct's {days} days",
+                    if duration == "0s" { "ever" } else { duration }
                 );
-                match influxql(remote, &[create], Some(REQUEST_TIMEOUT)).await {
-                    Ok(_) => tracing::info!(
-                        url = %url,
-                        database = %database,
-                        "created retention policy {policy}: {days} days"
-                    ),
-                    Err(error) => tracing::warn!(
-                        url = %url,
-                        database = %database,
-                        "cannot create retention policy {policy} ({days} days): {error:#}; \
-                         create it, or make p1guard's user an admin"
-                    ),
-                }
+                continue;
             }
+            Some(Policy {
+                duration,
+                shard_group,
+            }) if seconds(duration) == Some(days * 86_400)
+                && seconds(shard_group).is_none_or(|s| s > hours * 3600) =>
+            {
+                (
+                    format!("ALTER RETENTION POLICY {names} SHARD DURATION {hours}h"),
+                    ["shorten", "shortened"].map(|verb| {
+                        format!(
+                            "{verb} the shard groups of retention policy {policy} from \
+                             {shard_group} to {hours} h"
+                        )
+                    }),
+                )
+            }
+            Some(_) => continue,
+        };
+        match influxql(remote, &[statement], Some(REQUEST_TIMEOUT)).await {
+            Ok(_) => tracing::info!(url = %url, database = %database, "{}", what[1]),
+            Err(error) => tracing::warn!(
+                url = %url,
+                database = %database,
+                "cannot {} ({error:#}); do it yourself, or make p1guard's user an admin",
+                what[0]
+            ),
         }
     }
 }
@@ -516,6 +563,16 @@ mod tests {
         assert_eq!(seconds("1h30m5s"), Some(5405));
         assert_eq!(seconds("0s"), None, "for ever");
         assert_eq!(seconds("7d"), None, "not InfluxDB's way of saying it");
+    }
+
+    #[test]
+    fn live_policies_are_cut_in_groups_an_hour_long() {
+        // An hour's group and InfluxDB's half-hourly check: within the audit's two hours.
+        assert_eq!(shard_group_hours(7), 1);
+        // InfluxDB's defaults beyond: a day up to six months, a week after.
+        assert_eq!(shard_group_hours(90), 24);
+        assert_eq!(shard_group_hours(730), 168);
+        assert_eq!(shard_group_hours(2557), 168);
     }
 
     #[test]
