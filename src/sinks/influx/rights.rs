@@ -201,8 +201,9 @@ impl InfluxSink {
         match (server, &self.remote.access) {
             (Server::VictoriaMetrics, _) => tracing::info!(
                 url = %url,
-                "VictoriaMetrics keeps every series for its one -retentionPeriod: p1guard \
-                 sets up no retention per granularity there"
+                "VictoriaMetrics keeps every series for its one -retentionPeriod, and up to \
+                 about a month past it: p1guard can set no retention per granularity there, \
+                 nor delete by time"
             ),
             (Server::InfluxDb, Access::V1 { .. }) => {
                 super::v1::ensure_retention_policies(&self.remote, &self.targets).await;
