@@ -44,16 +44,17 @@ pub fn purpose_name(given: &str) -> anyhow::Result<String> {
     Ok(given.to_owned())
 }
 
-/// The equipment id as the meter sends it (hex, normalised) from an id as sent (hex, any
-/// case) or as printed on the meter (`E0054000012345678`, any case: meters send the printed
-/// id in capitals): an id that is hex of even length and decodes to printable characters is
-/// taken as sent; any other is hex-encoded.
+/// The equipment id as the meter sends it (normalised) from an id as sent (any case) or as
+/// printed on the meter (`E0054000012345678`, any case: meters send the printed id in
+/// capitals, hex-encoded). An even number of hex digits is taken as sent: so are the ids
+/// meters that send them unencoded send (`ADC3100000158491`), shown as sent; printed ids are
+/// 17 characters, or hold letters past `F` (`1SAG3100000292`). Any other id is hex-encoded.
 pub fn meter_id(given: &str) -> anyhow::Result<String> {
     let mut normalised = Vec::new();
     let Some(id) = normalise_equipment_id(given.as_bytes(), &mut normalised) else {
         anyhow::bail!("{:?} is not a meter id", given.trim());
     };
-    if crate::hex::printable(id).is_some() {
+    if id.len() % 2 == 0 && id.iter().all(u8::is_ascii_hexdigit) {
         return Ok(String::from_utf8_lossy(id).into_owned());
     }
     Ok(id.iter().map(|b| format!("{b:02X}")).collect())
@@ -504,7 +505,28 @@ mod tests {
         ] {
             assert_eq!(meter_id(given).unwrap(), sent, "{given:?}");
         }
+        assert_eq!(
+            meter_id("1sag3100000292").unwrap(),
+            "3153414733313030303030323932",
+            "a Fluvius meter's printed id"
+        );
         assert!(meter_id(" ").is_err());
+    }
+
+    #[test]
+    fn an_id_a_meter_sends_unencoded_is_taken_as_it_is_sent() {
+        // Ids of recorded telegrams (../shared/captures) that do not decode to printable text:
+        // the meter sends them as they are, and p1guard shows them so.
+        for sent in [
+            "ADC3100000158491",
+            "3960221976967177082151037881335713",
+            "4819243993373755377509728609491464",
+            "621848012D2C0B0C",
+            "101209113020",
+        ] {
+            assert_eq!(meter_id(sent).unwrap(), sent);
+            assert_eq!(meter_id(&sent.to_lowercase()).unwrap(), sent);
+        }
     }
 
     #[test]

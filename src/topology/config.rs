@@ -213,6 +213,9 @@ impl Reader<'_, '_> {
             sink.outbox.clone_from(&daemon.outbox);
         }
         let mut listed_meters = Vec::new();
+        // The meter each entry names (as sent), with the entry and its level: one meter
+        // listed as printed and as sent must be listed at one level.
+        let mut named: BTreeMap<String, (String, Level)> = BTreeMap::new();
         for (id, level) in consent.meters {
             let configured = Change {
                 from: Timestamp::MIN,
@@ -233,9 +236,23 @@ impl Reader<'_, '_> {
             // The id as printed on the meter (`E0054…`), which Home Assistant shows and
             // `consent grant` takes, stands for the hex the meter sends, as it does there.
             // The id as written is kept too: a meter may send its id unencoded.
-            if let Ok(sent) = crate::rights::meter_id(&id)
-                && !listed_meters.contains(&sent)
-            {
+            let Ok(sent) = crate::rights::meter_id(&id) else {
+                continue;
+            };
+            match named.get(&sent) {
+                Some((other, other_level)) if *other_level != level => self.problem(
+                    "consent.meters",
+                    format!(
+                        "{other:?} ({other_level}) and {id:?} ({level}) are one meter: list \
+                         it once"
+                    ),
+                ),
+                Some(_) => {}
+                None => {
+                    named.insert(sent.clone(), (id.clone(), level));
+                }
+            }
+            if !listed_meters.contains(&sent) {
                 let _ = consent_table.add(sent.as_bytes(), configured);
                 listed_meters.push(sent);
             }
@@ -571,6 +588,44 @@ mod tests {
         assert!(
             typo[0].starts_with("source serial: 11520 baud is no P1 speed"),
             "{typo:?}"
+        );
+    }
+
+    #[test]
+    fn one_meter_listed_as_printed_and_as_sent_must_be_listed_at_one_level() {
+        let listed = |meters: &str| {
+            parse(
+                &format!(
+                    "[consent]\nmeters = {{ {meters} }}\n\
+                     [[sources]]\ntype = \"tcp\"\naddress = \"dongle.local:8088\"\n\
+                     [[sinks]]\ntype = \"stdout\"\nmax_granularity = \"live\"\n"
+                ),
+                no_env(),
+            )
+        };
+        let problems = listed(
+            r#""E0054000012345678" = "live", "4530303534303030303132333435363738" = "billing""#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            problems.contains(
+                "\"4530303534303030303132333435363738\" (billing) and \"E0054000012345678\" \
+                 (live) are one meter: list it once"
+            ),
+            "{problems}"
+        );
+        let agreeing = listed(
+            r#""E0054000012345678" = "live", "4530303534303030303132333435363738" = "live""#,
+        )
+        .unwrap();
+        assert_eq!(
+            agreeing.consent.level(
+                b"4530303534303030303132333435363738",
+                p1guard_conduct::PurposeId::DEFAULT,
+                Timestamp::UNIX_EPOCH
+            ),
+            Level::Live
         );
     }
 
