@@ -833,6 +833,89 @@ fn dsmr_reader_topics_carry_the_first_meter_of_a_gateway_and_say_so_of_a_second(
     }
 }
 
+/// A meter the grid operator swapped: once the household's meter has been silent for ten
+/// minutes while another sends, dsmr-reader's topics carry the new meter's readings, not
+/// none until p1guard restarts.
+#[test]
+fn dsmr_reader_topics_follow_a_swapped_meter() {
+    let dir = scratch("mqtt-dsmr-reader-swap");
+    let broker = Mosquitto::start(&dir);
+    let old_meter_from = crate::now();
+    let new_meter_from = (old_meter_from.parse::<jiff::Timestamp>().unwrap()
+        + jiff::SignedDuration::from_mins(45))
+    .to_string();
+    let mut telegrams_sent = telegrams(1, &old_meter_from, 3);
+    telegrams_sent.extend(telegrams(2, &new_meter_from, 3));
+    let (dongle, server) = crate::dongle(telegrams_sent);
+    let config = format!(
+        r#"
+        [consent]
+        default = "live"
+
+        [[sources]]
+        name = "p1"
+        type = "tcp"
+        address = "{dongle}"
+
+        [[sinks]]
+        name = "dsmr"
+        type = "mqtt"
+        url = "{url}"
+        layout = "dsmr_reader"
+        prefix = "dsmr"
+        max_granularity = "live"
+        discovery = false
+
+        [[sinks]]
+        type = "stdout"
+        max_granularity = "live"
+        identity = "raw"
+        "#,
+        url = broker.url(),
+    );
+    let watcher = Watcher::start(broker.port, "watcher", &["dsmr/json"]);
+    let daemon = Daemon::start(&dir, &config);
+    let _connection = server.join().unwrap();
+    daemon.wait_for_log("a swapped meter", 1, PATIENCE);
+    daemon.wait_for_output(r#""granularity":"live""#, 6, PATIENCE);
+    let finished = daemon.terminate();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let imports = |id: &str| -> Vec<f64> {
+        let id = sent_id(id);
+        (finished.stdout.lines())
+            .map(|line| serde_json::from_str::<Value>(line).unwrap())
+            .filter(|r| r["meter"] == id.as_str() && r["kind"] == "electricity")
+            .map(|r| r["values"]["energy_import_t1_kwh"].as_f64().unwrap())
+            .collect()
+    };
+    let (old, new) = (imports("E0053000012345601"), imports("E0053000012345602"));
+    assert_eq!((old.len(), new.len()), (3, 3), "{}", finished.stdout);
+    // dsmr-reader's JSON is published once per write, with the write's latest reading: the
+    // new meter's last one ends the topic, and nothing of the old one comes after it.
+    let readings = watcher.wait_until(PATIENCE, |seen| {
+        seen.last()
+            .is_some_and(|s| s.payload.contains(&format!(":{},", new[2])))
+    });
+    let delivered: Vec<f64> = (readings.iter())
+        .map(|s| serde_json::from_str::<Value>(&s.payload).unwrap())
+        .map(|r| r["electricity_delivered_1"].as_f64().unwrap())
+        .collect();
+    let first_new = delivered.iter().position(|d| new.contains(d));
+    let first_new = first_new.unwrap_or_else(|| panic!("{delivered:?}: none of {new:?}"));
+    assert!(
+        delivered[..first_new].iter().all(|d| old.contains(d))
+            && delivered[first_new..].iter().all(|d| new.contains(d)),
+        "{delivered:?}: the old meter's {old:?}, then the new one's {new:?}"
+    );
+    assert!(
+        !finished
+            .stderr
+            .contains("records of a second meter are not published"),
+        "{}",
+        finished.stderr
+    );
+}
+
 /// An erasure on a sink with dsmr-reader's topics clears them and the meter's discovery
 /// configs, which that layout announces too.
 #[test]

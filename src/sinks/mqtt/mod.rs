@@ -18,6 +18,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use jiff::{SignedDuration, Timestamp};
 use p1guard_conduct::{MeterName, SinkRecord};
 use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, Outgoing, QoS};
 use tokio::sync::mpsc;
@@ -42,6 +43,11 @@ const REQUEST_CAPACITY: usize = 1024;
 
 /// Unacknowledged publishes on the wire.
 const INFLIGHT: u16 = 512;
+
+/// How long (in the meters' time) the household's meter may be silent while another meter
+/// sends before that one takes its place on dsmr-reader's topics: the grid operator swapped
+/// the meter. A gateway's meters send in turn, seconds apart.
+const SWAPPED_AFTER: SignedDuration = SignedDuration::from_mins(10);
 
 /// What the connection task reports to the sink.
 #[derive(Debug)]
@@ -74,9 +80,10 @@ pub struct MqttSink {
     /// The sink's name and settings, for the housekeeping connection.
     name: String,
     settings: MqttSettings,
-    /// dsmr-reader's topics have room for one meter: the first one published. A TCP
-    /// gateway may carry more, which no check of the configuration can know.
-    household: Option<MeterName>,
+    /// dsmr-reader's topics have room for one meter: the first one published, and the
+    /// latest time of its records. A TCP gateway may carry more, which no check of the
+    /// configuration can know.
+    household: Option<(MeterName, Timestamp)>,
     strangers: LogLimit,
 }
 
@@ -132,23 +139,42 @@ impl MqttSink {
     }
 
     /// The records this sink may publish: on dsmr-reader's topics, only the household's
-    /// meter's (the first one published); another meter's would overwrite its readings, and
-    /// Home Assistant would take each drop for a meter reset. They are left out and said.
+    /// meter's (the first one published, until it falls silent for [`SWAPPED_AFTER`] while
+    /// another sends: the household's records up to then, the new meter's from then on);
+    /// another meter's would overwrite its readings, and Home Assistant would take each
+    /// drop for a meter reset. They are left out and said.
     fn of_one_meter<'r>(&mut self, records: &'r [SinkRecord]) -> Cow<'r, [SinkRecord]> {
         if self.settings.layout != TopicLayout::DsmrReader || records.is_empty() {
             return Cow::Borrowed(records);
         }
-        let household = self
+        let (household, latest) = self
             .household
-            .get_or_insert_with(|| records[0].meter.clone());
+            .get_or_insert_with(|| (records[0].meter.clone(), records[0].time));
         if records.iter().all(|r| r.meter == *household) {
+            *latest = records.iter().map(|r| r.time).fold(*latest, Timestamp::max);
             return Cow::Borrowed(records);
         }
-        let mine: Vec<SinkRecord> = (records.iter())
-            .filter(|r| r.meter == *household)
-            .cloned()
-            .collect();
-        if let Some(suppressed) = self.strangers.allow(std::time::Instant::now()) {
+        let mut mine = Vec::with_capacity(records.len());
+        for record in records {
+            if record.meter != *household
+                && record.time > latest.checked_add(SWAPPED_AFTER).unwrap_or(Timestamp::MAX)
+            {
+                tracing::warn!(
+                    sink = %self.name,
+                    silent_minutes = record.time.duration_since(*latest).as_mins(),
+                    "the meter on dsmr-reader's topics fell silent while another meter sends: \
+                     the new meter's readings are published from now on (a swapped meter)"
+                );
+                *household = record.meter.clone();
+            }
+            if record.meter == *household {
+                *latest = (*latest).max(record.time);
+                mine.push(record.clone());
+            }
+        }
+        if mine.len() < records.len()
+            && let Some(suppressed) = self.strangers.allow(std::time::Instant::now())
+        {
             tracing::error!(
                 sink = %self.name,
                 suppressed,
