@@ -835,7 +835,8 @@ fn dsmr_reader_topics_carry_the_first_meter_of_a_gateway_and_say_so_of_a_second(
 
 /// A meter the grid operator swapped: once the household's meter has been silent for ten
 /// minutes while another sends, dsmr-reader's topics carry the new meter's readings, not
-/// none until p1guard restarts.
+/// none until p1guard restarts, and Home Assistant has the new meter's device in place of the
+/// old one's.
 #[test]
 fn dsmr_reader_topics_follow_a_swapped_meter() {
     let dir = scratch("mqtt-dsmr-reader-swap");
@@ -864,7 +865,6 @@ fn dsmr_reader_topics_follow_a_swapped_meter() {
         layout = "dsmr_reader"
         prefix = "dsmr"
         max_granularity = "live"
-        discovery = false
 
         [[sinks]]
         type = "stdout"
@@ -873,7 +873,7 @@ fn dsmr_reader_topics_follow_a_swapped_meter() {
         "#,
         url = broker.url(),
     );
-    let watcher = Watcher::start(broker.port, "watcher", &["dsmr/json"]);
+    let watcher = Watcher::start(broker.port, "watcher", &["dsmr/json", "homeassistant/#"]);
     let daemon = Daemon::start(&dir, &config);
     let _connection = server.join().unwrap();
     daemon.wait_for_log("a swapped meter", 1, PATIENCE);
@@ -892,12 +892,18 @@ fn dsmr_reader_topics_follow_a_swapped_meter() {
     assert_eq!((old.len(), new.len()), (3, 3), "{}", finished.stdout);
     // dsmr-reader's JSON is published once per write, with the write's latest reading: the
     // new meter's last one ends the topic, and nothing of the old one comes after it.
-    let readings = watcher.wait_until(PATIENCE, |seen| {
-        seen.last()
-            .is_some_and(|s| s.payload.contains(&format!(":{},", new[2])))
+    let json = |seen: &[Seen]| -> Vec<Value> {
+        (seen.iter())
+            .filter(|s| s.topic == "dsmr/json")
+            .map(|s| serde_json::from_str(&s.payload).unwrap())
+            .collect()
+    };
+    let seen = watcher.wait_until(PATIENCE, |seen| {
+        json(seen)
+            .last()
+            .is_some_and(|r| r["electricity_delivered_1"] == new[2])
     });
-    let delivered: Vec<f64> = (readings.iter())
-        .map(|s| serde_json::from_str::<Value>(&s.payload).unwrap())
+    let delivered: Vec<f64> = (json(&seen).iter())
         .map(|r| r["electricity_delivered_1"].as_f64().unwrap())
         .collect();
     let first_new = delivered.iter().position(|d| new.contains(d));
@@ -913,6 +919,26 @@ fn dsmr_reader_topics_follow_a_swapped_meter() {
             .contains("records of a second meter are not published"),
         "{}",
         finished.stderr
+    );
+
+    // Both meters were announced; the old one's entities were removed again.
+    let device = |topic: &str| topic.split('/').nth(2).map(str::to_owned);
+    let configs = |seen: &[Seen]| -> Vec<String> {
+        (seen.iter())
+            .filter(|s| s.topic.ends_with("/config") && !s.payload.is_empty())
+            .filter_map(|s| device(&s.topic))
+            .collect()
+    };
+    let announced = configs(&seen);
+    let devices: BTreeSet<&String> = announced.iter().collect();
+    assert_eq!(devices.len(), 2, "both meters announced: {devices:?}");
+    let kept = retained(&broker, "after-the-swap", "homeassistant/#");
+    let kept: BTreeSet<String> = configs(&kept).into_iter().collect();
+    assert!(!kept.is_empty(), "{kept:?}");
+    assert_eq!(
+        kept.iter().collect::<Vec<_>>(),
+        vec![announced.last().unwrap()],
+        "only the new meter's device is left in Home Assistant"
     );
 }
 

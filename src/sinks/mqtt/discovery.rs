@@ -166,6 +166,21 @@ impl Discovery {
         }
     }
 
+    /// Forgets the entities of `meter` and returns their config topics, to be emptied: on
+    /// dsmr-reader's topics, a swapped meter's device would otherwise show the new meter's
+    /// readings under the old serial.
+    pub fn retire(&mut self, meter: &str) -> Vec<String> {
+        let device = format!("{}/sensor/p1guard_{}/", self.prefix, topic_level(meter));
+        let retired: Vec<String> = (self.configs.keys())
+            .filter(|topic| topic.starts_with(&device))
+            .cloned()
+            .collect();
+        for topic in &retired {
+            self.configs.remove(topic);
+        }
+        retired
+    }
+
     /// Every config announced so far.
     pub fn all(&self, out: &mut Vec<Message>) {
         let configs = self.configs.iter();

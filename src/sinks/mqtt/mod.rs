@@ -84,6 +84,10 @@ pub struct MqttSink {
     /// latest time of its records. A TCP gateway may carry more, which no check of the
     /// configuration can know.
     household: Option<(MeterName, Timestamp)>,
+    /// Meters that were the household's until this write: their entities are removed.
+    swapped_out: Vec<MeterName>,
+    /// Their config topics, emptied with every write until one succeeds.
+    retired: Vec<String>,
     strangers: LogLimit,
 }
 
@@ -134,6 +138,8 @@ impl MqttSink {
             name: name.to_owned(),
             settings,
             household: None,
+            swapped_out: Vec::new(),
+            retired: Vec::new(),
             strangers: LogLimit::per_minute(),
         })
     }
@@ -142,7 +148,8 @@ impl MqttSink {
     /// meter's (the first one published, until it falls silent for [`SWAPPED_AFTER`] while
     /// another sends: the household's records up to then, the new meter's from then on);
     /// another meter's would overwrite its readings, and Home Assistant would take each
-    /// drop for a meter reset. They are left out and said.
+    /// drop for a meter reset. They are left out and said. A swapped meter's Home Assistant
+    /// entities are removed.
     fn of_one_meter<'r>(&mut self, records: &'r [SinkRecord]) -> Cow<'r, [SinkRecord]> {
         if self.settings.layout != TopicLayout::DsmrReader || records.is_empty() {
             return Cow::Borrowed(records);
@@ -165,7 +172,8 @@ impl MqttSink {
                     "the meter on dsmr-reader's topics fell silent while another meter sends: \
                      the new meter's readings are published from now on (a swapped meter)"
                 );
-                *household = record.meter.clone();
+                self.swapped_out
+                    .push(std::mem::replace(household, record.meter.clone()));
             }
             if record.meter == *household {
                 *latest = (*latest).max(record.time);
@@ -301,13 +309,24 @@ impl Sink for MqttSink {
         let records = self.of_one_meter(records);
         if let Some(discovery) = &mut self.discovery {
             discovery.announce(&records, &mut self.outgoing);
+            for meter in &self.swapped_out {
+                self.retired.extend(discovery.retire(&meter.to_string()));
+            }
         }
+        self.swapped_out.clear();
+        let emptied = self
+            .retired
+            .iter()
+            .map(|t| Message::retained(t.clone(), Vec::new()));
+        self.outgoing.extend(emptied);
         self.layout.messages(&records, &mut self.outgoing);
         self.announce().await?;
         if self.outgoing.is_empty() {
             return Ok(());
         }
-        Ok(self.publish_outgoing().await?)
+        self.publish_outgoing().await?;
+        self.retired.clear();
+        Ok(())
     }
 
     fn forget(&mut self, meters: &[String]) {
