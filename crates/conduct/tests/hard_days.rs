@@ -675,7 +675,7 @@ fn of_two_gas_meters_on_one_meter_only_the_lower_channel_is_read() {
         .map(|hour| {
             with_two(
                 at("2026-06-01T08:00:00Z") + jiff::SignedDuration::from_hours(hour),
-                1_000 + hour as i64 * 1_000,
+                1_000 + hour * 1_000,
             )
         })
         .collect();
