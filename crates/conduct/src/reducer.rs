@@ -723,10 +723,13 @@ impl<C: Consent> Step<'_, C> {
             count += 1;
         }
         // Only the lowest channel's device of each kind is read (see `another_of_its_kind`).
+        // A slot without a reading (`0-1:96.1.0()`, `(700101010000W)(00000000)`: no device
+        // behind it) is no device of its kind.
         let mut kinds = [None; 4];
         if count > 1 {
             for (kind, device) in kinds.iter_mut().zip(&devices) {
-                *kind = device.and_then(|device| device.kind());
+                let present = device.filter(|device| device.reading().is_some());
+                *kind = present.and_then(|device| device.kind());
             }
         }
         for (index, device) in devices.into_iter().flatten().enumerate() {

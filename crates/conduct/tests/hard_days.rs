@@ -703,3 +703,44 @@ fn of_two_gas_meters_on_one_meter_only_the_lower_channel_is_read() {
     );
     assert_eq!(reducer.counters().another_of_its_kind, 3);
 }
+
+/// An Iskra AM550 (dsmr_parser's `TELEGRAM_V5_TWO_MBUS`) announces a gas meter on channel 1
+/// with no id and no reading, `(700101010000W)(00000000)`, and has its gas meter on channel 2:
+/// the empty slot is no second gas meter, and channel 2 is read.
+#[test]
+fn an_empty_mbus_slot_is_no_second_device_of_its_kind() {
+    let with_empty_slot = |utc: Timestamp, litres: i64| {
+        let text = String::from_utf8(telegram(utc, 0, None)).unwrap();
+        let body = text.split('!').next().unwrap();
+        let mut text = format!(
+            "{body}0-1:24.1.0(003)\r\n0-1:96.1.0()\r\n0-1:24.2.1(700101010000W)(00000000)\r\n\
+             0-2:24.1.0(003)\r\n0-2:96.1.0(4730303339303031393336393930363139)\r\n\
+             0-2:24.2.1({})({:05}.{:03}*m3)\r\n!",
+            meter_time(utc),
+            litres / 1000,
+            litres % 1000
+        );
+        let crc = crc16(text.as_bytes());
+        text += &format!("{crc:04X}\r\n");
+        text.into_bytes()
+    };
+    let telegrams: Vec<Vec<u8>> = (0..2)
+        .map(|hour| {
+            with_empty_slot(
+                at("2026-06-01T08:00:00Z") + jiff::SignedDuration::from_hours(hour),
+                246_138 + hour * 1_000,
+            )
+        })
+        .collect();
+    let (records, reducer) = reduce_with(
+        config(Granularity::Live),
+        Timeline::constant(Level::Live),
+        &telegrams,
+    );
+    let gas: Vec<Values> = (records.iter())
+        .filter(|r| r.kind == Kind::Gas && r.granularity == Granularity::Live)
+        .map(|r| r.values.clone())
+        .collect();
+    assert_eq!(gas, [Values::Mbus(246_138), Values::Mbus(247_138)]);
+    assert_eq!(reducer.counters().another_of_its_kind, 0);
+}
