@@ -8,6 +8,7 @@ use p1guard_conduct::{Granularity, Identity, Level};
 
 use crate::decode::{CipherKeys, InputOptions};
 use crate::pace::Speed;
+use crate::rights::MeterForms;
 
 /// Reads DSMR smart-meter P1 telegrams and passes them on only as finely as the meter's
 /// owner consented to.
@@ -95,9 +96,9 @@ pub struct MeterArgs {
     #[command(flatten)]
     pub config: ConfigArg,
     /// The equipment id as the meter sends it (hex, any case) or as printed on the meter;
-    /// held as the meter sends it, normalised.
+    /// held as the meter sends it, normalised, in each form it may be sent in.
     #[arg(long, value_name = "ID", value_parser = parse_meter)]
-    pub meter: String,
+    pub meter: MeterForms,
 }
 
 /// `p1guard consent grant`.
@@ -315,8 +316,8 @@ impl From<IdentityArg> for Identity {
     }
 }
 
-fn parse_meter(text: &str) -> Result<String, String> {
-    crate::rights::meter_id(text).map_err(|error| format!("{error:#}"))
+fn parse_meter(text: &str) -> Result<MeterForms, String> {
+    crate::rights::meter_forms(text).map_err(|error| format!("{error:#}"))
 }
 
 fn parse_purpose(text: &str) -> Result<String, String> {

@@ -12,7 +12,7 @@ use p1guard_conduct::Level;
 use super::rights::{Setting, runtime};
 use crate::cli::{ConsentCommand, GrantArgs, ImportArgs, MeterArgs, WithdrawArgs};
 use crate::registry::{EventSource, NewEvent};
-use crate::rights::{Subject, Withdrawal, meter_id, purge_withdrawn, purpose_name};
+use crate::rights::{Subject, Withdrawal, add_alias, meter_forms, purge_withdrawn, purpose_name};
 
 pub fn run(command: ConsentCommand) -> anyhow::Result<ExitCode> {
     match command {
@@ -47,38 +47,42 @@ fn record(
         return Ok(ExitCode::from(2));
     };
     let now = crate::rights::now();
-    let meter = args.meter.clone();
     let effective_from = from.unwrap_or(now);
-    let event = NewEvent {
-        meter: meter.clone(),
-        level,
-        purpose: purpose.clone(),
-        effective_from,
-        reference,
-        source: EventSource::Cli,
-        erasure: false,
-    };
-    let seq = setting.record(&[event], now)?;
+    let events: Vec<NewEvent> = (args.meter.all().iter())
+        .map(|meter| NewEvent {
+            meter: meter.clone(),
+            level,
+            purpose: purpose.clone(),
+            effective_from,
+            reference: reference.clone(),
+            source: EventSource::Cli,
+            erasure: false,
+        })
+        .collect();
+    let seq = setting.record(&events, now)?;
     if !setting.serves(&purpose) {
         eprintln!(
             "p1guard: no sink serves purpose {purpose:?}: recorded, but it opens no destination"
         );
     }
-    let subject = Subject::new(meter, &setting.key);
+    let subjects = Subject::each(&args.meter, &setting.key);
     let mut answer = serde_json::json!({
         "recorded": seq,
-        "meter": subject.pseudonym,
+        "meter": subjects[0].pseudonym,
         "level": level,
         "purpose": purpose,
         "effective_from": effective_from,
     });
+    add_alias(&mut answer, &subjects);
     if setting.config.purge_on_withdrawal && effective_from <= now {
-        let withdrawal = Withdrawal {
-            subject: subject.clone(),
-            purpose: purpose.clone(),
-            level,
-            from: effective_from,
-        };
+        let withdrawals: Vec<Withdrawal> = (subjects.into_iter())
+            .map(|subject| Withdrawal {
+                subject,
+                purpose: purpose.clone(),
+                level,
+                from: effective_from,
+            })
+            .collect();
         // What it purges ends where a later event allows it again: the table holds them all.
         let table = setting.config.consent.clone();
         setting.registry.load_into(&table, 0)?;
@@ -86,7 +90,7 @@ fn record(
             &setting.config.sinks,
             &setting.key,
             &table,
-            &[withdrawal],
+            &withdrawals,
             now,
         ))?;
         answer["purged"] = serde_json::to_value(purged)?;
@@ -101,8 +105,7 @@ fn history(args: &MeterArgs) -> anyhow::Result<ExitCode> {
     let Some(setting) = Setting::open(&args.config.config)? else {
         return Ok(ExitCode::from(2));
     };
-    let meter = args.meter.clone();
-    for event in setting.registry.history(&meter)? {
+    for event in setting.history(&args.meter)? {
         println!("{}", serde_json::to_string(&event)?);
     }
     Ok(ExitCode::SUCCESS)
@@ -154,8 +157,8 @@ fn import(args: &ImportArgs) -> anyhow::Result<ExitCode> {
         if line == 1 && row.get(0).is_some_and(|f| f.eq_ignore_ascii_case("meter")) {
             continue; // the header
         }
-        match event_of(&row) {
-            Ok(event) => events.push(event),
+        match events_of(&row) {
+            Ok(row_events) => events.extend(row_events),
             Err(problem) => problems.push(format!("line {line}: {problem}")),
         }
         bytes = row.into_byte_record();
@@ -246,7 +249,8 @@ fn import(args: &ImportArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn event_of(row: &csv::StringRecord) -> anyhow::Result<NewEvent> {
+/// A row's event, for each form of its meter's id.
+fn events_of(row: &csv::StringRecord) -> anyhow::Result<Vec<NewEvent>> {
     anyhow::ensure!(
         matches!(row.len(), 4 | 5),
         "expected meter,level,effective_from,reference[,purpose], got {} fields",
@@ -254,15 +258,20 @@ fn event_of(row: &csv::StringRecord) -> anyhow::Result<NewEvent> {
     );
     let purpose = purpose_name(row.get(4).filter(|p| !p.is_empty()).unwrap_or("default"))?;
     let reference = row.get(3).filter(|r| !r.is_empty()).map(str::to_owned);
-    Ok(NewEvent {
-        meter: meter_id(&row[0])?,
-        level: row[1].parse()?,
-        purpose,
-        effective_from: row[2]
-            .parse()
-            .with_context(|| format!("effective_from {:?}: expected RFC 3339", &row[2]))?,
-        reference,
-        source: EventSource::Import,
-        erasure: false,
-    })
+    let forms = meter_forms(&row[0])?;
+    let level: Level = row[1].parse()?;
+    let effective_from: Timestamp = row[2]
+        .parse()
+        .with_context(|| format!("effective_from {:?}: expected RFC 3339", &row[2]))?;
+    Ok((forms.all().iter())
+        .map(|meter| NewEvent {
+            meter: meter.clone(),
+            level,
+            purpose: purpose.clone(),
+            effective_from,
+            reference: reference.clone(),
+            source: EventSource::Import,
+            erasure: false,
+        })
+        .collect())
 }

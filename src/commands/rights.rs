@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 
 use crate::cli::{ConfigArg, EraseArgs, ErasedTo, ExportArgs, ExportFormat};
 use crate::fleet::consent::ConsentStream;
-use crate::registry::{EVERY_PURPOSE, EventSource, NewEvent, Registry};
-use crate::rights::{self, Subject};
+use crate::registry::{EVERY_PURPOSE, Event, EventSource, NewEvent, Registry};
+use crate::rights::{self, MeterForms, Subject, add_alias};
 use crate::topology::config::{self, Config};
 
 /// What every rights command works with: the configuration, the pseudonym key and the
@@ -70,6 +70,16 @@ impl Setting {
         registry.last_seq()
     }
 
+    /// The registry's events for every form of `meter`, oldest first.
+    pub fn history(&self, meter: &MeterForms) -> anyhow::Result<Vec<Event>> {
+        let mut events = Vec::new();
+        for form in meter.all() {
+            events.extend(self.registry.history(form)?);
+        }
+        events.sort_by_key(|event| event.seq);
+        Ok(events)
+    }
+
     /// Whether a sink serves `purpose` (`*`: any).
     pub fn serves(&self, purpose: &str) -> bool {
         purpose == EVERY_PURPOSE || self.config.sinks.iter().any(|s| s.purpose == purpose)
@@ -89,33 +99,44 @@ pub fn erase(args: &EraseArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     };
     let now = crate::rights::now();
-    let meter = args.meter.meter.clone();
-    let subject = Subject::new(meter.clone(), &setting.key);
+    let meter = &args.meter.meter;
+    let subjects = Subject::each(meter, &setting.key);
     let level = match args.to {
         ErasedTo::Billing => Level::Billing,
         ErasedTo::None => Level::None,
     };
-    let known = !setting.registry.history(&meter)?.is_empty();
+    let known = !setting.history(meter)?.is_empty();
     // Nothing new accumulates: the level goes down for every purpose first.
-    setting.record(
-        &[NewEvent {
-            meter,
+    let events: Vec<NewEvent> = (meter.all().iter())
+        .map(|meter| NewEvent {
+            meter: meter.clone(),
             level,
             purpose: EVERY_PURPOSE.to_owned(),
             effective_from: now,
             reference: args.reference.clone(),
             source: EventSource::Cli,
             erasure: true,
-        }],
-        now,
-    )?;
-    let stores = runtime()?.block_on(rights::erase(
-        &setting.config.sinks,
-        &setting.key,
-        &subject,
-        now,
-        now,
-    ));
+        })
+        .collect();
+    setting.record(&events, now)?;
+    let runtime = runtime()?;
+    let mut stores: Vec<rights::StoreAnswer> = Vec::new();
+    for subject in &subjects {
+        let erased = runtime.block_on(rights::erase(
+            &setting.config.sinks,
+            &setting.key,
+            subject,
+            now,
+            now,
+        ));
+        if stores.is_empty() {
+            stores = erased;
+        } else {
+            for (store, also) in stores.iter_mut().zip(erased) {
+                store.add(also);
+            }
+        }
+    }
     let failed = stores.iter().any(|store| store.failed.is_some());
     let held = |store: &rights::StoreAnswer| store.purged.erased + store.purged.kept > 0;
     if !known && !failed && !stores.iter().any(held) {
@@ -124,20 +145,24 @@ pub fn erase(args: &EraseArgs) -> anyhow::Result<ExitCode> {
              it: recorded as asked, but check that the id is the meter's"
         );
     }
-    let answer = json!({
-        "meter": subject.pseudonym,
+    let mut answer = json!({
+        "meter": subjects[0].pseudonym,
         "requested_at": now,
         "reference": args.reference,
         "stores": stores,
         "consent": {"level": level, "purpose": EVERY_PURPOSE, "from": now},
     });
-    let seq = setting.registry.record_erasure(
-        &subject.pseudonym,
-        now,
-        args.reference.as_deref(),
-        &answer["stores"],
-    )?;
-    let mut answer = answer;
+    add_alias(&mut answer, &subjects);
+    // One ledger entry per form, so that `reapply-erasures` erases each again.
+    let mut seq = 0;
+    for subject in &subjects {
+        seq = setting.registry.record_erasure(
+            &subject.pseudonym,
+            now,
+            args.reference.as_deref(),
+            &answer["stores"],
+        )?;
+    }
     answer["ledger_entry"] = seq.into();
     println!("{}", serde_json::to_string_pretty(&answer)?);
     Ok(erased(failed))
@@ -206,12 +231,12 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<ExitCode> {
     let Some(setting) = Setting::open(&args.meter.config.config)? else {
         return Ok(ExitCode::from(2));
     };
-    let meter = args.meter.meter.clone();
-    let subject = Subject::new(meter.clone(), &setting.key);
+    let meter = &args.meter.meter;
+    let subjects = Subject::each(meter, &setting.key);
     let records = runtime()?.block_on(rights::records_of(
         &setting.config.sinks,
         &setting.key,
-        &subject,
+        &subjects,
     ))?;
     let mut out: Box<dyn std::io::Write> = match &args.output {
         Some(path) => Box::new(std::io::BufWriter::new(
@@ -222,12 +247,18 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<ExitCode> {
     };
     match args.format {
         ExportFormat::Json => {
-            let export = json!({
-                "meter": subject.pseudonym,
+            let mut erasures = Vec::new();
+            for subject in &subjects {
+                erasures.extend(setting.registry.erasures(Some(&subject.pseudonym))?);
+            }
+            erasures.sort_by_key(|erasure| erasure.seq);
+            let mut export = json!({
+                "meter": subjects[0].pseudonym,
                 "records": records,
-                "consent": setting.registry.history(&meter)?,
-                "erasures": setting.registry.erasures(Some(&subject.pseudonym))?,
+                "consent": setting.history(meter)?,
+                "erasures": erasures,
             });
+            add_alias(&mut export, &subjects);
             serde_json::to_writer(&mut out, &export)?;
             writeln!(out)?;
         }

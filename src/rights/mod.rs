@@ -44,20 +44,67 @@ pub fn purpose_name(given: &str) -> anyhow::Result<String> {
     Ok(given.to_owned())
 }
 
-/// The equipment id as the meter sends it (normalised) from an id as sent (any case) or as
-/// printed on the meter (`E0054000012345678`, any case: meters send the printed id in
-/// capitals, hex-encoded). An even number of hex digits is taken as sent: so are the ids
-/// meters that send them unencoded send (`ADC3100000158491`), shown as sent; printed ids are
-/// 17 characters, or hold letters past `F` (`1SAG3100000292`). Any other id is hex-encoded.
-pub fn meter_id(given: &str) -> anyhow::Result<String> {
+/// A meter as a person names it: its equipment id in each form the meter may send it
+/// (normalised), the one shown first. A command on a meter applies to every form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeterForms(Vec<String>);
+
+impl MeterForms {
+    /// The form shown.
+    pub fn shown(&self) -> &str {
+        &self.0[0]
+    }
+
+    /// Every form, the one shown first.
+    pub fn all(&self) -> &[String] {
+        &self.0
+    }
+}
+
+/// The forms of an id given as sent (any case) or as printed on the meter
+/// (`E0054000012345678`, any case: meters send the printed id in capitals, hex-encoded):
+/// - hex that decodes to printable text is the id as sent, alone;
+/// - other hex of even length (`ADC3100000158491`) is an id some meter sends unencoded;
+/// - decimal digits are either: some meters send digits unencoded (`09610`), others hex-encode
+///   them, and the text cannot tell which, so both forms are kept, the one shown as above;
+/// - anything else (`1SAG3100000292`, odd length) is as printed, and hex-encoded.
+pub fn meter_forms(given: &str) -> anyhow::Result<MeterForms> {
     let mut normalised = Vec::new();
     let Some(id) = normalise_equipment_id(given.as_bytes(), &mut normalised) else {
         anyhow::bail!("{:?} is not a meter id", given.trim());
     };
-    if id.len() % 2 == 0 && id.iter().all(u8::is_ascii_hexdigit) {
-        return Ok(String::from_utf8_lossy(id).into_owned());
+    let as_sent = String::from_utf8_lossy(id).into_owned();
+    let hex_encoded: String = id.iter().map(|b| format!("{b:02X}")).collect();
+    let even_hex = id.len() % 2 == 0 && id.iter().all(u8::is_ascii_hexdigit);
+    let decodes_to_text = even_hex
+        && id.chunks(2).all(|pair| {
+            std::str::from_utf8(pair)
+                .ok()
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .is_some_and(|byte| byte.is_ascii_graphic() || byte == b' ')
+        });
+    let forms = if decodes_to_text {
+        vec![as_sent]
+    } else if id.iter().all(u8::is_ascii_digit) {
+        if even_hex {
+            vec![as_sent, hex_encoded]
+        } else {
+            vec![hex_encoded, as_sent]
+        }
+    } else if even_hex {
+        vec![as_sent]
+    } else {
+        vec![hex_encoded]
+    };
+    Ok(MeterForms(forms))
+}
+
+/// Names, in a command's answer, the pseudonym of the id's other form (`alias`), when the id
+/// given has two: the command applied to both.
+pub fn add_alias(answer: &mut serde_json::Value, subjects: &[Subject]) {
+    if let Some(other) = subjects.get(1) {
+        answer["alias"] = other.pseudonym.clone().into();
     }
-    Ok(id.iter().map(|b| format!("{b:02X}")).collect())
 }
 
 /// One meter, named both ways.
@@ -77,6 +124,13 @@ impl Subject {
             id: Some(id),
             pseudonym,
         }
+    }
+
+    /// The meter in each form of its id, the one shown first.
+    pub fn each(meter: &MeterForms, key: &IdentityKey) -> Vec<Subject> {
+        (meter.all().iter())
+            .map(|form| Subject::new(form.clone(), key))
+            .collect()
     }
 
     /// The names the meter has in `store`: its pseudonym, or on a raw-identity store its
@@ -124,6 +178,13 @@ pub struct StoreAnswer {
 }
 
 impl StoreAnswer {
+    /// Adds what the same store did for another form of the meter's id.
+    pub fn add(&mut self, other: StoreAnswer) {
+        self.purged.add(other.purged);
+        self.kept_because = self.kept_because.take().or(other.kept_because);
+        self.failed = self.failed.take().or(other.failed);
+    }
+
     /// The answer of a store that could not be opened or refused: nothing was erased there.
     fn failed(config: &SinkConfig, error: &anyhow::Error) -> StoreAnswer {
         StoreAnswer {
@@ -453,12 +514,12 @@ fn answer(store: &Store, purged: Purged) -> StoreAnswer {
     }
 }
 
-/// Everything the stores hold of `subject`, de-duplicated (a record in two stores is one
-/// record), ordered by time.
+/// Everything the stores hold of `subjects` (one meter, in each form of its id),
+/// de-duplicated (a record in two stores is one record), ordered by time.
 pub async fn records_of(
     sinks: &[SinkConfig],
     key: &IdentityKey,
-    subject: &Subject,
+    subjects: &[Subject],
 ) -> anyhow::Result<Vec<serde_json::Value>> {
     // One reading per instant, granularity and kind, whatever each store names the meter;
     // of its copies, the one that kept the most of the record (VictoriaMetrics keeps no
@@ -466,7 +527,10 @@ pub async fn records_of(
     let mut records: BTreeMap<(Timestamp, Granularity, String), Held> = BTreeMap::new();
     for config in sinks {
         let mut store = Store::open(config).await?;
-        let names = subject.names_in(&mut store, key).await?;
+        let mut names = Vec::new();
+        for subject in subjects {
+            names.extend(subject.names_in(&mut store, key).await?);
+        }
         if let Some(held) = store.read(Some(&names)).await? {
             for held in held {
                 let kind = held.record["kind"].as_str().unwrap_or_default().to_owned();
@@ -493,6 +557,10 @@ mod tests {
 
     use super::*;
 
+    fn forms(given: &str) -> Vec<String> {
+        meter_forms(given).unwrap().all().to_vec()
+    }
+
     #[test]
     fn a_meter_is_named_alike_as_sent_and_as_printed_in_any_case() {
         let sent = "4530303534303030303132333435363738";
@@ -503,29 +571,46 @@ mod tests {
             "e0054000012345678",
             " E0054000012345678\t",
         ] {
-            assert_eq!(meter_id(given).unwrap(), sent, "{given:?}");
+            assert_eq!(forms(given), [sent], "{given:?}");
         }
         assert_eq!(
-            meter_id("1sag3100000292").unwrap(),
-            "3153414733313030303030323932",
+            forms("1sag3100000292"),
+            ["3153414733313030303030323932"],
             "a Fluvius meter's printed id"
         );
-        assert!(meter_id(" ").is_err());
+        assert!(meter_forms(" ").is_err());
     }
 
     #[test]
     fn an_id_a_meter_sends_unencoded_is_taken_as_it_is_sent() {
         // Ids of recorded telegrams (../shared/captures) that do not decode to printable text:
         // the meter sends them as they are, and p1guard shows them so.
-        for sent in [
-            "ADC3100000158491",
-            "3960221976967177082151037881335713",
-            "4819243993373755377509728609491464",
-            "621848012D2C0B0C",
-            "101209113020",
+        for sent in ["ADC3100000158491", "621848012D2C0B0C"] {
+            assert_eq!(forms(sent), [sent]);
+            assert_eq!(forms(&sent.to_lowercase()), [sent]);
+        }
+    }
+
+    #[test]
+    fn an_id_of_digits_names_the_meter_that_sends_it_unencoded_and_the_one_that_encodes_it() {
+        // Digits some recorded meters send as they are (../shared/captures), and which a
+        // meter printed so would send hex-encoded: the id names both.
+        for (given, shown, other) in [
+            ("09610", "3039363130", "09610"),
+            (
+                "0272031312565",
+                "30323732303331333132353635",
+                "0272031312565",
+            ),
+            ("101209113020", "101209113020", "313031323039313133303230"),
+            (
+                "3960221976967177082151037881335713",
+                "3960221976967177082151037881335713",
+                "33393630323231393736393637313737303832313531303337383831333335373133",
+            ),
         ] {
-            assert_eq!(meter_id(sent).unwrap(), sent);
-            assert_eq!(meter_id(&sent.to_lowercase()).unwrap(), sent);
+            assert_eq!(forms(given), [shown, other], "{given:?}");
+            assert_eq!(meter_forms(given).unwrap().shown(), shown);
         }
     }
 

@@ -236,25 +236,27 @@ impl Reader<'_, '_> {
             // The id as printed on the meter (`E0054…`), which Home Assistant shows and
             // `consent grant` takes, stands for the hex the meter sends, as it does there.
             // The id as written is kept too: a meter may send its id unencoded.
-            let Ok(sent) = crate::rights::meter_id(&id) else {
+            let Ok(forms) = crate::rights::meter_forms(&id) else {
                 continue;
             };
-            match named.get(&sent) {
-                Some((other, other_level)) if *other_level != level => self.problem(
-                    "consent.meters",
-                    format!(
-                        "{other:?} ({other_level}) and {id:?} ({level}) are one meter: list \
-                         it once"
+            for sent in forms.all() {
+                match named.get(sent) {
+                    Some((other, other_level)) if *other_level != level => self.problem(
+                        "consent.meters",
+                        format!(
+                            "{other:?} ({other_level}) and {id:?} ({level}) are one meter: \
+                             list it once"
+                        ),
                     ),
-                ),
-                Some(_) => {}
-                None => {
-                    named.insert(sent.clone(), (id.clone(), level));
+                    Some(_) => {}
+                    None => {
+                        named.insert(sent.clone(), (id.clone(), level));
+                    }
                 }
-            }
-            if !listed_meters.contains(&sent) {
-                let _ = consent_table.add(sent.as_bytes(), configured);
-                listed_meters.push(sent);
+                if !listed_meters.contains(sent) {
+                    let _ = consent_table.add(sent.as_bytes(), configured);
+                    listed_meters.push(sent.clone());
+                }
             }
         }
         // Two stores in one file would mix their identities and prune each other's rows.

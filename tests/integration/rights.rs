@@ -417,6 +417,61 @@ fn an_erasure_takes_the_records_a_fast_meter_clock_dated_ahead() {
     audit_is_clean(config);
 }
 
+/// `stream` as a meter that sends its id unencoded, as `id`, would send it: each telegram's
+/// id line replaced and its CRC made anew.
+fn sent_unencoded(stream: &[u8], id: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut telegram = String::new();
+    for line in std::str::from_utf8(stream).unwrap().split_inclusive('\n') {
+        if line.starts_with('!') {
+            telegram.push('!');
+            let crc = p1guard_telegram::crc16(telegram.as_bytes());
+            out.extend(format!("{telegram}{crc:04X}\r\n").bytes());
+            telegram.clear();
+        } else if line.starts_with("0-0:96.1.1(") {
+            telegram += &format!("0-0:96.1.1({id})\r\n");
+        } else {
+            telegram += line;
+        }
+    }
+    assert!(telegram.is_empty(), "the stream ends with a whole telegram");
+    out
+}
+
+/// Some meters send their id unencoded, in digits (`09610` in a recorded DSMR 3 telegram),
+/// which a meter printed so would send hex-encoded: the digits name both, and consent,
+/// access and erasure reach the meter that sends them as they are.
+#[test]
+fn a_meter_that_sends_its_id_as_plain_digits_is_granted_exported_and_erased_by_them() {
+    let household = Household::new("rights-digits");
+    let stream = std::fs::read(&household.capture).unwrap();
+    std::fs::write(&household.capture, sent_unencoded(&stream, "09610")).unwrap();
+    let granted: Value =
+        serde_json::from_str(&household.grant("09610", "quarter_hour", None)).unwrap();
+    assert!(granted["alias"].is_string(), "both forms: {granted}");
+    household.replay();
+    let rows = household.rows();
+    assert!(
+        granularities(&rows).contains("quarter_hour"),
+        "the grant reached the meter: {rows:#?}"
+    );
+    let config = household.config();
+    let export: Value =
+        serde_json::from_str(&run(&["export", "--config", config, "--meter", "09610"], 0)).unwrap();
+    assert_eq!(export["records"].as_array().unwrap().len(), rows.len());
+    let (erased, warning) = run_output(&["erase", "--config", config, "--meter", "09610"], 0);
+    assert!(warning.is_empty(), "{warning}");
+    assert!(
+        !erased.contains("09610"),
+        "the answer names no raw id: {erased}"
+    );
+    assert_eq!(
+        granularities(&household.rows()),
+        BTreeSet::from(["billing".into()])
+    );
+    audit_is_clean(config);
+}
+
 #[test]
 fn erasing_a_meter_nobody_knows_is_recorded_and_said_to_be_unknown() {
     let household = Household::granted_and_replayed("rights-unknown", PRINTED_ID, None);
