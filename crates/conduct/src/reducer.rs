@@ -682,6 +682,11 @@ impl<C: Consent> Step<'_, C> {
             );
             state.electricity = Some(current);
         }
+        let live = live_values(telegram);
+        // A meter that reports no electricity (a heat meter's P1 port) has no live reading.
+        if registers.is_empty() && live.fields().next().is_none() {
+            return;
+        }
         if self.config.finest == Granularity::Live {
             let purposes = self.allowing(&state.meter, t, Granularity::Live);
             if !purposes.is_empty() {
@@ -694,7 +699,7 @@ impl<C: Consent> Step<'_, C> {
                     clock,
                     values: Values::Electricity {
                         registers,
-                        live: Some(Box::new(live_values(telegram))),
+                        live: Some(Box::new(live)),
                     },
                     purposes,
                 });

@@ -744,3 +744,41 @@ fn an_empty_mbus_slot_is_no_second_device_of_its_kind() {
     assert_eq!(gas, [Values::Mbus(246_138), Values::Mbus(247_138)]);
     assert_eq!(reducer.counters().another_of_its_kind, 0);
 }
+
+/// A heat meter's P1 port (a Warmtelink) sends no electricity at all, only its M-Bus heat
+/// reading: it has no live electricity reading, not one with no values.
+#[test]
+fn a_meter_that_reports_no_electricity_has_no_live_electricity_record() {
+    let heat_only = |utc: Timestamp, wh: i64| {
+        let mut text = format!(
+            "/WTL5\\2WARMTELINK\r\n\r\n1-3:0.2.8(50)\r\n0-0:1.0.0({time})\r\n\
+             0-0:96.1.1({METER_ID})\r\n0-1:24.1.0(004)\r\n\
+             0-1:96.1.0(4730303339303031393336393930363139)\r\n\
+             0-1:24.2.1({time})({gj:03}.{mgj:03}*GJ)\r\n!",
+            time = meter_time(utc),
+            gj = wh / 1000,
+            mgj = wh % 1000,
+        );
+        let crc = crc16(text.as_bytes());
+        text += &format!("{crc:04X}\r\n");
+        text.into_bytes()
+    };
+    let telegrams: Vec<Vec<u8>> = (0..3)
+        .map(|hour| {
+            heat_only(
+                at("2026-06-01T08:00:00Z") + jiff::SignedDuration::from_hours(hour),
+                12_000 + hour * 10,
+            )
+        })
+        .collect();
+    let (records, _) = reduce_with(
+        config(Granularity::Live),
+        Timeline::constant(Level::Live),
+        &telegrams,
+    );
+    let live: Vec<Kind> = (records.iter())
+        .filter(|r| r.granularity == Granularity::Live)
+        .map(|r| r.kind)
+        .collect();
+    assert_eq!(live, [Kind::Heat, Kind::Heat, Kind::Heat], "{records:#?}");
+}
