@@ -189,6 +189,14 @@ impl Discovery {
         );
     }
 
+    /// Whether entities of `meter`'s electricity device were announced: an M-Bus device is
+    /// linked only to a device that exists (a heat meter's P1 port has none).
+    fn has_electricity_device(&self, meter: &str) -> bool {
+        let electricity = format!("{}/sensor/p1guard_{meter}/electricity_", self.prefix);
+        (self.configs.range(electricity.clone()..).next())
+            .is_some_and(|(topic, _)| topic.starts_with(&electricity))
+    }
+
     /// The config payload of one entity, or `None` for a quantity without one in this
     /// layout. `meter` names topics and ids; `name` is the meter's name on this sink.
     fn config(&self, meter: &str, name: &MeterName, quantity: Quantity) -> Option<Value> {
@@ -218,7 +226,7 @@ impl Discovery {
             "availability_topic": self.availability,
             "payload_available": "online",
             "payload_not_available": "offline",
-            "device": device(meter, name, kind),
+            "device": device(meter, name, kind, self.has_electricity_device(meter)),
             // An M-Bus meter's one sensor is its device: named "Gas meter on E00…", not
             // "Gas meter on E00… Gas".
             "name": if kind == Kind::Electricity { Value::from(entity.name) } else { Value::Null },
@@ -255,9 +263,9 @@ fn value_template(value: &str, entity: &Entity) -> String {
 }
 
 /// The Home Assistant device an entity of `kind` belongs to: the electricity meter, or one
-/// device per M-Bus meter linked to it (`via_device`), as Home Assistant's own DSMR
-/// integration shows them.
-fn device(meter: &str, name: &MeterName, kind: Kind) -> Value {
+/// device per M-Bus meter linked to it (`via_device`) where it has one, as Home Assistant's
+/// own DSMR integration shows them.
+fn device(meter: &str, name: &MeterName, kind: Kind, linked: bool) -> Value {
     let electricity = format!("p1guard_{meter}");
     let serial = serial(name);
     if kind == Kind::Electricity {
@@ -277,13 +285,16 @@ fn device(meter: &str, name: &MeterName, kind: Kind) -> Value {
         Kind::Water => ("Water meter", "M-Bus water meter"),
         _ => ("Heat meter", "M-Bus heat meter"),
     };
-    json!({
+    let mut device = json!({
         "identifiers": [format!("{electricity}_{}", kind.name())],
         "name": format!("{label} on {serial}"),
         "model": model,
         "manufacturer": "p1guard",
-        "via_device": electricity,
-    })
+    });
+    if linked {
+        device["via_device"] = Value::from(electricity);
+    }
+    device
 }
 
 /// How a meter is called in Home Assistant: a raw equipment id decoded to the serial printed
@@ -298,6 +309,8 @@ fn serial(name: &MeterName) -> String {
 
 #[cfg(test)]
 mod tests {
+    use p1guard_conduct::Values;
+
     use super::*;
 
     #[test]
@@ -339,11 +352,59 @@ mod tests {
     #[test]
     fn an_mbus_meter_is_its_own_device_behind_the_electricity_meter() {
         let name = MeterName::Raw(b"4530".as_slice().into());
-        let gas = device("4530", &name, Kind::Gas);
+        let gas = device("4530", &name, Kind::Gas, true);
         assert_eq!(gas["via_device"], "p1guard_4530");
         assert_eq!(gas["identifiers"], json!(["p1guard_4530_gas"]));
-        let electricity = device("4530", &name, Kind::Electricity);
+        let electricity = device("4530", &name, Kind::Electricity, true);
         assert!(electricity.get("via_device").is_none());
         assert_eq!(electricity["serial_number"], "E0");
+    }
+
+    /// Home Assistant links a device only to one that exists: a heat meter's P1 port (a
+    /// Warmtelink) reports no electricity, so its heat meter's device stands alone.
+    #[test]
+    fn an_mbus_meter_is_linked_only_to_an_electricity_device_that_was_announced() {
+        let record = |meter: &str, kind: Kind, values: Values| SinkRecord {
+            meter: MeterName::Raw(meter.as_bytes().into()),
+            granularity: Granularity::Live,
+            kind,
+            time: jiff::Timestamp::UNIX_EPOCH,
+            quality: p1guard_conduct::Quality::Measured,
+            clock: p1guard_conduct::Clock::Meter,
+            values,
+            purposes: p1guard_conduct::PurposeSet::ALL,
+        };
+        let power = p1guard_conduct::LiveValues {
+            power_import_w: Some(500.0),
+            ..p1guard_conduct::LiveValues::default()
+        };
+        let records = [
+            record("4530", Kind::Heat, Values::Mbus(12_000)),
+            record(
+                "4530",
+                Kind::Electricity,
+                Values::Electricity {
+                    registers: p1guard_conduct::Registers::default(),
+                    live: Some(Box::new(power)),
+                },
+            ),
+            record("4531", Kind::Heat, Values::Mbus(12_000)),
+        ];
+        let mut discovery = Discovery::new(
+            "homeassistant".into(),
+            "home".into(),
+            TopicLayout::P1guard,
+            "home/status".into(),
+        );
+        let mut out = Vec::new();
+        discovery.announce(&records, &mut out);
+        let via = |topic: &str| {
+            let message = (out.iter().find(|m| m.topic == topic)).expect(topic);
+            let config: Value = serde_json::from_slice(&message.payload).unwrap();
+            config["device"].get("via_device").cloned()
+        };
+        let heat = |meter| format!("homeassistant/sensor/p1guard_{meter}/heat_energy_gj/config");
+        assert_eq!(via(&heat("4530")), Some("p1guard_4530".into()));
+        assert_eq!(via(&heat("4531")), None);
     }
 }
