@@ -166,6 +166,8 @@ pub struct Erasure {
 /// The registry file.
 pub struct Registry {
     connection: Connection,
+    /// The file, to name in errors.
+    path: PathBuf,
 }
 
 impl Registry {
@@ -186,7 +188,18 @@ impl Registry {
         if !has_erasure {
             connection.execute(ERASURE_COLUMN, [])?;
         }
-        Ok(Registry { connection })
+        Ok(Registry {
+            connection,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The context of a failed write: the file, which may be read-only to this user.
+    fn writing(&self) -> String {
+        format!(
+            "cannot write to the consent registry {}",
+            self.path.display()
+        )
     }
 
     /// The registry file a configuration names: its own, or the state directory's.
@@ -199,9 +212,10 @@ impl Registry {
 
     /// Appends events, all or none; returns the last one's `seq`.
     pub fn append(&mut self, events: &[NewEvent], now: Timestamp) -> anyhow::Result<i64> {
-        let transaction = self.connection.transaction()?;
-        let last = insert(&transaction, events, now)?;
-        transaction.commit()?;
+        let context = self.writing();
+        let transaction = self.connection.transaction().context(context.clone())?;
+        let last = insert(&transaction, events, now).context(context.clone())?;
+        transaction.commit().context(context)?;
         Ok(last)
     }
 
@@ -402,16 +416,18 @@ impl Registry {
         reference: Option<&str>,
         answer: &serde_json::Value,
     ) -> anyhow::Result<i64> {
-        self.connection.execute(
-            "INSERT INTO erasures (pseudonym, requested_at, reference, answer)
-             VALUES (?1, ?2, ?3, ?4)",
-            params![
-                pseudonym,
-                requested_at.as_second(),
-                reference,
-                answer.to_string()
-            ],
-        )?;
+        self.connection
+            .execute(
+                "INSERT INTO erasures (pseudonym, requested_at, reference, answer)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    pseudonym,
+                    requested_at.as_second(),
+                    reference,
+                    answer.to_string()
+                ],
+            )
+            .with_context(|| self.writing())?;
         Ok(self.connection.last_insert_rowid())
     }
 
@@ -545,6 +561,25 @@ mod tests {
             source: EventSource::Cli,
             erasure: false,
         }
+    }
+
+    /// A registry the user cannot write (another user's, a read-only mount) is named, not
+    /// left to SQLite's "attempt to write a readonly database".
+    #[test]
+    fn a_registry_that_cannot_be_written_is_named() {
+        let path = scratch("read-only");
+        let mut registry = Registry::open(&path).unwrap();
+        registry
+            .connection
+            .pragma_update(None, "query_only", true)
+            .unwrap();
+        let events = [event("4530", Level::Live, "*", "2026-06-01T12:00:00Z")];
+        let error = registry.append(&events, Timestamp::now()).unwrap_err();
+        let named = format!("cannot write to the consent registry {}", path.display());
+        assert!(format!("{error:#}").starts_with(&named), "{error:#}");
+        let error = (registry.record_erasure("p", Timestamp::now(), None, &Default::default()))
+            .unwrap_err();
+        assert!(format!("{error:#}").starts_with(&named), "{error:#}");
     }
 
     #[test]
