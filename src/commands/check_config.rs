@@ -23,7 +23,7 @@ pub fn run(args: &ConfigArg) -> anyhow::Result<ExitCode> {
     println!(
         "consent: {} by default, {} meter(s) listed, then the registry {}; billing readings {}",
         config.consent.default_level(),
-        config.consent.listed(),
+        config.meters_listed,
         config
             .registry
             .as_ref()

@@ -27,6 +27,8 @@ pub struct Config {
     /// The meters `[consent] meters` lists, normalised (upper case), each also as sent when
     /// listed by its printed id.
     pub listed_meters: Vec<String>,
+    /// How many entries `[consent] meters` has.
+    pub meters_listed: usize,
     /// The consent registry's file; the state directory's `consent.sqlite` if `None`.
     pub registry: Option<PathBuf>,
     /// Whether a withdrawal erases the stored records it no longer allows.
@@ -216,7 +218,10 @@ impl Reader<'_, '_> {
         // The meter each entry names (as sent), with the entry and its level: one meter
         // listed as printed and as sent must be listed at one level.
         let mut named: BTreeMap<String, (String, Level)> = BTreeMap::new();
+        let meters_listed = consent.meters.len();
         for (id, level) in consent.meters {
+            // Pasted ids carry spaces; inside one, a space is a mistake.
+            let id = id.trim().to_owned();
             let configured = Change {
                 from: Timestamp::MIN,
                 level,
@@ -375,6 +380,7 @@ impl Reader<'_, '_> {
             identity_key: identity.key_file,
             consent: consent_table,
             listed_meters,
+            meters_listed,
             registry: consent.registry,
             purge_on_withdrawal: consent.purge_on_withdrawal.unwrap_or(true),
             billing: consent.billing_cadence.unwrap_or_default(),
@@ -618,9 +624,10 @@ mod tests {
             "{problems}"
         );
         let agreeing = listed(
-            r#""E0054000012345678" = "live", "4530303534303030303132333435363738" = "live""#,
+            r#""E0054000012345678 " = "live", "4530303534303030303132333435363738" = "live""#,
         )
         .unwrap();
+        assert_eq!(agreeing.meters_listed, 2, "as many as the entries");
         assert_eq!(
             agreeing.consent.level(
                 b"4530303534303030303132333435363738",
