@@ -417,6 +417,60 @@ fn an_erasure_takes_the_records_a_fast_meter_clock_dated_ahead() {
     audit_is_clean(config);
 }
 
+/// A broker busy with a running daemon's records, which it forwards as they come, never falls
+/// quiet; the rights commands take what it retains and end all the same.
+#[test]
+fn audit_and_export_end_while_records_keep_coming_to_the_broker() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
+    let household = Household::granted_and_replayed("rights-busy-broker", PRINTED_ID, None);
+    let rows = household.rows().len();
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = {
+        let (stop, port) = (Arc::clone(&stop), household.broker.port);
+        std::thread::spawn(move || {
+            let options = rumqttc::MqttOptions::new("busy-daemon", "127.0.0.1", port);
+            let (client, mut connection) = rumqttc::Client::new(options, 64);
+            std::thread::spawn(move || for _ in connection.iter() {});
+            while !stop.load(Relaxed) {
+                let topic = "supplier/0123456789abcdef0123456789abcdef/live/electricity";
+                let _ = client.publish(topic, rumqttc::QoS::AtMostOnce, false, b"{}".to_vec());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = client.disconnect();
+        })
+    };
+    let config = household.config();
+    let within = |args: &[&str]| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_p1guard"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("p1guard {args:?} did not end within {PATIENCE:?} on a busy broker");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "p1guard {args:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let audit = within(&["audit", "--config", config]);
+    assert!(audit.contains(r#""clean":true"#), "{audit}");
+    let export: Value = serde_json::from_str(&within(&[
+        "export", "--config", config, "--meter", PRINTED_ID,
+    ]))
+    .unwrap();
+    assert_eq!(export["records"].as_array().unwrap().len(), rows);
+    stop.store(true, Relaxed);
+    busy.join().unwrap();
+}
+
 /// `stream` as a meter that sends its id unencoded, as `id`, would send it: each telegram's
 /// id line replaced and its CRC made anew.
 fn sent_unencoded(stream: &[u8], id: &str) -> Vec<u8> {

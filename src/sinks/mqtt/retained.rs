@@ -9,6 +9,7 @@ use anyhow::{Context as _, bail};
 use jiff::Timestamp;
 use p1guard_conduct::Granularity;
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, QoS};
+use tokio::time::Instant;
 
 use super::config::{MqttSettings, TopicLayout};
 use super::topics::topic_level;
@@ -18,7 +19,9 @@ use crate::held::{Held, Purge, Purged};
 const ANSWER_WAIT: Duration = Duration::from_secs(10);
 
 /// After the subscription is acknowledged, the retained messages are in flight: they are
-/// taken to be complete once none came for this long.
+/// taken to be complete once none came for this long. Messages published meanwhile (a
+/// running daemon's records, which the broker forwards unretained) do not count: on a busy
+/// broker the wait would never end.
 const QUIET: Duration = Duration::from_millis(500);
 
 /// Topic filters per SUBSCRIBE packet when many meters are read or purged at once.
@@ -77,20 +80,25 @@ impl RetainedMessages {
                 .iter()
                 .map(|filter| rumqttc::SubscribeFilter::new(filter.clone(), QoS::AtLeastOnce));
             self.client.subscribe_many(subscriptions).await?;
-            let mut acknowledged = false;
+            let answer_by = Instant::now() + ANSWER_WAIT;
+            // Set once the subscription is acknowledged, and moved on by each retained message.
+            let mut quiet_by: Option<Instant> = None;
             loop {
-                let wait = if acknowledged { QUIET } else { ANSWER_WAIT };
-                let event = match tokio::time::timeout(wait, self.events.poll()).await {
-                    Err(_) if acknowledged => break,
+                let deadline = quiet_by.unwrap_or(answer_by);
+                let event = match tokio::time::timeout_at(deadline, self.events.poll()).await {
+                    Err(_) if quiet_by.is_some() => break,
                     Err(_) => bail!("the broker did not acknowledge the subscription"),
                     Ok(event) => event.map_err(|e| anyhow::anyhow!(crate::broker::describe(&e)))?,
                 };
                 match event {
-                    Event::Incoming(Incoming::SubAck(_)) => acknowledged = true,
-                    Event::Incoming(Incoming::Publish(message))
-                        if message.retain && !message.payload.is_empty() =>
-                    {
-                        found.insert(message.topic.clone(), message.payload.to_vec());
+                    Event::Incoming(Incoming::SubAck(_)) => quiet_by = Some(Instant::now() + QUIET),
+                    Event::Incoming(Incoming::Publish(message)) if message.retain => {
+                        if !message.payload.is_empty() {
+                            found.insert(message.topic.clone(), message.payload.to_vec());
+                        }
+                        if quiet_by.is_some() {
+                            quiet_by = Some(Instant::now() + QUIET);
+                        }
                     }
                     _ => {}
                 }
