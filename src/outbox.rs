@@ -99,6 +99,34 @@ fn is_damaged(error: &anyhow::Error) -> bool {
     })
 }
 
+/// SQLite's quick check of every page, its findings as a damaged file's error. Opening reads
+/// only the tables' b-tree pages; a batch's overflow pages, most of the file, are read when a
+/// sink reads the batch, and one damaged there (a power cut on a worn SD card) would fail
+/// that read every second, for good, while the outbox grows. It reads the file once.
+fn check_every_page(connection: &Connection) -> anyhow::Result<()> {
+    let verdict: String = connection.query_row("PRAGMA quick_check(1)", [], |row| row.get(0))?;
+    if verdict == "ok" {
+        return Ok(());
+    }
+    Err(damaged(verdict))
+}
+
+/// Whether the file at `path` is empty while its WAL is not: cut to nothing, with the pages
+/// the WAL's frames build on. SQLite would open it as a new file and say nothing of what
+/// waited. (A file in WAL mode has its header written before the WAL has a frame.)
+fn is_empty_beside_its_wal(path: &Path) -> bool {
+    let length = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len());
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    path.exists() && length(path) == 0 && length(Path::new(&wal)) > 0
+}
+
+/// The error of a file found damaged, as SQLite gives it, for [`is_damaged`].
+fn damaged(why: String) -> anyhow::Error {
+    let corrupt = rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT);
+    rusqlite::Error::SqliteFailure(corrupt, Some(why)).into()
+}
+
 /// Moves the file at `path`, with its WAL, to `<path>.damaged-<Unix seconds>`; its new path.
 fn set_aside(path: &Path) -> anyhow::Result<PathBuf> {
     let mut aside = path.as_os_str().to_owned();
@@ -395,7 +423,13 @@ impl Outbox {
         checkpoint: bool,
         reducer: &mut Reducer<C>,
     ) -> anyhow::Result<(Outbox, Vec<Inlet>)> {
+        if is_empty_beside_its_wal(path) {
+            return Err(damaged(
+                "the file is empty while its WAL holds pages".into(),
+            ));
+        }
         let connection = open_file(path)?;
+        check_every_page(&connection)?;
         forget_removed_sinks(&connection, &sinks)?;
         let mut slots = Vec::new();
         let mut inlets = Vec::new();
@@ -1122,6 +1156,81 @@ mod tests {
         outbox.delete_acknowledged().unwrap();
         assert_eq!(depth.outbox_records.load(Relaxed), 0);
         assert_eq!(depth.outbox_bytes.load(Relaxed), 0);
+    }
+
+    /// Whichever one page of the file is damaged (a power cut on a worn SD card), the outbox
+    /// is either found damaged at the start, and moved aside, or still reads whole: never
+    /// opened only to fail each read of the records that waited, for good.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn any_damaged_page_is_found_at_the_start_or_harmless() {
+        let path = scratch("damaged-page");
+        let mut writer = reducer();
+        // A day's records, twenty times over, in one batch many pages long: most of the file
+        // is the batch's overflow pages.
+        let waiting = {
+            let (mut outbox, _inlet, _) = open(&path, &mut writer);
+            let day: Vec<Record> = (chunks().iter())
+                .flat_map(|chunk| reduce(&mut writer, chunk))
+                .collect();
+            let records: Vec<Record> = (0..20).flat_map(|_| day.iter().cloned()).collect();
+            let mut staged = outbox.stager().stage(&records, &mut writer);
+            outbox.commit(&mut staged).unwrap();
+            records
+                .iter()
+                .filter(|r| policy().admit(r).is_some())
+                .count()
+        };
+        let whole = std::fs::read(&path).unwrap();
+        let pages = whole.len() / 4096;
+        assert!(pages > 4, "{pages} pages");
+        let dir = path.parent().unwrap();
+        for page in 0..pages {
+            let _ = std::fs::remove_dir_all(dir);
+            std::fs::create_dir_all(dir).unwrap();
+            let mut damaged = whole.clone();
+            damaged[page * 4096..(page + 1) * 4096].fill(0);
+            std::fs::write(&path, damaged).unwrap();
+
+            let (mut outbox, mut inlet, _) = open(&path, &mut reducer());
+            let moved_aside = (std::fs::read_dir(dir).unwrap()).any(|entry| {
+                (entry.unwrap().file_name().to_string_lossy()).starts_with("outbox.sqlite.damaged-")
+            });
+            outbox.close_inlets();
+            let mut read = 0;
+            while let Some(batch) = inlet.next().await.unwrap_or_else(|error| {
+                panic!("page {page} damaged: opened, then reading failed: {error:#}")
+            }) {
+                read += batch.records.len();
+            }
+            let expected = if moved_aside { 0 } else { waiting };
+            assert_eq!(read, expected, "page {page} damaged");
+        }
+    }
+
+    /// A file cut to nothing beside the WAL of a killed process is damaged too: SQLite would
+    /// open it as a new, empty outbox, and the records that waited would be lost unsaid.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_outbox_cut_to_nothing_beside_its_wal_is_moved_aside() {
+        let running = scratch("cut-to-nothing-running");
+        let mut writer = reducer();
+        let (mut outbox, _inlet, _) = open(&running, &mut writer);
+        for chunk in &chunks()[..10] {
+            commit(&mut outbox, &mut writer, chunk);
+        }
+        let path = scratch("cut-to-nothing");
+        let dir = path.parent().unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+        let wal = |path: &Path| PathBuf::from(format!("{}-wal", path.display()));
+        std::fs::copy(wal(&running), wal(&path)).unwrap();
+        std::fs::write(&path, b"").unwrap();
+
+        let (_, _, metrics) = open(&path, &mut reducer());
+        let aside: Vec<String> = (std::fs::read_dir(dir).unwrap())
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("outbox.sqlite.damaged-"))
+            .collect();
+        assert_eq!(aside.len(), 2, "the file and its WAL, kept: {aside:?}");
+        assert_eq!(metrics.sinks[0].outbox_records.load(Relaxed), 0);
     }
 
     #[tokio::test(flavor = "multi_thread")]
