@@ -16,8 +16,16 @@ use crate::level::Granularity;
 use crate::record::{Clock, Kind, Quality, Record, Values};
 use crate::sink::{MeterName, SinkRecord};
 
-/// The first byte of everything stored: the format.
-const FORMAT: u8 = 1;
+/// The first byte of everything stored: the format. Format 2 follows it with a CRC-32C of
+/// the rest: a page of the outbox's file damaged inside a batch (zeroed by a worn SD card)
+/// may leave SQLite's structure whole, and zeros read as records of their own.
+const FORMAT: u8 = 2;
+
+/// Format 1, the same without the checksum, as an earlier p1guard stored: still read.
+const FORMAT_UNCHECKED: u8 = 1;
+
+/// The checksum of format 2.
+const CHECKSUM: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
 
 /// Stored bytes that cannot be read back.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +39,9 @@ pub enum StoredError {
     /// Cut short or damaged.
     #[error("damaged: {0}")]
     Damaged(#[from] postcard::Error),
+    /// Bytes changed since they were stored.
+    #[error("damaged: the checksum does not match")]
+    Checksum,
 }
 
 /// A record as stored, its meter named by `M`.
@@ -87,22 +98,32 @@ enum StoredName<'a> {
     Pseudonym([u8; 16]),
 }
 
-/// Appends `value`'s stored form, format byte first, to `out`.
+/// Appends `value`'s stored form, format byte and checksum first, to `out`.
 pub(crate) fn encode(value: &impl Serialize, out: &mut Vec<u8>) {
+    let start = out.len();
     out.push(FORMAT);
+    out.extend([0; 4]);
     // Writing into a Vec cannot fail, and every stored type serialises.
     let written = std::mem::take(out);
     *out = postcard::to_extend(value, written).expect("stored types serialise into a Vec");
+    let checksum = CHECKSUM.checksum(&out[start + 5..]);
+    out[start + 1..start + 5].copy_from_slice(&checksum.to_le_bytes());
 }
 
-/// Reads back what [`encode`] wrote.
+/// Reads back what [`encode`] wrote, or an earlier p1guard in format 1.
 pub(crate) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, StoredError> {
+    let cut_short = || StoredError::Damaged(postcard::Error::DeserializeUnexpectedEnd);
     match bytes.split_first() {
-        Some((&FORMAT, rest)) => Ok(postcard::from_bytes(rest)?),
+        Some((&FORMAT, rest)) => {
+            let (checksum, payload) = rest.split_first_chunk::<4>().ok_or_else(cut_short)?;
+            if u32::from_le_bytes(*checksum) != CHECKSUM.checksum(payload) {
+                return Err(StoredError::Checksum);
+            }
+            Ok(postcard::from_bytes(payload)?)
+        }
+        Some((&FORMAT_UNCHECKED, rest)) => Ok(postcard::from_bytes(rest)?),
         Some((&found, _)) => Err(StoredError::Format { found }),
-        None => Err(StoredError::Damaged(
-            postcard::Error::DeserializeUnexpectedEnd,
-        )),
+        None => Err(cut_short()),
     }
 }
 
@@ -243,8 +264,39 @@ mod tests {
         ));
         assert!(matches!(
             decode_record(&bytes[..bytes.len() / 2]),
-            Err(StoredError::Damaged(_))
+            Err(StoredError::Checksum)
         ));
         assert!(decode_record(&[]).is_err());
+        assert!(decode_record(&[FORMAT, 0, 0]).is_err());
+    }
+
+    /// A damaged page of the outbox may leave the file's structure whole and zero the end of
+    /// a batch; zeros read as records of their own (a meter named by nothing, in 1970), so
+    /// each batch carries a checksum.
+    #[test]
+    fn a_batch_whose_end_was_zeroed_is_refused_not_read_as_other_records() {
+        let batch = vec![record(MeterName::Raw(Arc::from(&b"E0"[..]))); 40];
+        let mut bytes = Vec::new();
+        encode_batch(&batch, &mut bytes);
+        let mut zeroed = bytes.clone();
+        let end = zeroed.len();
+        zeroed[end / 2..].fill(0);
+        assert!(matches!(decode_batch(&zeroed), Err(StoredError::Checksum)));
+        // Without the checksum, as format 1 stored it, the zeros do read as records.
+        let mut unchecked = vec![FORMAT_UNCHECKED];
+        unchecked.extend(&zeroed[5..]);
+        let misread = decode_batch(&unchecked).unwrap();
+        assert_eq!(misread.len(), batch.len());
+        assert_ne!(misread, batch);
+    }
+
+    #[test]
+    fn what_an_earlier_p1guard_stored_without_a_checksum_is_read() {
+        let batch = vec![record(MeterName::Raw(Arc::from(&b"E0"[..])))];
+        let mut bytes = Vec::new();
+        encode_batch(&batch, &mut bytes);
+        let mut unchecked = vec![FORMAT_UNCHECKED];
+        unchecked.extend(&bytes[5..]);
+        assert_eq!(decode_batch(&unchecked).unwrap(), batch);
     }
 }
