@@ -120,21 +120,22 @@ pub fn erase(args: &EraseArgs) -> anyhow::Result<ExitCode> {
         .collect();
     setting.record(&events, now)?;
     let runtime = runtime()?;
-    let mut stores: Vec<rights::StoreAnswer> = Vec::new();
-    for subject in &subjects {
-        let erased = runtime.block_on(rights::erase(
-            &setting.config.sinks,
-            &setting.key,
-            subject,
-            now,
-            now,
-        ));
-        if stores.is_empty() {
-            stores = erased;
-        } else {
-            for (store, also) in stores.iter_mut().zip(erased) {
-                store.add(also);
-            }
+    // What each form's erasure did, for its ledger entry; the answer adds them up.
+    let each: Vec<Vec<rights::StoreAnswer>> = (subjects.iter())
+        .map(|subject| {
+            runtime.block_on(rights::erase(
+                &setting.config.sinks,
+                &setting.key,
+                subject,
+                now,
+                now,
+            ))
+        })
+        .collect();
+    let mut stores = each[0].clone();
+    for also in &each[1..] {
+        for (store, also) in stores.iter_mut().zip(also.iter().cloned()) {
+            store.add(also);
         }
     }
     let failed = stores.iter().any(|store| store.failed.is_some());
@@ -153,17 +154,21 @@ pub fn erase(args: &EraseArgs) -> anyhow::Result<ExitCode> {
         "consent": {"level": level, "purpose": EVERY_PURPOSE, "from": now},
     });
     add_alias(&mut answer, &subjects);
-    // One ledger entry per form, so that `reapply-erasures` erases each again.
-    let mut seq = 0;
-    for subject in &subjects {
-        seq = setting.registry.record_erasure(
+    // One ledger entry per form, with what was erased of it, so that `reapply-erasures`
+    // erases each again.
+    let mut entries = Vec::new();
+    for (subject, stores) in subjects.iter().zip(&each) {
+        entries.push(setting.registry.record_erasure(
             &subject.pseudonym,
             now,
             args.reference.as_deref(),
-            &answer["stores"],
-        )?;
+            &serde_json::to_value(stores)?,
+        )?);
     }
-    answer["ledger_entry"] = seq.into();
+    answer["ledger_entry"] = entries[0].into();
+    if let Some(alias) = entries.get(1) {
+        answer["alias_ledger_entry"] = (*alias).into();
+    }
     println!("{}", serde_json::to_string_pretty(&answer)?);
     Ok(erased(failed))
 }

@@ -524,6 +524,27 @@ fn a_meter_that_sends_its_id_as_plain_digits_is_granted_exported_and_erased_by_t
         BTreeSet::from(["billing".into()])
     );
     audit_is_clean(config);
+    // A ledger entry for each form, each with what was erased of it: the answer is their sum.
+    let erased: Value = serde_json::from_str(&erased).unwrap();
+    let export: Value =
+        serde_json::from_str(&run(&["export", "--config", config, "--meter", "09610"], 0)).unwrap();
+    let entries = export["erasures"].as_array().unwrap();
+    let seqs: Vec<&Value> = entries.iter().map(|e| &e["seq"]).collect();
+    assert_eq!(
+        seqs,
+        [&erased["ledger_entry"], &erased["alias_ledger_entry"]]
+    );
+    let of_store = |answer: &Value| answer[0]["erased"].as_u64().unwrap();
+    let each: Vec<u64> = entries.iter().map(|e| of_store(&e["answer"])).collect();
+    assert_eq!(
+        each.iter().sum::<u64>(),
+        of_store(&erased["stores"]),
+        "{each:?}"
+    );
+    assert!(
+        each.contains(&0),
+        "the form no meter sends held nothing: {each:?}"
+    );
 }
 
 #[test]
