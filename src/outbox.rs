@@ -129,9 +129,19 @@ fn damaged(why: String) -> anyhow::Error {
 
 /// Moves the file at `path`, with its WAL, to `<path>.damaged-<Unix seconds>`; its new path.
 fn set_aside(path: &Path) -> anyhow::Result<PathBuf> {
-    let mut aside = path.as_os_str().to_owned();
-    aside.push(format!(".damaged-{}", jiff::Timestamp::now().as_second()));
-    let aside = PathBuf::from(aside);
+    // Two starts in one second (a restart loop) must not overwrite the first file set aside.
+    let second = jiff::Timestamp::now().as_second();
+    let aside = (0..)
+        .map(|n| {
+            let mut aside = path.as_os_str().to_owned();
+            aside.push(format!(".damaged-{second}"));
+            if n > 0 {
+                aside.push(format!("-{n}"));
+            }
+            PathBuf::from(aside)
+        })
+        .find(|aside| !aside.exists())
+        .expect("some name is free");
     std::fs::rename(path, &aside)
         .with_context(|| format!("cannot move the damaged outbox {} aside", path.display()))?;
     for (suffix, keep) in [("-wal", true), ("-shm", false)] {
@@ -1236,6 +1246,25 @@ mod tests {
             .collect();
         assert_eq!(aside.len(), 2, "the file and its WAL, kept: {aside:?}");
         assert_eq!(metrics.sinks[0].outbox_records.load(Relaxed), 0);
+    }
+
+    /// A restart loop may find the outbox damaged twice in one second: both are kept.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn outboxes_set_aside_in_one_second_are_all_kept() {
+        let path = scratch("set-aside-twice");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        for damage in [b"first".as_slice(), b"second"] {
+            let garbage = [b"SQLite format 3\0".as_slice(), damage, &[0xA5; 8000]].concat();
+            std::fs::write(&path, garbage).unwrap();
+            open(&path, &mut reducer());
+        }
+        let mut kept: Vec<Vec<u8>> = (std::fs::read_dir(path.parent().unwrap()).unwrap())
+            .map(|entry| entry.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains("outbox.sqlite.damaged-"))
+            .map(|p| std::fs::read(p).unwrap()[16..22].to_vec())
+            .collect();
+        kept.sort();
+        assert_eq!(kept, [b"first\xA5".to_vec(), b"second".to_vec()]);
     }
 
     #[tokio::test(flavor = "multi_thread")]
