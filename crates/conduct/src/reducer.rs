@@ -682,12 +682,12 @@ impl<C: Consent> Step<'_, C> {
             );
             state.electricity = Some(current);
         }
-        let live = live_values(telegram);
-        // A meter that reports no electricity (a heat meter's P1 port) has no live reading.
-        if registers.is_empty() && live.fields().next().is_none() {
-            return;
-        }
         if self.config.finest == Granularity::Live {
+            let live = live_values(telegram);
+            // A meter that reports no electricity (a heat meter's P1 port) has no live reading.
+            if registers.is_empty() && live.fields().next().is_none() {
+                return;
+            }
             let purposes = self.allowing(&state.meter, t, Granularity::Live);
             if !purposes.is_empty() {
                 self.push(Record {
