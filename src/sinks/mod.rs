@@ -476,6 +476,9 @@ pub async fn drive(mut sink: impl Sink, feed: Feed) {
         failures: LogLimit::per_minute(),
         refusals: LogLimit::per_minute(),
     };
+    // A file damaged while p1guard runs fails each read alike: said a few times a minute.
+    // (Damage there at the start moves the file aside.)
+    let mut unreadable = LogLimit::per_minute();
     let name = &writer.counters.name;
     // Said once at start, either way; a sink that cannot reach its server still starts, and
     // its records wait.
@@ -522,7 +525,9 @@ pub async fn drive(mut sink: impl Sink, feed: Feed) {
                 }
                 Ok(None) => open = false,
                 Err(error) => {
-                    tracing::error!(sink = %name, "cannot read the outbox: {error:#}");
+                    if let Some(suppressed) = unreadable.allow(Instant::now()) {
+                        tracing::error!(sink = %name, suppressed, "cannot read the outbox: {error:#}");
+                    }
                     tokio::select! {
                         () = tokio::time::sleep(Duration::from_secs(1)) => {}
                         () = writer.give_up.cancelled() => {}
