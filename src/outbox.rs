@@ -87,16 +87,21 @@ CREATE TABLE IF NOT EXISTS reducer (
 
 /// Whether `error` is SQLite finding the file damaged (not a database, or malformed).
 fn is_damaged(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        matches!(
-            cause.downcast_ref::<rusqlite::Error>(),
-            Some(rusqlite::Error::SqliteFailure(failure, _))
-                if matches!(
-                    failure.code,
-                    rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt
-                )
-        )
-    })
+    error
+        .chain()
+        .any(|cause| cause.downcast_ref().is_some_and(finds_damage))
+}
+
+/// Whether SQLite's `error` says the file is damaged.
+fn finds_damage(error: &rusqlite::Error) -> bool {
+    matches!(
+        error,
+        rusqlite::Error::SqliteFailure(failure, _)
+            if matches!(
+                failure.code,
+                rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt
+            )
+    )
 }
 
 /// SQLite's quick check of every page, its findings as a damaged file's error. Opening reads
@@ -854,40 +859,89 @@ impl Inlet {
     }
 
     /// Reads the batches from the next number through `until` from the file, whole batches
-    /// up to about [`READ_AT_ONCE`] records.
+    /// up to about [`READ_AT_ONCE`] records. Where SQLite finds the file damaged (a page gone
+    /// bad while p1guard runs; damage there at the start moves the file aside), it reads one
+    /// batch at a time, and skips the one it cannot read: the sink goes on past it.
     fn read(&mut self, until: i64) -> anyhow::Result<Sequenced> {
         let first = self.next;
-        let (records, through) =
-            tokio::task::block_in_place(|| -> anyhow::Result<(Vec<SinkRecord>, i64)> {
-                let mut query = self.reader.prepare_cached(
-                    "SELECT through, batch FROM batches WHERE sink = ?1 AND seq >= ?2 AND seq <= ?3
-                     ORDER BY seq",
-                )?;
-                let mut rows = query.query(params![self.sink, first, until])?;
-                let mut records = Vec::new();
-                let mut unreadable = 0;
-                while let Some(row) = rows.next()? {
-                    match p1guard_conduct::decode_batch(row.get_ref(1)?.as_blob()?) {
-                        Ok(batch) => records.extend(batch),
-                        Err(error) => {
-                            unreadable += 1;
-                            if unreadable == 1 {
-                                tracing::error!("skipped a batch in the outbox: {error}");
-                            }
-                        }
-                    }
-                    if records.len() >= READ_AT_ONCE {
-                        return Ok((records, row.get(0)?));
-                    }
-                }
-                Ok((records, until))
-            })
-            .context("reading the outbox")?;
+        let (records, through) = match self.read_batches(first, until) {
+            Err(error) if is_damaged(&error) => self.read_one_batch(first, until)?,
+            read => read.context("reading the outbox")?,
+        };
         self.next = through + 1;
         Ok(Sequenced {
             first,
             through,
             records,
+        })
+    }
+
+    /// The first batch from `first` through `until`, or none and its last number if SQLite
+    /// cannot read it; an error if it cannot even tell where that batch ends.
+    fn read_one_batch(&mut self, first: i64, until: i64) -> anyhow::Result<(Vec<SinkRecord>, i64)> {
+        tokio::task::block_in_place(|| {
+            // The table's own pages, not the batch's: readable where the batch is not.
+            let (seq, through, count): (i64, i64, i64) = self
+                .reader
+                .prepare_cached(
+                    "SELECT seq, through, records FROM batches
+                     WHERE sink = ?1 AND seq >= ?2 AND seq <= ?3 ORDER BY seq LIMIT 1",
+                )?
+                .query_row(params![self.sink, first, until], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
+                .context("reading the outbox, which SQLite finds damaged")?;
+            let batch: rusqlite::Result<Vec<u8>> = self
+                .reader
+                .prepare_cached("SELECT batch FROM batches WHERE sink = ?1 AND seq = ?2")?
+                .query_row(params![self.sink, seq], |row| row.get(0));
+            match batch {
+                Ok(batch) => match p1guard_conduct::decode_batch(&batch) {
+                    Ok(records) => Ok((records, through)),
+                    Err(error) => {
+                        tracing::error!(
+                            "skipped a batch of {count} records in the outbox: {error}"
+                        );
+                        Ok((Vec::new(), through))
+                    }
+                },
+                Err(error) if finds_damage(&error) => {
+                    tracing::error!(
+                        "skipped a batch of {count} records in the outbox, where SQLite finds \
+                         the file damaged: {error}"
+                    );
+                    Ok((Vec::new(), through))
+                }
+                Err(error) => Err(anyhow::Error::new(error).context("reading the outbox")),
+            }
+        })
+    }
+
+    /// [`Inlet::read`]'s batches, as the file holds them.
+    fn read_batches(&mut self, first: i64, until: i64) -> anyhow::Result<(Vec<SinkRecord>, i64)> {
+        tokio::task::block_in_place(|| -> anyhow::Result<(Vec<SinkRecord>, i64)> {
+            let mut query = self.reader.prepare_cached(
+                "SELECT through, batch FROM batches WHERE sink = ?1 AND seq >= ?2 AND seq <= ?3
+                     ORDER BY seq",
+            )?;
+            let mut rows = query.query(params![self.sink, first, until])?;
+            let mut records = Vec::new();
+            let mut unreadable = 0;
+            while let Some(row) = rows.next()? {
+                match p1guard_conduct::decode_batch(row.get_ref(1)?.as_blob()?) {
+                    Ok(batch) => records.extend(batch),
+                    Err(error) => {
+                        unreadable += 1;
+                        if unreadable == 1 {
+                            tracing::error!("skipped a batch in the outbox: {error}");
+                        }
+                    }
+                }
+                if records.len() >= READ_AT_ONCE {
+                    return Ok((records, row.get(0)?));
+                }
+            }
+            Ok((records, until))
         })
     }
 
@@ -1220,6 +1274,59 @@ mod tests {
                 waiting.len()
             );
         }
+    }
+
+    /// A page of a batch that goes bad while p1guard runs, after the start's check, fails its
+    /// read: that batch is skipped, and the sink goes on with the batches before and after it.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_batch_damaged_while_running_is_skipped_and_the_rest_read() {
+        let path = scratch("damaged-while-running");
+        let mut writer = reducer();
+        let chunks = chunks();
+        let (before, after) = {
+            let (mut outbox, _inlet, _) = open(&path, &mut writer);
+            let (first, rest) = chunks.split_at(6);
+            let (day, last) = rest.split_at(rest.len() - 6);
+            let mut before = Vec::new();
+            for chunk in first {
+                before.extend(commit(&mut outbox, &mut writer, chunk));
+            }
+            let day: Vec<Record> = (day.iter())
+                .flat_map(|chunk| reduce(&mut writer, chunk))
+                .collect();
+            let many: Vec<Record> = (0..20).flat_map(|_| day.iter().cloned()).collect();
+            let mut staged = outbox.stager().stage(&many, &mut writer);
+            outbox.commit(&mut staged).unwrap();
+            let mut after = Vec::new();
+            for chunk in last {
+                after.extend(commit(&mut outbox, &mut writer, chunk));
+            }
+            (before, after)
+        };
+        assert!(!before.is_empty() && !after.is_empty());
+        let overflow: Vec<i64> = Connection::open(&path)
+            .unwrap()
+            .prepare("SELECT pageno FROM dbstat WHERE name = 'batches' AND pagetype = 'overflow'")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(overflow.len() > 2, "{overflow:?}");
+
+        // Opened whole; then a page of the long batch is zeroed under it.
+        let (mut outbox, mut inlet, _) = open(&path, &mut reducer());
+        let page = overflow[overflow.len() / 2];
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let at = (page as u64 - 1) * 4096;
+        std::os::unix::fs::FileExt::write_all_at(&file, &[0; 4096], at).unwrap();
+
+        outbox.close_inlets();
+        let mut read = Vec::new();
+        while let Some(batch) = inlet.next().await.expect("read past the damaged batch") {
+            read.extend(batch.records);
+        }
+        assert_eq!(read, [before, after].concat());
     }
 
     /// A file cut to nothing beside the WAL of a killed process is damaged too: SQLite would
