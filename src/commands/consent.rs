@@ -48,17 +48,15 @@ fn record(
     };
     let now = crate::rights::now();
     let effective_from = from.unwrap_or(now);
-    let events: Vec<NewEvent> = (args.meter.all().iter())
-        .map(|meter| NewEvent {
-            meter: meter.clone(),
-            level,
-            purpose: purpose.clone(),
-            effective_from,
-            reference: reference.clone(),
-            source: EventSource::Cli,
-            erasure: false,
-        })
-        .collect();
+    let events = args.meter.each_form(NewEvent {
+        meter: args.meter.shown().to_owned(),
+        level,
+        purpose: purpose.clone(),
+        effective_from,
+        reference,
+        source: EventSource::Cli,
+        erasure: false,
+    });
     let seq = setting.record(&events, now)?;
     if !setting.serves(&purpose) {
         eprintln!(
@@ -259,19 +257,15 @@ fn events_of(row: &csv::StringRecord) -> anyhow::Result<Vec<NewEvent>> {
     let purpose = purpose_name(row.get(4).filter(|p| !p.is_empty()).unwrap_or("default"))?;
     let reference = row.get(3).filter(|r| !r.is_empty()).map(str::to_owned);
     let forms = meter_forms(&row[0])?;
-    let level: Level = row[1].parse()?;
-    let effective_from: Timestamp = row[2]
-        .parse()
-        .with_context(|| format!("effective_from {:?}: expected RFC 3339", &row[2]))?;
-    Ok((forms.all().iter())
-        .map(|meter| NewEvent {
-            meter: meter.clone(),
-            level,
-            purpose: purpose.clone(),
-            effective_from,
-            reference: reference.clone(),
-            source: EventSource::Import,
-            erasure: false,
-        })
-        .collect())
+    Ok(forms.each_form(NewEvent {
+        meter: forms.shown().to_owned(),
+        level: row[1].parse()?,
+        purpose,
+        effective_from: row[2]
+            .parse()
+            .with_context(|| format!("effective_from {:?}: expected RFC 3339", &row[2]))?,
+        reference,
+        source: EventSource::Import,
+        erasure: false,
+    }))
 }

@@ -107,17 +107,15 @@ pub fn erase(args: &EraseArgs) -> anyhow::Result<ExitCode> {
     };
     let known = !setting.history(meter)?.is_empty();
     // Nothing new accumulates: the level goes down for every purpose first.
-    let events: Vec<NewEvent> = (meter.all().iter())
-        .map(|meter| NewEvent {
-            meter: meter.clone(),
-            level,
-            purpose: EVERY_PURPOSE.to_owned(),
-            effective_from: now,
-            reference: args.reference.clone(),
-            source: EventSource::Cli,
-            erasure: true,
-        })
-        .collect();
+    let events = meter.each_form(NewEvent {
+        meter: meter.shown().to_owned(),
+        level,
+        purpose: EVERY_PURPOSE.to_owned(),
+        effective_from: now,
+        reference: args.reference.clone(),
+        source: EventSource::Cli,
+        erasure: true,
+    });
     setting.record(&events, now)?;
     let runtime = runtime()?;
     // What each form's erasure did, for its ledger entry; the answer adds them up.

@@ -19,7 +19,7 @@ use serde::Serialize;
 pub use self::audit::{Registered, Violation, audit};
 pub use self::store::Store;
 use crate::held::{Held, Purge, Purged};
-use crate::registry::EVERY_PURPOSE;
+use crate::registry::{EVERY_PURPOSE, NewEvent};
 use crate::sinks::SinkConfig;
 
 /// The latest record an erasure asked for at `requested_at` covers: one dated a day after it,
@@ -58,6 +58,16 @@ impl MeterForms {
     /// Every form, the one shown first.
     pub fn all(&self) -> &[String] {
         &self.0
+    }
+
+    /// `event`, recorded for each form: a command on a meter applies to every form.
+    pub fn each_form(&self, event: NewEvent) -> Vec<NewEvent> {
+        (self.0.iter())
+            .map(|meter| NewEvent {
+                meter: meter.clone(),
+                ..event.clone()
+            })
+            .collect()
     }
 }
 
