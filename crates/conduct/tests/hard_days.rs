@@ -55,7 +55,11 @@ fn telegram_of(id: &str, utc: Timestamp, wh: i64, gas: Option<(Timestamp, i64)>)
             litres % 1000
         );
     }
-    text += "!";
+    sealed(&(text + "!"))
+}
+
+/// `text`, a telegram up to its `!`, with its CRC and line end.
+fn sealed(text: &str) -> Vec<u8> {
     let crc = crc16(text.as_bytes());
     format!("{text}{crc:04X}\r\n").into_bytes()
 }
@@ -581,8 +585,7 @@ fn a_meter_clock_without_a_flag_is_local_time() {
         "/XMX5XMXABCE000046099\r\n\r\n0-0:1.0.0(260601120000)\r\n0-0:96.1.1({METER_ID})\r\n\
          1-0:1.8.1(000001.000*kWh)\r\n!"
     );
-    let crc = p1guard_telegram::crc16(text.as_bytes());
-    let telegrams = [format!("{text}{crc:04X}\r\n").into_bytes()];
+    let telegrams = [sealed(&text)];
     let (records, reducer) = reduce_with(
         config(Granularity::Live),
         Timeline::constant(Level::Live),
@@ -660,16 +663,14 @@ fn of_two_gas_meters_on_one_meter_only_the_lower_channel_is_read() {
     let with_two = |utc: Timestamp, litres: i64| {
         let text = String::from_utf8(telegram(utc, 0, Some((utc, litres)))).unwrap();
         let body = text.split('!').next().unwrap();
-        let mut text = format!(
+        let text = format!(
             "{body}0-2:24.1.0(003)\r\n0-2:96.1.0(4730303339303031393336393930363230)\r\n\
              0-2:24.2.1({})({:05}.{:03}*m3)\r\n!",
             meter_time(utc),
             litres * 100 / 1000,
             litres * 100 % 1000
         );
-        let crc = crc16(text.as_bytes());
-        text += &format!("{crc:04X}\r\n");
-        text.into_bytes()
+        sealed(&text)
     };
     let telegrams: Vec<Vec<u8>> = (0..3)
         .map(|hour| {
@@ -712,7 +713,7 @@ fn an_empty_mbus_slot_is_no_second_device_of_its_kind() {
     let with_empty_slot = |utc: Timestamp, litres: i64| {
         let text = String::from_utf8(telegram(utc, 0, None)).unwrap();
         let body = text.split('!').next().unwrap();
-        let mut text = format!(
+        let text = format!(
             "{body}0-1:24.1.0(003)\r\n0-1:96.1.0()\r\n0-1:24.2.1(700101010000W)(00000000)\r\n\
              0-2:24.1.0(003)\r\n0-2:96.1.0(4730303339303031393336393930363139)\r\n\
              0-2:24.2.1({})({:05}.{:03}*m3)\r\n!",
@@ -720,9 +721,7 @@ fn an_empty_mbus_slot_is_no_second_device_of_its_kind() {
             litres / 1000,
             litres % 1000
         );
-        let crc = crc16(text.as_bytes());
-        text += &format!("{crc:04X}\r\n");
-        text.into_bytes()
+        sealed(&text)
     };
     let telegrams: Vec<Vec<u8>> = (0..2)
         .map(|hour| {
@@ -750,7 +749,7 @@ fn an_empty_mbus_slot_is_no_second_device_of_its_kind() {
 #[test]
 fn a_meter_that_reports_no_electricity_has_no_live_electricity_record() {
     let heat_only = |utc: Timestamp, wh: i64| {
-        let mut text = format!(
+        let text = format!(
             "/WTL5\\2WARMTELINK\r\n\r\n1-3:0.2.8(50)\r\n0-0:1.0.0({time})\r\n\
              0-0:96.1.1({METER_ID})\r\n0-1:24.1.0(004)\r\n\
              0-1:96.1.0(4730303339303031393336393930363139)\r\n\
@@ -759,9 +758,7 @@ fn a_meter_that_reports_no_electricity_has_no_live_electricity_record() {
             gj = wh / 1000,
             mgj = wh % 1000,
         );
-        let crc = crc16(text.as_bytes());
-        text += &format!("{crc:04X}\r\n");
-        text.into_bytes()
+        sealed(&text)
     };
     let telegrams: Vec<Vec<u8>> = (0..3)
         .map(|hour| {
