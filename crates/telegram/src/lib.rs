@@ -5,10 +5,11 @@
 //! 1. [`Framer`]: byte chunks in, complete [`Frame`]s out (resync on `/`, size cap, 7E1 and
 //!    lost-CR repair);
 //! 2. [`Parser`]: checks the CRC-16/ARC and reads every line with a generic COSEM grammar into
-//!    a zero-copy [`Telegram`] (lines and groups found in one pass, or, for a telegram laid out
-//!    as the one before, as a meter's next one most often is, kept from it once each line and
-//!    group is checked; each group typed by its shape when it is read), with typed access to
-//!    registers, instantaneous values, the meter time (S/W flag to UTC) and M-Bus devices;
+//!    a zero-copy [`Telegram`] (lines and groups found in one pass, each group typed by its
+//!    shape; for a telegram that differs from the one before only inside values, as a meter's
+//!    next one most often does, its lines and groups kept and only the changed groups typed
+//!    again), with typed access to registers, instantaneous values, the meter time (S/W flag to
+//!    UTC) and M-Bus devices;
 //! 3. for encrypted meters (Luxembourg, Austria), [`dlms::CipherFramer`] and
 //!    [`dlms::Decryptor`] come first and feed the plain telegram to the framer.
 //!

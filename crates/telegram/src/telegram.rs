@@ -8,7 +8,7 @@ use crate::framer::Frame;
 use crate::grammar::{self, Group, Shape, Then};
 use crate::mbus::MbusDevice;
 use crate::obis::{Obis, codes};
-use crate::value::{MeterTime, Number, Value};
+use crate::value::{Decimal, MeterTime, Number, Value};
 
 /// A byte range of the frame, so that the parser's buffers outlive any one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,16 +40,205 @@ struct RawObject {
     groups_end: u32,
 }
 
+/// A group as the parser keeps it: where its content is, and its value, typed by shape when
+/// the group was read and again only when its bytes change.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct GroupRead {
+    content: Span,
+    value: Typed,
+    /// Whether twelve digits here are a time without a flag: the first group of a code whose
+    /// first group is a time (see [`Parser`]).
+    time_expected: bool,
+}
+
+impl GroupRead {
+    /// The group whose content is `content` in `frame`, typed.
+    fn new(frame: &[u8], content: Span, time_expected: bool) -> GroupRead {
+        let value = Typed::of(content.get(frame), time_expected);
+        GroupRead {
+            content,
+            value,
+            time_expected,
+        }
+    }
+
+    /// Types the group again from `frame`, whose bytes in it changed.
+    fn retype(&mut self, frame: &[u8]) {
+        self.value = Typed::of(self.content.get(frame), self.time_expected);
+    }
+
+    /// Takes into its value that the content's digit at `index` changed from `old` to `new`
+    /// (both ASCII digits); `false` where it must be typed again. One digit for
+    /// another keeps a shape (a number's count of digits, a time's fields, text): a number
+    /// changes by the difference at the digit's place, a flagged time's field likewise, and
+    /// text is the bytes themselves. Only an unflagged time, whose fields must fit a clock,
+    /// and a digit of a unit (`m3`) are typed again.
+    fn change_digit(&mut self, index: usize, old: u8, new: u8) -> bool {
+        match &mut self.value {
+            Typed::Text => !self.time_expected,
+            Typed::Time(time) if time.dst().is_some() => time.set_digit(index, new - b'0'),
+            Typed::Number { value, places, .. } => {
+                let Some(&power) = places.of(index).and_then(|place| POWERS_OF_TEN.get(place))
+                else {
+                    return false;
+                };
+                let step = (i64::from(new) - i64::from(old)) * power;
+                value.mantissa += if places.negative { -step } else { step };
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Its value, borrowing `frame`.
+    fn value<'t>(&self, frame: &'t [u8]) -> Value<'t> {
+        let content = self.content.get(frame);
+        match self.value {
+            Typed::Empty => Value::Empty,
+            Typed::Time(time) => Value::Time(time),
+            Typed::Text => Value::Text(content),
+            Typed::Number { value, unit, .. } => Value::Number(Number {
+                value,
+                unit: match unit {
+                    Unit::None => None,
+                    Unit::Known(unit) => Some(unit),
+                    // ASCII alphanumerics by grammar: always UTF-8.
+                    Unit::Other { len } => {
+                        std::str::from_utf8(&content[content.len() - len as usize..]).ok()
+                    }
+                },
+            }),
+        }
+    }
+}
+
+/// `10^n` for each place of a number's at most 18 digits.
+const POWERS_OF_TEN: [i64; 18] = {
+    let mut powers = [1; 18];
+    let mut n = 1;
+    while n < powers.len() {
+        powers[n] = powers[n - 1] * 10;
+        n += 1;
+    }
+    powers
+};
+
+/// A group's [`Value`] without the slices that borrow the frame: the parser keeps it from one
+/// frame to the next.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Typed {
+    Empty,
+    Number {
+        value: Decimal,
+        unit: Unit,
+        places: Places,
+    },
+    Time(MeterTime),
+    Text,
+}
+
+/// Where a number's digits are in its content, so that a digit that changed changes its value
+/// by the difference at the digit's place.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Places {
+    /// The last digit's index.
+    last: u32,
+    /// The decimal point's index, or `u32::MAX` without one.
+    point: u32,
+    negative: bool,
+}
+
+impl Places {
+    /// The place (0 for ones) of the digit at `index`; `None` past the last digit (a unit's).
+    fn of(self, index: usize) -> Option<usize> {
+        let index = index as u32;
+        let place = self.last.checked_sub(index)? - u32::from(index < self.point);
+        Some(place as usize)
+    }
+}
+
+/// A number's unit: none, one of those meters send, or another, the content's last `len`
+/// bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Unit {
+    None,
+    Known(&'static str),
+    Other { len: u32 },
+}
+
+impl Typed {
+    /// `content` typed by its shape, and twelve digits a time where one is expected.
+    fn of(content: &[u8], time_expected: bool) -> Typed {
+        match grammar::shape(content) {
+            Shape::Empty => Typed::Empty,
+            Shape::Time(time) => Typed::Time(time),
+            Shape::Number { value, unit } => {
+                let unit_len = unit.map_or(0, |unit| unit.len() + 1);
+                let last = content.len() - unit_len - 1;
+                let scale = usize::from(value.scale);
+                Typed::Number {
+                    value,
+                    unit: unit.map_or(Unit::None, Unit::of),
+                    places: Places {
+                        last: last as u32,
+                        point: if scale > 0 {
+                            (last - scale) as u32
+                        } else {
+                            u32::MAX
+                        },
+                        negative: content[0] == b'-',
+                    },
+                }
+            }
+            Shape::Text if time_expected => unflagged_time(content),
+            Shape::Text => Typed::Text,
+        }
+    }
+}
+
+impl Unit {
+    /// The units meters send are kept as `&'static str`, so that reading one costs no UTF-8
+    /// check.
+    fn of(unit: &[u8]) -> Unit {
+        Unit::Known(match unit {
+            b"kW" => "kW",
+            b"kWh" => "kWh",
+            b"A" => "A",
+            b"V" => "V",
+            b"m3" => "m3",
+            b"s" => "s",
+            b"W" => "W",
+            b"Wh" => "Wh",
+            b"kvar" => "kvar",
+            b"kvarh" => "kvarh",
+            b"GJ" => "GJ",
+            _ => {
+                return Unit::Other {
+                    len: unit.len() as u32,
+                };
+            }
+        })
+    }
+}
+
+/// Twelve digits that fit a clock reading where a time is expected, else text. Rare, and kept
+/// out of line so that typing other text stays as tight as without it.
+#[cold]
+#[inline(never)]
+fn unflagged_time(content: &[u8]) -> Typed {
+    grammar::unflagged_time(content).map_or(Typed::Text, Typed::Time)
+}
+
 /// Parses frames into [`Telegram`]s. It keeps its buffers from one telegram to the next, so
 /// that parsing allocates nothing once it has seen the largest telegram of a stream, the codes
 /// it read, so that the next telegram's codes, the same as a meter's always are, are
-/// recognised rather than read again, and the layout of the lines, so that a telegram laid
-/// out as the one before keeps the objects read from it.
+/// recognised rather than read again, and the frame it read, so that a telegram that differs
+/// from it only inside values keeps the lines and groups read from it.
 ///
-/// Each `(...)` group is typed by its shape ([`Value`]) when it is read, not when it is parsed:
-/// typing never fails (what is neither empty, a number nor a time is text), so the parser only
-/// needs to find the groups, and a reader that wants three values of forty (the meter id, the
-/// clock, the registers) pays for three. There is one exception for times without
+/// Each `(...)` group is typed by its shape ([`Value`]) when it is read, and kept typed: a
+/// meter's next telegram most often differs from its last only in the clock and a few
+/// readings, and only the groups whose bytes changed are typed again. Typing never fails (what
+/// is neither empty, a number nor a time is text). There is one exception for times without
 /// an `S`/`W` flag (DSMR 2.2 and 3): twelve digits `YYMMDDhhmmss` are a [`Value::Time`] (its
 /// [`MeterTime::utc`] fails with [`TimeFlag::Unflagged`]) only where a time is expected and if
 /// the fields fit a clock reading (month 1-12, day 1-31, hour 0-23, minute and second 0-59).
@@ -61,118 +250,13 @@ struct RawObject {
 #[derive(Debug, Default)]
 pub struct Parser {
     objects: Vec<RawObject>,
-    /// Every group's content, untyped.
-    groups: Vec<Span>,
+    groups: Vec<GroupRead>,
     line_errors: Vec<Error>,
     index: CodeIndex,
     /// The code read at each object position of the telegrams before.
     codes_read: CodesRead,
-    /// The lines of the telegram before.
-    layout: Layout,
-}
-
-/// The lines of the telegram before: where each ends, what it held, where its groups close. A
-/// meter sends the same lines in every telegram, and DSMR fixes each value's width (`F9(3)`:
-/// `000123.456`), so its next telegram's lines most often end and close where they did. When
-/// they do, and each holds the code (by [`CodesRead`]) it held, the telegram reads as the one
-/// before did: the same objects, groups and index, kept rather than made again.
-///
-/// What is checked line by line is checked in bulk: that the lines end where they did, by the
-/// body holding as many LFs as they end with, and that the groups close where they did, by the
-/// body holding as many `)` as there are groups, each at a group's close (so no other `)` can
-/// close a group sooner).
-#[derive(Debug, Default)]
-struct Layout {
-    /// The length of the frame up to its '!', and where its header ends.
-    text_len: usize,
-    header_end: usize,
-    lines: Vec<LineLayout>,
-}
-
-/// Where the line after a line starts (past its LF), what the line held, and where its groups
-/// end in the parser's groups.
-#[derive(Debug, Clone, Copy)]
-struct LineLayout {
-    next_line: u32,
-    groups_end: u32,
-    kind: LineKind,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LineKind {
-    Empty,
-    /// A code and its groups; the code is the object's at `position`.
-    Code {
-        position: u32,
-    },
-    /// Groups that continue the object before.
-    Continuation,
-}
-
-impl Layout {
-    /// Starts the layout of a telegram whose text (up to its '!') and header are these.
-    fn start(&mut self, text: &[u8], header_end: usize) {
-        (self.text_len, self.header_end) = (text.len(), header_end);
-        self.lines.clear();
-    }
-
-    /// Adds a line that held `kind`, its groups ending at `groups_end`, the next line starting
-    /// at `next_line`.
-    fn push(&mut self, next_line: usize, kind: LineKind, groups_end: usize) {
-        self.lines.push(LineLayout {
-            next_line: next_line as u32,
-            groups_end: groups_end as u32,
-            kind,
-        });
-    }
-
-    /// Whether `text` (a frame up to its '!') whose header ends at `header_end` has this
-    /// layout, with every code recognised by `codes` and `groups` (the telegram before's)
-    /// closing where they did: then it reads as the telegram before.
-    fn matches(&self, text: &[u8], header_end: usize, codes: &CodesRead, groups: &[Span]) -> bool {
-        if text.len() != self.text_len || header_end != self.header_end {
-            return false;
-        }
-        // The same lines in a text of the same length: every index below is in bounds. (Only
-        // a last line's content is taken with `get`: an LF ending it where it had none before
-        // puts its end before its groups' end.)
-        let body = header_end + 1;
-        let (mut start, mut first_group, mut newlines) = (body, 0, 0);
-        for line in &self.lines {
-            let next_line = line.next_line as usize;
-            // Each line ends in LF, but a last one may end at the '!'.
-            let end = match text[next_line - 1] {
-                b'\n' => next_line - 1,
-                _ if next_line == text.len() => next_line,
-                _ => return false,
-            };
-            newlines += usize::from(end < next_line);
-            let opens = match line.kind {
-                LineKind::Empty => true,
-                LineKind::Continuation => text[start] == b'(',
-                // The code's bytes include the `(` after it.
-                LineKind::Code { position } => codes
-                    .recognised(&text[start..], position as usize)
-                    .is_some(),
-            };
-            let (content_end, closes) = match groups[first_group..line.groups_end as usize] {
-                [] => (start, true),
-                [ref others @ .., last] => (
-                    last.end as usize + 1,
-                    text[last.end as usize] == b')'
-                        && others.iter().all(|g| text[g.end as usize..][..2] == *b")("),
-                ),
-            };
-            let ends = matches!(text.get(content_end..end), Some([] | [b'\r']));
-            if !(opens && closes && ends) {
-                return false;
-            }
-            (start, first_group) = (next_line, line.groups_end as usize);
-        }
-        let body = &text[body.min(text.len())..];
-        memchr_iter(b'\n', body).count() == newlines
-            && memchr_iter(b')', body).count() == groups.len()
-    }
+    /// The frame read before, if it had no bad line: `objects` and `groups` are its.
+    previous: Vec<u8>,
 }
 
 /// The code each object position held in the telegram before, with the bytes it was read
@@ -369,15 +453,12 @@ impl Parser {
         if header.len() < 3 || !header[..3].iter().all(u8::is_ascii_alphabetic) {
             return Err(Error::new(ErrorKind::BadHeader, base, 1));
         }
-        let text = &bytes[..end];
-        // Only a telegram before without a bad line has all its lines in its layout. (A new
-        // parser's empty layout matches no text: a header alone takes four bytes.)
-        let laid_out_as_before = self.line_errors.is_empty()
-            && self
-                .layout
-                .matches(text, header_end, &self.codes_read, &self.groups);
-        if !laid_out_as_before {
-            self.parse_body(text, header_end, base);
+        if !self.retype_changed_values(bytes) {
+            self.parse_body(&bytes[..end], header_end, base);
+            self.previous.clear();
+            if self.line_errors.is_empty() {
+                self.previous.extend_from_slice(bytes);
+            }
         }
         Ok(Telegram {
             bytes,
@@ -391,24 +472,72 @@ impl Parser {
         })
     }
 
+    /// Whether `frame` differs from the frame before only inside groups, in bytes that open,
+    /// close or end nothing: then its lines, codes and groups are the frame before's, and the
+    /// groups whose bytes changed are typed again. Otherwise it must be parsed anew (and some
+    /// groups may have been typed from it already).
+    ///
+    /// A byte to or from `(`, `)`, CR or LF could open, close or end a line or a group; a byte
+    /// outside every group's content is part of a code, the header or a line's end. Neither is
+    /// taken as a change of value, so what is kept is what a new parse would read.
+    fn retype_changed_values(&mut self, frame: &[u8]) -> bool {
+        /// Bytes compared at once, then a word at a time where they differ.
+        const CHUNK: usize = 32;
+        const WORD: usize = 8;
+        let Parser {
+            groups, previous, ..
+        } = self;
+        if frame.len() != previous.len() {
+            return false;
+        }
+        let mut changes = Changes {
+            frame,
+            groups,
+            next: 0,
+            retyped: None,
+        };
+        let chunks = frame
+            .chunks_exact(CHUNK)
+            .zip(previous.chunks_exact_mut(CHUNK));
+        for (chunk_index, (new, old)) in chunks.enumerate() {
+            if new == old {
+                continue;
+            }
+            let words = new.chunks_exact(WORD).zip(old.chunks_exact(WORD));
+            for (word_index, (new, old)) in words.enumerate() {
+                let at = chunk_index * CHUNK + word_index * WORD;
+                let word = |bytes: &[u8]| u64::from_le_bytes(bytes.try_into().expect("a word"));
+                if !changes.word(at, word(new), word(old)) {
+                    return false;
+                }
+            }
+            old.copy_from_slice(new);
+        }
+        let done = frame.len() - frame.len() % CHUNK;
+        let tail = frame[done..].iter().zip(&mut previous[done..]);
+        for (at, (&new, old)) in (done..).zip(tail) {
+            if new != *old && !changes.byte(at, new, *old) {
+                return false;
+            }
+            *old = new;
+        }
+        true
+    }
+
     /// Reads the lines of the body, `text[header_end + 1..]` (`text` ends before the '!'),
-    /// into objects, and keeps their layout. The lines end at each LF, the last one at the
-    /// '!'. Each line is read where it starts, and reading it finds where the next one starts.
+    /// into objects. The lines end at each LF, the last one at the '!'. Each line is read
+    /// where it starts, and reading it finds where the next one starts.
     fn parse_body(&mut self, text: &[u8], header_end: usize, base: u64) {
         self.objects.clear();
         self.groups.clear();
         self.line_errors.clear();
         self.codes_read.missed = false;
-        self.layout.start(text, header_end);
         let mut line_number = 1;
         let mut start = header_end + 1;
         while start < text.len() {
             line_number += 1;
             start = match self.parse_line(text, start, line_number) {
-                Ok((kind, next_line)) => {
-                    self.layout.push(next_line, kind, self.groups.len());
-                    next_line
-                }
+                Ok(next_line) => next_line,
                 Err((kind, next_line)) => {
                     let offset = base + start as u64;
                     self.line_errors.push(Error::new(kind, offset, line_number));
@@ -421,20 +550,20 @@ impl Parser {
 
     /// Adds the object on the line at `text[start..]`, or the groups of a continuation line (a
     /// DSMR 2.2/3 gas value on the line after its `0-n:24.3.0`) to the object before it; an
-    /// empty line adds nothing. Returns what the line held and where the next line starts, or
-    /// the error if the line could not be read and where the next line starts.
+    /// empty line adds nothing. Returns where the next line starts, or the error if the line
+    /// could not be read and where the next line starts.
     fn parse_line(
         &mut self,
         text: &[u8],
         start: usize,
         line_number: u32,
-    ) -> Result<(LineKind, usize), (ErrorKind, usize)> {
+    ) -> Result<usize, (ErrorKind, usize)> {
         let line = &text[start..];
         let skip = |kind| Err((kind, next_line(text, start)));
         let (obis, mut open) = match line {
-            [b'\n', ..] => return Ok((LineKind::Empty, start + 1)),
-            [b'\r', b'\n', ..] => return Ok((LineKind::Empty, start + 2)),
-            [b'\r'] => return Ok((LineKind::Empty, text.len())),
+            [b'\n', ..] => return Ok(start + 1),
+            [b'\r', b'\n', ..] => return Ok(start + 2),
+            [b'\r'] => return Ok(text.len()),
             [b'(', ..] if self.objects.is_empty() => return skip(ErrorKind::BadValue),
             [b'(', ..] => (None, start),
             _ => match self.codes_read.read(line, self.objects.len()) {
@@ -442,11 +571,16 @@ impl Parser {
                 None => return skip(ErrorKind::BadObis),
             },
         };
+        // A continuation's groups follow the object's first.
+        let mut time_expected = obis.is_some_and(first_group_is_a_time);
         let mark = self.groups.len();
         let next_line = loop {
             match grammar::group(text, open) {
                 Group::Next { close, then } => {
-                    self.groups.push(Span::of(open + 1, close));
+                    let content = Span::of(open + 1, close);
+                    self.groups
+                        .push(GroupRead::new(text, content, time_expected));
+                    time_expected = false;
                     match then {
                         Then::Group => open = close + 1,
                         Then::LineEnd { next_line } => break next_line,
@@ -459,25 +593,76 @@ impl Parser {
             }
         };
         let groups_end = self.groups.len() as u32;
-        let kind = match (obis, self.objects.last_mut()) {
-            (Some(obis), _) => {
-                let position = self.objects.len() as u32;
-                self.objects.push(RawObject {
-                    obis,
-                    line: line_number,
-                    groups_start: mark as u32,
-                    groups_end,
-                });
-                LineKind::Code { position }
-            }
-            (None, Some(previous)) => {
-                previous.groups_end = groups_end;
-                LineKind::Continuation
-            }
+        match (obis, self.objects.last_mut()) {
+            (Some(obis), _) => self.objects.push(RawObject {
+                obis,
+                line: line_number,
+                groups_start: mark as u32,
+                groups_end,
+            }),
+            (None, Some(previous)) => previous.groups_end = groups_end,
             // Ruled out above: a continuation follows an object.
             (None, None) => return Err((ErrorKind::BadValue, next_line)),
+        }
+        Ok(next_line)
+    }
+}
+
+/// The changes of a frame from the frame before, applied word by word in order: each group
+/// whose bytes changed is typed again, once.
+struct Changes<'a> {
+    frame: &'a [u8],
+    groups: &'a mut [GroupRead],
+    /// The first group that may hold the next change: changes come in order.
+    next: usize,
+    /// The group last typed again.
+    retyped: Option<usize>,
+}
+
+impl Changes<'_> {
+    /// The eight bytes at `at` changed from `old` to `new` (little-endian words); `false` if
+    /// one of them changed outside a group's content or to or from a byte that bounds one.
+    fn word(&mut self, at: usize, new: u64, old: u64) -> bool {
+        let mut difference = new ^ old;
+        while difference != 0 {
+            let lane = difference.trailing_zeros() / 8;
+            difference &= !(0xFF << (lane * 8));
+            let byte = |word: u64| (word >> (lane * 8)) as u8;
+            if !self.byte(at + lane as usize, byte(new), byte(old)) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The byte at `at` changed from `old` to `new`.
+    fn byte(&mut self, at: usize, new: u8, old: u8) -> bool {
+        let bounds = |byte| matches!(byte, b'(' | b')' | b'\r' | b'\n');
+        if bounds(new) || bounds(old) {
+            return false;
+        }
+        while self
+            .groups
+            .get(self.next)
+            .is_some_and(|group| group.content.end as usize <= at)
+        {
+            self.next += 1;
+        }
+        let Some(group) = self.groups.get_mut(self.next) else {
+            return false;
         };
-        Ok((kind, next_line))
+        if at < group.content.start as usize {
+            return false;
+        }
+        if self.retyped == Some(self.next) {
+            return true;
+        }
+        let index = at - group.content.start as usize;
+        if !(new.is_ascii_digit() && old.is_ascii_digit() && group.change_digit(index, old, new)) {
+            group.retype(self.frame);
+            self.retyped = Some(self.next);
+        }
+        true
     }
 }
 
@@ -518,7 +703,7 @@ pub struct Telegram<'t> {
     crc: Option<u16>,
     header: &'t [u8],
     objects: &'t [RawObject],
-    groups: &'t [Span],
+    groups: &'t [GroupRead],
     line_errors: &'t [Error],
     index: &'t CodeIndex,
 }
@@ -528,12 +713,12 @@ pub struct Telegram<'t> {
 pub struct Object<'t> {
     obis: Obis,
     line: u32,
-    groups: &'t [Span],
+    groups: &'t [GroupRead],
     bytes: &'t [u8],
 }
 
 impl<'t> Object<'t> {
-    fn of(raw: &RawObject, groups: &'t [Span], bytes: &'t [u8]) -> Object<'t> {
+    fn of(raw: &RawObject, groups: &'t [GroupRead], bytes: &'t [u8]) -> Object<'t> {
         Object {
             obis: raw.obis,
             line: raw.line,
@@ -554,64 +739,14 @@ impl<'t> Object<'t> {
 
     /// Its value groups, in order.
     pub fn values(&self) -> impl ExactSizeIterator<Item = Value<'t>> + 't {
-        let (obis, bytes) = (self.obis, self.bytes);
-        let groups = self.groups.iter().enumerate();
-        groups.map(move |(index, group)| typed(obis, index, group.get(bytes)))
+        let bytes = self.bytes;
+        self.groups.iter().map(move |group| group.value(bytes))
     }
 
     /// Its `index`th value group.
     pub fn value(&self, index: usize) -> Option<Value<'t>> {
-        let group = self.groups.get(index)?;
-        Some(typed(self.obis, index, group.get(self.bytes)))
+        Some(self.groups.get(index)?.value(self.bytes))
     }
-}
-
-/// The value of group `index` of an object with code `obis`: typed by its shape, and twelve
-/// digits a time where the code's first group is one (see [`Parser`]).
-fn typed(obis: Obis, index: usize, content: &[u8]) -> Value<'_> {
-    match grammar::shape(content) {
-        Shape::Empty => Value::Empty,
-        Shape::Time(time) => Value::Time(time),
-        Shape::Number { value, unit } => Value::Number(Number {
-            value,
-            unit: unit.and_then(unit_text),
-        }),
-        Shape::Text => match unflagged_time(obis, index, content) {
-            Some(time) => Value::Time(time),
-            None => Value::Text(content),
-        },
-    }
-}
-
-/// A unit as text. Units are ASCII alphanumerics by grammar, so this never fails; the units
-/// meters send are matched first, as that costs a few compares where checking UTF-8 costs a
-/// call, and every number read would make it.
-fn unit_text(unit: &[u8]) -> Option<&str> {
-    Some(match unit {
-        b"kW" => "kW",
-        b"kWh" => "kWh",
-        b"A" => "A",
-        b"V" => "V",
-        b"m3" => "m3",
-        b"s" => "s",
-        b"W" => "W",
-        b"Wh" => "Wh",
-        b"kvar" => "kvar",
-        b"kvarh" => "kvarh",
-        b"GJ" => "GJ",
-        _ => return std::str::from_utf8(unit).ok(),
-    })
-}
-
-/// Twelve digits that fit a clock reading, in the first group of a code whose first group is a
-/// time. Rare, and kept out of line so that typing other text stays as tight as without it.
-#[cold]
-#[inline(never)]
-fn unflagged_time(obis: Obis, index: usize, content: &[u8]) -> Option<MeterTime> {
-    if index != 0 || content.len() != 12 || !first_group_is_a_time(obis) {
-        return None;
-    }
-    grammar::unflagged_time(content)
 }
 
 /// Import (delivered to the client, `1.8.x`) or export (received from the client, `2.8.x`).

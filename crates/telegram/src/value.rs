@@ -207,6 +207,21 @@ impl MeterTime {
         Some(MeterTime { fields, dst })
     }
 
+    /// Sets digit `index` (0 to 11) of `YYMMDDhhmmss` to `digit` (0 to 9); `false` if there is
+    /// no such digit.
+    pub(crate) fn set_digit(&mut self, index: usize, digit: u8) -> bool {
+        let Some(field) = self.fields.get_mut(index / 2) else {
+            return false;
+        };
+        let (tens, ones) = (*field / 10, *field % 10);
+        *field = if index.is_multiple_of(2) {
+            digit * 10 + ones
+        } else {
+            tens * 10 + digit
+        };
+        true
+    }
+
     /// The flag, if the meter sent one.
     pub fn dst(&self) -> Option<Dst> {
         self.dst
