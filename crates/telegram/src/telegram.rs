@@ -143,7 +143,7 @@ enum Typed {
 struct Places {
     /// The last digit's index.
     last: u32,
-    /// The decimal point's index, or `u32::MAX` without one.
+    /// The decimal point's index, or 0 without one (no digit is before it then).
     point: u32,
     negative: bool,
 }
@@ -152,7 +152,7 @@ impl Places {
     /// The place (0 for ones) of the digit at `index`; `None` past the last digit (a unit's).
     fn of(self, index: usize) -> Option<usize> {
         let index = index as u32;
-        let place = self.last.checked_sub(index)? - u32::from(index < self.point);
+        let place = (self.last.checked_sub(index)?).checked_sub(u32::from(index < self.point))?;
         Some(place as usize)
     }
 }
@@ -181,11 +181,7 @@ impl Typed {
                     unit: unit.map_or(Unit::None, Unit::of),
                     places: Places {
                         last: last as u32,
-                        point: if scale > 0 {
-                            (last - scale) as u32
-                        } else {
-                            u32::MAX
-                        },
+                        point: if scale > 0 { (last - scale) as u32 } else { 0 },
                         negative: content[0] == b'-',
                     },
                 }

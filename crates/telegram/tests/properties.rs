@@ -236,6 +236,8 @@ const SAME_WIDTH_FAMILIES: &[&[&str]] = &[
         "1-0:1.8.1(-01234.567*kWh)\r\n",
         "1-0:1.8.1(001234.567*kWX)\r\n",
         "1-0:1.8.1(0012345678*kWh)\r\n",
+        "1-0:1.8.1(0012345679*kWh)\r\n",
+        "1-0:1.8.1(9012345670*kWh)\r\n",
         "1-0:1.8.1(01234.5670*kWh)\r\n",
         "1-0:1.8.1(-01294.567*kWh)\r\n",
         "1-0:1.8.1(-00000.000*kWh)\r\n",
@@ -307,7 +309,7 @@ proptest! {
         telegrams in prop::collection::vec(
             (
                 prop_oneof![4 => Just(b"XYZ5"), 1 => Just(b"XYZ6")],
-                prop::collection::vec(prop_oneof![4 => Just(0usize), 1 => 0usize..24], 10),
+                prop::collection::vec(prop_oneof![4 => Just(0usize), 1 => 0usize..26], 10),
             ),
             1..8,
         ),
