@@ -134,7 +134,7 @@ fn number(content: &[u8]) -> Option<(Decimal, Option<&[u8]>)> {
     let magnitude = magnitude as i64; // below 10^18: no wrap happened
     let value = Decimal {
         mantissa: if negative { -magnitude } else { magnitude },
-        scale: fraction as u8,
+        scale: fraction as u16,
     };
     Some((value, unit))
 }
@@ -345,7 +345,7 @@ mod tests {
             } else {
                 magnitude
             };
-            let scale = frac.len() as u8;
+            let scale = frac.len() as u16;
             Some((Decimal { mantissa, scale }, unit))
         }
     }

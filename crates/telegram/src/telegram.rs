@@ -73,6 +73,7 @@ impl GroupRead {
     /// changes by the difference at the digit's place, a flagged time's field likewise, and
     /// text is the bytes themselves. Only an unflagged time, whose fields must fit a clock,
     /// and a digit of a unit (`m3`) are typed again.
+    #[inline]
     fn change_digit(&mut self, index: usize, old: u8, new: u8) -> bool {
         match &mut self.value {
             Typed::Text => !self.time_expected,
@@ -92,11 +93,10 @@ impl GroupRead {
 
     /// Its value, borrowing `frame`.
     fn value<'t>(&self, frame: &'t [u8]) -> Value<'t> {
-        let content = self.content.get(frame);
         match self.value {
             Typed::Empty => Value::Empty,
             Typed::Time(time) => Value::Time(time),
-            Typed::Text => Value::Text(content),
+            Typed::Text => Value::Text(self.content.get(frame)),
             Typed::Number { value, unit, .. } => Value::Number(Number {
                 value,
                 unit: match unit {
@@ -104,6 +104,7 @@ impl GroupRead {
                     Unit::Known(unit) => Some(unit),
                     // ASCII alphanumerics by grammar: always UTF-8.
                     Unit::Other { len } => {
+                        let content = self.content.get(frame);
                         std::str::from_utf8(&content[content.len() - len as usize..]).ok()
                     }
                 },
@@ -490,7 +491,7 @@ impl Parser {
             frame,
             groups,
             next: 0,
-            retyped: None,
+            retyped: usize::MAX,
         };
         let chunks = frame
             .chunks_exact(CHUNK)
@@ -611,8 +612,8 @@ struct Changes<'a> {
     groups: &'a mut [GroupRead],
     /// The first group that may hold the next change: changes come in order.
     next: usize,
-    /// The group last typed again.
-    retyped: Option<usize>,
+    /// The group last typed again, or `usize::MAX`.
+    retyped: usize,
 }
 
 impl Changes<'_> {
@@ -633,30 +634,31 @@ impl Changes<'_> {
 
     /// The byte at `at` changed from `old` to `new`.
     fn byte(&mut self, at: usize, new: u8, old: u8) -> bool {
+        // Most changes are a digit for a digit, which bounds nothing.
+        let digits = new.is_ascii_digit() && old.is_ascii_digit();
         let bounds = |byte| matches!(byte, b'(' | b')' | b'\r' | b'\n');
-        if bounds(new) || bounds(old) {
+        if !digits && (bounds(new) || bounds(old)) {
             return false;
         }
-        while self
-            .groups
-            .get(self.next)
-            .is_some_and(|group| group.content.end as usize <= at)
+        let mut next = self.next;
+        while let Some(group) = self.groups.get(next)
+            && group.content.end as usize <= at
         {
-            self.next += 1;
+            next += 1;
         }
-        let Some(group) = self.groups.get_mut(self.next) else {
+        self.next = next;
+        let Some(group) = self.groups.get_mut(next) else {
             return false;
         };
-        if at < group.content.start as usize {
+        let Some(index) = at.checked_sub(group.content.start as usize) else {
             return false;
-        }
-        if self.retyped == Some(self.next) {
+        };
+        if self.retyped == next {
             return true;
         }
-        let index = at - group.content.start as usize;
-        if !(new.is_ascii_digit() && old.is_ascii_digit() && group.change_digit(index, old, new)) {
+        if !(digits && group.change_digit(index, old, new)) {
             group.retype(self.frame);
-            self.retyped = Some(self.next);
+            self.retyped = next;
         }
         true
     }
