@@ -157,8 +157,9 @@ fn parse_stream(config: FramerConfig, stream: &[u8]) {
     }
 }
 
-/// A parser remembers the codes and the layout of the telegram before it, and keeps its index
-/// of codes; a new parser must read the same, and find each code at the same line.
+/// A parser remembers the codes and the frame before it, keeps the groups typed from that
+/// frame where only values changed, and keeps its index of codes; a new parser must read the
+/// same values exactly, and find each code at the same line.
 fn read_as_by_a_new_parser(telegram: &Telegram<'_>, frame: &Frame<'_>) {
     let mut new = Parser::new();
     let again = new.parse(frame).expect("parsed once, it parses again");

@@ -33,6 +33,11 @@ impl Obis {
         }
     }
 
+    /// The six fields as one word: one compare instead of six, for the parser's index.
+    pub(crate) const fn key(self) -> u64 {
+        u64::from_le_bytes([self.a, self.b, self.c, self.d, self.e, self.f, 0, 0])
+    }
+
     /// The same code on M-Bus channel `b`.
     pub const fn on_channel(self, b: u8) -> Obis {
         Obis { b, ..self }

@@ -385,9 +385,8 @@ impl CodeIndex {
         }
     }
 
-    /// The first slot to probe for `obis`.
-    fn home(obis: Obis) -> usize {
-        let key = u64::from_le_bytes([obis.a, obis.b, obis.c, obis.d, obis.e, obis.f, 0, 0]);
+    /// The first slot to probe for the code whose [`Obis::key`] is `key`.
+    fn home(key: u64) -> usize {
         (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 57) as usize
     }
 
@@ -413,11 +412,12 @@ impl CodeIndex {
     /// The position of the object with code `obis` in the table, or the empty slot where its
     /// probe ends. (At most half the slots are taken, so there always is one.)
     fn probe(&self, objects: &[RawObject], obis: Obis) -> Result<usize, usize> {
-        let mut slot = CodeIndex::home(obis);
+        let key = obis.key();
+        let mut slot = CodeIndex::home(key);
         loop {
             match usize::from(self.slots[slot]) {
                 0 => return Err(slot),
-                taken if objects[taken - 1].obis == obis => return Ok(taken - 1),
+                taken if objects[taken - 1].obis.key() == key => return Ok(taken - 1),
                 _ => slot = (slot + 1) % INDEX_SLOTS,
             }
         }
@@ -838,8 +838,12 @@ impl<'t> Telegram<'t> {
         self.line_errors
     }
 
+    /// The first value of the first object with code `obis`: what most accessors read, so
+    /// it is read without making the object.
     fn first_value(&self, obis: Obis) -> Option<Value<'t>> {
-        self.object(obis)?.value(0)
+        let object = &self.objects[self.index.find(self.objects, obis)?];
+        let groups = object.groups_start as usize..object.groups_end as usize;
+        Some(self.groups.get(groups)?.first()?.value(self.bytes))
     }
 
     /// The DSMR version (`50` for 5.0) or, for Belgian meters, the e-MUCS version.
