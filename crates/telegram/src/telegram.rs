@@ -40,8 +40,8 @@ struct RawObject {
     groups_end: u32,
 }
 
-/// A group as the parser keeps it: where its content is, and its value, typed by shape when
-/// the group was read and again only when its bytes change.
+/// A group as the parser keeps it: where its content is, and its value, typed by shape once
+/// the group is kept for a next telegram, and again only when its bytes change.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct GroupRead {
     content: Span,
@@ -52,12 +52,11 @@ struct GroupRead {
 }
 
 impl GroupRead {
-    /// The group whose content is `content` in `frame`, typed.
-    fn new(frame: &[u8], content: Span, time_expected: bool) -> GroupRead {
-        let value = Typed::of(content.get(frame), time_expected);
+    /// The group whose content is `content`, not typed yet.
+    fn new(content: Span, time_expected: bool) -> GroupRead {
         GroupRead {
             content,
-            value,
+            value: Typed::Pending,
             time_expected,
         }
     }
@@ -77,6 +76,8 @@ impl GroupRead {
     fn change_digit(&mut self, index: usize, old: u8, new: u8) -> bool {
         match &mut self.value {
             Typed::Text => !self.time_expected,
+            // Typed from the frame it is in, whatever changed.
+            Typed::Pending => true,
             Typed::Time(time) if time.dst().is_some() => time.set_digit(index, new - b'0'),
             Typed::Number { value, places, .. } => {
                 let Some(&power) = places.of(index).and_then(|place| POWERS_OF_TEN.get(place))
@@ -91,10 +92,22 @@ impl GroupRead {
         }
     }
 
+    /// Its value typed from `frame`, for a group not typed yet: out of line, as a meter's
+    /// telegrams after its first have every group typed.
+    #[cold]
+    #[inline(never)]
+    fn typed_now(&self, frame: &[u8]) -> Typed {
+        Typed::of(self.content.get(frame), self.time_expected)
+    }
+
     /// Its value, borrowing `frame`.
     fn value<'t>(&self, frame: &'t [u8]) -> Value<'t> {
-        match self.value {
-            Typed::Empty => Value::Empty,
+        let typed = match self.value {
+            Typed::Pending => self.typed_now(frame),
+            typed => typed,
+        };
+        match typed {
+            Typed::Pending | Typed::Empty => Value::Empty,
             Typed::Time(time) => Value::Time(time),
             Typed::Text => Value::Text(self.content.get(frame)),
             Typed::Number { value, unit, .. } => Value::Number(Number {
@@ -128,6 +141,9 @@ const POWERS_OF_TEN: [i64; 18] = {
 /// frame to the next.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Typed {
+    /// Not typed yet: a telegram parsed anew types a group only where it is read, as most
+    /// readers want a few values of forty, and the next telegram that keeps it types it.
+    Pending,
     Empty,
     Number {
         value: Decimal,
@@ -232,10 +248,12 @@ fn unflagged_time(content: &[u8]) -> Typed {
 /// recognised rather than read again, and the frame it read, so that a telegram that differs
 /// from it only inside values keeps the lines and groups read from it.
 ///
-/// Each `(...)` group is typed by its shape ([`Value`]) when it is read, and kept typed: a
-/// meter's next telegram most often differs from its last only in the clock and a few
-/// readings, and only the groups whose bytes changed are typed again. Typing never fails (what
-/// is neither empty, a number nor a time is text). There is one exception for times without
+/// Each `(...)` group is typed by its shape ([`Value`]). In a telegram parsed anew, a group is
+/// typed where it is read, so that a reader that wants three values of forty pays for three.
+/// A telegram that keeps the groups of the one before (a meter's next telegram most often
+/// differs from its last only in the clock and a few readings) types them all once, and after
+/// that only the groups whose bytes changed. Typing never fails (what is neither empty, a
+/// number nor a time is text). There is one exception for times without
 /// an `S`/`W` flag (DSMR 2.2 and 3): twelve digits `YYMMDDhhmmss` are a [`Value::Time`] (its
 /// [`MeterTime::utc`] fails with [`TimeFlag::Unflagged`]) only where a time is expected and if
 /// the fields fit a clock reading (month 1-12, day 1-31, hour 0-23, minute and second 0-59).
@@ -254,6 +272,8 @@ pub struct Parser {
     codes_read: CodesRead,
     /// The frame read before, if it had no bad line: `objects` and `groups` are its.
     previous: Vec<u8>,
+    /// Whether the groups were read anew and are not typed yet.
+    untyped: bool,
 }
 
 /// The code each object position held in the telegram before, with the bytes it was read
@@ -482,7 +502,10 @@ impl Parser {
         const CHUNK: usize = 32;
         const WORD: usize = 8;
         let Parser {
-            groups, previous, ..
+            groups,
+            previous,
+            untyped,
+            ..
         } = self;
         if frame.len() != previous.len() {
             return false;
@@ -518,6 +541,14 @@ impl Parser {
             }
             *old = new;
         }
+        if *untyped {
+            for group in groups.iter_mut() {
+                if group.value == Typed::Pending {
+                    group.retype(frame);
+                }
+            }
+            *untyped = false;
+        }
         true
     }
 
@@ -527,6 +558,7 @@ impl Parser {
     fn parse_body(&mut self, text: &[u8], header_end: usize, base: u64) {
         self.objects.clear();
         self.groups.clear();
+        self.untyped = true;
         self.line_errors.clear();
         self.codes_read.missed = false;
         let mut line_number = 1;
@@ -575,8 +607,7 @@ impl Parser {
             match grammar::group(text, open) {
                 Group::Next { close, then } => {
                     let content = Span::of(open + 1, close);
-                    self.groups
-                        .push(GroupRead::new(text, content, time_expected));
+                    self.groups.push(GroupRead::new(content, time_expected));
                     time_expected = false;
                     match then {
                         Then::Group => open = close + 1,
