@@ -36,6 +36,7 @@ pub mod dlms;
 mod error;
 mod framer;
 mod grammar;
+mod groups;
 #[cfg(feature = "serde")]
 pub mod json;
 mod mbus;
