@@ -184,22 +184,23 @@ impl GroupRead {
         }
     }
 
-    /// Its value typed from `frame`, for a group not typed yet: out of line, as a meter's
-    /// telegrams after its first have every group typed.
+    /// Its value, typed from `frame` now, for a group not typed yet: out of line, as a
+    /// meter's telegrams after its first have every group typed.
     #[cold]
     #[inline(never)]
-    fn typed_now(&self, frame: &[u8]) -> Typed {
-        Typed::of(self.content.get(frame), self.time_expected)
+    fn value_typed_now<'t>(&self, frame: &'t [u8]) -> Value<'t> {
+        let typed = GroupRead {
+            value: Typed::of(self.content.get(frame), self.time_expected),
+            ..*self
+        };
+        typed.value(frame)
     }
 
     /// Its value, borrowing `frame`.
     pub(crate) fn value<'t>(&self, frame: &'t [u8]) -> Value<'t> {
-        let typed = match self.value {
-            Typed::Pending => self.typed_now(frame),
-            typed => typed,
-        };
-        match typed {
-            Typed::Pending | Typed::Empty => Value::Empty,
+        match self.value {
+            Typed::Pending => self.value_typed_now(frame),
+            Typed::Empty => Value::Empty,
             Typed::Time(time) => Value::Time(time),
             Typed::Text => Value::Text(self.content.get(frame)),
             Typed::Number { value, unit, .. } => Value::Number(Number {
